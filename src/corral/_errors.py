@@ -1,0 +1,190 @@
+"""The corral error tree: every error carries its JSON error code and CLI exit code.
+
+::
+
+    CorralError                      error             exit 1
+    ├── UsageError                   usage             exit 2
+    │   └── LifecycleError           usage             exit 2  (illegal transition)
+    ├── NotFoundError                not_found         exit 1
+    ├── InvalidPluginError           invalid           exit 3
+    │   └── ManifestError            invalid           exit 3  (file, key path)
+    ├── DeniedError                                    exit 4
+    │   ├── PermissionDenied         permission_denied
+    │   ├── PolicyDenied             policy_denied
+    │   └── SignatureInvalid         signature_invalid
+    └── PluginFailedError                              exit 5  (the plugin's fault)
+        ├── PluginError              plugin_error      (an exception, with traceback)
+        ├── PluginTimeout            timeout
+        ├── ResourceLimitExceeded    resource_limit
+        └── WorkerCrashed            crashed
+
+The CLI maps these to exit codes and ``{"error": {...}}`` documents; it never
+invents codes of its own.  Foreign errors are chained with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "CorralError",
+    "DeniedError",
+    "InvalidPluginError",
+    "LifecycleError",
+    "ManifestError",
+    "NotFoundError",
+    "PermissionDenied",
+    "PluginError",
+    "PluginFailedError",
+    "PluginTimeout",
+    "PolicyDenied",
+    "ResourceLimitExceeded",
+    "SignatureInvalid",
+    "UsageError",
+    "WorkerCrashed",
+]
+
+
+class CorralError(Exception):
+    """Base of every error corral raises on purpose.
+
+    :param message: a sentence naming what is wrong and where.
+    :param plugin_id: the plugin concerned, when there is one.
+    :param details: extra JSON-compatible fields for the ``--json`` error document.
+    """
+
+    code: ClassVar[str] = "error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self, message: str, *, plugin_id: str | None = None, **details: Any
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.plugin_id = plugin_id
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``error`` object of the JSON error contract."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.plugin_id is not None:
+            out["plugin"] = self.plugin_id
+        for key, value in self.details.items():
+            if value is not None:
+                out[key] = value
+        return out
+
+
+class UsageError(CorralError):
+    """The caller asked for something that makes no sense as asked."""
+
+    code = "usage"
+    exit_code = 2
+
+
+class LifecycleError(UsageError):
+    """An illegal lifecycle transition (enable a removed plugin, disable a needed one)."""
+
+
+class NotFoundError(CorralError):
+    """No plugin, export or file by that name."""
+
+    code = "not_found"
+    exit_code = 1
+
+
+class InvalidPluginError(CorralError):
+    """A plugin that cannot be accepted: bad archive, missing module, cycle, ..."""
+
+    code = "invalid"
+    exit_code = 3
+
+
+class ManifestError(InvalidPluginError):
+    """A ``corral.toml`` that breaks the manifest contract.
+
+    The message reads ``FILE: KEY.PATH: what was expected, got what`` so that the
+    author can go straight to the line.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        plugin_id: str | None = None,
+        **details: Any,
+    ) -> None:
+        self.file = file
+        self.key = key
+        prefix = ""
+        if file:
+            prefix += f"{file}: "
+        if key:
+            prefix += f"{key}: "
+        super().__init__(prefix + message, plugin_id=plugin_id, file=file, key=key, **details)
+
+
+class DeniedError(CorralError):
+    """Refused by a rule: a permission, a policy or a signature check."""
+
+    exit_code = 4
+
+
+class PermissionDenied(DeniedError):
+    """A plugin used something its ``[permissions]`` do not grant.
+
+    ``permission`` names the grant that was missing, as written in a manifest
+    (``fs-write:/etc/passwd``, ``host-api:events.publish:git.push``).
+    """
+
+    code = "permission_denied"
+
+    def __init__(
+        self, message: str, *, permission: str, plugin_id: str | None = None, **details: Any
+    ) -> None:
+        self.permission = permission
+        super().__init__(message, plugin_id=plugin_id, permission=permission, **details)
+
+
+class PolicyDenied(DeniedError):
+    """A host or organisation policy refused the operation."""
+
+    code = "policy_denied"
+
+
+class SignatureInvalid(DeniedError):
+    """A signature or integrity check failed."""
+
+    code = "signature_invalid"
+
+
+class PluginFailedError(CorralError):
+    """The plugin itself failed; the host is fine."""
+
+    exit_code = 5
+
+
+class PluginError(PluginFailedError):
+    """The plugin raised an exception; ``traceback`` holds its formatted traceback."""
+
+    code = "plugin_error"
+
+
+class PluginTimeout(PluginFailedError):
+    """A call or hook ran past its wall-clock limit."""
+
+    code = "timeout"
+
+
+class ResourceLimitExceeded(PluginFailedError):
+    """A resource limit was hit; ``limit`` names it, ``measured`` says how much was used."""
+
+    code = "resource_limit"
+
+
+class WorkerCrashed(PluginFailedError):
+    """The plugin's worker process died (a signal or an unexpected exit)."""
+
+    code = "crashed"
