@@ -1,0 +1,97 @@
+"""Fast discovery of plugin directories under ``<home>/plugins/``.
+
+A plugin directory is ``<root>/<name>/`` holding ``corral.toml``.  The host
+keeps, in its database, the ``(st_mtime_ns, st_size)`` of each manifest it has
+parsed; :func:`scan_plugin_dirs` stats every manifest (one ``scandir`` of the
+root and one ``stat`` per plugin, no file is opened) and says which directories
+are new, changed, unchanged or gone, so that only new and changed manifests
+are parsed again and a host with hundreds of plugins starts fast.
+
+Hidden entries (names starting with ``.``) are skipped: archives are extracted
+into hidden temporary siblings before being renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+__all__ = ["MANIFEST_NAME", "ScanResult", "StatKey", "scan_plugin_dirs"]
+
+#: Same value as ``corral._manifest.MANIFEST_NAME``; scanning never imports the model.
+MANIFEST_NAME: Final = "corral.toml"
+
+#: What is remembered of a manifest: ``(st_mtime_ns, st_size)``.
+StatKey = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """How the plugin directories differ from the cache passed in.
+
+    Keys of :attr:`cache` and the paths in each list are the plugin directories
+    as ``str(root / name)``; every list is sorted.
+    """
+
+    #: Directories not in the old cache.
+    new: list[Path] = field(default_factory=list)
+    #: Directories whose manifest's mtime or size differs from the cache.
+    changed: list[Path] = field(default_factory=list)
+    #: Directories whose manifest looks the same: no need to parse it again.
+    unchanged: list[Path] = field(default_factory=list)
+    #: Cached directories with no manifest any more.
+    gone: list[Path] = field(default_factory=list)
+    #: The cache to persist: every directory present now, with its manifest's stat.
+    cache: dict[str, StatKey] = field(default_factory=dict)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether anything differs from the cache passed in."""
+        return bool(self.new or self.changed or self.gone)
+
+
+def scan_plugin_dirs(root: Path, cache: dict[str, StatKey]) -> ScanResult:
+    """Compare the manifests under ``root`` with ``cache``; never parse TOML.
+
+    Args:
+        root: the plugins folder (``<home>/plugins``); a missing folder holds
+            no plugins.
+        cache: ``{str(plugin_dir): (st_mtime_ns, st_size)}`` from the last scan;
+            not modified.
+
+    Returns:
+        A :class:`ScanResult` whose :attr:`~ScanResult.cache` replaces ``cache``.
+    """
+    current: dict[str, StatKey] = {}
+    try:
+        entries = os.scandir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = None
+    if entries is not None:
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if not entry.is_dir():
+                        continue
+                    st = os.stat(os.path.join(entry.path, MANIFEST_NAME))
+                except OSError:  # no manifest, or a dangling link: not a plugin
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                current[entry.path] = (st.st_mtime_ns, st.st_size)
+    result = ScanResult(cache=current)
+    for key in sorted(current):
+        old = cache.get(key)
+        if old is None:
+            result.new.append(Path(key))
+        elif tuple(old) != current[key]:
+            result.changed.append(Path(key))
+        else:
+            result.unchanged.append(Path(key))
+    result.gone.extend(Path(key) for key in sorted(cache.keys() - current.keys()))
+    return result
