@@ -1,0 +1,1069 @@
+"""``Host``: the object an application embeds to register, run and manage plugins."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import os
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+from ._context import PluginContext, plugin_paths
+from ._deps import (
+    check_dependencies,
+    check_requires_corral,
+    dependency_order,
+    dependents_of,
+    find_cycle,
+)
+from ._errors import (
+    CorralError,
+    InvalidPluginError,
+    LifecycleError,
+    ManifestError,
+    NotFoundError,
+    PluginError,
+    PluginTimeout,
+    PolicyDenied,
+    UsageError,
+)
+from ._info import PluginInfo
+from ._jsoncheck import SIMPLE_TYPES, json_problem
+from ._lifecycle import DURABLE_STATES, State, check_transition
+from ._manifest import MANIFEST_NAME, Manifest, load_manifest
+from ._store import PluginRow, Store
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ._loader import ModuleScope
+
+__all__ = ["Host", "default_home"]
+
+T = TypeVar("T")
+
+HOOKS: Final = ("on_load", "on_enable", "on_disable", "on_unload", "on_error")
+_METRICS_MAX: Final = 100_000
+
+
+def default_home() -> Path:
+    """``$CORRAL_HOME``, else ``$XDG_DATA_HOME/corral``, else ``~/.local/share/corral``."""
+    env = os.environ.get("CORRAL_HOME")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return Path(xdg or Path.home() / ".local" / "share") / "corral"
+
+
+@final
+class _Active:
+    """A plugin's life in this process: state, imported code, context, entry object."""
+
+    __slots__ = ("ctx", "entry", "exports", "manifest", "scope", "state")
+
+    def __init__(self, manifest: Manifest, ctx: PluginContext) -> None:
+        self.manifest = manifest
+        self.ctx = ctx
+        self.state = State.REGISTERED
+        self.scope: ModuleScope | None = None
+        self.entry: Any = None
+        self.exports: dict[str, Callable[..., Any]] = {}
+
+
+@final
+class Host:
+    """Registers, loads, enables, runs and removes plugins under one home directory.
+
+    The home holds the plugins (``plugins/``), their data (``data/<id>``), caches,
+    private temporary directories and the host database ``corral.db``.  Every
+    method is safe to call from several threads; several processes may share a
+    home.  Use it as a context manager, or call :meth:`close`.
+
+    Example::
+
+        with Host(home="~/.myapp/plugins") as host:
+            host.register("path/to/plugin")
+            host.enable("acme.hello")
+            print(host.call("acme.hello", "greet", {"name": "Ada"}))
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        *,
+        hook_timeout: float = 5.0,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.home = Path(home).expanduser().absolute() if home else default_home().absolute()
+        self.workspace = Path(workspace).absolute() if workspace else Path.cwd()
+        self.hook_timeout = hook_timeout
+        self._config = {k: dict(v) for k, v in (config or {}).items()}
+        for sub in ("plugins", "data", "cache", "tmp"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        self._store = Store(self.home / "corral.db")
+        self._active: dict[str, _Active] = {}
+        # plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
+        self._fast: dict[str, dict[str, _FastEntry]] = {}
+        self._rlock = threading.RLock()
+        self._metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._supervisor: Any = None
+        self._async_exports: set[tuple[str, str]] = set()
+        self._closed = False
+
+    # -- context management -------------------------------------------------
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Host:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Disable nothing, but stop workers, flush metrics and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self.flush_metrics()
+        if self._supervisor is not None:
+            self._supervisor.close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=2)
+        for active in list(self._active.values()):
+            if active.scope is not None:
+                active.scope.release()
+        self._store.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        await _to_thread(self.close)
+
+    # -- locking ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise changes across threads (RLock) and processes (``flock`` on the home)."""
+        with self._rlock:
+            fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- reading what is registered ------------------------------------------
+
+    def _row(self, plugin_id: str) -> PluginRow:
+        row = self._store.get(plugin_id)
+        if row is None:
+            raise NotFoundError(f"no plugin {plugin_id!r} is registered", plugin_id=plugin_id)
+        return row
+
+    def _fresh_manifest(self, row: PluginRow) -> Manifest:
+        """The row's manifest, re-read from disk if ``corral.toml`` changed since it was stored."""
+        path = Path(row.path) / MANIFEST_NAME
+        try:
+            st = path.stat()
+        except OSError:
+            raise InvalidPluginError(
+                f"{row.id}: {path} is gone; remove and register the plugin again",
+                plugin_id=row.id,
+                file=str(path),
+            ) from None
+        if (st.st_mtime_ns, st.st_size) == (row.manifest_mtime_ns, row.manifest_size):
+            return Manifest.from_dict(row.manifest, file=str(path))
+        manifest = load_manifest(Path(row.path))
+        if manifest.id != row.id:
+            raise ManifestError(
+                f"id changed from {row.id!r} to {manifest.id!r}; remove and register again",
+                file=str(path),
+                key="plugin.id",
+                plugin_id=row.id,
+            )
+        self._store.refresh_manifest(
+            row.id, manifest.version, manifest.to_dict(), st.st_mtime_ns, st.st_size
+        )
+        return manifest
+
+    def _known(self) -> dict[str, Manifest]:
+        out = {}
+        for row in self._store.all():
+            with contextlib.suppress(CorralError):
+                out[row.id] = self._fresh_manifest(row)
+        return out
+
+    def _state_of(self, row: PluginRow) -> State:
+        active = self._active.get(row.id)
+        return active.state if active is not None else State(row.state)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        category: str | None = None,
+        tag: str | None = None,
+        capability: str | None = None,
+        discovered: bool = True,
+    ) -> builtins.list[PluginInfo]:
+        """Plugins this host knows, by id; never imports plugin code.
+
+        ``capability`` matches ``export:NAME``, ``micro:TYPE``, ``hooks``, or a bare
+        export name.  ``discovered`` adds unregistered plugin directories under the
+        home and pip-installed plugins (entry point group ``corral.plugins``).
+        """
+        infos: builtins.list[PluginInfo] = []
+        registered: set[str] = set()
+        for row in self._store.all():
+            registered.add(row.path)
+            manifest = row.manifest
+            error = row.error
+            path = Path(row.path) / MANIFEST_NAME
+            try:
+                st = path.stat()
+                if (st.st_mtime_ns, st.st_size) != (row.manifest_mtime_ns, row.manifest_size):
+                    manifest = self._fresh_manifest(row).to_dict()
+            except OSError:
+                error = {"code": "invalid", "message": f"{path} is gone"}
+            except CorralError as exc:
+                error = exc.to_dict()
+            infos.append(
+                PluginInfo.from_manifest_dict(
+                    manifest,
+                    state=self._state_of(row).value,
+                    source=row.source,
+                    path=row.path,
+                    error=error,
+                )
+            )
+        if discovered:
+            infos.extend(self._discovered(registered))
+        infos.sort(key=lambda i: i.id)
+        out = []
+        for info in infos:
+            if state is not None and info.state != state:
+                continue
+            if category is not None and info.category != category:
+                continue
+            if tag is not None and tag not in info.tags:
+                continue
+            if capability is not None and not (
+                capability in info.capabilities or f"export:{capability}" in info.capabilities
+            ):
+                continue
+            out.append(info)
+        return out
+
+    def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
+        """Plugin directories under ``plugins/`` and entry-point plugins not yet registered."""
+        out = []
+        candidates: builtins.list[tuple[Path, str]] = []
+        with os.scandir(self.home / "plugins") as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    candidates.append((Path(entry.path), "directory"))
+        candidates.extend((p, "entry-point") for p in self._entry_point_dirs())
+        for plugin_dir, source in candidates:
+            if str(plugin_dir) in registered or not (plugin_dir / MANIFEST_NAME).is_file():
+                continue
+            try:
+                manifest = load_manifest(plugin_dir)
+            except CorralError:
+                continue
+            out.append(
+                PluginInfo.from_manifest_dict(
+                    manifest.to_dict(),
+                    state=State.DISCOVERED.value,
+                    source=source,
+                    path=str(plugin_dir),
+                )
+            )
+        return out
+
+    def _entry_point_dirs(self) -> builtins.list[Path]:
+        """Directories of pip-installed plugins, cached until a ``sys.path`` folder changes."""
+        import json
+
+        from ._entrypoints import sys_path_fingerprint
+
+        stamp = [list(item) for item in sys_path_fingerprint()]
+        cached = self._store.get_meta("entry_points")
+        if cached:
+            data = json.loads(cached)
+            if data.get("stamp") == stamp:
+                return [Path(p) for p in data["dirs"]]
+        from ._entrypoints import discover_entry_points
+
+        dirs = [str(ep.plugin_dir) for ep in discover_entry_points() if ep.ok and ep.plugin_dir]
+        self._store.set_meta("entry_points", json.dumps({"stamp": stamp, "dirs": dirs}))
+        return [Path(p) for p in dirs]
+
+    def info(self, plugin_id: str) -> dict[str, Any]:
+        """Everything known about one plugin, with its call metrics, as JSON data."""
+        self.flush_metrics()
+        row = self._store.get(plugin_id)
+        if row is None:
+            for info in self._discovered(set()):
+                if info.id == plugin_id:
+                    return info.to_dict(full=True)
+            raise NotFoundError(f"no plugin {plugin_id!r} is registered", plugin_id=plugin_id)
+        manifest = self._fresh_manifest(row).to_dict()
+        info = PluginInfo.from_manifest_dict(
+            manifest, state=self._state_of(row).value, source=row.source, path=row.path,
+            error=row.error,
+        )
+        out = info.to_dict(full=True)
+        out["metrics"] = self._store.call_summary(plugin_id)
+        out["data_dir"] = str(self.home / "data" / plugin_id)
+        return out
+
+    # -- registration ---------------------------------------------------------
+
+    def register(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
+        """Register plugin directories or ``.corral`` archives (copied into the home).
+
+        All sources are checked together (dependencies may be among them) before
+        anything is written; on any error nothing is registered.  A source that
+        is already a directory under ``<home>/plugins`` or a pip-installed
+        plugin is registered where it is.
+        """
+        if not sources:
+            raise UsageError("register needs at least one plugin directory or archive")
+        with self._locked():
+            staged: builtins.list[tuple[Manifest, Path, str, bool]] = []
+            try:
+                for source in sources:
+                    staged.append(self._stage(Path(source)))
+                known = self._known()
+                batch: dict[str, Manifest] = {}
+                for manifest, _, _, _ in staged:
+                    if manifest.id in known or manifest.id in batch:
+                        where = self._store.get(manifest.id)
+                        raise InvalidPluginError(
+                            f"a plugin with id {manifest.id!r} is already registered"
+                            + (f" (version {where.version} from {where.path})" if where else ""),
+                            plugin_id=manifest.id,
+                        )
+                    batch[manifest.id] = manifest
+                    check_requires_corral(manifest, __version__)
+                everything = {**known, **batch}
+                cycle = find_cycle({pid: tuple(m.dependencies) for pid, m in everything.items()})
+                if cycle:
+                    raise InvalidPluginError(
+                        "dependency cycle: " + " -> ".join([*cycle, cycle[0]]),
+                        plugin_id=cycle[0],
+                        cycle=cycle,
+                    )
+                for manifest in batch.values():
+                    check_dependencies(manifest, everything)
+                placed = [self._place(m, path, temp) for m, path, _, temp in staged]
+            except BaseException:
+                for _, path, _, temp in staged:
+                    if temp:
+                        shutil.rmtree(path, ignore_errors=True)
+                raise
+            now = time.time()
+            try:
+                with self._store.transaction() as conn:
+                    for (manifest, _, source_kind, _), path in zip(staged, placed, strict=True):
+                        st = (path / MANIFEST_NAME).stat()
+                        self._store.insert(
+                            conn,
+                            PluginRow(
+                                id=manifest.id,
+                                version=manifest.version,
+                                path=str(path),
+                                source=source_kind,
+                                state=State.REGISTERED.value,
+                                error=None,
+                                manifest=manifest.to_dict(),
+                                manifest_mtime_ns=st.st_mtime_ns,
+                                manifest_size=st.st_size,
+                                registered_at=now,
+                                updated_at=now,
+                            ),
+                        )
+            except BaseException:
+                for (_, _, _, temp), path in zip(staged, placed, strict=True):
+                    if temp:
+                        shutil.rmtree(path, ignore_errors=True)
+                raise
+        return [self._info_of(m.id) for m, _, _, _ in staged]
+
+    async def aregister(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
+        """Async twin of :meth:`register`."""
+        return await _to_thread(self.register, *sources)
+
+    def _stage(self, source: Path) -> tuple[Manifest, Path, str, bool]:
+        """Bring a source into a staging directory and validate it statically.
+
+        Returns the manifest, the directory, the source kind and whether the
+        directory is a temporary copy owned by this registration.
+        """
+        from ._loader import check_targets
+
+        source = source.expanduser().absolute()
+        plugins = self.home / "plugins"
+        if not source.exists():
+            raise NotFoundError(f"{source}: no such file or directory", path=str(source))
+        if source.is_dir():
+            in_place = source.parent == plugins or self._is_entry_point_dir(source)
+            if in_place:
+                manifest = load_manifest(source)
+                check_targets(source, manifest)
+                kind = "directory" if source.parent == plugins else "entry-point"
+                return manifest, source, kind, False
+            load_manifest(source)  # fail fast, before copying anything
+            staging = plugins / f".staging-{uuid.uuid4().hex}"
+            from ._tree import copy_plugin_dir
+
+            copy_plugin_dir(source, staging)
+            kind = "directory"
+        else:
+            from ._archive import extract_archive
+
+            staging = plugins / f".staging-{uuid.uuid4().hex}"
+            extract_archive(source, staging)
+            kind = "archive"
+        try:
+            manifest = load_manifest(staging)
+            check_targets(staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest, staging, kind, True
+
+    def _is_entry_point_dir(self, path: Path) -> bool:
+        return path in self._entry_point_dirs()
+
+    def _place(self, manifest: Manifest, path: Path, temp: bool) -> Path:
+        if not temp:
+            return path
+        final_path = self.home / "plugins" / manifest.id
+        if final_path.exists():
+            raise InvalidPluginError(
+                f"{final_path} already exists; remove it or register it in place",
+                plugin_id=manifest.id,
+            )
+        os.rename(path, final_path)
+        return final_path
+
+    def _info_of(self, plugin_id: str) -> PluginInfo:
+        row = self._row(plugin_id)
+        return PluginInfo.from_manifest_dict(
+            row.manifest, state=self._state_of(row).value, source=row.source, path=row.path,
+            error=row.error,
+        )
+
+    def unregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+        """Forget a plugin: disable and unload it if needed, then delete its copy.
+
+        Refused while other registered plugins depend on it.  ``purge_data``
+        also deletes its data directory.
+        """
+        with self._locked():
+            row = self._row(plugin_id)
+            known = self._known()
+            needed_by = [p for p in dependents_of(plugin_id, known) if p != plugin_id]
+            if needed_by:
+                raise LifecycleError(
+                    f"cannot remove {plugin_id}: needed by {', '.join(needed_by)}",
+                    plugin_id=plugin_id,
+                    dependents=needed_by,
+                )
+            state = self._state_of(row)
+            if state is State.ENABLED:
+                self._disable_one(plugin_id)
+            active = self._active.get(plugin_id)
+            if active is not None and active.state in (State.LOADED, State.DISABLED):
+                self._unload_one(plugin_id)
+            check_transition(plugin_id, self._state_of(self._row(plugin_id)), "unregister")
+            with self._store.transaction() as conn:
+                self._store.delete(conn, plugin_id)
+            self._active.pop(plugin_id, None)
+            path = Path(row.path)
+            if row.source != "entry-point" and path.parent == self.home / "plugins":
+                trash = path.with_name(f".trash-{uuid.uuid4().hex}")
+                os.rename(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            if purge_data:
+                for sub in ("data", "cache", "tmp"):
+                    shutil.rmtree(self.home / sub / plugin_id, ignore_errors=True)
+
+    async def aunregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+        """Async twin of :meth:`unregister`."""
+        await _to_thread(self.unregister, plugin_id, purge_data=purge_data)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def load(self, plugin_id: str) -> PluginInfo:
+        """Load a plugin and its dependencies (import code, run ``on_load``)."""
+        with self._locked():
+            known = self._known()
+            self._row(plugin_id)
+            for pid in dependency_order([plugin_id], known):
+                state = self._current(pid)
+                if pid != plugin_id and state in (State.ENABLED, State.LOADED):
+                    continue
+                if pid == plugin_id or state not in (State.LOADED, State.ENABLED):
+                    self._load_one(pid, known[pid])
+        return self._info_of(plugin_id)
+
+    def enable(self, plugin_id: str) -> PluginInfo:
+        """Enable a plugin after its dependencies, loading whatever is not loaded.
+
+        A plugin in ``failed`` is unloaded and tried again: that is how it recovers.
+        """
+        with self._locked():
+            known = self._known()
+            self._row(plugin_id)
+            order = dependency_order([plugin_id], known)
+            for pid in order:
+                state = self._current(pid)
+                if state is State.ENABLED:
+                    if pid == plugin_id:
+                        check_transition(pid, state, "enable")
+                    continue
+                if state is State.FAILED and pid in self._active:
+                    self._unload_one(pid, quiet=True)
+                if self._current(pid) not in (State.LOADED, State.DISABLED):
+                    self._load_one(pid, known[pid])
+                self._enable_one(pid)
+        return self._info_of(plugin_id)
+
+    def disable(self, plugin_id: str, *, cascade: bool = False) -> builtins.list[str]:
+        """Disable a plugin; refused while enabled plugins need it unless ``cascade``.
+
+        Returns the ids disabled, dependents first.
+        """
+        with self._locked():
+            known = self._known()
+            self._row(plugin_id)
+            check_transition(plugin_id, self._current(plugin_id), "disable")
+            enabled_dependents = [
+                p for p in dependents_of(plugin_id, known) if self._current(p) is State.ENABLED
+            ]
+            if enabled_dependents and not cascade:
+                raise LifecycleError(
+                    f"cannot disable {plugin_id}: enabled plugins need it: "
+                    f"{', '.join(enabled_dependents)} (disable them first, or cascade)",
+                    plugin_id=plugin_id,
+                    dependents=enabled_dependents,
+                )
+            done = []
+            for pid in reversed(enabled_dependents):
+                self._disable_one(pid)
+                done.append(pid)
+            self._disable_one(plugin_id)
+            done.append(plugin_id)
+            return done
+
+    def unload(self, plugin_id: str) -> PluginInfo:
+        """Unload a loaded or disabled plugin (run ``on_unload``, release its code)."""
+        with self._locked():
+            self._row(plugin_id)
+            check_transition(plugin_id, self._current(plugin_id), "unload")
+            self._unload_one(plugin_id)
+        return self._info_of(plugin_id)
+
+    def start(self) -> builtins.list[str]:
+        """Bring back every plugin recorded as enabled, dependencies first.
+
+        A plugin that fails to come back goes to ``failed``; the others still start.
+        Returns the ids now enabled.
+        """
+        with self._locked():
+            known = self._known()
+            wanted = [r.id for r in self._store.all() if r.state == State.ENABLED.value]
+            started = []
+            for pid in wanted:
+                try:
+                    for dep in dependency_order([pid], known):
+                        if self._current(dep) is State.ENABLED and dep in self._active:
+                            continue
+                        if self._current(dep) not in (State.LOADED, State.DISABLED) or (
+                            dep not in self._active
+                        ):
+                            self._load_one(dep, known[dep])
+                        self._enable_one(dep)
+                    started.append(pid)
+                except CorralError:
+                    continue
+            return started
+
+    async def aload(self, plugin_id: str) -> PluginInfo:
+        """Async twin of :meth:`load`."""
+        return await _to_thread(self.load, plugin_id)
+
+    async def aenable(self, plugin_id: str) -> PluginInfo:
+        """Async twin of :meth:`enable`."""
+        return await _to_thread(self.enable, plugin_id)
+
+    async def adisable(self, plugin_id: str, *, cascade: bool = False) -> builtins.list[str]:
+        """Async twin of :meth:`disable`."""
+        return await _to_thread(self.disable, plugin_id, cascade=cascade)
+
+    async def aunload(self, plugin_id: str) -> PluginInfo:
+        """Async twin of :meth:`unload`."""
+        return await _to_thread(self.unload, plugin_id)
+
+    async def astart(self) -> builtins.list[str]:
+        """Async twin of :meth:`start`."""
+        return await _to_thread(self.start)
+
+    def _current(self, plugin_id: str) -> State:
+        active = self._active.get(plugin_id)
+        if active is not None:
+            return active.state
+        row = self._store.get(plugin_id)
+        if row is None:
+            return State.DISCOVERED
+        # In a process that has not loaded it, a plugin recorded as enabled or
+        # disabled is, for this process, registered: its code has not run here.
+        state = State(row.state)
+        return State.FAILED if state is State.FAILED else State.REGISTERED
+
+    def _persist(self, plugin_id: str, state: State, error: dict[str, Any] | None = None) -> None:
+        if state in DURABLE_STATES:
+            self._store.set_state(plugin_id, state.value, error)
+
+    def _load_one(self, plugin_id: str, manifest: Manifest) -> None:
+        check_transition(plugin_id, self._current(plugin_id), "load")
+        row = self._row(plugin_id)
+        check_requires_corral(manifest, __version__)
+        plugin_dir = Path(row.path)
+        paths = plugin_paths(self.home, self.workspace, plugin_id, plugin_dir)
+        for key in ("data", "cache", "tmp"):
+            Path(paths[key]).mkdir(parents=True, exist_ok=True)
+        ctx = PluginContext(plugin_id, paths, self._config.get(plugin_id))
+        active = _Active(manifest, ctx)
+        self._active[plugin_id] = active
+        try:
+            if manifest.sandbox.isolation == "none":
+                self._import_in_process(active, plugin_dir)
+            else:
+                self._sandbox_ready(manifest)
+            self._run_hook(active, "on_load")
+        except CorralError as exc:
+            self._fail(active, exc)
+            raise
+        active.state = State.LOADED
+
+    def _import_in_process(self, active: _Active, plugin_dir: Path) -> None:
+        import inspect
+
+        from ._loader import ModuleScope, check_targets, targets_of
+
+        manifest = active.manifest
+        check_targets(plugin_dir, manifest)
+        scope = ModuleScope(manifest.id, plugin_dir)
+        scope.claim({t.partition(":")[0].split(".")[0] for _, t in targets_of(manifest)})
+        active.scope = scope
+        if manifest.entry:
+            entry = scope.resolve(manifest.entry)
+            if isinstance(entry, type):
+                try:
+                    entry = entry()
+                except Exception as exc:
+                    raise PluginError(
+                        f"{manifest.id}: creating {manifest.entry} raised "
+                        f"{type(exc).__name__}: {exc}",
+                        plugin_id=manifest.id,
+                        traceback="".join(traceback.format_exception(exc)),
+                    ) from exc
+            active.entry = entry
+        for name, target in manifest.exports.items():
+            fn = scope.resolve(target)
+            if not callable(fn):
+                raise InvalidPluginError(
+                    f"{manifest.id}: exports.{name}: {target} is not callable",
+                    plugin_id=manifest.id,
+                    key=f"exports.{name}",
+                )
+            active.exports[name] = fn
+        for micro in manifest.micro:
+            fn = scope.resolve(micro.handler)
+            if not callable(fn):
+                raise InvalidPluginError(
+                    f"{manifest.id}: micro {micro.id}: {micro.handler} is not callable",
+                    plugin_id=manifest.id,
+                    key="micro",
+                )
+            active.exports[micro.id] = fn
+        for name, fn in active.exports.items():
+            if inspect.iscoroutinefunction(fn):
+                self._async_exports.add((manifest.id, name))
+
+    def _sandbox_ready(self, manifest: Manifest) -> None:
+        """Refuse a sandboxed plugin unless this machine can enforce its isolation level."""
+        from ._sandboxing import sandbox_problem
+
+        problem = sandbox_problem(manifest.sandbox.isolation)
+        if problem:
+            raise PolicyDenied(
+                f"{manifest.id} asks for isolation {manifest.sandbox.isolation!r}, which this "
+                f"machine cannot enforce: {problem}; it will not run with less",
+                plugin_id=manifest.id,
+                isolation=manifest.sandbox.isolation,
+            )
+
+    def _enable_one(self, plugin_id: str) -> None:
+        active = self._active[plugin_id]
+        check_transition(plugin_id, active.state, "enable")
+        try:
+            self._run_hook(active, "on_enable")
+        except CorralError as exc:
+            self._fail(active, exc)
+            raise
+        active.state = State.ENABLED
+        self._persist(plugin_id, State.ENABLED)
+        if active.manifest.sandbox.isolation == "none":
+            self._fast[plugin_id] = {
+                name: (fn, active.ctx, (plugin_id, name) in self._async_exports, (plugin_id, name))
+                for name, fn in active.exports.items()
+            }
+
+    def _disable_one(self, plugin_id: str) -> None:
+        active = self._active.get(plugin_id)
+        self._fast.pop(plugin_id, None)
+        if active is None:
+            # Enabled by another process; nothing ran here, so only the record changes.
+            check_transition(plugin_id, State(self._row(plugin_id).state), "disable")
+            self._persist(plugin_id, State.DISABLED)
+            return
+        check_transition(plugin_id, active.state, "disable")
+        try:
+            self._run_hook(active, "on_disable")
+        except CorralError as exc:
+            self._fail(active, exc)
+            raise
+        finally:
+            self._stop_worker(plugin_id)
+        active.state = State.DISABLED
+        self._persist(plugin_id, State.DISABLED)
+
+    def _unload_one(self, plugin_id: str, *, quiet: bool = False) -> None:
+        active = self._active.get(plugin_id)
+        if active is None:
+            return
+        self._fast.pop(plugin_id, None)
+        try:
+            if active.state is not State.FAILED or active.scope is not None:
+                self._run_hook(active, "on_unload")
+        except CorralError as exc:
+            if not quiet:
+                self._fail(active, exc)
+                raise
+        finally:
+            self._stop_worker(plugin_id)
+            if active.scope is not None:
+                active.scope.release()
+                active.scope = None
+        active.state = State.UNLOADED
+        self._active.pop(plugin_id, None)
+        row = self._store.get(plugin_id)
+        if row is not None and row.state != State.REGISTERED.value:
+            self._persist(plugin_id, State.REGISTERED)
+
+    def _stop_worker(self, plugin_id: str) -> None:
+        if self._supervisor is not None:
+            with contextlib.suppress(Exception):
+                self._supervisor.stop(plugin_id)
+
+    def _fail(self, active: _Active, exc: CorralError) -> None:
+        """Move a plugin to ``failed``, record the error, give ``on_error`` a chance."""
+        active.state = State.FAILED
+        self._fast.pop(active.manifest.id, None)
+        self._persist(active.manifest.id, State.FAILED, exc.to_dict())
+        hook = getattr(active.entry, "on_error", None) if active.entry is not None else None
+        if hook is not None:
+            with contextlib.suppress(CorralError):
+                self._call_with_timeout(active, "on_error", hook, exc)
+
+    def _run_hook(self, active: _Active, name: str) -> None:
+        if active.entry is None:
+            return
+        hook = getattr(active.entry, name, None)
+        if hook is None:
+            return
+        self._call_with_timeout(active, name, hook, active.ctx)
+
+    def _call_with_timeout(
+        self, active: _Active, name: str, fn: Callable[..., Any], arg: Any
+    ) -> Any:
+        """Run a hook under ``hook_timeout``; a hang or an exception is the plugin's error."""
+        import inspect
+
+        plugin_id = active.manifest.id
+        timeout = self.hook_timeout
+        try:
+            if inspect.iscoroutinefunction(fn):
+                import asyncio
+
+                future = asyncio.run_coroutine_threadsafe(
+                    asyncio.wait_for(fn(arg), timeout), self._event_loop()
+                )
+                return future.result(timeout + 1)
+            return _run_in_thread(fn, arg, timeout, f"corral-hook-{plugin_id}-{name}")
+        except TimeoutError:
+            raise PluginTimeout(
+                f"{plugin_id}: {name} did not finish within {timeout:g} s",
+                plugin_id=plugin_id,
+                hook=name,
+                limit="hook-timeout",
+                limit_seconds=timeout,
+            ) from None
+        except CorralError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{plugin_id}: {name} raised {type(exc).__name__}: {exc}",
+                plugin_id=plugin_id,
+                hook=name,
+                traceback="".join(traceback.format_exception(exc)),
+            ) from exc
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """A private loop in a daemon thread, for async plugin code called from sync code."""
+        with self._rlock:
+            if self._loop is None:
+                import asyncio
+
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="corral-host-loop", daemon=True
+                )
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    # -- calling --------------------------------------------------------------
+
+    def call(self, plugin_id: str, export: str, input: Any = None) -> Any:
+        """Run an export (or micro-plugin) of an enabled plugin with ``(input, ctx)``.
+
+        Input and output must be JSON data.  An exception in the plugin becomes
+        :class:`PluginError` carrying the traceback; the host carries on.
+        """
+        exports = self._fast.get(plugin_id)
+        fast = exports.get(export) if exports is not None else None
+        if fast is None or fast[2]:
+            return self._call_slow(plugin_id, export, input)
+        fn, ctx, _, key = fast
+        t = type(input)
+        if t is dict:
+            for k, v in input.items():
+                if type(k) is not str or type(v) not in _SIMPLE:
+                    _check_input(plugin_id, export, input)
+                    break
+        elif t not in _SIMPLE:
+            _check_input(plugin_id, export, input)
+        start = _now()
+        try:
+            out = fn(input, ctx)
+        except Exception as exc:
+            self._metrics.append((key, start, _now(), "plugin_error"))
+            raise _plugin_error(plugin_id, export, exc) from exc
+        self._metrics.append((key, start, _now(), "ok"))
+        t = type(out)
+        if t is dict:
+            for k, v in out.items():
+                if type(k) is not str or type(v) not in _SIMPLE:
+                    return self._checked_output(plugin_id, export, out)
+        elif t not in _SIMPLE:
+            return self._checked_output(plugin_id, export, out)
+        return out
+
+    async def acall(self, plugin_id: str, export: str, input: Any = None) -> Any:
+        """Async twin of :meth:`call`: awaits async exports, runs sandboxed calls off-loop."""
+        exports = self._fast.get(plugin_id)
+        fast = exports.get(export) if exports is not None else None
+        if fast is not None and fast[2]:
+            _check_input(plugin_id, export, input)
+            fn, ctx, _, key = fast
+            start = _now()
+            try:
+                out = await fn(input, ctx)
+            except Exception as exc:
+                self._metrics.append((key, start, _now(), "plugin_error"))
+                raise _plugin_error(plugin_id, export, exc) from exc
+            self._metrics.append((key, start, _now(), "ok"))
+            return self._checked_output(plugin_id, export, out)
+        if fast is not None:
+            return self.call(plugin_id, export, input)
+        return await _to_thread(self._call_slow, plugin_id, export, input)
+
+    def _checked_output(self, plugin_id: str, export: str, out: Any) -> Any:
+        problem = json_problem(out)
+        if problem:
+            raise PluginError(
+                f"{plugin_id} {export} returned something that is not JSON data: "
+                + problem.replace("$", "result", 1),
+                plugin_id=plugin_id,
+                export=export,
+            )
+        return out
+
+    def _call_slow(self, plugin_id: str, export: str, input: Any) -> Any:
+        """Activate on demand (a plugin enabled by another process), then call."""
+        _check_input(plugin_id, export, input)
+        with self._locked():
+            row = self._row(plugin_id)
+            active = self._active.get(plugin_id)
+            if active is None or active.state is not State.ENABLED:
+                if active is None and row.state == State.ENABLED.value:
+                    known = self._known()
+                    for pid in dependency_order([plugin_id], known):
+                        if pid in self._active and self._active[pid].state is State.ENABLED:
+                            continue
+                        if pid not in self._active:
+                            self._load_one(pid, known[pid])
+                        self._enable_one(pid)
+                    active = self._active[plugin_id]
+                else:
+                    state = active.state if active is not None else State(row.state)
+                    raise LifecycleError(
+                        f"cannot call {plugin_id} {export}: the plugin is {state.value}"
+                        + (" (enable it first)" if state is not State.FAILED else
+                           " (enable it again to recover)"),
+                        plugin_id=plugin_id,
+                        state=state.value,
+                    )
+        manifest = active.manifest
+        names = [*manifest.exports, *(m.id for m in manifest.micro)]
+        if export not in names:
+            raise NotFoundError(
+                f"{plugin_id} has no export or micro-plugin {export!r}; it offers: "
+                + (", ".join(names) or "nothing"),
+                plugin_id=plugin_id,
+                export=export,
+            )
+        if manifest.sandbox.isolation == "none":
+            if self._fast[plugin_id][export][2]:
+                import asyncio
+
+                future = asyncio.run_coroutine_threadsafe(
+                    _acall_checked(self, plugin_id, export, input), self._event_loop()
+                )
+                return future.result()
+            return self.call(plugin_id, export, input)
+        return self._call_sandboxed(active, export, input)
+
+    def _call_sandboxed(self, active: _Active, export: str, input: Any) -> Any:
+        from ._sandboxing import call_sandboxed
+
+        if self._supervisor is None:
+            from ._sandboxing import make_supervisor
+
+            with self._rlock:
+                if self._supervisor is None:
+                    self._supervisor = make_supervisor(self)
+        return call_sandboxed(self, self._supervisor, active.manifest, active.ctx, export, input)
+
+    # -- metrics --------------------------------------------------------------
+
+    def record_call(self, row: tuple[Any, ...]) -> None:
+        """Record one finished call's metrics (used by the sandbox layer)."""
+        self._store.record_calls([row])
+
+    def flush_metrics(self) -> None:
+        """Write the in-process calls' timings recorded so far to the host database."""
+        if not self._metrics:
+            return
+        rows = []
+        now = time.time()
+        while self._metrics:
+            (plugin_id, export), start, end, outcome = self._metrics.popleft()
+            rows.append(
+                (plugin_id, export, "none", outcome, (end - start) / 1e6, None, None, None, None,
+                 now)
+            )
+        self._store.record_calls(rows)
+
+    # -- validation -----------------------------------------------------------
+
+    def validate(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Check a plugin directory or archive without registering or running it."""
+        from ._validate import validate_plugin
+
+        return validate_plugin(Path(path), host_version=__version__, known=self._known())
+
+
+_SIMPLE: Final = SIMPLE_TYPES
+_now: Final = time.perf_counter_ns
+_FastEntry = tuple[Callable[..., Any], PluginContext, bool, tuple[str, str]]
+
+
+async def _to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run blocking host work off the event loop (asyncio is imported only when used)."""
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _check_input(plugin_id: str, export: str, value: Any) -> None:
+    problem = json_problem(value)
+    if problem:
+        raise UsageError(
+            f"input to {plugin_id} {export}: " + problem.replace("$", "input", 1),
+            plugin_id=plugin_id,
+            export=export,
+        )
+
+
+def _plugin_error(plugin_id: str, export: str, exc: BaseException) -> PluginError:
+    return PluginError(
+        f"{plugin_id} {export} raised {type(exc).__name__}: {exc}",
+        plugin_id=plugin_id,
+        export=export,
+        exception=type(exc).__name__,
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+async def _acall_checked(host: Host, plugin_id: str, export: str, input: Any) -> Any:
+    return await host.acall(plugin_id, export, input)
+
+
+def _run_in_thread(fn: Callable[[Any], T], arg: Any, timeout: float, name: str) -> T:
+    """Call ``fn(arg)`` in a daemon thread; raise ``TimeoutError`` if it outlives ``timeout``.
+
+    A hung hook cannot be killed inside the process; its thread is abandoned and
+    the plugin marked failed.
+    """
+    result: builtins.list[Any] = []
+    error: builtins.list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(arg))
+        except BaseException as exc:  # handed to the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(name)
+    if error:
+        raise error[0]
+    return result[0]  # type: ignore[no-any-return]

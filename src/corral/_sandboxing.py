@@ -1,0 +1,205 @@
+"""Glue between the host and the sandbox: specs from manifests, the broker, the calls.
+
+The host never imports the sandbox package until a sandboxed plugin is loaded.
+The broker is the only way sandboxed code reaches the host; every request is
+checked against the plugin's ``[permissions]`` here, before anything is done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import CorralError, NotFoundError, PermissionDenied
+from ._permissions import expand_placeholders
+
+if TYPE_CHECKING:
+    from ._context import PluginContext
+    from ._host import Host
+    from ._manifest import Manifest
+    from ._sandbox._spec import SandboxSpec
+    from ._sandbox._supervisor import Supervisor
+
+__all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "spec_for"]
+
+MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
+MAX_OUTPUT_BYTES: Final = 1024 * 1024
+_CONNECT_TIMEOUT: Final = 10.0
+
+
+def sandbox_problem(isolation: str) -> str | None:
+    """Why this machine cannot run ``isolation`` (``None`` when it can)."""
+    if not sys.platform.startswith("linux"):
+        return f"{isolation} isolation needs Linux"
+    try:
+        from ._sandbox._kernel import probe
+        from ._sandbox._supervisor import Supervisor  # noqa: F401
+    except ImportError as exc:
+        return f"the sandbox runtime is not available ({exc})"
+    if isolation == "strict":
+        missing = probe().missing_for_strict()
+        if missing:
+            return "missing kernel features: " + ", ".join(missing)
+    return None
+
+
+def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
+    """The sandbox description of a plugin, with placeholders resolved."""
+    from ._sandbox._spec import SandboxSpec
+
+    values = dict(ctx.paths)
+    perms = manifest.permissions
+    env = {name: os.environ[name] for name in perms.env if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    isolation = manifest.sandbox.isolation
+    if isolation == "none":  # pragma: no cover - the host runs these in process
+        raise CorralError(f"{manifest.id} is not sandboxed", plugin_id=manifest.id)
+    return SandboxSpec(
+        plugin_id=manifest.id,
+        isolation=isolation,
+        plugin_dir=Path(values["plugin"]),
+        data_dir=Path(values["data"]),
+        tmp_dir=Path(values["tmp"]),
+        cache_dir=Path(values["cache"]),
+        read_paths=tuple(
+            Path(expand_placeholders(p, values)).resolve() for p in perms.fs_read
+        ) + _interpreter_paths(),
+        write_paths=tuple(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write),
+        net_connect=perms.net_connect,
+        spawn=perms.spawn,
+        env=env,
+        memory_mb=manifest.sandbox.memory_mb,
+        cpu_seconds=manifest.sandbox.cpu_seconds,
+        timeout_ms=manifest.sandbox.timeout_ms,
+        disk_mb=manifest.sandbox.disk_mb,
+        max_processes=manifest.sandbox.max_processes,
+        max_result_bytes=MAX_RESULT_BYTES,
+        max_output_bytes=MAX_OUTPUT_BYTES,
+    )
+
+
+def _interpreter_paths() -> tuple[Path, ...]:
+    """What a worker must read to run Python: the prefixes, stdlib and site-packages."""
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        value = sysconfig.get_paths().get(key)
+        if value:
+            paths.add(Path(value))
+    return tuple(sorted(p.resolve() for p in paths if p.exists()))
+
+
+class Broker:
+    """Answers sandboxed plugins' requests to the host, after checking their grants."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def __call__(self, plugin_id: str, op: str, args: dict[str, Any]) -> Any:
+        manifest = self._manifest(plugin_id)
+        perms = manifest.permissions
+        if op == "log":
+            import logging
+
+            level = args.get("level", "info")
+            logging.getLogger(f"corral.plugin.{plugin_id}").log(
+                logging.getLevelNamesMapping().get(str(level).upper(), logging.INFO),
+                "%s",
+                str(args.get("message", ""))[:4096],
+            )
+            return None
+        if op == "config.get":
+            return self.host._config.get(plugin_id, {})
+        if op == "net.connect":
+            host, port = str(args.get("host", "")), args.get("port")
+            if type(port) is not int or not perms.allows_connect(host, port):
+                raise PermissionDenied(
+                    f"{plugin_id} has no net-connect grant for {host}:{port}",
+                    permission=f"net-connect:{host}:{port}",
+                    plugin_id=plugin_id,
+                )
+            return socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT)
+        if op == "secrets.get":
+            name = str(args.get("name", ""))
+            perms.check_api("secrets", name, plugin_id=plugin_id)
+            raise NotFoundError(f"no secret {name!r} is set", plugin_id=plugin_id, secret=name)
+        service, _, _ = op.rpartition(".")
+        target = str(args.get("topic") or args.get("key") or args.get("to") or "")
+        grant = {
+            "events.publish": "events.publish",
+            "events.subscribe": "events.subscribe",
+            "state.get": "state.read",
+            "state.set": "state.write",
+            "messages.send": "messages.send",
+        }.get(op)
+        if grant is None:
+            raise PermissionDenied(
+                f"{plugin_id} asked for an unknown host service {op!r}",
+                permission=f"host-api:{op}",
+                plugin_id=plugin_id,
+            )
+        perms.check_api(grant, target, plugin_id=plugin_id)
+        raise CorralError(
+            f"host service {service} is not available in this version of corral",
+            plugin_id=plugin_id,
+        )
+
+    def _manifest(self, plugin_id: str) -> Manifest:
+        active = self.host._active.get(plugin_id)
+        if active is None:
+            raise PermissionDenied(
+                f"{plugin_id} is not active in this host",
+                permission="host-api",
+                plugin_id=plugin_id,
+            )
+        return active.manifest
+
+
+def make_supervisor(host: Host) -> Supervisor:
+    """The host's supervisor of sandboxed workers, with its broker."""
+    from ._sandbox._supervisor import Supervisor
+
+    return Supervisor(broker=Broker(host))
+
+
+def call_sandboxed(
+    host: Host,
+    supervisor: Supervisor,
+    manifest: Manifest,
+    ctx: PluginContext,
+    export: str,
+    input: Any,
+) -> Any:
+    """Run an export or micro handler in the plugin's worker and record the call's metrics."""
+    target = manifest.exports.get(export)
+    if target is None:
+        target = next(m.handler for m in manifest.micro if m.id == export)
+    spec = spec_for(manifest, ctx)
+    start = time.perf_counter()
+    outcome = "ok"
+    try:
+        return supervisor.call(spec, target, input, config=dict(ctx.config))
+    except CorralError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        metrics = supervisor.last_metrics(manifest.id)
+        wall_ms = (time.perf_counter() - start) * 1000
+        host.record_call(
+            (
+                manifest.id,
+                export,
+                manifest.sandbox.isolation,
+                outcome,
+                getattr(metrics, "wall_ms", wall_ms) if metrics else wall_ms,
+                getattr(metrics, "cpu_user_ms", None) if metrics else None,
+                getattr(metrics, "cpu_system_ms", None) if metrics else None,
+                getattr(metrics, "peak_rss_kb", None) if metrics else None,
+                getattr(metrics, "result_bytes", None) if metrics else None,
+                time.time(),
+            )
+        )

@@ -1,0 +1,259 @@
+"""The host database: registered plugins, their durable states and call metrics.
+
+SQLite in WAL mode with a busy timeout, so that several processes using the
+same home see one consistent picture.  Every change is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, final
+
+__all__ = ["PluginRow", "Store"]
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugins (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    manifest TEXT NOT NULL,
+    manifest_mtime_ns INTEGER NOT NULL,
+    manifest_size INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    plugin_id TEXT NOT NULL,
+    export TEXT NOT NULL,
+    isolation TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    wall_ms REAL NOT NULL,
+    cpu_user_ms REAL,
+    cpu_system_ms REAL,
+    peak_rss_kb INTEGER,
+    result_bytes INTEGER,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_by_plugin ON calls (plugin_id, at);
+"""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PluginRow:
+    """One row of ``plugins``: what the host remembers of a registered plugin."""
+
+    id: str
+    version: str
+    path: str
+    source: str
+    state: str
+    error: dict[str, Any] | None
+    manifest: dict[str, Any]
+    manifest_mtime_ns: int
+    manifest_size: int
+    registered_at: float
+    updated_at: float
+
+
+def _row(r: tuple[Any, ...]) -> PluginRow:
+    return PluginRow(
+        id=r[0],
+        version=r[1],
+        path=r[2],
+        source=r[3],
+        state=r[4],
+        error=json.loads(r[5]) if r[5] else None,
+        manifest=json.loads(r[6]),
+        manifest_mtime_ns=r[7],
+        manifest_size=r[8],
+        registered_at=r[9],
+        updated_at=r[10],
+    )
+
+
+_COLUMNS: Final = (
+    "id, version, path, source, state, error, manifest, manifest_mtime_ns, "
+    "manifest_size, registered_at, updated_at"
+)
+
+
+@final
+class Store:
+    """Access to ``<home>/corral.db``; one connection per host, safe across processes."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn = conn
+        if not self._has_schema():
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _has_schema(self) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'"
+        ).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken up front (``BEGIN IMMEDIATE``): writers queue, never fail."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def all(self) -> list[PluginRow]:
+        """Every registered plugin, by id."""
+        cur = self._conn.execute(f"SELECT {_COLUMNS} FROM plugins ORDER BY id")  # noqa: S608
+        return [_row(r) for r in cur.fetchall()]
+
+    def get(self, plugin_id: str) -> PluginRow | None:
+        """One registered plugin, or ``None``."""
+        cur = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM plugins WHERE id = ?",  # noqa: S608
+            (plugin_id,),
+        )
+        r = cur.fetchone()
+        return _row(r) if r else None
+
+    def insert(self, conn: sqlite3.Connection, row: PluginRow) -> None:
+        """Add a plugin inside ``transaction()``."""
+        conn.execute(
+            f"INSERT INTO plugins ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            (
+                row.id,
+                row.version,
+                row.path,
+                row.source,
+                row.state,
+                json.dumps(row.error) if row.error else None,
+                json.dumps(row.manifest, sort_keys=True),
+                row.manifest_mtime_ns,
+                row.manifest_size,
+                row.registered_at,
+                row.updated_at,
+            ),
+        )
+
+    def set_state(
+        self, plugin_id: str, state: str, error: dict[str, Any] | None = None
+    ) -> None:
+        """Record a durable state (and the error that caused ``failed``)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE plugins SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (state, json.dumps(error) if error else None, time.time(), plugin_id),
+            )
+
+    def refresh_manifest(
+        self, plugin_id: str, version: str, manifest: dict[str, Any], mtime_ns: int, size: int
+    ) -> None:
+        """Store a re-read manifest after its file changed on disk."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE plugins SET version = ?, manifest = ?, manifest_mtime_ns = ?, "
+                "manifest_size = ?, updated_at = ? WHERE id = ?",
+                (
+                    version,
+                    json.dumps(manifest, sort_keys=True),
+                    mtime_ns,
+                    size,
+                    time.time(),
+                    plugin_id,
+                ),
+            )
+
+    def delete(self, conn: sqlite3.Connection, plugin_id: str) -> None:
+        """Forget a plugin inside ``transaction()``."""
+        conn.execute("DELETE FROM plugins WHERE id = ?", (plugin_id,))
+        conn.execute("DELETE FROM calls WHERE plugin_id = ?", (plugin_id,))
+
+    def get_meta(self, key: str) -> str | None:
+        """A value from the ``meta`` table."""
+        r = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value in the ``meta`` table."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def record_calls(self, rows: list[tuple[Any, ...]]) -> None:
+        """Append per-call metrics rows (see the ``calls`` table for the columns)."""
+        if not rows:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO calls (plugin_id, export, isolation, outcome, wall_ms, cpu_user_ms, "
+                "cpu_system_ms, peak_rss_kb, result_bytes, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def call_summary(self, plugin_id: str) -> dict[str, Any]:
+        """Totals and latency figures of a plugin's recorded calls."""
+        rows = self._conn.execute(
+            "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb "
+            "FROM calls WHERE plugin_id = ? ORDER BY at DESC LIMIT 10000",
+            (plugin_id,),
+        ).fetchall()
+        if not rows:
+            return {"calls": 0}
+        walls: list[float] = sorted(float(r[1]) for r in rows)
+        outcomes: dict[str, int] = {}
+        for r in rows:
+            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
+
+        def pct(p: float) -> float:
+            return round(walls[min(len(walls) - 1, int(p * len(walls)))], 3)
+
+        return {
+            "calls": len(rows),
+            "outcomes": outcomes,
+            "wall_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": walls[-1]},
+            "cpu_user_ms": round(sum(r[2] or 0.0 for r in rows), 3),
+            "cpu_system_ms": round(sum(r[3] or 0.0 for r in rows), 3),
+            "peak_rss_kb": max((r[4] or 0) for r in rows),
+        }
