@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
 from ._errors import InvalidPluginError, NotFoundError
+from ._layout import MANIFEST_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,9 +52,6 @@ __all__ = [
     "pack_directory",
 ]
 
-#: Same value as ``corral._manifest.MANIFEST_NAME``; kept here so that archive
-#: handling does not import the manifest model.
-MANIFEST_NAME: Final = "corral.toml"
 ARCHIVE_SUFFIX: Final = ".corral"
 MAX_ENTRIES: Final = 10_000
 MAX_TOTAL_BYTES: Final = 200 * 1024 * 1024

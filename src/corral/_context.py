@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["PluginContext", "plugin_paths"]
 
@@ -30,7 +32,7 @@ class PluginContext:
     created on first load; ``log`` is a standard logger named ``corral.plugin.<id>``.
     """
 
-    __slots__ = ("cache_dir", "config", "data_dir", "log", "paths", "plugin_dir", "plugin_id",
+    __slots__ = ("_log", "cache_dir", "config", "data_dir", "paths", "plugin_dir", "plugin_id",
                  "tmp_dir", "workspace")
 
     def __init__(
@@ -47,7 +49,16 @@ class PluginContext:
         self.tmp_dir = Path(paths["tmp"])
         self.workspace = Path(paths["workspace"])
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
-        self.log = logging.getLogger(f"corral.plugin.{plugin_id}")
+        self._log: logging.Logger | None = None
+
+    @property
+    def log(self) -> logging.Logger:
+        """The plugin's logger, ``corral.plugin.<id>`` (logging is imported on first use)."""
+        if self._log is None:
+            import logging
+
+            self._log = logging.getLogger(f"corral.plugin.{self.plugin_id}")
+        return self._log
 
     def __repr__(self) -> str:
         return f"<PluginContext {self.plugin_id}>"

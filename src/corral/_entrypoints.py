@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from ._layout import MANIFEST_NAME
+
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from importlib.metadata import Distribution, EntryPoint
@@ -31,8 +33,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP: Final = "corral.plugins"
-#: Same value as ``corral._manifest.MANIFEST_NAME``; discovery stays import-light.
-MANIFEST_NAME: Final = "corral.toml"
 _DOTTED: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 

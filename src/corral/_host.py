@@ -37,8 +37,8 @@ from ._errors import (
 )
 from ._info import PluginInfo
 from ._jsoncheck import SIMPLE_TYPES, json_problem
+from ._layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
 from ._lifecycle import DURABLE_STATES, State, check_transition
-from ._manifest import MANIFEST_NAME, Manifest, load_manifest
 from ._store import PluginRow, Store
 from ._version import __version__
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._loader import ModuleScope
+    from ._manifest import Manifest
 
 __all__ = ["Host", "default_home"]
 
@@ -108,9 +109,9 @@ class Host:
         self.workspace = Path(workspace).absolute() if workspace else Path.cwd()
         self.hook_timeout = hook_timeout
         self._config = {k: dict(v) for k, v in (config or {}).items()}
-        for sub in ("plugins", "data", "cache", "tmp"):
+        for sub in HOME_DIRS:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        self._store = Store(self.home / "corral.db")
+        self._store = Store(self.home / DB_NAME)
         self._active: dict[str, _Active] = {}
         # plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
         self._fast: dict[str, dict[str, _FastEntry]] = {}
@@ -181,6 +182,8 @@ class Host:
 
     def _fresh_manifest(self, row: PluginRow) -> Manifest:
         """The row's manifest, re-read from disk if ``corral.toml`` changed since it was stored."""
+        from ._manifest import Manifest, load_manifest
+
         path = Path(row.path) / MANIFEST_NAME
         try:
             st = path.stat()
@@ -275,6 +278,8 @@ class Host:
 
     def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
         """Plugin directories under ``plugins/`` and entry-point plugins not yet registered."""
+        from ._manifest import load_manifest
+
         out = []
         candidates: builtins.list[tuple[Path, str]] = []
         with os.scandir(self.home / "plugins") as it:
@@ -420,6 +425,7 @@ class Host:
         directory is a temporary copy owned by this registration.
         """
         from ._loader import check_targets
+        from ._manifest import load_manifest
 
         source = source.expanduser().absolute()
         plugins = self.home / "plugins"

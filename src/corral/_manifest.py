@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
 from ._errors import ManifestError
+from ._layout import MANIFEST_NAME
 from ._permissions import HOST_API_SERVICES, PLACEHOLDERS, Permissions, valid_pattern
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "parse_manifest",
 ]
 
-MANIFEST_NAME: Final = "corral.toml"
 ISOLATION_LEVELS: Final = ("none", "limited", "strict")
 MICRO_TYPES: Final = (
     "command-enhancer",

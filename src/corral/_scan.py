@@ -17,12 +17,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+
+from ._layout import MANIFEST_NAME
 
 __all__ = ["MANIFEST_NAME", "ScanResult", "StatKey", "scan_plugin_dirs"]
 
-#: Same value as ``corral._manifest.MANIFEST_NAME``; scanning never imports the model.
-MANIFEST_NAME: Final = "corral.toml"
 
 #: What is remembered of a manifest: ``(st_mtime_ns, st_size)``.
 StatKey = tuple[int, int]
