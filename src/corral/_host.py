@@ -277,31 +277,46 @@ class Host:
         return out
 
     def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
-        """Plugin directories under ``plugins/`` and entry-point plugins not yet registered."""
-        from ._manifest import load_manifest
+        """Plugin directories under ``plugins/`` and entry-point plugins not yet registered.
 
-        out = []
-        candidates: builtins.list[tuple[Path, str]] = []
-        with os.scandir(self.home / "plugins") as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                    candidates.append((Path(entry.path), "directory"))
+        Parsed manifests are cached in the database, keyed by each ``corral.toml``'s
+        mtime and size, so only new or changed directories are read.
+        """
+        import json
+
+        from ._manifest import load_manifest
+        from ._scan import scan_plugin_dirs
+
+        raw = self._store.get_meta("discovered")
+        cached: dict[str, Any] = json.loads(raw) if raw else {}
+        stats: dict[str, tuple[int, int]] = {
+            path: (entry["stat"][0], entry["stat"][1]) for path, entry in cached.items()
+        }
+        scan = scan_plugin_dirs(self.home / "plugins", stats)
+        candidates = [(p, "directory") for p in (*scan.new, *scan.changed, *scan.unchanged)]
         candidates.extend((p, "entry-point") for p in self._entry_point_dirs())
+        fresh: dict[str, Any] = {}
+        out = []
         for plugin_dir, source in candidates:
-            if str(plugin_dir) in registered or not (plugin_dir / MANIFEST_NAME).is_file():
+            key = str(plugin_dir)
+            if key in registered:
                 continue
-            try:
-                manifest = load_manifest(plugin_dir)
-            except CorralError:
-                continue
+            entry = cached.get(key)
+            if entry is None or plugin_dir in scan.changed or source == "entry-point":
+                try:
+                    entry = {"manifest": load_manifest(plugin_dir).to_dict()}
+                except CorralError:
+                    continue
+            if source == "directory":
+                entry["stat"] = list(scan.cache[key])
+                fresh[key] = entry
             out.append(
                 PluginInfo.from_manifest_dict(
-                    manifest.to_dict(),
-                    state=State.DISCOVERED.value,
-                    source=source,
-                    path=str(plugin_dir),
+                    entry["manifest"], state=State.DISCOVERED.value, source=source, path=key
                 )
             )
+        if fresh != cached:
+            self._store.set_meta("discovered", json.dumps(fresh))
         return out
 
     def _entry_point_dirs(self) -> builtins.list[Path]:
