@@ -39,11 +39,11 @@ from ._info import PluginInfo
 from ._jsoncheck import SIMPLE_TYPES, json_problem
 from ._layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
 from ._lifecycle import DURABLE_STATES, State, check_transition
+from ._runner import Runner
 from ._store import PluginRow, Store
 from ._version import __version__
 
 if TYPE_CHECKING:
-    import asyncio
 
     from ._loader import ModuleScope
     from ._manifest import Manifest
@@ -117,8 +117,7 @@ class Host:
         self._fast: dict[str, dict[str, _FastEntry]] = {}
         self._rlock = threading.RLock()
         self._metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._runner = Runner()
         self._supervisor: Any = None
         self._async_exports: set[tuple[str, str]] = set()
         self._closed = False
@@ -146,10 +145,7 @@ class Host:
             self.flush_metrics()
         if self._supervisor is not None:
             self._supervisor.close()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._loop_thread is not None:
-                self._loop_thread.join(timeout=2)
+        self._runner.close()
         for active in list(self._active.values()):
             if active.scope is not None:
                 active.scope.release()
@@ -277,65 +273,14 @@ class Host:
         return out
 
     def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
-        """Plugin directories under ``plugins/`` and entry-point plugins not yet registered.
+        from ._discovery import discover
 
-        Parsed manifests are cached in the database, keyed by each ``corral.toml``'s
-        mtime and size, so only new or changed directories are read.
-        """
-        import json
-
-        from ._manifest import load_manifest
-        from ._scan import scan_plugin_dirs
-
-        raw = self._store.get_meta("discovered")
-        cached: dict[str, Any] = json.loads(raw) if raw else {}
-        stats: dict[str, tuple[int, int]] = {
-            path: (entry["stat"][0], entry["stat"][1]) for path, entry in cached.items()
-        }
-        scan = scan_plugin_dirs(self.home / "plugins", stats)
-        candidates = [(p, "directory") for p in (*scan.new, *scan.changed, *scan.unchanged)]
-        candidates.extend((p, "entry-point") for p in self._entry_point_dirs())
-        fresh: dict[str, Any] = {}
-        out = []
-        for plugin_dir, source in candidates:
-            key = str(plugin_dir)
-            if key in registered:
-                continue
-            entry = cached.get(key)
-            if entry is None or plugin_dir in scan.changed or source == "entry-point":
-                try:
-                    entry = {"manifest": load_manifest(plugin_dir).to_dict()}
-                except CorralError:
-                    continue
-            if source == "directory":
-                entry["stat"] = list(scan.cache[key])
-                fresh[key] = entry
-            out.append(
-                PluginInfo.from_manifest_dict(
-                    entry["manifest"], state=State.DISCOVERED.value, source=source, path=key
-                )
-            )
-        if fresh != cached:
-            self._store.set_meta("discovered", json.dumps(fresh))
-        return out
+        return discover(self._store, self.home / "plugins", registered)
 
     def _entry_point_dirs(self) -> builtins.list[Path]:
-        """Directories of pip-installed plugins, cached until a ``sys.path`` folder changes."""
-        import json
+        from ._discovery import entry_point_dirs
 
-        from ._entrypoints import sys_path_fingerprint
-
-        stamp = [list(item) for item in sys_path_fingerprint()]
-        cached = self._store.get_meta("entry_points")
-        if cached:
-            data = json.loads(cached)
-            if data.get("stamp") == stamp:
-                return [Path(p) for p in data["dirs"]]
-        from ._entrypoints import discover_entry_points
-
-        dirs = [str(ep.plugin_dir) for ep in discover_entry_points() if ep.ok and ep.plugin_dir]
-        self._store.set_meta("entry_points", json.dumps({"stamp": stamp, "dirs": dirs}))
-        return [Path(p) for p in dirs]
+        return entry_point_dirs(self._store)
 
     def info(self, plugin_id: str) -> dict[str, Any]:
         """Everything known about one plugin, with its call metrics, as JSON data."""
@@ -838,13 +783,8 @@ class Host:
         timeout = self.hook_timeout
         try:
             if inspect.iscoroutinefunction(fn):
-                import asyncio
-
-                future = asyncio.run_coroutine_threadsafe(
-                    asyncio.wait_for(fn(arg), timeout), self._event_loop()
-                )
-                return future.result(timeout + 1)
-            return _run_in_thread(fn, arg, timeout, f"corral-hook-{plugin_id}-{name}")
+                return self._runner.run_async(fn, arg, timeout)
+            return self._runner.run_sync(fn, arg, timeout, f"corral-hook-{plugin_id}-{name}")
         except TimeoutError:
             raise PluginTimeout(
                 f"{plugin_id}: {name} did not finish within {timeout:g} s",
@@ -862,20 +802,6 @@ class Host:
                 hook=name,
                 traceback="".join(traceback.format_exception(exc)),
             ) from exc
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        """A private loop in a daemon thread, for async plugin code called from sync code."""
-        with self._rlock:
-            if self._loop is None:
-                import asyncio
-
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="corral-host-loop", daemon=True
-                )
-                thread.start()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
 
     # -- calling --------------------------------------------------------------
 
@@ -980,12 +906,7 @@ class Host:
             )
         if manifest.sandbox.isolation == "none":
             if self._fast[plugin_id][export][2]:
-                import asyncio
-
-                future = asyncio.run_coroutine_threadsafe(
-                    _acall_checked(self, plugin_id, export, input), self._event_loop()
-                )
-                return future.result()
+                return self._runner.submit(self.acall(plugin_id, export, input)).result()
             return self.call(plugin_id, export, input)
         return self._call_sandboxed(active, export, input)
 
@@ -1059,32 +980,3 @@ def _plugin_error(plugin_id: str, export: str, exc: BaseException) -> PluginErro
         exception=type(exc).__name__,
         traceback="".join(traceback.format_exception(exc)),
     )
-
-
-async def _acall_checked(host: Host, plugin_id: str, export: str, input: Any) -> Any:
-    return await host.acall(plugin_id, export, input)
-
-
-def _run_in_thread(fn: Callable[[Any], T], arg: Any, timeout: float, name: str) -> T:
-    """Call ``fn(arg)`` in a daemon thread; raise ``TimeoutError`` if it outlives ``timeout``.
-
-    A hung hook cannot be killed inside the process; its thread is abandoned and
-    the plugin marked failed.
-    """
-    result: builtins.list[Any] = []
-    error: builtins.list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(arg))
-        except BaseException as exc:  # handed to the caller's thread
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(name)
-    if error:
-        raise error[0]
-    return result[0]  # type: ignore[no-any-return]

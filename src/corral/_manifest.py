@@ -20,7 +20,13 @@ from typing import Any, Final, Literal, final
 
 from ._errors import ManifestError
 from ._layout import MANIFEST_NAME
-from ._permissions import HOST_API_SERVICES, PLACEHOLDERS, Permissions, valid_pattern
+from ._permissions import (
+    HOST_API_SERVICES,
+    PLACEHOLDERS,
+    SECRET_NAME_PATTERN,
+    Permissions,
+    valid_pattern,
+)
 
 __all__ = [
     "ISOLATION_LEVELS",
@@ -68,11 +74,13 @@ EXPORT_NAME_PATTERN: Final = r"^[a-z_][a-z0-9_-]*$"
 _EXPORT_RE: Final = re.compile(EXPORT_NAME_PATTERN)
 ENV_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_RE: Final = re.compile(ENV_PATTERN)
-_HOSTNAME_RE: Final = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+HOSTNAME_PATTERN: Final = (
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_PROGRAM_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$|^/[^\0]+$")
+_HOSTNAME_RE: Final = re.compile(HOSTNAME_PATTERN)
+PROGRAM_PATTERN: Final = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*|/[^\0]+"
+_PROGRAM_RE: Final = re.compile(PROGRAM_PATTERN)
 
 _PLUGIN_KEYS: Final = (
     "id",
@@ -545,7 +553,7 @@ class _Reader:
             raise self.fail(
                 key, f"must be 'host:port' (IPv6 as '[::1]:443'), got {entry!r}"
             )
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise self.fail(key, f"port must be 1..65535, got {port!r} in {entry!r}")
 
     def _api_grant(self, entry: str, key: str) -> None:
@@ -563,7 +571,7 @@ class _Reader:
                 key, f"{service} needs a {HOST_API_SERVICES[service]} after ':', got {entry!r}"
             )
         if service == "secrets":
-            if not re.fullmatch(r"^[A-Za-z0-9_.-]+$", target):
+            if not re.fullmatch(SECRET_NAME_PATTERN, target):
                 raise self.fail(key, f"bad secret name {target!r}")
         elif not valid_pattern(target):
             raise self.fail(

@@ -14,7 +14,9 @@ from ._errors import PermissionDenied
 
 __all__ = [
     "HOST_API_SERVICES",
+    "NAME_PATTERN",
     "PLACEHOLDERS",
+    "SECRET_NAME_PATTERN",
     "Permissions",
     "expand_placeholders",
     "pattern_matches",
@@ -35,7 +37,11 @@ HOST_API_SERVICES: Final = {
 }
 
 _SEGMENT = r"(?:[A-Za-z0-9_-]+|\*)"
-_PATTERN_RE: Final = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*(?:\.>)?$|^>$")
+#: A topic, key or id pattern: dotted segments, ``*`` for one, a final ``>`` for any depth.
+NAME_PATTERN: Final = rf"(?:{_SEGMENT}(?:\.{_SEGMENT})*(?:\.>)?|>)"
+#: A secret's name.
+SECRET_NAME_PATTERN: Final = r"[A-Za-z0-9_.-]+"
+_PATTERN_RE: Final = re.compile(NAME_PATTERN)
 
 
 def valid_pattern(pattern: str) -> bool:

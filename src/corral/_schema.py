@@ -7,15 +7,34 @@ from typing import Any
 from ._manifest import (
     ENV_PATTERN,
     EXPORT_NAME_PATTERN,
+    HOSTNAME_PATTERN,
     ID_MAX,
     ID_PATTERN,
     ISOLATION_LEVELS,
     LIMITS,
     MICRO_MAX_MS,
     MICRO_TYPES,
+    PROGRAM_PATTERN,
     TARGET_PATTERN,
 )
-from ._permissions import HOST_API_SERVICES, PLACEHOLDERS
+from ._permissions import HOST_API_SERVICES, NAME_PATTERN, PLACEHOLDERS, SECRET_NAME_PATTERN
+
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_MAX_GRANTS = 256
+
+
+def _exact(pattern: str) -> str:
+    """Anchor a pattern for both ECMA and Python engines (Python's ``$`` allows a final newline)."""
+    body = pattern.removeprefix("^").removesuffix("$")
+    return rf"^(?![\s\S]*\n)(?:{body})$"
+
+
+def _grants(item_pattern: str) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "maxItems": _MAX_GRANTS,
+        "items": {"type": "string", "pattern": _exact(item_pattern)},
+    }
 
 __all__ = ["manifest_json_schema"]
 
@@ -26,15 +45,13 @@ def manifest_json_schema() -> dict[str, Any]:
     Checks that need code (PEP 440 versions, version ranges, "did you mean")
     stay in the model; the schema gives editors completion and early errors.
     """
-    plugin_id = {"type": "string", "pattern": ID_PATTERN, "maxLength": ID_MAX}
-    target = {"type": "string", "pattern": TARGET_PATTERN}
-    strings = {"type": "array", "items": {"type": "string"}}
+    plugin_id = {"type": "string", "pattern": _exact(ID_PATTERN), "maxLength": ID_MAX}
+    target = {"type": "string", "pattern": _exact(TARGET_PATTERN)}
     placeholder = "|".join(PLACEHOLDERS)
-    path_grant = {
-        "type": "array",
-        "items": {"type": "string", "pattern": rf"^(/|\{{({placeholder})\}}(/|$))"},
-    }
-    services = "|".join(s.replace(".", r"\.") for s in HOST_API_SERVICES)
+    path_grant = _grants(rf"(?!.*(?:^|/)\.\.(?:/|$))(?:/|\{{(?:{placeholder})\}}(?:/|$))[^\x00]*")
+    services = "|".join(
+        s.replace(".", r"\.") for s in HOST_API_SERVICES if s != "secrets"
+    )
     limits = {
         key: {"type": "integer", "minimum": low, "maximum": high, "default": default}
         for key, (low, high, default) in LIMITS.items()
@@ -57,7 +74,7 @@ def manifest_json_schema() -> dict[str, Any]:
                     "name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "version": {"type": "string", "maxLength": 64},
                     "description": {"type": "string", "maxLength": 2000},
-                    "license": {"type": "string"},
+                    "license": {"type": "string", "maxLength": 200},
                     "authors": {
                         "type": "array",
                         "items": {
@@ -66,20 +83,31 @@ def manifest_json_schema() -> dict[str, Any]:
                             "required": ["name"],
                             "properties": {
                                 "name": {"type": "string", "minLength": 1},
-                                "email": {"type": "string", "pattern": r"^[^@\s]+@[^@\s]+$"},
+                                "email": {
+                                    "type": "string",
+                                    "maxLength": 254,
+                                    "pattern": _exact(r"[^@\s]+@[^@\s]+"),
+                                },
                             },
                         },
                     },
-                    "category": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]*$"},
+                    "category": {
+                        "type": "string",
+                        "maxLength": 50,
+                        "pattern": _exact(r"[a-z0-9][a-z0-9-]*"),
+                    },
                     "tags": {
                         "type": "array",
                         "maxItems": 32,
-                        "items": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9+.-]{0,49}$"},
+                        "items": {
+                            "type": "string",
+                            "pattern": _exact(r"[a-z0-9][a-z0-9+.-]{0,49}"),
+                        },
                     },
                     "requires-corral": {"type": "string"},
                     "entry": target,
-                    "homepage": {"type": "string"},
-                    "repository": {"type": "string"},
+                    "homepage": {"type": "string", "maxLength": 1000},
+                    "repository": {"type": "string", "maxLength": 1000},
                 },
             },
             "dependencies": {
@@ -93,19 +121,14 @@ def manifest_json_schema() -> dict[str, Any]:
                 "properties": {
                     "fs-read": path_grant,
                     "fs-write": path_grant,
-                    "net-connect": {
-                        "type": "array",
-                        "items": {
-                            "type": "string",
-                            "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                        },
-                    },
-                    "spawn": strings,
-                    "env": {"type": "array", "items": {"type": "string", "pattern": ENV_PATTERN}},
-                    "host-api": {
-                        "type": "array",
-                        "items": {"type": "string", "pattern": rf"^({services}):.+$"},
-                    },
+                    "net-connect": _grants(
+                        rf"(?:\[[0-9A-Fa-f:.]+\]|{HOSTNAME_PATTERN}):{_PORT}"
+                    ),
+                    "spawn": _grants(rf"(?!.*/\.\.)(?:{PROGRAM_PATTERN})"),
+                    "env": _grants(ENV_PATTERN),
+                    "host-api": _grants(
+                        rf"secrets:{SECRET_NAME_PATTERN}|(?:{services}):{NAME_PATTERN}"
+                    ),
                 },
             },
             "sandbox": {
@@ -118,7 +141,7 @@ def manifest_json_schema() -> dict[str, Any]:
             },
             "exports": {
                 "type": "object",
-                "propertyNames": {"pattern": EXPORT_NAME_PATTERN},
+                "propertyNames": {"pattern": _exact(EXPORT_NAME_PATTERN)},
                 "additionalProperties": target,
             },
             "micro": {
