@@ -641,7 +641,7 @@ class Host:
 
         manifest = active.manifest
         check_targets(plugin_dir, manifest)
-        scope = ModuleScope(manifest.id, plugin_dir)
+        scope = ModuleScope(manifest.id, manifest.version, plugin_dir)
         scope.claim({t.partition(":")[0].split(".")[0] for _, t in targets_of(manifest)})
         active.scope = scope
         if manifest.entry:

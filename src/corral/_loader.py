@@ -124,21 +124,38 @@ def check_targets(plugin_dir: Path, manifest: Manifest) -> None:
 
 
 @final
+class _Owner:
+    """Who provides a top-level module name: a plugin version, from one directory."""
+
+    __slots__ = ("plugin_id", "root", "users", "version")
+
+    def __init__(self, plugin_id: str, version: str, root: str) -> None:
+        self.plugin_id = plugin_id
+        self.version = version
+        self.root = root
+        self.users = 1
+
+
+@final
 class _ScopedFinder(importlib.abc.MetaPathFinder):
-    """Serves the top-level modules claimed by loaded plugins from their own directories."""
+    """Serves the top-level modules claimed by loaded plugins from their own directories.
+
+    ``sys.modules`` is one namespace per process: two hosts that load the same
+    version of a plugin share its modules; two versions cannot be loaded at once.
+    """
 
     def __init__(self) -> None:
-        self.roots: dict[str, str] = {}
+        self.owners: dict[str, _Owner] = {}
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
-        root = self.roots.get(fullname)
-        if root is None:
+        owner = self.owners.get(fullname)
+        if owner is None:
             return None
-        return importlib.machinery.PathFinder.find_spec(fullname, [root])
+        return importlib.machinery.PathFinder.find_spec(fullname, [owner.root])
 
 
 _FINDER = _ScopedFinder()
@@ -158,10 +175,11 @@ def _top_level_names(plugin_dir: Path) -> set[str]:
 class ModuleScope:
     """The imported code of one in-process plugin; :meth:`release` forgets it again."""
 
-    __slots__ = ("_names", "plugin_dir", "plugin_id")
+    __slots__ = ("_names", "plugin_dir", "plugin_id", "version")
 
-    def __init__(self, plugin_id: str, plugin_dir: Path) -> None:
+    def __init__(self, plugin_id: str, version: str, plugin_dir: Path) -> None:
         self.plugin_id = plugin_id
+        self.version = version
         self.plugin_dir = plugin_dir
         self._names: set[str] = set()
 
@@ -176,28 +194,44 @@ class ModuleScope:
             sys.meta_path.append(_FINDER)
         root = str(self.plugin_dir)
         claimed: set[str] = set()
+        shared: set[str] = set()
         for name in sorted(_top_level_names(self.plugin_dir) | needed):
-            owner = _FINDER.roots.get(name)
+            owner = _FINDER.owners.get(name)
             problem = None
-            if owner is not None and owner != root:
-                problem = f"is already provided by the plugin in {owner}"
-            elif owner is None and (
+            if owner is not None:
+                if (owner.plugin_id, owner.version) == (self.plugin_id, self.version):
+                    shared.add(name)
+                    continue
+                if owner.plugin_id == self.plugin_id:
+                    problem = (
+                        f"is already loaded in this process from version {owner.version} "
+                        f"({owner.root}); in-process plugins share one module namespace, so "
+                        "two versions cannot be loaded at once"
+                    )
+                else:
+                    problem = (
+                        f"is already provided by plugin {owner.plugin_id} ({owner.root}); "
+                        "rename one of them"
+                    )
+            elif (
                 name in sys.modules
                 or name in sys.stdlib_module_names
                 or importlib.machinery.PathFinder.find_spec(name) is not None
             ):
-                problem = "would shadow an installed module of the same name"
+                problem = "would shadow an installed module of the same name; rename it"
             if problem is None:
                 claimed.add(name)
             elif name in needed:
                 raise InvalidPluginError(
-                    f"{self.plugin_id}: top-level module {name!r} {problem}; rename it",
+                    f"{self.plugin_id}: top-level module {name!r} {problem}",
                     plugin_id=self.plugin_id,
                     module=name,
                 )
         for name in claimed:
-            _FINDER.roots[name] = root
-        self._names = claimed
+            _FINDER.owners[name] = _Owner(self.plugin_id, self.version, root)
+        for name in shared:
+            _FINDER.owners[name].users += 1
+        self._names = claimed | shared
 
     def resolve(self, target: str) -> Any:
         """Import ``module:attr`` and return the attribute; failures are the plugin's."""
@@ -224,8 +258,13 @@ class ModuleScope:
     def release(self) -> None:
         """Drop the plugin's modules from ``sys.modules`` and free its names."""
         for name in self._names:
-            if _FINDER.roots.get(name) == str(self.plugin_dir):
-                del _FINDER.roots[name]
+            owner = _FINDER.owners.get(name)
+            if owner is None or owner.plugin_id != self.plugin_id:
+                continue
+            owner.users -= 1
+            if owner.users > 0:
+                continue
+            del _FINDER.owners[name]
             for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
                 del sys.modules[mod]
         self._names = set()

@@ -10,6 +10,7 @@ or runs plugin code.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -255,8 +256,9 @@ def parse_manifest(text: str | bytes, *, file: str = MANIFEST_NAME) -> Manifest:
     return Manifest.from_dict(data, file=file)
 
 
-def load_manifest(plugin_dir: Path) -> Manifest:
+def load_manifest(plugin_dir: str | os.PathLike[str]) -> Manifest:
     """Read ``plugin_dir/corral.toml`` without importing any plugin code."""
+    plugin_dir = Path(plugin_dir)
     path = plugin_dir / MANIFEST_NAME
     try:
         raw = path.read_bytes()
