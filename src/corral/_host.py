@@ -315,6 +315,7 @@ class Host:
             raise UsageError("register needs at least one plugin directory or archive")
         with self._locked():
             staged: builtins.list[tuple[Manifest, Path, str, bool]] = []
+            placed: builtins.list[Path] = []
             try:
                 for source in sources:
                     staged.append(self._stage(Path(source)))
@@ -340,11 +341,13 @@ class Host:
                     )
                 for manifest in batch.values():
                     check_dependencies(manifest, everything)
-                placed = [self._place(m, path, temp) for m, path, _, temp in staged]
+                for m, path, _, temp in staged:
+                    placed.append(self._place(m, path, temp))
             except BaseException:
                 for _, path, _, temp in staged:
                     if temp:
                         shutil.rmtree(path, ignore_errors=True)
+                self._unplace(staged, placed)
                 raise
             now = time.time()
             try:
@@ -368,9 +371,7 @@ class Host:
                             ),
                         )
             except BaseException:
-                for (_, _, _, temp), path in zip(staged, placed, strict=True):
-                    if temp:
-                        shutil.rmtree(path, ignore_errors=True)
+                self._unplace(staged, placed)
                 raise
         return [self._info_of(m.id) for m, _, _, _ in staged]
 
@@ -432,6 +433,15 @@ class Host:
             )
         os.rename(path, final_path)
         return final_path
+
+    @staticmethod
+    def _unplace(
+        staged: builtins.list[tuple[Manifest, Path, str, bool]], placed: builtins.list[Path]
+    ) -> None:
+        """Delete the copies a failed registration already moved into place."""
+        for (_, _, _, temp), path in zip(staged, placed, strict=False):
+            if temp:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _info_of(self, plugin_id: str) -> PluginInfo:
         row = self._row(plugin_id)
@@ -524,9 +534,9 @@ class Host:
         with self._locked():
             known = self._known()
             self._row(plugin_id)
-            check_transition(plugin_id, self._current(plugin_id), "disable")
+            check_transition(plugin_id, self._recorded(plugin_id), "disable")
             enabled_dependents = [
-                p for p in dependents_of(plugin_id, known) if self._current(p) is State.ENABLED
+                p for p in dependents_of(plugin_id, known) if self._recorded(p) is State.ENABLED
             ]
             if enabled_dependents and not cascade:
                 raise LifecycleError(
@@ -607,6 +617,14 @@ class Host:
         # disabled is, for this process, registered: its code has not run here.
         state = State(row.state)
         return State.FAILED if state is State.FAILED else State.REGISTERED
+
+    def _recorded(self, plugin_id: str) -> State:
+        """The state in this process if the plugin is active here, else the recorded one."""
+        active = self._active.get(plugin_id)
+        if active is not None:
+            return active.state
+        row = self._store.get(plugin_id)
+        return State.DISCOVERED if row is None else State(row.state)
 
     def _persist(self, plugin_id: str, state: State, error: dict[str, Any] | None = None) -> None:
         if state in DURABLE_STATES:
@@ -745,7 +763,6 @@ class Host:
                 active.scope.release()
                 active.scope = None
         active.state = State.UNLOADED
-        self._active.pop(plugin_id, None)
         row = self._store.get(plugin_id)
         if row is not None and row.state != State.REGISTERED.value:
             self._persist(plugin_id, State.REGISTERED)

@@ -84,3 +84,5 @@ class Runner:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=2)
+        if loop is not None and not loop.is_running():
+            loop.close()
