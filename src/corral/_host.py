@@ -205,11 +205,36 @@ class Host:
         return manifest
 
     def _known(self) -> dict[str, Manifest]:
-        out = {}
+        """Every registered plugin whose manifest is readable now."""
+        return self._read_all()[0]
+
+    def _read_all(self) -> tuple[dict[str, Manifest], dict[str, CorralError]]:
+        known: dict[str, Manifest] = {}
+        broken: dict[str, CorralError] = {}
         for row in self._store.all():
-            with contextlib.suppress(CorralError):
-                out[row.id] = self._fresh_manifest(row)
-        return out
+            try:
+                known[row.id] = self._fresh_manifest(row)
+            except CorralError as exc:
+                broken[row.id] = exc
+        return known, broken
+
+    def _plan(self, plugin_id: str) -> tuple[dict[str, Manifest], builtins.list[str]]:
+        """The known manifests and ``plugin_id`` with its dependencies, dependencies first.
+
+        A plugin in that chain whose manifest no longer reads raises its own error
+        (naming the file and key), not a confusing "not registered".
+        """
+        known, broken = self._read_all()
+        if plugin_id in broken:
+            raise broken[plugin_id]
+        self._row(plugin_id)
+        try:
+            return known, dependency_order([plugin_id], known)
+        except InvalidPluginError as exc:
+            dep = exc.details.get("dependency")
+            if isinstance(dep, str) and dep in broken:
+                raise broken[dep] from exc
+            raise
 
     def _state_of(self, row: PluginRow) -> State:
         active = self._active.get(row.id)
@@ -479,8 +504,9 @@ class Host:
             path = Path(row.path)
             if row.source != "entry-point" and path.parent == self.home / "plugins":
                 trash = path.with_name(f".trash-{uuid.uuid4().hex}")
-                os.rename(path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):  # already deleted by hand
+                    os.rename(path, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
             if purge_data:
                 for sub in ("data", "cache", "tmp"):
                     shutil.rmtree(self.home / sub / plugin_id, ignore_errors=True)
@@ -494,9 +520,8 @@ class Host:
     def load(self, plugin_id: str) -> PluginInfo:
         """Load a plugin and its dependencies (import code, run ``on_load``)."""
         with self._locked():
-            known = self._known()
-            self._row(plugin_id)
-            for pid in dependency_order([plugin_id], known):
+            known, order = self._plan(plugin_id)
+            for pid in order:
                 state = self._current(pid)
                 if pid != plugin_id and state in (State.ENABLED, State.LOADED):
                     continue
@@ -510,9 +535,7 @@ class Host:
         A plugin in ``failed`` is unloaded and tried again: that is how it recovers.
         """
         with self._locked():
-            known = self._known()
-            self._row(plugin_id)
-            order = dependency_order([plugin_id], known)
+            known, order = self._plan(plugin_id)
             for pid in order:
                 state = self._current(pid)
                 if state is State.ENABLED:
@@ -895,8 +918,8 @@ class Host:
             active = self._active.get(plugin_id)
             if active is None or active.state is not State.ENABLED:
                 if active is None and row.state == State.ENABLED.value:
-                    known = self._known()
-                    for pid in dependency_order([plugin_id], known):
+                    known, order = self._plan(plugin_id)
+                    for pid in order:
                         if pid in self._active and self._active[pid].state is State.ENABLED:
                             continue
                         if pid not in self._active:
