@@ -1,0 +1,1 @@
+"""The strict sandbox: kernel confinement, the fork server, RPC and the broker."""

@@ -1,0 +1,228 @@
+"""What this machine's kernel can enforce for strict isolation, probed once.
+
+:func:`probe` never changes the calling process: Landlock and seccomp are
+asked read-only questions, and namespaces are tried in a throwaway forked
+child.  Strict isolation refuses to run when :meth:`KernelFeatures.missing_for_strict`
+names anything; ``corral doctor`` prints :meth:`KernelFeatures.describe`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Final, NamedTuple, final
+
+from corral._errors import CorralError
+from corral._sandbox._landlock import landlock_abi
+from corral._sandbox._seccomp import SUPPORTED_MACHINES, _libc, _syscall
+
+__all__ = ["FeatureRow", "KernelFeatures", "probe", "require_strict"]
+
+_PR_GET_SECCOMP: Final = 21
+_SECCOMP_GET_ACTION_AVAIL: Final = 2
+_SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
+_SECCOMP_RET_ERRNO: Final = 0x00050000
+_SYS_SECCOMP: Final = {"x86_64": 317, "aarch64": 277}
+
+_CLONE_NEWNS: Final = 0x00020000
+_CLONE_NEWIPC: Final = 0x08000000
+_CLONE_NEWUSER: Final = 0x10000000
+_CLONE_NEWPID: Final = 0x20000000
+_CLONE_NEWNET: Final = 0x40000000
+
+# Bits the probe child reports back, one per namespace it could create.
+_USER: Final = 1
+_PID: Final = 2
+_NET: Final = 4
+_MOUNT: Final = 8
+_IPC: Final = 16
+_CHILD_TRIES: Final = (
+    (_CLONE_NEWPID, _PID),
+    (_CLONE_NEWNET, _NET),
+    (_CLONE_NEWNS, _MOUNT),
+    (_CLONE_NEWIPC, _IPC),
+)
+
+
+class FeatureRow(NamedTuple):
+    """One line of ``corral doctor``: a feature, whether it works, and what was seen."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class KernelFeatures:
+    """The confinement features of the running kernel, as :func:`probe` found them."""
+
+    #: CPU architecture (``os.uname().machine``).
+    machine: str
+    #: Landlock ABI version; 0 when Landlock is missing or disabled.
+    landlock_abi: int
+    #: seccomp-bpf filters work and corral has a syscall table for ``machine``.
+    seccomp_filter: bool
+    #: An unprivileged user namespace can be created and its id maps written.
+    user_ns: bool
+    #: PID, network, mount and IPC namespaces can be created (inside the user one).
+    pid_ns: bool
+    net_ns: bool
+    mount_ns: bool
+    ipc_ns: bool
+    #: Why the namespace probe could not run, if it could not.
+    probe_error: str = ""
+
+    def describe(self) -> list[FeatureRow]:
+        """Rows for ``corral doctor``, one per feature strict isolation uses."""
+        abi = self.landlock_abi
+        if abi:
+            parts = ["files"]
+            if abi >= 4:
+                parts.append("TCP bind/connect")
+            if abi >= 6:
+                parts.append("signal and abstract-socket scoping")
+            landlock = f"ABI {abi}: " + ", ".join(parts)
+        else:
+            landlock = "missing (needs Linux 5.13+ with landlock in lsm=)"
+        if self.seccomp_filter:
+            seccomp = f"filters available, syscall table for {self.machine}"
+        elif self.machine not in SUPPORTED_MACHINES:
+            seccomp = f"no syscall table for {self.machine}"
+        else:
+            seccomp = "missing (kernel built without CONFIG_SECCOMP_FILTER)"
+
+        def ns(ok: bool) -> str:
+            if ok:
+                return "can be created"
+            return self.probe_error or "cannot be created (disabled or restricted by sysctl/LSM)"
+
+        return [
+            FeatureRow("landlock", abi > 0, landlock),
+            FeatureRow("seccomp-bpf", self.seccomp_filter, seccomp),
+            FeatureRow("user namespaces", self.user_ns, ns(self.user_ns)),
+            FeatureRow("pid namespaces", self.pid_ns, ns(self.pid_ns)),
+            FeatureRow("network namespaces", self.net_ns, ns(self.net_ns)),
+            FeatureRow("mount namespaces", self.mount_ns, ns(self.mount_ns)),
+            FeatureRow("ipc namespaces", self.ipc_ns, ns(self.ipc_ns)),
+        ]
+
+    def missing_for_strict(self) -> list[str]:
+        """Names of the features strict isolation needs and this kernel lacks."""
+        return [row.name for row in self.describe() if not row.available]
+
+
+def _seccomp_available(machine: str) -> bool:
+    if sys.platform != "linux" or machine not in SUPPORTED_MACHINES:
+        return False
+    if _libc().prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
+        return False
+    # SECCOMP_GET_ACTION_AVAIL (4.14+) answers without installing anything.
+    for action in (_SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO):
+        value = ctypes.c_uint32(action)
+        ret = _syscall(
+            _SYS_SECCOMP[machine],
+            ctypes.c_uint(_SECCOMP_GET_ACTION_AVAIL),
+            ctypes.c_uint(0),
+            ctypes.byref(value),
+        )
+        if ret != 0:
+            return False
+    return True
+
+
+def _probe_namespaces() -> tuple[int, str]:
+    """Try each namespace in a forked child; return the bits it could create."""
+    if sys.platform != "linux":
+        return 0, "not Linux"
+    uid, gid = os.getuid(), os.getgid()
+    maps = (
+        ("/proc/self/setgroups", b"deny"),
+        ("/proc/self/uid_map", f"0 {uid} 1".encode()),
+        ("/proc/self/gid_map", f"0 {gid} 1".encode()),
+    )
+    unshare = _libc().unshare
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        return 0, f"probe could not fork: {exc.strerror}"
+    if pid == 0:  # pragma: no cover - runs in the child
+        bits = 0
+        try:
+            os.close(read_fd)
+            if unshare(_CLONE_NEWUSER) == 0:
+                for path, data in maps:
+                    fd = os.open(path, os.O_WRONLY)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
+                bits |= _USER
+            for flag, bit in _CHILD_TRIES:
+                if unshare(flag) == 0:
+                    bits |= bit
+        except BaseException:  # noqa: S110 - the bits so far are the answer
+            pass
+        finally:
+            try:
+                os.write(write_fd, bytes([bits]))
+            finally:
+                os._exit(0)
+    os.close(write_fd)
+    try:
+        answer = os.read(read_fd, 1)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    if not answer:
+        return 0, "the probe child died before answering"
+    return answer[0], ""
+
+
+_lock: Final = threading.Lock()
+_cached: list[KernelFeatures] = []
+
+
+def probe() -> KernelFeatures:
+    """The kernel's confinement features, probed on first use and cached."""
+    with _lock:
+        if not _cached:
+            machine = os.uname().machine
+            bits, error = _probe_namespaces()
+            _cached.append(
+                KernelFeatures(
+                    machine=machine,
+                    landlock_abi=landlock_abi(),
+                    seccomp_filter=_seccomp_available(machine),
+                    user_ns=bool(bits & _USER),
+                    pid_ns=bool(bits & _PID),
+                    net_ns=bool(bits & _NET),
+                    mount_ns=bool(bits & _MOUNT),
+                    ipc_ns=bool(bits & _IPC),
+                    probe_error=error,
+                )
+            )
+        return _cached[0]
+
+
+def require_strict() -> KernelFeatures:
+    """Return the features, or refuse strict isolation naming what is missing.
+
+    :raises CorralError: with ``missing`` listing each absent feature.
+    """
+    features = probe()
+    missing = features.missing_for_strict()
+    if missing:
+        raise CorralError(
+            "strict isolation cannot run on this kernel: missing "
+            + ", ".join(missing)
+            + " (see `corral doctor`)",
+            missing=missing,
+        )
+    return features

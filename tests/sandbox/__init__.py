@@ -1,0 +1,1 @@
+"""Tests of the sandbox, judged from outside the confined process."""
