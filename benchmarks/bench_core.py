@@ -23,10 +23,13 @@ from pathlib import Path
 
 PY = sys.executable
 RUNS = int(os.environ.get("BENCH_RUNS", "30"))
+#: Child processes may cache bytecode, as an installed application would.
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def wall(cmd: list[str], env: dict[str, str] | None = None, runs: int = RUNS) -> list[float]:
     """Wall-clock milliseconds of ``runs`` executions of ``cmd`` (after one warm-up)."""
+    env = env or BASE_ENV
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     out = []
     for _ in range(runs):
@@ -104,13 +107,13 @@ def bench_list() -> None:
             for i in range(0, 100, 2):
                 host.enable(f"bench.p{i:03d}")
             assert len(host.list()) == 100
-        env = {**os.environ, "CORRAL_HOME": str(home)}
+        env = {**BASE_ENV, "CORRAL_HOME": str(home)}
         corral_cmd = [PY, "-m", "corral", "list", "--json"]
         out = subprocess.run(corral_cmd, env=env, check=True, capture_output=True, text=True)
         assert out.stdout.count('"id"') == 100, "list did not report 100 plugins"
         lst = wall(corral_cmd, env=env)
         site = make_entry_points(root, 100)
-        sv_env = {**os.environ, "PYTHONPATH": str(site)}
+        sv_env = {**BASE_ENV, "PYTHONPATH": str(site)}
         sv_cmd = [
             PY,
             "-c",

@@ -6,12 +6,13 @@ nothing on the host application's start-up path.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 
+# Not ``typing.TYPE_CHECKING``: importing typing would double the cost of ``import corral``.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._context import PluginContext as PluginContext
     from ._errors import CorralError as CorralError
     from ._errors import DeniedError as DeniedError
@@ -76,6 +77,8 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
     module = _WHERE.get(name)
     if module is None:
         if name in __all__:
