@@ -44,9 +44,9 @@ from ._store import PluginRow, Store
 from ._version import __version__
 
 if TYPE_CHECKING:
-
     from ._loader import ModuleScope
     from ._manifest import Manifest
+    from ._micro import MicroManager
 
 __all__ = ["Host", "default_home"]
 
@@ -120,6 +120,7 @@ class Host:
         self._runner = Runner()
         self._supervisor: Any = None
         self._async_exports: set[tuple[str, str]] = set()
+        self._micro_mgr: MicroManager | None = None
         self._closed = False
 
     # -- context management -------------------------------------------------
@@ -141,6 +142,8 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        if self._micro_mgr is not None:
+            self._micro_mgr.close()
         with contextlib.suppress(Exception):
             self.flush_metrics()
         if self._supervisor is not None:
@@ -743,6 +746,7 @@ class Host:
             raise
         active.state = State.ENABLED
         self._persist(plugin_id, State.ENABLED)
+        self._feed_micro(active)
         if active.manifest.sandbox.isolation == "none":
             self._fast[plugin_id] = {
                 name: (fn, active.ctx, (plugin_id, name) in self._async_exports, (plugin_id, name))
@@ -750,6 +754,7 @@ class Host:
             }
 
     def _disable_one(self, plugin_id: str) -> None:
+        self._drop_micro(plugin_id)
         active = self._active.get(plugin_id)
         self._fast.pop(plugin_id, None)
         if active is None:
@@ -769,6 +774,7 @@ class Host:
         self._persist(plugin_id, State.DISABLED)
 
     def _unload_one(self, plugin_id: str, *, quiet: bool = False) -> None:
+        self._drop_micro(plugin_id)
         active = self._active.get(plugin_id)
         if active is None:
             return
@@ -789,6 +795,47 @@ class Host:
         row = self._store.get(plugin_id)
         if row is not None and row.state != State.REGISTERED.value:
             self._persist(plugin_id, State.REGISTERED)
+
+    # -- micro-plugins --------------------------------------------------------
+
+    @property
+    def micro(self) -> MicroManager:
+        """The micro-plugins of the enabled plugins, ready to run and compose."""
+        with self._rlock:
+            if self._micro_mgr is None:
+                from ._micro import MicroManager
+
+                self._micro_mgr = MicroManager()
+                for active in self._active.values():
+                    if active.state is State.ENABLED:
+                        self._feed_micro(active)
+            return self._micro_mgr
+
+    def _feed_micro(self, active: _Active) -> None:
+        """Offer an enabled plugin's ``[[micro]]`` handlers at its isolation level."""
+        mgr = self._micro_mgr
+        manifest = active.manifest
+        if mgr is None or not manifest.micro:
+            return
+        pid = manifest.id
+        if manifest.sandbox.isolation == "none":
+            mgr.register_plugin(
+                pid,
+                manifest.micro,
+                ctx=active.ctx,
+                version=manifest.version,
+                functions={m.id: active.exports[m.id] for m in manifest.micro},
+            )
+        else:
+
+            def invoke(micro_id: str, value: Any) -> Any:
+                return self.call(pid, micro_id, value)
+
+            mgr.register_plugin(pid, manifest.micro, invoke=invoke, version=manifest.version)
+
+    def _drop_micro(self, plugin_id: str) -> None:
+        if self._micro_mgr is not None:
+            self._micro_mgr.unregister_plugin(plugin_id)
 
     def _stop_worker(self, plugin_id: str) -> None:
         if self._supervisor is not None:

@@ -1,60 +1,23 @@
-"""The ``corral`` command line: a thin face over :class:`corral.Host`.
-
-Exit codes and JSON errors come from the error tree in ``_errors``; this module
-only maps them.  ``--json`` after a verb prints exactly one JSON document.
-"""
+"""Core verbs: list, info, add, enable, disable, remove, call, validate, doctor, schema."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
-from ._errors import CorralError, UsageError
+from ._output import VerbAdder, dump, host_for, json_input, print_result, table
 
-if TYPE_CHECKING:
-    from ._host import Host
-
-__all__ = ["main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _dump(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
-    lines.extend("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
-    return "\n".join(lines)
-
-
-def _host(args: argparse.Namespace) -> Host:
-    from ._host import Host
-
-    return Host(home=args.home, workspace=args.workspace)
+__all__ = ["add_verbs"]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _host(args) as host:
+    with host_for(args) as host:
         infos = host.list(
             state=args.state, category=args.category, tag=args.tag, capability=args.capability
         )
     if args.json:
-        _dump({"plugins": [i.to_dict() for i in infos]})
+        dump({"plugins": [i.to_dict() for i in infos]})
         return 0
     if not infos:
         print("no plugins")
@@ -63,15 +26,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         [i.id, i.version, i.state, i.isolation, i.category or "-", i.description[:50]]
         for i in infos
     ]
-    print(_table(rows, ["id", "version", "state", "isolation", "category", "description"]))
+    print(table(rows, ["id", "version", "state", "isolation", "category", "description"]))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with _host(args) as host:
+    with host_for(args) as host:
         info = host.info(args.id)
     if args.json:
-        _dump(info)
+        dump(info)
         return 0
     print(f"{info['id']} {info['version']}  ({info['state']})")
     print(f"  {info['name']}: {info['description']}")
@@ -111,10 +74,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    with _host(args) as host:
+    with host_for(args) as host:
         infos = host.register(*args.paths)
     if args.json:
-        _dump({"registered": [i.to_dict() for i in infos]})
+        dump({"registered": [i.to_dict() for i in infos]})
     else:
         for i in infos:
             print(f"registered {i.id} {i.version} ({i.isolation})")
@@ -123,7 +86,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _host(args) as host:
+        with host_for(args) as host:
             if verb == "enable":
                 result: dict[str, Any] = {"enabled": [host.enable(args.id).id]}
             elif verb == "disable":
@@ -132,7 +95,7 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
                 host.unregister(args.id, purge_data=args.purge)
                 result = {"removed": [args.id]}
         if args.json:
-            _dump(result)
+            dump(result)
         else:
             for key, ids in result.items():
                 print(f"{key} {', '.join(ids)}")
@@ -142,28 +105,18 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    value: Any = None
-    if args.input is not None:
-        try:
-            value = json.loads(args.input)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--input is not valid JSON: {exc}", input=args.input) from None
-    with _host(args) as host:
+    value = json_input(args)
+    with host_for(args) as host:
         result = host.call(args.id, args.export, value)
-    if args.json:
-        _dump({"result": result})
-    elif isinstance(result, str):
-        print(result)
-    else:
-        _dump(result)
+    print_result(args, result)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    with _host(args) as host:
+    with host_for(args) as host:
         report = host.validate(args.path)
     if args.json:
-        _dump(report)
+        dump(report)
     else:
         status = "ok" if report["ok"] else "invalid"
         print(f"{report['plugin'] or args.path}: {status}")
@@ -178,11 +131,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from ._sandboxing import sandbox_problem
+    from .._sandboxing import sandbox_problem
 
     rows: list[dict[str, Any]] = []
     try:
-        from ._sandbox._kernel import probe
+        from .._sandbox._kernel import probe
 
         feats = probe()
         rows = [r._asdict() for r in feats.describe()]
@@ -193,7 +146,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     }
     levels["none"] = "ok"
     if args.json:
-        _dump({"features": rows, "isolation": levels})
+        dump({"features": rows, "isolation": levels})
         return 0
     for row in rows:
         status = "yes" if row["available"] else "NO"
@@ -204,25 +157,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ._schema import manifest_json_schema
+    from .._schema import manifest_json_schema
 
-    _dump(manifest_json_schema())
+    dump(manifest_json_schema())
     return 0
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog="corral", description="A secure plugin platform for Python applications.")
-    p.add_argument("--home", default=os.environ.get("CORRAL_HOME"), help="the host's home")
-    p.add_argument("--workspace", default=None, help="what {workspace} means (default: .)")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="verb", parser_class=_Parser)
-
-    def verb(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> _Parser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print one JSON document")
-        sp.set_defaults(fn=fn)
-        return sp
-
+def add_verbs(verb: VerbAdder) -> None:
+    """Register the core verbs: plugins and their lifecycle, calls, validation, doctor."""
     sp = verb("list", cmd_list, "list plugins, registered and discovered")
     sp.add_argument("--state")
     sp.add_argument("--category")
@@ -246,45 +188,3 @@ def _parser() -> _Parser:
     verb("validate", cmd_validate, "check a plugin without registering it").add_argument("path")
     verb("doctor", cmd_doctor, "what isolation this machine can enforce")
     verb("schema", cmd_schema, "print the JSON Schema of corral.toml")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in argv
-    try:
-        args = _parser().parse_args(argv)
-        if args.version:
-            from ._version import __version__
-
-            print(f"corral {__version__}")
-            return 0
-        if not getattr(args, "fn", None):
-            raise UsageError("a verb is needed: corral {list,info,add,enable,disable,remove,"
-                             "call,validate,doctor,schema} (see corral --help)")
-        return int(args.fn(args))
-    except CorralError as exc:
-        _report(exc.to_dict(), exc.exit_code, as_json)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
-    except Exception as exc:  # the host must say what broke, not dump a traceback
-        _report({"code": "error", "message": f"{type(exc).__name__}: {exc}"}, 1, as_json)
-        return 1
-
-
-def _report(error: dict[str, Any], code: int, as_json: bool) -> None:
-    if as_json:
-        _dump({"error": error})
-    else:
-        print(f"corral: error: {error['message']}", file=sys.stderr)
-        tb = error.get("traceback")
-        if tb:
-            print(tb.rstrip(), file=sys.stderr)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

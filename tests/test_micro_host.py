@@ -1,0 +1,115 @@
+"""Micro-plugins served by a real host, at each isolation level, and their verbs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import Host
+from corral._cli import main
+from corral._compose import Composition
+from corral._errors import NotFoundError, PluginError
+
+CODE = '''
+def semver(value, ctx):
+    parts = str(value).split(".")
+    ok = len(parts) == 3 and all(p.isdigit() for p in parts)
+    return {"valid": ok, "reasons": [] if ok else ["not semver"]}
+
+def upper(value, ctx):
+    return str(value).upper() + ":" + ctx.plugin_id
+
+def liar(value, ctx):
+    return 42
+'''
+
+def make(root: Path, pid: str, isolation: str) -> Path:
+    d = root / pid
+    pkg = pid.replace(".", "_")
+    (d / pkg).mkdir(parents=True)
+    (d / pkg / "__init__.py").write_text(CODE)
+    (d / "corral.toml").write_text(textwrap.dedent(f'''
+        [plugin]
+        id = "{pid}"
+        name = "x"
+        version = "1.0.0"
+
+        [sandbox]
+        isolation = "{isolation}"
+
+        [[micro]]
+        id = "{pid}.semver"
+        type = "validator"
+        handler = "{pkg}:semver"
+
+        [[micro]]
+        id = "{pid}.upper"
+        type = "formatter"
+        handler = "{pkg}:upper"
+
+        [[micro]]
+        id = "{pid}.liar"
+        type = "formatter"
+        handler = "{pkg}:liar"
+    '''))
+    return d
+
+@pytest.mark.parametrize("isolation", ["none", "limited"])
+def test_host_feeds_manager(tmp_path: Path, isolation: str) -> None:
+    with Host(home=tmp_path / "home", workspace=tmp_path) as host:
+        host.register(make(tmp_path, "acme.m", isolation))
+        host.enable("acme.m")
+        mgr = host.micro
+        assert mgr.execute("acme.m.semver", "1.2.3") == {"valid": True, "reasons": []}
+        assert mgr.execute("acme.m.upper", "x") == "X:acme.m"
+        assert mgr.get("acme.m.upper").mode == ("inline" if isolation == "none" else "invoke")
+        with pytest.raises(PluginError, match=r"acme\.m\.liar"):
+            mgr.execute("acme.m.liar", 1)
+        assert Composition(["acme.m.upper", "acme.m.upper"], mgr).run("a") == "A:ACME.M:acme.m"
+        host.disable("acme.m")
+        with pytest.raises(NotFoundError):
+            mgr.execute("acme.m.upper", "x")
+        host.enable("acme.m")
+        assert host.micro.execute("acme.m.upper", "y") == "Y:acme.m"
+
+
+def run(home: Path, *argv: str) -> int:
+    """Run the real command line in this process, raising nothing: errors are exit codes."""
+    return main(["--home", str(home), "--workspace", str(home), *argv])
+
+
+def test_micro_verbs(tmp_path: Path, capsys: Any) -> None:
+    with Host(home=tmp_path / "home", workspace=tmp_path) as host:
+        host.register(make(tmp_path, "acme.m", "none"))
+        host.enable("acme.m")
+    home = tmp_path / "home"
+    assert run(home, "micro", "list", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [m["id"] for m in doc["micro"]] == ["acme.m.liar", "acme.m.semver", "acme.m.upper"]
+    assert run(home, "micro", "list") == 0
+    assert "acme.m.upper" in capsys.readouterr().out
+    assert run(home, "micro", "run", "acme.m.upper", "--input", '"x"') == 0
+    assert capsys.readouterr().out.strip() == "X:acme.m"
+    assert run(home, "chain", "acme.m.upper,acme.m.upper", "--input", '"x"', "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"result": "X:ACME.M:acme.m"}
+    assert run(home, "micro", "run", "acme.m.upper", "--input", "{x", "--json") == 2
+    assert "not valid JSON" in json.loads(capsys.readouterr().out)["error"]["message"]
+    assert run(home, "chain", "acme.m.upper,acme.m.nope", "--json") == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_found"
+    assert run(home, "rollout", "start", "r1", "--stable", "acme.m.upper", "--canary",
+               "acme.m.liar", "--steps", "10,50,100", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["rollouts"][0]["percent"] == 10
+    assert run(home, "rollout", "status") == 0
+    assert "r1: acme.m.upper -> acme.m.liar  running at 10%" in capsys.readouterr().out
+    assert run(home, "rollout", "abort", "r1", "--reason", "no") == 0
+    assert "aborted at 0%" in capsys.readouterr().out
+    assert run(home, "rollout", "start", "r2", "--stable", "acme.m.upper", "--canary",
+               "acme.m.liar", "--steps", "10,500", "--json") == 2
+    assert "steps[1]" in json.loads(capsys.readouterr().out)["error"]["message"]
+    assert run(home, "rollout", "start", "r3", "--stable", "acme.m.upper", "--canary",
+               "acme.m.zz", "--json") == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_found"
