@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ _COLUMNS: Final = (
 class Store:
     """Access to ``<home>/corral.db``; one connection per host, safe across processes."""
 
-    __slots__ = ("_conn", "path")
+    __slots__ = ("_conn", "_lock", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -109,6 +110,9 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         self._conn = conn
+        # One connection serves every thread of the host: statements and
+        # transactions take turns, or two threads would nest transactions.
+        self._lock = threading.RLock()
         if not self._has_schema():
             with self.transaction():
                 for statement in _SCHEMA.split(";"):
@@ -127,31 +131,36 @@ class Store:
 
     def close(self) -> None:
         """Close the connection."""
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (``BEGIN IMMEDIATE``): writers queue, never fail."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def all(self) -> list[PluginRow]:
         """Every registered plugin, by id."""
-        cur = self._conn.execute(f"SELECT {_COLUMNS} FROM plugins ORDER BY id")  # noqa: S608
-        return [_row(r) for r in cur.fetchall()]
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM plugins ORDER BY id"  # noqa: S608
+            ).fetchall()
+        return [_row(r) for r in rows]
 
     def get(self, plugin_id: str) -> PluginRow | None:
         """One registered plugin, or ``None``."""
-        cur = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM plugins WHERE id = ?",  # noqa: S608
-            (plugin_id,),
-        )
-        r = cur.fetchone()
+        with self._lock:
+            r = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM plugins WHERE id = ?",  # noqa: S608
+                (plugin_id,),
+            ).fetchone()
         return _row(r) if r else None
 
     def insert(self, conn: sqlite3.Connection, row: PluginRow) -> None:
@@ -208,7 +217,8 @@ class Store:
 
     def get_meta(self, key: str) -> str | None:
         """A value from the ``meta`` table."""
-        r = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            r = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if r is None else str(r[0])
 
     def set_meta(self, key: str, value: str) -> None:
@@ -234,11 +244,12 @@ class Store:
 
     def call_summary(self, plugin_id: str) -> dict[str, Any]:
         """Totals and latency figures of a plugin's recorded calls."""
-        rows = self._conn.execute(
-            "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb "
-            "FROM calls WHERE plugin_id = ? ORDER BY at DESC LIMIT 10000",
-            (plugin_id,),
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb "
+                "FROM calls WHERE plugin_id = ? ORDER BY at DESC LIMIT 10000",
+                (plugin_id,),
+            ).fetchall()
         if not rows:
             return {"calls": 0}
         walls: list[float] = sorted(float(r[1]) for r in rows)
