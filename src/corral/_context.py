@@ -10,6 +10,13 @@ from typing import TYPE_CHECKING, Any, final
 if TYPE_CHECKING:
     import logging
 
+    from ._events import PluginEvents
+    from ._host import Host
+    from ._messages import PluginMessages
+    from ._permissions import Permissions
+    from ._secrets import PluginSecrets
+    from ._state import PluginState
+
 __all__ = ["PluginContext", "plugin_paths"]
 
 
@@ -32,7 +39,8 @@ class PluginContext:
     created on first load; ``log`` is a standard logger named ``corral.plugin.<id>``.
     """
 
-    __slots__ = ("_log", "cache_dir", "config", "data_dir", "paths", "plugin_dir", "plugin_id",
+    __slots__ = ("_events", "_host", "_log", "_messages", "_secrets", "_state", "cache_dir",
+                 "config", "data_dir", "paths", "permissions", "plugin_dir", "plugin_id",
                  "tmp_dir", "workspace")
 
     def __init__(
@@ -40,6 +48,9 @@ class PluginContext:
         plugin_id: str,
         paths: Mapping[str, str],
         config: Mapping[str, Any] | None = None,
+        *,
+        host: Host | None = None,
+        permissions: Permissions | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.paths: Mapping[str, str] = MappingProxyType(dict(paths))
@@ -50,6 +61,51 @@ class PluginContext:
         self.workspace = Path(paths["workspace"])
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self._log: logging.Logger | None = None
+        self._host = host
+        self.permissions = permissions
+        self._events: PluginEvents | None = None
+        self._state: PluginState | None = None
+        self._secrets: PluginSecrets | None = None
+        self._messages: PluginMessages | None = None
+
+    def _services(self) -> tuple[Host, Permissions]:
+        if self._host is None or self.permissions is None:
+            from ._errors import UsageError
+
+            raise UsageError(f"{self.plugin_id}: this context has no host services")
+        return self._host, self.permissions
+
+    @property
+    def events(self) -> PluginEvents:
+        """The event bus under this plugin's grants (made on first use)."""
+        if self._events is None:
+            host, perms = self._services()
+            self._events = host.bus.for_plugin(self.plugin_id, perms)
+        return self._events
+
+    @property
+    def state(self) -> PluginState:
+        """Shared state under this plugin's ``state.read``/``state.write`` grants."""
+        if self._state is None:
+            host, perms = self._services()
+            self._state = host.shared_state.for_plugin(self.plugin_id, perms)
+        return self._state
+
+    @property
+    def secrets(self) -> PluginSecrets:
+        """The secrets this plugin was granted (``secrets:NAME``)."""
+        if self._secrets is None:
+            host, perms = self._services()
+            self._secrets = host.secrets.for_plugin(self.plugin_id, perms)
+        return self._secrets
+
+    @property
+    def messages(self) -> PluginMessages:
+        """Send and broadcast to other plugins (``messages.send:ID``)."""
+        if self._messages is None:
+            host, perms = self._services()
+            self._messages = host.messenger.for_plugin(self.plugin_id, perms)
+        return self._messages
 
     @property
     def log(self) -> logging.Logger:

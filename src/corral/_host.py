@@ -40,13 +40,19 @@ from ._jsoncheck import SIMPLE_TYPES, json_problem
 from ._layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
 from ._lifecycle import DURABLE_STATES, State, check_transition
 from ._runner import Runner
+from ._services import Services
 from ._store import PluginRow, Store
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._bus import EventBus
+    from ._config import ConfigManager
     from ._loader import ModuleScope
     from ._manifest import Manifest
+    from ._messages import Messenger
     from ._micro import MicroManager
+    from ._secrets import SecretStore
+    from ._state import StateStore
 
 __all__ = ["Host", "default_home"]
 
@@ -122,6 +128,7 @@ class Host:
         self._async_exports: set[tuple[str, str]] = set()
         self._micro_mgr: MicroManager | None = None
         self._closed = False
+        self._services = Services(self.home, status_of=self._status_of)
 
     # -- context management -------------------------------------------------
 
@@ -152,6 +159,7 @@ class Host:
         for active in list(self._active.values()):
             if active.scope is not None:
                 active.scope.release()
+        self._services.close()
         self._store.close()
 
     async def aclose(self) -> None:
@@ -664,7 +672,11 @@ class Host:
         paths = plugin_paths(self.home, self.workspace, plugin_id, plugin_dir)
         for key in ("data", "cache", "tmp"):
             Path(paths[key]).mkdir(parents=True, exist_ok=True)
-        ctx = PluginContext(plugin_id, paths, self._config.get(plugin_id))
+        config = self._services.plugin_config(
+            plugin_id, manifest.permissions, plugin_dir, overrides=self._config.get(plugin_id)
+        )
+        ctx = PluginContext(plugin_id, paths, config, host=self,
+                            permissions=manifest.permissions)
         active = _Active(manifest, ctx)
         self._active[plugin_id] = active
         try:
@@ -745,6 +757,12 @@ class Host:
             self._fail(active, exc)
             raise
         active.state = State.ENABLED
+        on_message = getattr(active.entry, "on_message", None) if active.entry else None
+        if on_message is not None:
+            ctx = active.ctx
+            self.messenger.serve(
+                plugin_id, lambda message, sender: on_message(message, sender, ctx)
+            )
         self._persist(plugin_id, State.ENABLED)
         self._feed_micro(active)
         if active.manifest.sandbox.isolation == "none":
@@ -837,7 +855,12 @@ class Host:
         if self._micro_mgr is not None:
             self._micro_mgr.unregister_plugin(plugin_id)
 
+    def _status_of(self, plugin_id: str) -> str | None:
+        row = self._store.get(plugin_id)
+        return None if row is None else self._state_of(row).value
+
     def _stop_worker(self, plugin_id: str) -> None:
+        self._services.stop(plugin_id)
         if self._supervisor is not None:
             with contextlib.suppress(Exception):
                 self._supervisor.stop(plugin_id)
@@ -889,6 +912,51 @@ class Host:
                 hook=name,
                 traceback="".join(traceback.format_exception(exc)),
             ) from exc
+
+    # -- services offered to plugins (layer 3) ---------------------------------
+
+    @property
+    def bus(self) -> EventBus:
+        """The event bus, with the durable log ``<home>/events.db`` attached."""
+        return self._services.bus
+
+    @property
+    def shared_state(self) -> StateStore:
+        """Versioned shared state in ``<home>/state.db``."""
+        return self._services.shared_state
+
+    @property
+    def messenger(self) -> Messenger:
+        """Request/response and broadcast between plugins."""
+        return self._services.messenger
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The home's encrypted secrets."""
+        return self._services.secrets
+
+    @property
+    def config_manager(self) -> ConfigManager:
+        """Layered, validated plugin configuration from ``<home>/config.toml``."""
+        return self._services.config_manager
+
+    def watch_config(self) -> None:
+        """Follow ``config.toml``: valid changes reach plugins' ``on_config_change``."""
+        self._services.watch_config(self._config_changed)
+
+    def _config_changed(self, plugin_id: str, new: dict[str, Any]) -> None:
+        from types import MappingProxyType
+
+        active = self._active.get(plugin_id)
+        if active is None:
+            return
+        resolved = self.secrets.resolve_config(
+            new, perms=active.manifest.permissions, plugin_id=plugin_id
+        )
+        active.ctx.config = MappingProxyType(resolved)
+        hook = getattr(active.entry, "on_config_change", None) if active.entry else None
+        if hook is not None and active.state is State.ENABLED:
+            self._call_with_timeout(active, "on_config_change", hook, active.ctx)
 
     # -- calling --------------------------------------------------------------
 

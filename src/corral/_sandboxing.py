@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import CorralError, NotFoundError, PermissionDenied
+from ._errors import CorralError, PermissionDenied
 from ._permissions import expand_placeholders
 
 if TYPE_CHECKING:
@@ -113,7 +113,25 @@ class Broker:
             )
             return None
         if op == "config.get":
-            return self.host._config.get(plugin_id, {})
+            return dict(self.host._active[plugin_id].ctx.config)
+        if op.startswith("events."):
+            from ._events import bus_broker_op
+
+            return bus_broker_op(self.host.bus, plugin_id, perms, op, args)
+        if op.startswith("state."):
+            from ._state import state_broker_op
+
+            return state_broker_op(self.host.shared_state, plugin_id, perms, op, args)
+        if op == "messages.send":
+            timeout = args.get("timeout", 5.0)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+                timeout = 5.0
+            return self.host.messenger.send(
+                str(args.get("to", "")), args.get("message"),
+                timeout=min(max(float(timeout), 0.0), 60.0), perms=perms, sender=plugin_id)
+        if op == "messages.broadcast":
+            return self.host.messenger.broadcast(args.get("message"), perms=perms,
+                                                 sender=plugin_id)
         if op == "net.connect":
             host, port = str(args.get("host", "")), args.get("port")
             if type(port) is not int or not perms.allows_connect(host, port):
@@ -124,9 +142,9 @@ class Broker:
                 )
             return socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT)
         if op == "secrets.get":
-            name = str(args.get("name", ""))
-            perms.check_api("secrets", name, plugin_id=plugin_id)
-            raise NotFoundError(f"no secret {name!r} is set", plugin_id=plugin_id, secret=name)
+            from ._secrets import secrets_broker_op
+
+            return secrets_broker_op(self.host.secrets, plugin_id, perms, op, args)
         service, _, _ = op.rpartition(".")
         target = str(args.get("topic") or args.get("key") or args.get("to") or "")
         grant = {

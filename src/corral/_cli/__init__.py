@@ -38,13 +38,55 @@ def _parser() -> Parser:
 
     _core.add_verbs(verb)
     _micro.add_verbs(verb)
+    from .._config_cli import register as register_config_verbs
+
+    register_config_verbs(sub, Parser)
     return p
+
+
+#: Verbs served by the registry's own command line (it parses its own arguments).
+_REGISTRY_CLIENT_VERBS = frozenset({"search", "show", "publish", "download", "yank", "unyank"})
+
+
+def _split_global(argv: list[str]) -> tuple[dict[str, str], str | None, list[str]]:
+    """Global options, the verb and the rest, without parsing the verb's arguments."""
+    options: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--home", "--workspace"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    break
+                value = argv[i + 1]
+                i += 1
+            options[name[2:]] = value
+        elif not arg.startswith("-"):
+            return options, arg, argv[i + 1 :]
+        else:
+            break
+        i += 1
+    return options, None, []
+
+
+def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
+    from ..registry.cli import client_main, registry_main
+
+    if verb == "registry":
+        if "home" in options and not any(a.split("=")[0] == "--data" for a in rest):
+            rest = [*rest, "--data", os.path.join(options["home"], "registry")]
+        return registry_main(rest)
+    return client_main(verb, rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
+    options, verb, rest = _split_global(argv)
+    if verb == "registry" or verb in _REGISTRY_CLIENT_VERBS:
+        return _registry(options, verb, rest)
     try:
         parser = _parser()
         args = parser.parse_args(argv)

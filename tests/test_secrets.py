@@ -1,0 +1,176 @@
+"""Secrets: encryption at rest, grants, config references, and no value ever printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral._config import ConfigManager
+from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
+from corral._permissions import Permissions
+from corral._secrets import SecretRedactor, SecretStore, secrets_broker_op
+
+VALUE = "s3cr3t-VALUE-9f8e7d"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SecretStore:
+    return SecretStore(tmp_path, use_keyring=False)
+
+
+def test_encrypted_at_rest_with_a_private_key_file(store: SecretStore, tmp_path: Path) -> None:
+    store.set("github-token", VALUE)
+    assert store.get("github-token") == VALUE
+    assert VALUE not in (tmp_path / "secrets.json").read_text()
+    key = tmp_path / "secret.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "secrets.json").stat().st_mode) == 0o600
+    # a second store on the same home reads it back
+    assert SecretStore(tmp_path, use_keyring=False).get("github-token") == VALUE
+    assert store.names() == ["github-token"]
+    assert store.remove("github-token") is True
+    assert store.remove("github-token") is False
+    with pytest.raises(NotFoundError, match="github-token"):
+        store.get("github-token")
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    SecretStore(tmp_path, use_keyring=False).set("a", VALUE)
+    os.chmod(tmp_path / "secret.key", 0o644)
+    with pytest.raises(UsageError, match="chmod 600"):
+        SecretStore(tmp_path, use_keyring=False).get("a")
+
+
+def test_a_wrong_key_says_so_without_the_value(tmp_path: Path) -> None:
+    SecretStore(tmp_path, use_keyring=False).set("a", VALUE)
+    (tmp_path / "secret.key").unlink()
+    with pytest.raises(CorralError, match="cannot be decrypted") as info:
+        SecretStore(tmp_path, use_keyring=False).get("a")
+    assert VALUE not in str(info.value.to_dict())
+
+
+def test_keyring_absent_or_unusable_falls_back_cleanly(tmp_path: Path) -> None:
+    store = SecretStore(tmp_path)  # use_keyring=None: tries keyring, if any
+    store.set("a", VALUE)
+    assert store.get("a") == VALUE
+    assert store.key_source in ("keyring", str(tmp_path / "secret.key"))
+
+
+def test_grants(store: SecretStore) -> None:
+    store.set("github-token", VALUE)
+    store.set("other", "x" * 10)
+    perms = Permissions(host_api=("secrets:github-token",))
+    ctx = store.for_plugin("acme.git", perms)
+    assert ctx.get("github-token") == VALUE
+    with pytest.raises(PermissionDenied) as info:
+        ctx.get("other")
+    assert info.value.permission == "host-api:secrets:other"
+    # denied before looking: no oracle for which names exist
+    with pytest.raises(PermissionDenied):
+        ctx.get("missing")
+    assert secrets_broker_op(store, "acme.git", perms, "secrets.get",
+                             {"name": "github-token"}) == VALUE
+    assert VALUE not in repr(ctx)
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a/b", "x" * 200, 5])
+def test_malformed_names(store: SecretStore, name: Any) -> None:
+    with pytest.raises(UsageError, match="malformed secret name"):
+        store.set(name, VALUE)
+
+
+def test_bad_values(store: SecretStore) -> None:
+    with pytest.raises(UsageError, match="must be a string"):
+        store.set("a", 5)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="empty"):
+        store.set("a", "")
+
+
+def test_config_references_resolve_only_with_the_grant(store: SecretStore,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[plugins."acme.git"]\ntoken = "${secret:github-token}"\nmissing = "${secret:nope}"\n')
+    store.set("github-token", VALUE)
+    config = ConfigManager(tmp_path, environ={}).effective("acme.git")
+    assert config["token"] == "${secret:github-token}"
+    granted = Permissions(host_api=("secrets:github-token", "secrets:nope"))
+    with pytest.raises(NotFoundError, match=r"config key missing of acme\.git refers to secret "
+                                            "'nope'"):
+        store.resolve_config(config, perms=granted, plugin_id="acme.git")
+    del config["missing"]
+    assert store.resolve_config(config, perms=granted, plugin_id="acme.git") == {
+        "token": VALUE}
+    with pytest.raises(PermissionDenied):
+        store.resolve_config(config, perms=Permissions(), plugin_id="acme.git")
+
+
+def test_redactor_scrubs_logs(store: SecretStore, caplog: pytest.LogCaptureFixture) -> None:
+    store.set("github-token", VALUE)
+    log = logging.getLogger("corral.plugin.acme.leaky")
+    redactor = SecretRedactor(store)
+    log.addFilter(redactor)
+    try:
+        with caplog.at_level(logging.INFO):
+            log.info("token is %s", VALUE)
+    finally:
+        log.removeFilter(redactor)
+    assert "token is ***" in caplog.text
+    assert VALUE not in caplog.text
+
+
+def cli(home: Path, *args: str, stdin: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral._config_cli", "--home", str(home), *args],
+        input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_never_prints_a_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outputs: list[str] = []
+
+    def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        proc = cli(tmp_path, *args, **kw)
+        outputs.extend([proc.stdout, proc.stderr])
+        return proc
+
+    with caplog.at_level(logging.DEBUG):
+        assert run("secret", "set", "github-token", stdin=VALUE + "\n").returncode == 0
+        assert run("secret", "set", "from-env", "--from-env", "MY_VAR", "--json",
+                   env={"MY_VAR": VALUE}).returncode == 0
+        listed = run("secret", "list", "--json")
+        assert [s["name"] for s in json.loads(listed.stdout)["secrets"]] == [
+            "from-env", "github-token"]
+        assert run("secret", "list").stdout.split() == ["from-env", "github-token"]
+        (tmp_path / "config.toml").write_text(
+            '[plugins."acme.git"]\ntoken = "${secret:github-token}"\n')
+        shown = run("config", "show", "--json")
+        assert json.loads(shown.stdout)["plugins"]["acme.git"]["secrets"] == {
+            "token": "github-token"}
+        run("config", "show")
+        run("config", "get", "acme.git", "token", "--json")
+        missing = run("secret", "rm", "nope", "--json")
+        assert missing.returncode == 1
+        assert json.loads(missing.stdout)["error"]["code"] == "not_found"
+        assert run("secret", "set", "bad name", stdin=VALUE).returncode == 2
+        assert run("secret", "rm", "from-env").returncode == 0
+        assert SecretStore(tmp_path).get("github-token") == VALUE
+        # errors on the way to a plugin carry the name only
+        try:
+            SecretStore(tmp_path).get("github-token", perms=Permissions(), plugin_id="x")
+        except PermissionDenied as exc:
+            outputs.append(json.dumps(exc.to_dict()))
+    outputs.append(caplog.text)
+    outputs.append((tmp_path / "secrets.json").read_text())
+    outputs.append((tmp_path / "config.toml").read_text())
+    assert all(VALUE not in text for text in outputs)
