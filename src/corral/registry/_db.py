@@ -1,0 +1,241 @@
+"""Registry storage: the SQLAlchemy Core schema and its versioned migrations.
+
+One schema serves SQLite (the embedded default) and PostgreSQL.  Text search
+is the one place they differ: SQLite gets an FTS5 table ``plugin_fts`` kept in
+step by the service, PostgreSQL a weighted ``tsvector`` column with a GIN index.
+
+Migrations are a numbered list of functions applied in order on start-up and
+recorded in ``schema_migrations``.  The pending ones run in one transaction; on
+PostgreSQL an advisory lock makes several server processes starting at once
+take turns, on SQLite ``BEGIN IMMEDIATE`` does.  Alembic is not used: the
+schema is small, the migrations must run unattended inside ``serve``, and
+the dialect-specific search DDL reads more plainly as SQL than as Alembic ops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "metadata",
+    "migrate",
+    "namespace_members",
+    "namespaces",
+    "open_engine",
+    "plugin_tags",
+    "plugins",
+    "publishers",
+    "ratings",
+    "tokens",
+    "utcnow",
+    "versions",
+]
+
+metadata: Final = sa.MetaData()
+
+publishers: Final = sa.Table(
+    "publishers",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("email", sa.String(200)),
+    sa.Column("verified", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+namespaces: Final = sa.Table(
+    "namespaces",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("skeleton", sa.String(64), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+namespace_members: Final = sa.Table(
+    "namespace_members",
+    metadata,
+    sa.Column("namespace_pk", sa.ForeignKey("namespaces.pk"), primary_key=True),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),  # owner | maintainer
+)
+
+tokens: Final = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("token_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
+    sa.Column("scopes", sa.String(100), nullable=False),  # space separated
+    sa.Column("description", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+plugins: Final = sa.Table(
+    "plugins",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(128), nullable=False, unique=True),
+    sa.Column("namespace_pk", sa.ForeignKey("namespaces.pk"), nullable=False),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("norm_name", sa.String(200), nullable=False, index=True),
+    sa.Column("skeleton", sa.String(200), nullable=False, index=True),
+    sa.Column("summary", sa.Text, nullable=False, server_default=""),
+    sa.Column("category", sa.String(64), index=True),
+    sa.Column("tags", sa.Text, nullable=False, server_default=""),  # space separated
+    sa.Column("author", sa.Text, nullable=False, server_default=""),
+    sa.Column("latest_version", sa.String(64)),  # newest non-yanked; NULL: all yanked
+    sa.Column("downloads", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rating_sum", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rating_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rating", sa.Float, nullable=False, server_default="0"),
+    sa.Column("confusable_with", sa.Text),  # ids this one reads like, space separated
+    sa.Column("source", sa.String(16), nullable=False, server_default="upload"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Index("ix_plugins_downloads", "downloads"),
+    sa.Index("ix_plugins_latest", "latest_version"),
+    sa.Index("ix_plugins_rating", "rating"),
+)
+
+plugin_tags: Final = sa.Table(
+    "plugin_tags",
+    metadata,
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), primary_key=True),
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Index("ix_plugin_tags_tag", "tag"),
+)
+
+versions: Final = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),  # JSON of Manifest.to_dict()
+    sa.Column("sha256", sa.String(64)),  # NULL: catalogue entry without an artifact
+    sa.Column("size", sa.BigInteger),
+    sa.Column("signature", sa.String(16), nullable=False, server_default="unsigned"),
+    sa.Column("yanked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("yanked_reason", sa.Text),
+    sa.Column("downloads", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("plugin_pk", "version", name="uq_versions_plugin_version"),
+    sa.Index("ix_versions_sha256", "sha256"),
+)
+
+ratings: Final = sa.Table(
+    "ratings",
+    metadata,
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), primary_key=True),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), primary_key=True),
+    sa.Column("stars", sa.Integer, nullable=False),
+)
+
+_migrations_table: Final = sa.Table(
+    "schema_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC (stored as such on both databases)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _m1_tables(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+def _m2_search(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE plugin_fts USING fts5("
+            "name_words, summary, tags, tokenize = 'porter unicode61')"
+        )
+    else:
+        conn.exec_driver_sql(
+            "ALTER TABLE plugins ADD COLUMN search tsvector GENERATED ALWAYS AS ("
+            "setweight(to_tsvector('english', replace(replace(replace(norm_name, '-', ' '),"
+            " '_', ' '), '.', ' ')), 'A') || "
+            "setweight(to_tsvector('english', tags), 'B') || "
+            "setweight(to_tsvector('english', summary), 'C')) STORED"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_plugins_search ON plugins USING gin (search)")
+
+
+#: The migrations, in order; the schema version is the length of this list.
+MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_m1_tables, _m2_search)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, pool_size=16, max_overflow=16, connect_args={"check_same_thread": False}
+        )
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; take it over so that
+        # writers take the lock up front instead of failing on upgrade.
+        sa.event.listen(engine, "connect", _no_pysqlite_begin)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+
+
+def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION`; return how many steps ran."""
+    ran = 0
+    with engine.connect() as raw:
+        conn = raw.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7346201)")
+            _migrations_table.create(conn, checkfirst=True)
+            done = {
+                row[0] for row in conn.execute(sa.select(_migrations_table.c.version))
+            }
+            for number, step in enumerate(MIGRATIONS, start=1):
+                if number in done:
+                    continue
+                step(conn)
+                conn.execute(
+                    _migrations_table.insert().values(version=number, applied_at=utcnow())
+                )
+                ran += 1
+    return ran

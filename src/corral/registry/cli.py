@@ -1,0 +1,305 @@
+"""Command-line entry points for the registry, to be wired into ``corral``.
+
+- :func:`registry_main` handles ``corral registry serve|seed|admin ...``;
+- :func:`client_main` handles ``corral search|show|publish|download|yank|unyank``.
+
+Both return the exit code and follow the CLI contract: ``--json`` prints one
+JSON document (an ``{"error": ...}`` one on failure), errors map to exit codes
+through the :mod:`corral._errors` tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from corral._errors import CorralError, UsageError
+
+__all__ = ["client_main", "registry_main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _dump(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def _run(fn: Callable[[], int], as_json: bool) -> int:
+    try:
+        return fn()
+    except CorralError as exc:
+        if as_json:
+            _dump({"error": exc.to_dict()})
+        else:
+            print(f"corral: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # say what broke, not a traceback
+        message = f"{type(exc).__name__}: {exc}"
+        if as_json:
+            _dump({"error": {"code": "error", "message": message}})
+        else:
+            print(f"corral: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="registry directory (registry.db, artifacts/)")
+    p.add_argument("--db", help="database URL (postgresql://...); default SQLite in --data")
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from ._service import Registry
+
+    return Registry.open(args.data, args.db, max_upload_bytes=args.max_upload_mb * 1024 * 1024
+                         if getattr(args, "max_upload_mb", None) else 50 * 1024 * 1024)
+
+
+def _registry_parser() -> _Parser:
+    p = _Parser(prog="corral registry", description="run and administer a plugin registry")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sp = sub.add_parser("serve", help="serve the HTTP API")
+    _storage_args(sp)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8470)
+    sp.add_argument("--max-upload-mb", type=int, default=50)
+    sp.add_argument("--workers", type=int, default=1,
+                    help="server processes (PostgreSQL or SQLite; all share the database)")
+    sp = sub.add_parser("seed", help="load a catalogue TSV")
+    _storage_args(sp)
+    sp.add_argument("--catalogue", required=True, type=Path)
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--json", action="store_true")
+    ap = sub.add_parser("admin", help="publishers, namespaces, tokens")
+    asub = ap.add_subparsers(dest="what", parser_class=_Parser)
+
+    def admin(name: str, help_: str) -> argparse.ArgumentParser:
+        a = asub.add_parser(name, help=help_)
+        _storage_args(a)
+        a.add_argument("--json", action="store_true")
+        return a
+
+    a = admin("create-publisher", "create a publisher account")
+    a.add_argument("name")
+    a.add_argument("--email")
+    a.add_argument("--display-name", default="")
+    a.add_argument("--verified", action="store_true")
+    a = admin("verify-publisher", "mark a publisher verified")
+    a.add_argument("name")
+    a.add_argument("--unverify", action="store_true")
+    a = admin("create-namespace", "create a namespace owned by a publisher")
+    a.add_argument("name")
+    a.add_argument("--owner", required=True)
+    a = admin("add-member", "give a publisher a role in a namespace")
+    a.add_argument("namespace")
+    a.add_argument("publisher")
+    a.add_argument("--role", default="maintainer", choices=["owner", "maintainer"])
+    a = admin("create-token", "issue an API token (printed once)")
+    a.add_argument("publisher")
+    a.add_argument("--scope", action="append", choices=["publish", "yank", "admin"])
+    a.add_argument("--expires-days", type=float, default=90.0,
+                   help="days until it expires; 0 for never")
+    a.add_argument("--description", default="")
+    a = admin("revoke-token", "revoke a token by its id (crl_<id>_...)")
+    a.add_argument("token_id")
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ._app import create_app
+
+    registry = _open(args)
+    print(f"corral registry on http://{args.host}:{args.port} "
+          f"({registry.engine.dialect.name})", file=sys.stderr)
+    if args.workers > 1:
+        os.environ["CORRAL_REGISTRY_DATA"] = str(Path(args.data).absolute()) if args.data else ""
+        if args.db:
+            os.environ["CORRAL_REGISTRY_DB"] = args.db
+        registry.close()
+        uvicorn.run("corral.registry._app:app_from_env", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, log_level="warning")
+        return 0
+    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    if not args.what:
+        raise UsageError("corral registry admin needs a command (see --help)")
+    doc: dict[str, Any]
+    with _open(args) as reg:
+        if args.what == "create-publisher":
+            reg.create_publisher(args.name, email=args.email, display_name=args.display_name,
+                                 verified=args.verified)
+            doc = {"publisher": args.name, "verified": args.verified}
+        elif args.what == "verify-publisher":
+            reg.verify_publisher(args.name, not args.unverify)
+            doc = {"publisher": args.name, "verified": not args.unverify}
+        elif args.what == "create-namespace":
+            reg.create_namespace(args.name, args.owner)
+            doc = {"namespace": args.name, "owner": args.owner}
+        elif args.what == "add-member":
+            reg.add_member(args.namespace, args.publisher, args.role)
+            doc = {"namespace": args.namespace, "publisher": args.publisher, "role": args.role}
+        elif args.what == "create-token":
+            expires = None if args.expires_days <= 0 else dt.timedelta(days=args.expires_days)
+            token = reg.create_token(args.publisher, scopes=tuple(args.scope or ["publish"]),
+                                     expires_in=expires, description=args.description)
+            doc = {"token": token, "publisher": args.publisher,
+                   "scopes": sorted(set(args.scope or ["publish"]))}
+        else:
+            token_id = args.token_id.split("_")[1] if args.token_id.startswith("crl_") \
+                else args.token_id
+            reg.revoke_token(token_id)
+            doc = {"revoked": token_id}
+    if args.json:
+        _dump(doc)
+    elif "token" in doc:
+        print(doc["token"])
+    else:
+        print(" ".join(f"{k}={v}" for k, v in doc.items()))
+    return 0
+
+
+def registry_main(argv: Sequence[str] | None = None) -> int:
+    """``corral registry serve|seed|admin ...``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+
+    def run() -> int:
+        args = _registry_parser().parse_args(argv)
+        if args.cmd == "serve":
+            return _serve(args)
+        if args.cmd == "seed":
+            from ._seed import seed
+
+            with _open(args) as reg:
+                counts = seed(reg, args.catalogue, args.limit)
+            if args.json:
+                _dump(counts)
+            else:
+                print(f"added {counts['added']} plugins, skipped {counts['skipped']} "
+                      f"already present, {counts['invalid']} invalid names")
+            return 0
+        if args.cmd == "admin":
+            return _admin(args)
+        raise UsageError("corral registry needs a command: serve, seed or admin")
+
+    return _run(run, as_json)
+
+
+def _client_parser(verb: str) -> _Parser:
+    p = _Parser(prog=f"corral {verb}")
+    p.add_argument("--registry", help="registry URL (default $CORRAL_REGISTRY)")
+    p.add_argument("--json", action="store_true")
+    if verb == "search":
+        p.add_argument("query", nargs="*")
+        p.add_argument("--category")
+        p.add_argument("--tag")
+        p.add_argument("--author")
+        p.add_argument("--min-rating", type=float)
+        p.add_argument("--verified", action="store_true", default=None)
+        p.add_argument("--sort", default="relevance",
+                       choices=["relevance", "downloads", "rating", "updated"])
+        p.add_argument("--page", type=int, default=1)
+        p.add_argument("--per-page", "--limit", dest="per_page", type=int, default=20)
+    elif verb == "show":
+        p.add_argument("id")
+    elif verb == "publish":
+        p.add_argument("archive", type=Path)
+    elif verb == "download":
+        p.add_argument("id")
+        p.add_argument("--version")
+        p.add_argument("--dest", type=Path, default=Path("."))
+    elif verb in ("yank", "unyank"):
+        p.add_argument("id")
+        p.add_argument("version")
+        if verb == "yank":
+            p.add_argument("--reason", default="")
+    else:
+        raise UsageError(f"unknown registry verb {verb!r}")
+    return p
+
+
+def _print_results(doc: dict[str, Any]) -> None:
+    results = doc.get("results", [])
+    if not results:
+        print("no plugins found")
+        return
+    rows = [[r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
+             ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70]]
+            for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  " + row[3])
+    print(f"({len(results)} of {doc.get('total', len(results))})")
+
+
+def client_main(verb: str, argv: Sequence[str]) -> int:
+    """``corral search|show|publish|download|yank|unyank ...``; returns the exit code.
+
+    The token for publish and yank comes from ``$CORRAL_TOKEN``.
+    """
+    argv = list(argv)
+    as_json = "--json" in argv
+
+    def run() -> int:
+        from .client import RegistryClient
+
+        args = _client_parser(verb).parse_args(argv)
+        token = os.environ.get("CORRAL_TOKEN") or None
+        with RegistryClient(args.registry, token) as reg:
+            doc: dict[str, Any]
+            if verb == "search":
+                doc = reg.search(" ".join(args.query), category=args.category, tag=args.tag,
+                                 author=args.author, min_rating=args.min_rating,
+                                 verified=args.verified, sort=args.sort, page=args.page,
+                                 per_page=args.per_page)
+                if not args.json:
+                    _print_results(doc)
+                    return 0
+            elif verb == "show":
+                doc = reg.show(args.id)
+                if not args.json:
+                    print(f"{doc['id']} {doc.get('version') or '(all yanked)'} — {doc['name']}")
+                    print(f"  {doc.get('summary', '')}")
+                    print(f"  publisher {doc['publisher']}"
+                          f"{' (verified)' if doc.get('verified') else ''}, "
+                          f"{doc['downloads']:,} downloads, rating {doc['rating']}")
+                    for v in doc["versions"]:
+                        flag = " yanked" if v["yanked"] else ""
+                        print(f"  {v['version']}{flag}  {v['sha256'] or '(no archive)'}")
+                    return 0
+            elif verb == "publish":
+                if not token:
+                    raise UsageError("publishing needs a token in $CORRAL_TOKEN")
+                doc = reg.publish(args.archive)
+            elif verb == "download":
+                path = reg.download(args.id, args.dest, args.version)
+                doc = {"id": args.id, "path": str(path)}
+            elif verb == "yank":
+                doc = reg.yank(args.id, args.version, args.reason)
+            else:
+                doc = reg.unyank(args.id, args.version)
+        if args.json:
+            _dump(doc)
+        else:
+            print(json.dumps(doc, indent=2, ensure_ascii=False) if verb != "download"
+                  else doc["path"])
+        return 0
+
+    return _run(run, as_json)
