@@ -136,7 +136,7 @@ def bench_call() -> None:
 
     from corral import Host
 
-    def target(input, ctx):  # noqa: A002
+    def target(input, ctx):
         return input
 
     hookspec = pluggy.HookspecMarker("bench")
@@ -144,12 +144,12 @@ def bench_call() -> None:
 
     class Spec:
         @hookspec
-        def run(self, input):  # noqa: A002
+        def run(self, input):
             """The hook."""
 
     class Impl:
         @hookimpl
-        def run(self, input):  # noqa: A002
+        def run(self, input):
             return input
 
     pm = pluggy.PluginManager("bench")

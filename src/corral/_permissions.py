@@ -40,7 +40,7 @@ _SEGMENT = r"(?:[A-Za-z0-9_-]+|\*)"
 #: A topic, key or id pattern: dotted segments, ``*`` for one, a final ``>`` for any depth.
 NAME_PATTERN: Final = rf"(?:{_SEGMENT}(?:\.{_SEGMENT})*(?:\.>)?|>)"
 #: A secret's name.
-SECRET_NAME_PATTERN: Final = r"[A-Za-z0-9_.-]+"
+SECRET_NAME_PATTERN: Final = r"[A-Za-z0-9_.-]+"  # noqa: S105 (a pattern, not a secret)
 _PATTERN_RE: Final = re.compile(NAME_PATTERN)
 
 
