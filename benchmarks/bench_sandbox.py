@@ -1,0 +1,174 @@
+"""Sandbox speed, measured side by side in one run (issue 3 targets).
+
+Run: /work/venv/bin/python benchmarks/bench_sandbox.py [--rounds N]
+
+- cold start: a strict no-op export in a running host, from call to first result,
+  with the fork server already up (target: median <= 5 ms, p99 <= 10 ms);
+- warm round trip of a small payload vs a raw socketpair echo between two
+  processes (target: ratio <= 1.3);
+- a ~1 ms CPU-bound export, strict vs in-process (target: overhead <= 3 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from corral._sandbox._spec import SandboxSpec
+from corral._sandbox._supervisor import Supervisor
+
+PLUGIN = """
+import time
+
+def noop(inp, ctx):
+    return inp
+
+def work(inp, ctx):
+    x = 0
+    for i in range(inp):
+        x += i
+    return x
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_spec(root: Path, plugin_id: str) -> SandboxSpec:
+    dirs = {}
+    for name in ("data", "tmp", "cache"):
+        d = root / plugin_id / name
+        d.mkdir(parents=True, exist_ok=True)
+        dirs[f"{name}_dir"] = d
+    return SandboxSpec(plugin_id=plugin_id, isolation="strict", plugin_dir=root / "code", **dirs)
+
+
+def calibrate(work: object) -> int:
+    """Loop iterations that take about 1 ms in this process."""
+    n = 1000
+    while True:
+        t = time.perf_counter()
+        work(n, None)  # type: ignore[operator]
+        took = time.perf_counter() - t
+        if took > 0.0002:
+            return max(1, int(n * 0.001 / took))
+        n *= 2
+
+
+class RawEcho:
+    """A forked process echoing over a socketpair: the floor for any process round trip."""
+
+    def __init__(self) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            while True:
+                data = theirs.recv(65536)
+                if not data:
+                    os._exit(0)
+                theirs.sendall(data)
+        theirs.close()
+
+    def round_trip(self, payload: bytes) -> float:
+        t = time.perf_counter()
+        self.sock.sendall(payload)
+        self.sock.recv(65536)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--cold", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "code").mkdir()
+        (root / "code" / "benchplug.py").write_text(PLUGIN)
+        with Supervisor() as sup:
+            warm_spec = make_spec(root, "bench.warm")
+            sup.call(warm_spec, "benchplug:noop", None)  # fork server up, probe done
+
+            # Cold starts in a running host: the previous plugin's worker is stopped in
+            # batches and the host pauses 20 ms between loads, as plugins do not all load
+            # within the same millisecond (the fork server refills its spare meanwhile).
+            cold = []
+            batch: list[str] = []
+            for i in range(args.cold):
+                spec = make_spec(root, f"bench.cold{i}")
+                time.sleep(0.02)
+                t = time.perf_counter()
+                sup.call(spec, "benchplug:noop", None)
+                cold.append(time.perf_counter() - t)
+                batch.append(spec.plugin_id)
+                if len(batch) == 10:
+                    for plugin_id in batch:
+                        sup.stop(plugin_id)
+                    batch.clear()
+                    time.sleep(0.1)
+            for plugin_id in batch:
+                sup.stop(plugin_id)
+
+            # Warm calls and raw echoes interleaved, so both see the same machine.
+            payload = {"small": "payload", "n": 1}
+            raw_payload = b"x" * 64
+            echo_proc = RawEcho()
+            for _ in range(200):
+                sup.call(warm_spec, "benchplug:noop", payload)
+                echo_proc.round_trip(raw_payload)
+            warm, echo = [], []
+            for _ in range(args.rounds):
+                t = time.perf_counter()
+                sup.call(warm_spec, "benchplug:noop", payload)
+                warm.append(time.perf_counter() - t)
+                echo.append(echo_proc.round_trip(raw_payload))
+            echo_proc.close()
+
+            sys.path.insert(0, str(root / "code"))
+            work = importlib.import_module("benchplug").work
+            n = calibrate(work)
+            inproc, strict = [], []
+            for _ in range(max(200, args.rounds // 4)):
+                t = time.perf_counter()
+                work(n, None)
+                inproc.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                sup.call(warm_spec, "benchplug:work", n)
+                strict.append(time.perf_counter() - t)
+
+    ms = 1000.0
+    warm_med, echo_med = statistics.median(warm), statistics.median(echo)
+    in_med, st_med = statistics.median(inproc), statistics.median(strict)
+    print(
+        f"cold start strict no-op: median {statistics.median(cold) * ms:.2f} ms, "
+        f"p99 {pct(cold, 0.99) * ms:.2f} ms  (n={len(cold)})"
+    )
+    print(
+        f"warm round trip: median {warm_med * 1e6:.1f} us, p99 {pct(warm, 0.99) * 1e6:.1f} us; "
+        f"raw socketpair echo: median {echo_med * 1e6:.1f} us; "
+        f"ratio {warm_med / echo_med:.2f}"
+    )
+    print(
+        f"1 ms CPU export: in-process median {in_med * ms:.3f} ms, strict {st_med * ms:.3f} ms; "
+        f"overhead {(st_med / in_med - 1) * 100:.1f} %"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The worker wire protocol: length-prefixed msgpack frames with a hard size cap.
+
+Every frame is a 4-byte big-endian length and a msgpack body.  Host messages are
+:data:`HostMessage`, worker messages :data:`WorkerMessage`, both tagged unions of
+msgspec Structs.  Everything a worker sends is untrusted: it is decoded against
+the schema, and anything else (garbage, an oversized frame, an unknown tag) is a
+:class:`ProtocolError`, after which the host kills that worker.
+
+The framing here is I/O-free; the supervisor and the worker own the sockets.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, Literal, final
+
+import msgspec
+
+from corral._errors import (
+    CorralError,
+    InvalidPluginError,
+    NotFoundError,
+    PermissionDenied,
+    PluginError,
+    PluginTimeout,
+    PolicyDenied,
+    ResourceLimitExceeded,
+    SignatureInvalid,
+    UsageError,
+    WorkerCrashed,
+)
+
+__all__ = [
+    "Assign",
+    "HEADER",
+    "Call",
+    "ErrorInfo",
+    "Failure",
+    "FrameReader",
+    "Hello",
+    "HostMessage",
+    "Log",
+    "Output",
+    "ProtocolError",
+    "Reap",
+    "Reaped",
+    "Refused",
+    "Reply",
+    "Request",
+    "Result",
+    "Spawn",
+    "Spawned",
+    "Stop",
+    "Usage",
+    "WorkerInit",
+    "WorkerMessage",
+    "ZygoteReply",
+    "ZygoteRequest",
+    "decode_host",
+    "decode_worker",
+    "encode",
+    "error_from_info",
+    "frame",
+    "info_from_error",
+]
+
+#: Frame header: the body length, unsigned 32-bit big-endian.
+HEADER: Final = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """A peer broke the wire protocol (the worker's fault when raised on the host)."""
+
+
+# -- shared -----------------------------------------------------------------
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A corral error on the wire: its code and the fields needed to rebuild it."""
+
+    code: str
+    message: str
+    type: str | None = None
+    traceback: str | None = None
+    permission: str | None = None
+    limit: str | None = None
+    measured: float | None = None
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """What one call cost the worker, as its own ``getrusage`` saw it."""
+
+    cpu_user_ms: float
+    cpu_system_ms: float
+    peak_rss_kb: int
+
+
+# -- host -> worker -----------------------------------------------------------
+
+
+class Call(msgspec.Struct, frozen=True, tag="call"):
+    """Run ``target(input, ctx)``; the worker answers with Result or Failure of ``id``."""
+
+    id: int
+    target: str
+    input: Any
+    config: dict[str, Any]
+
+
+class Reply(msgspec.Struct, frozen=True, tag="reply", omit_defaults=True):
+    """The host's answer to a worker :class:`Request` (``fd`` rides along via SCM_RIGHTS)."""
+
+    id: int
+    value: Any = None
+    error: ErrorInfo | None = None
+    fd: bool = False
+
+
+class Stop(msgspec.Struct, frozen=True, tag="stop"):
+    """Exit now, cleanly."""
+
+
+HostMessage = Call | Reply | Stop
+
+
+# -- worker -> host (untrusted) -------------------------------------------------
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello"):
+    """The worker is confined and ready."""
+
+    pid: int
+
+
+class Result(msgspec.Struct, frozen=True, tag="result"):
+    """Call ``id`` returned; ``value`` is the JSON text of the result."""
+
+    id: int
+    value: bytes
+    usage: Usage
+
+
+class Failure(msgspec.Struct, frozen=True, tag="failure"):
+    """Call ``id`` failed inside the worker."""
+
+    id: int
+    error: ErrorInfo
+    usage: Usage
+
+
+class Request(msgspec.Struct, frozen=True, tag="request"):
+    """A broker request ``op`` (``state.get``, ``net.connect``, ...) made by the plugin."""
+
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+class Log(msgspec.Struct, frozen=True, tag="log"):
+    """A log record from ``ctx.log``."""
+
+    level: int
+    name: str
+    message: str
+
+
+class Output(msgspec.Struct, frozen=True, tag="output"):
+    """Text the plugin wrote to stdout or stderr."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class Refused(msgspec.Struct, frozen=True, tag="refused"):
+    """The worker could not confine itself (a missing kernel feature, ...) and exits."""
+
+    message: str
+    feature: str | None = None
+
+
+WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused
+
+
+# -- host <-> zygote (control channel, SOCK_SEQPACKET, one message per packet) ---
+
+
+class WorkerInit(msgspec.Struct, frozen=True):
+    """How to confine one worker; built by the host from a SandboxSpec."""
+
+    plugin_id: str
+    isolation: str
+    plugin_dir: str
+    data_dir: str
+    tmp_dir: str
+    cache_dir: str
+    read_paths: list[str]
+    write_paths: list[str]
+    env: dict[str, str]
+    allow_exec: bool
+    memory_mb: int
+    cpu_seconds: int
+    cpu_budget_seconds: int
+    disk_mb: int
+    max_processes: int
+    max_result_bytes: int
+    max_output_bytes: int
+
+
+class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
+    """Fork a worker; its end of the RPC socketpair rides along via SCM_RIGHTS."""
+
+    init: WorkerInit
+
+
+class Assign(msgspec.Struct, frozen=True, tag="assign"):
+    """Zygote to a spare process: become this worker (RPC and ruleset fds ride along)."""
+
+    init: WorkerInit
+    seccomp: bytes | None = None
+
+
+class Reap(msgspec.Struct, frozen=True, tag="reap"):
+    """SIGKILL worker ``pid`` (and its process group) and wait for it."""
+
+    pid: int
+
+
+ZygoteRequest = Spawn | Reap
+
+
+class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
+    """The worker's pid as the host sees it, or why it could not be forked."""
+
+    pid: int = 0
+    error: str | None = None
+
+
+class Reaped(msgspec.Struct, frozen=True, tag="reaped"):
+    """How worker ``pid`` ended, with its lifetime resource usage."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    cpu_user_ms: float
+    cpu_system_ms: float
+    peak_rss_kb: int
+    error: str | None = None
+
+
+ZygoteReply = Spawned | Reaped
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_host_decoder: Final = msgspec.msgpack.Decoder(HostMessage)
+_worker_decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Encode ``msg`` as one frame, header included."""
+    body = _encoder.encode(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def frame(body: bytes) -> bytes:
+    """Wrap an already encoded body in a frame."""
+    return HEADER.pack(len(body)) + body
+
+
+def decode_worker(body: bytes | memoryview) -> WorkerMessage:
+    """Decode an untrusted worker frame body, or raise :class:`ProtocolError`."""
+    try:
+        msg: WorkerMessage = _worker_decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed worker message: {exc}") from None
+    return msg
+
+
+def decode_host(body: bytes | memoryview) -> HostMessage:
+    """Decode a host frame body (in the worker)."""
+    try:
+        msg: HostMessage = _host_decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed host message: {exc}") from None
+    return msg
+
+
+@final
+class FrameReader:
+    """Split a byte stream into frame bodies, refusing any frame over ``max_frame``."""
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame: Final = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        """Add ``data``; return the complete frame bodies now available, in order."""
+        self._buf += data
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        n = len(buf)
+        while n - pos >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes exceeds the {self.max_frame} cap")
+            end = pos + HEADER.size + size
+            if end > n:
+                break
+            out.append(bytes(buf[pos + HEADER.size : end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not yet form a whole frame."""
+        return len(self._buf)
+
+
+def info_from_error(exc: CorralError) -> ErrorInfo:
+    """The wire form of a corral error."""
+    d = exc.details
+    measured = d.get("measured")
+    return ErrorInfo(
+        code=exc.code,
+        message=exc.message,
+        type=d.get("type") if isinstance(d.get("type"), str) else None,
+        traceback=d.get("traceback") if isinstance(d.get("traceback"), str) else None,
+        permission=getattr(exc, "permission", None),
+        limit=d.get("limit") if isinstance(d.get("limit"), str) else None,
+        measured=float(measured) if isinstance(measured, int | float) else None,
+    )
+
+
+def error_from_info(info: ErrorInfo, plugin_id: str | None) -> CorralError:
+    """Rebuild the corral error an :class:`ErrorInfo` describes (unknown codes: PluginError)."""
+    if info.code == "permission_denied":
+        return PermissionDenied(
+            info.message, permission=info.permission or "?", plugin_id=plugin_id
+        )
+    if info.code in ("resource_limit", "timeout"):
+        cls = ResourceLimitExceeded if info.code == "resource_limit" else PluginTimeout
+        return cls(info.message, plugin_id=plugin_id, limit=info.limit, measured=info.measured)
+    simple = _SIMPLE_ERRORS.get(info.code)
+    if simple is not None:
+        return simple(info.message, plugin_id=plugin_id)
+    return PluginError(info.message, plugin_id=plugin_id, type=info.type, traceback=info.traceback)
+
+
+_SIMPLE_ERRORS: Final[dict[str, type[CorralError]]] = {
+    "error": CorralError,
+    "usage": UsageError,
+    "not_found": NotFoundError,
+    "invalid": InvalidPluginError,
+    "policy_denied": PolicyDenied,
+    "signature_invalid": SignatureInvalid,
+    "crashed": WorkerCrashed,
+}

@@ -1,0 +1,448 @@
+"""The fork server: one long-lived process that forks every worker, and its client.
+
+The host (:class:`ZygoteClient`) starts it once, lazily (``python -I -c ...``),
+with one end of a ``SOCK_SEQPACKET`` socketpair.  It imports the worker runtime
+up front, then answers :class:`~._rpc.Spawn` and :class:`~._rpc.Reap` requests,
+one packet each.  Filters are built here, in the parent, once per worker (the
+Landlock ruleset) or once per kind (the seccomp program), and only applied in
+the child.
+
+Workers are forked ahead of time: for each isolation level in use the zygote
+keeps one *spare*, already forked, in its namespaces, session and capability-
+less state, waiting on a private socket.  A Spawn hands the spare its
+:class:`~._rpc.Assign` (with the RPC socket and the ruleset via SCM_RIGHTS),
+answers the host, and only then forks the next spare.
+
+A ``strict`` spare is forked twice: the first child unshares the user, PID,
+network, mount and IPC namespaces, maps its uid/gid, forks PID 1 of the new PID
+namespace and exits.  The zygote is a child subreaper, so it adopts that PID 1
+and is its parent: it alone reaps workers, so it can kill them without racing
+pid reuse, and it kills whatever else it adopts (what a limited worker left
+behind).  Workers die with the zygote (``PR_SET_PDEATHSIG``); when the host goes
+away (EOF on the control socket) the zygote kills and reaps every worker and
+exits.  It never leaves a zombie or an orphan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, final
+
+import msgspec
+
+from corral._errors import CorralError
+
+from . import _namespaces, _worker
+from ._rpc import (
+    Assign,
+    Reap,
+    Reaped,
+    Spawn,
+    Spawned,
+    WorkerInit,
+    ZygoteReply,
+    ZygoteRequest,
+)
+
+__all__ = ["ZygoteClient", "main"]
+
+_MAX_PACKET: Final = 1 << 20
+_SRC_DIR: Final = str(Path(__file__).resolve().parents[2])
+_ZYGOTE_TIMEOUT: Final = 10.0
+_SWEEP_SECONDS: Final = 1.0
+_SWEEP_ROUNDS: Final = 100
+
+_decoder: Final = msgspec.msgpack.Decoder(ZygoteRequest)
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def _preload() -> None:
+    """Import what a worker may need after it can no longer read the file system."""
+    from . import _landlock, _rlimits, _seccomp
+
+    del _landlock, _rlimits, _seccomp
+    import asyncio.base_events
+    import asyncio.unix_events  # noqa: F401
+    import encodings.idna  # noqa: F401
+    import json  # noqa: F401
+    import selectors  # noqa: F401
+
+
+def _interpreter_paths() -> list[str]:
+    from ._landlock import interpreter_read_paths
+
+    paths = set(interpreter_read_paths())
+    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    return sorted(paths)
+
+
+@final
+class _Spare:
+    """A forked worker process waiting for its assignment on ``sock``."""
+
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid: Final = pid
+        self.sock: Final = sock
+
+
+class _Zygote:
+    def __init__(self, ctrl: socket.socket) -> None:
+        self.ctrl = ctrl
+        self.children: set[int] = set()
+        self.spares: dict[str, _Spare] = {}
+        self.wanted: set[str] = set()
+        self.read_paths: Final = _interpreter_paths()
+        self.seccomp: dict[bool, bytes] = {}
+
+    # -- requests ---------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.ctrl], [], [], _SWEEP_SECONDS)
+            if not ready:
+                self._sweep()
+                continue
+            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, _MAX_PACKET, 4)
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                return
+            try:
+                req = _decoder.decode(data)
+            except msgspec.MsgspecError as exc:
+                for fd in fds:
+                    os.close(fd)
+                self._reply(Spawned(error=f"bad request: {exc}"))
+                continue
+            if isinstance(req, Spawn):
+                try:
+                    reply = self._spawn(req.init, fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                self._reply(reply)
+                self._replenish()
+            else:
+                for fd in fds:
+                    os.close(fd)
+                self._reply(self._reap(req))
+            self._sweep()
+
+    def _reply(self, msg: msgspec.Struct) -> None:
+        self.ctrl.sendall(_encoder.encode(msg))
+
+    def _seccomp(self, allow_exec: bool) -> bytes:
+        prog = self.seccomp.get(allow_exec)
+        if prog is None:
+            from ._seccomp import build_filter
+
+            prog = self.seccomp[allow_exec] = build_filter(allow_exec=allow_exec)
+        return prog
+
+    def _spawn(self, init: WorkerInit, fds: list[int]) -> Spawned:
+        if len(fds) != 1:
+            return Spawned(error=f"expected one descriptor, got {len(fds)}")
+        ruleset_fd: int | None = None
+        prog: bytes | None = None
+        try:
+            if init.isolation == "strict":
+                from ._landlock import build_ruleset
+
+                prog = self._seccomp(init.allow_exec)
+                reads = [init.plugin_dir, *self.read_paths, *init.read_paths]
+                writes = [init.data_dir, init.tmp_dir, init.cache_dir, *init.write_paths]
+                ruleset_fd = build_ruleset(reads, writes)
+            else:
+                ruleset_fd = _limited_ruleset()
+            self.wanted.add(init.isolation)
+            passed = [fds[0]] if ruleset_fd is None else [fds[0], ruleset_fd]
+            assignment = _encoder.encode(Assign(init=init, seccomp=prog))
+            for _attempt in range(2):
+                spare = self.spares.pop(init.isolation, None) or self._fork_spare(init.isolation)
+                try:
+                    socket.send_fds(spare.sock, [assignment], passed)
+                except OSError:
+                    self._discard(spare)  # it died while waiting: take a fresh one
+                    continue
+                finally:
+                    spare.sock.close()
+                return Spawned(pid=spare.pid)
+            return Spawned(error="no worker process could be started")
+        except Exception as exc:
+            return Spawned(error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if ruleset_fd is not None:
+                os.close(ruleset_fd)
+
+    def _replenish(self) -> None:
+        """Keep one spare process per isolation level in use, forked ahead of time."""
+        for kind in sorted(self.wanted):
+            if kind not in self.spares:
+                try:
+                    self.spares[kind] = self._fork_spare(kind)
+                except Exception:  # the next spawn forks on demand and reports the error
+                    return
+
+    def _discard(self, spare: _Spare) -> None:
+        _kill(spare.pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
+        self.children.discard(spare.pid)
+
+    def _in_child(self) -> None:
+        """First thing in any forked child: drop the zygote's Python-level descriptors."""
+        self.ctrl.close()
+        for spare in self.spares.values():
+            spare.sock.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _fork_spare(self, kind: str) -> _Spare:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            if kind == "strict":
+                pid = self._fork_strict(ours, theirs)
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        ours.close()
+                        self._in_child()
+                    finally:
+                        _worker.spare(theirs.detach())
+        finally:
+            theirs.close()
+        self.children.add(pid)
+        return _Spare(pid, ours)
+
+    def _fork_strict(self, ours: socket.socket, theirs: socket.socket) -> int:
+        r, w = os.pipe()
+        uid, gid = os.geteuid(), os.getegid()
+        pid = os.fork()
+        if pid == 0:  # the intermediate child: unshare, fork PID 1, exit
+            msg = b"error: fork failed"
+            try:
+                ours.close()
+                self._in_child()
+                os.close(r)
+                _namespaces.unshare(_namespaces.STRICT_NAMESPACES)
+                _namespaces.write_id_maps(uid, gid)
+                init_pid = os.fork()
+                if init_pid == 0:
+                    os.close(w)
+                    _worker.spare(theirs.detach())
+                msg = b"pid %d" % init_pid
+            except BaseException as exc:
+                msg = f"error: namespaces: {exc}".encode()
+            finally:
+                try:
+                    os.write(w, msg)
+                finally:
+                    os._exit(0)
+        os.close(w)
+        try:
+            msg = os.read(r, 512)
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        if not msg.startswith(b"pid "):
+            ours.close()
+            raise OSError(msg.decode("utf-8", "replace") or "the namespace child died")
+        return int(msg[4:])
+
+    def _reap(self, req: Reap) -> Reaped:
+        pid = req.pid
+        if pid not in self.children:
+            return Reaped(
+                pid=pid,
+                exit_code=None,
+                signal=None,
+                cpu_user_ms=0.0,
+                cpu_system_ms=0.0,
+                peak_rss_kb=0,
+                error="not a worker of this zygote",
+            )
+        _kill(pid)
+        _pid, status, ru = os.wait4(pid, 0)
+        self.children.discard(pid)
+        self._sweep()  # its escaped descendants, before the host hears it is gone
+        return Reaped(
+            pid=pid,
+            exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            cpu_user_ms=ru.ru_utime * 1000.0,
+            cpu_system_ms=ru.ru_stime * 1000.0,
+            peak_rss_kb=ru.ru_maxrss,
+        )
+
+    def _sweep(self) -> None:
+        """Kill and reap adopted orphans.
+
+        The zygote is a child subreaper, so whatever a limited worker leaves behind
+        (children that left its process group, daemons) lands here when its parent
+        dies.  Nothing but workers and spares may run under the zygote: the rest is
+        killed, round after round, until a fork bomb has nothing left to fork from.
+        """
+        for _round in range(_SWEEP_ROUNDS):
+            strays = [p for p in _children_of(os.getpid()) if p not in self.children]
+            if not strays:
+                return
+            for pid in strays:
+                _kill(pid)
+            for pid in strays:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+    def shutdown(self) -> None:
+        for spare in self.spares.values():
+            spare.sock.close()
+        self.spares.clear()
+        for pid in sorted(self.children):
+            _kill(pid)
+        for pid in sorted(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()
+        # Whatever was adopted: kill it and wait for it too.
+        for pid in _children_of(os.getpid()):
+            _kill(pid)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _limited_ruleset() -> int | None:
+    """A Landlock ruleset for ``limited``: the whole file system, but scoped.
+
+    Where the kernel can scope signals and abstract unix sockets (ABI 6), a
+    limited worker gets a domain of its own: it cannot signal or ptrace the host
+    (same uid) or reach its abstract sockets, and TCP goes only through the broker.
+    Older kernels run limited without it; only strict refuses to run with less.
+    """
+    from ._landlock import build_ruleset, landlock_abi
+
+    if landlock_abi() < 6:
+        return None
+    return build_ruleset(["/"], ["/"])
+
+
+def _kill(pid: int) -> None:
+    for fn in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            fn(pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+# -- the host's side ----------------------------------------------------------
+
+
+@final
+class ZygoteClient:
+    """The host's handle on the fork server process; thread-safe, one request at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctrl: socket.socket | None = None
+        #: Marks the fork server's command line, which every worker inherits (tests look for it).
+        self.tag: Final = f"corral-zygote-{os.getpid()}-{id(self):x}"
+        self._decoder = msgspec.msgpack.Decoder(ZygoteReply)
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from corral._sandbox._zygote import main; main(int(sys.argv[2]))"
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", code, _SRC_DIR, str(theirs.fileno()), self.tag],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env={"LC_ALL": "C.UTF-8", "MALLOC_ARENA_MAX": "2"},
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        ours.settimeout(_ZYGOTE_TIMEOUT)
+        self._ctrl = ours
+        return ours
+
+    def request(self, msg: Spawn | Reap, fds: Sequence[int] = ()) -> ZygoteReply:
+        """Send one request and wait for its reply."""
+        with self._lock:
+            ctrl = self._ctrl or self._start()
+            try:
+                socket.send_fds(ctrl, [self._encoder.encode(msg)], list(fds))
+                data = ctrl.recv(1 << 16)
+            except OSError as exc:
+                self._close_locked()
+                raise CorralError(f"the sandbox fork server failed: {exc}") from exc
+            if not data:
+                self._close_locked()
+                raise CorralError("the sandbox fork server exited")
+            reply: ZygoteReply = self._decoder.decode(data)
+            return reply
+
+    @property
+    def pid(self) -> int | None:
+        """The fork server's pid, when it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        """Stop the fork server: it kills and reaps whatever it still has."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=_ZYGOTE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+def main(ctrl_fd: int) -> None:
+    """Run the fork server on the inherited control socket ``ctrl_fd``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _namespaces.set_child_subreaper()
+    _preload()
+    ctrl = socket.socket(fileno=ctrl_fd)
+    zygote = _Zygote(ctrl)
+    gc.collect()
+    gc.freeze()
+    try:
+        zygote.serve()
+    finally:
+        zygote.shutdown()
