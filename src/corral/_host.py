@@ -870,12 +870,33 @@ class Host:
         active.state = State.FAILED
         self._fast.pop(active.manifest.id, None)
         self._persist(active.manifest.id, State.FAILED, exc.to_dict())
+        if self._sandboxed_entry(active):
+            with contextlib.suppress(CorralError):
+                self._sandbox_hook(active, "on_error", exc.to_dict())
+            return
         hook = getattr(active.entry, "on_error", None) if active.entry is not None else None
         if hook is not None:
             with contextlib.suppress(CorralError):
                 self._call_with_timeout(active, "on_error", hook, exc)
 
+    @staticmethod
+    def _sandboxed_entry(active: _Active) -> bool:
+        manifest = active.manifest
+        return manifest.entry is not None and manifest.sandbox.isolation != "none"
+
+    def _sandbox_hook(self, active: _Active, name: str, value: Any) -> None:
+        """Run a lifecycle hook of a sandboxed plugin's entry object inside its worker."""
+        from ._sandboxing import call_sandboxed
+
+        call_sandboxed(
+            self, self._supervisor_for(), active.manifest, active.ctx, name, value,
+            target=f"{active.manifest.entry}#{name}",
+        )
+
     def _run_hook(self, active: _Active, name: str) -> None:
+        if self._sandboxed_entry(active):
+            self._sandbox_hook(active, name, None)
+            return
         if active.entry is None:
             return
         hook = getattr(active.entry, name, None)
@@ -1068,13 +1089,18 @@ class Host:
     def _call_sandboxed(self, active: _Active, export: str, input: Any) -> Any:
         from ._sandboxing import call_sandboxed
 
-        if self._supervisor is None:
-            from ._sandboxing import make_supervisor
+        return call_sandboxed(
+            self, self._supervisor_for(), active.manifest, active.ctx, export, input
+        )
 
-            with self._rlock:
-                if self._supervisor is None:
-                    self._supervisor = make_supervisor(self)
-        return call_sandboxed(self, self._supervisor, active.manifest, active.ctx, export, input)
+    def _supervisor_for(self) -> Any:
+        """The supervisor of this host's sandboxed workers (started on first use)."""
+        with self._rlock:
+            if self._supervisor is None:
+                from ._sandboxing import make_supervisor
+
+                self._supervisor = make_supervisor(self)
+            return self._supervisor
 
     # -- metrics --------------------------------------------------------------
 

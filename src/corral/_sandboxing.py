@@ -191,9 +191,15 @@ def call_sandboxed(
     ctx: PluginContext,
     export: str,
     input: Any,
+    *,
+    target: str | None = None,
 ) -> Any:
-    """Run an export or micro handler in the plugin's worker and record the call's metrics."""
-    target = manifest.exports.get(export)
+    """Run an export, micro handler or hook in the plugin's worker; record the call's metrics.
+
+    ``target`` overrides what ``export`` names (hooks use ``entry#hook``).
+    """
+    if target is None:
+        target = manifest.exports.get(export)
     if target is None:
         target = next(m.handler for m in manifest.micro if m.id == export)
     spec = spec_for(manifest, ctx)

@@ -328,6 +328,7 @@ class _Worker:
         self.output = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._targets: dict[str, Any] = {}
+        self._entries: dict[str, Any] = {}
         self.log = logging.getLogger(f"corral.plugin.{init.plugin_id}")
         self.log.handlers[:] = [_LogHandler(ch)]
         self.log.setLevel(logging.DEBUG)
@@ -362,6 +363,8 @@ class _Worker:
 
     def _resolve(self, target: str) -> Any:
         fn = self._targets.get(target)
+        if fn is None and "#" in target:
+            fn = self._targets[target] = self._hook(*target.split("#", 1))
         if fn is None:
             module, sep, qual = target.partition(":")
             if not sep or not module or not qual:
@@ -373,6 +376,33 @@ class _Worker:
                 raise TypeError(f"{target} is not callable")
             fn = self._targets[target] = obj
         return fn
+
+    def _hook(self, entry_target: str, hook: str) -> Any:
+        """``entry#hook``: the lifecycle hook of the plugin's entry object, made once per worker.
+
+        Hooks take ``ctx`` (``on_error`` takes the error as a dict); a missing hook is a no-op.
+        """
+        entry = self._resolve_object(entry_target)
+        method = getattr(entry, hook, None)
+
+        def run(value: Any, ctx: Any) -> Any:
+            if method is None:
+                return None
+            return method(ctx) if value is None else method(value)
+
+        return run
+
+    def _resolve_object(self, target: str) -> Any:
+        obj = self._entries.get(target)
+        if obj is None:
+            module, _, qual = target.partition(":")
+            obj = importlib.import_module(module)
+            for part in qual.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, type):
+                obj = obj()
+            self._entries[target] = obj
+        return obj
 
     def _run(self, call: Call) -> None:
         children = self.init.allow_exec  # only a worker that may spawn has children to count
