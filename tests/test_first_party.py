@@ -124,7 +124,7 @@ def test_manifest_is_complete_and_validates(name: str, tmp_path: Path) -> None:
     assert manifest.tags
     assert manifest.description
     assert str(manifest.requires_corral) == ">=0.1"
-    assert manifest.sandbox.isolation == "none"
+    assert manifest.sandbox.isolation == "strict"
     assert "{workspace}" in manifest.permissions.fs_read
     with Host(home=tmp_path / "vhome", workspace=tmp_path) as host:
         report = host.validate(PLUGINS / name)

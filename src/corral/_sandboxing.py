@@ -30,6 +30,8 @@ __all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "spec_for"]
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES: Final = 1024 * 1024
 _CONNECT_TIMEOUT: Final = 10.0
+#: Devices every program expects to open (subprocess's DEVNULL, os.urandom's fallbacks).
+_HARMLESS_DEVICES: Final = (Path("/dev/null"), Path("/dev/zero"), Path("/dev/urandom"))
 
 
 def sandbox_problem(isolation: str) -> str | None:
@@ -55,7 +57,8 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
     values = dict(ctx.paths)
     perms = manifest.permissions
     env = {name: os.environ[name] for name in perms.env if name in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # PATH is no secret, and what it finds is still limited by Landlock and the spawn grants.
+    env.setdefault("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
     isolation = manifest.sandbox.isolation
     if isolation == "none":  # pragma: no cover - the host runs these in process
         raise CorralError(f"{manifest.id} is not sandboxed", plugin_id=manifest.id)
@@ -66,10 +69,14 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
         data_dir=Path(values["data"]),
         tmp_dir=Path(values["tmp"]),
         cache_dir=Path(values["cache"]),
+        workspace=Path(values["workspace"]),
         read_paths=tuple(
             Path(expand_placeholders(p, values)).resolve() for p in perms.fs_read
-        ) + _interpreter_paths(),
-        write_paths=tuple(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write),
+        )
+        + _interpreter_paths()
+        + _HARMLESS_DEVICES,
+        write_paths=tuple(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write)
+        + (Path("/dev/null"),),
         net_connect=perms.net_connect,
         spawn=perms.spawn,
         env=env,

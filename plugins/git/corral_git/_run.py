@@ -19,9 +19,15 @@ class GitError(RuntimeError):
 
 
 def _env() -> dict[str, str]:
+    """git's environment: no prompts, no pager, and no system or user configuration.
+
+    The plugin reads statistics only; ignoring configuration keeps its output the
+    same everywhere, and inside the sandbox those files are not readable anyway.
+    """
     env = dict(os.environ)
     env.update({"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat",
-                "GIT_OPTIONAL_LOCKS": "0"})
+                "GIT_OPTIONAL_LOCKS": "0", "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull})
     return env
 
 

@@ -204,6 +204,7 @@ class WorkerInit(msgspec.Struct, frozen=True):
     max_processes: int
     max_result_bytes: int
     max_output_bytes: int
+    workspace: str = ""
 
 
 class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
@@ -346,7 +347,8 @@ def error_from_info(info: ErrorInfo, plugin_id: str | None) -> CorralError:
     simple = _SIMPLE_ERRORS.get(info.code)
     if simple is not None:
         return simple(info.message, plugin_id=plugin_id)
-    return PluginError(info.message, plugin_id=plugin_id, type=info.type, traceback=info.traceback)
+    return PluginError(info.message, plugin_id=plugin_id, exception=info.type,
+                       traceback=info.traceback)
 
 
 _SIMPLE_ERRORS: Final[dict[str, type[CorralError]]] = {

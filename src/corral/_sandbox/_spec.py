@@ -35,6 +35,8 @@ class SandboxSpec:
     tmp_dir: Path
     #: ``{cache}``: writable.
     cache_dir: Path
+    #: ``{workspace}``: what ``ctx.workspace`` names (readable only if granted).
+    workspace: Path | None = None
     #: Extra ``fs-read`` grants.
     read_paths: tuple[Path, ...] = ()
     #: Extra ``fs-write`` grants.

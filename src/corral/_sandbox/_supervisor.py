@@ -221,6 +221,7 @@ def _init_for(spec: SandboxSpec) -> WorkerInit:
         data_dir=str(spec.data_dir),
         tmp_dir=str(spec.tmp_dir),
         cache_dir=str(spec.cache_dir),
+        workspace=str(spec.workspace or ""),
         read_paths=reads,
         write_paths=[str(p) for p in spec.write_paths],
         env=dict(spec.env),

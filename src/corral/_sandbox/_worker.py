@@ -239,21 +239,38 @@ class WorkerContext:
     """The ``ctx`` a sandboxed export receives: a PluginContext over RPC."""
 
     __slots__ = (
+        "cache_dir",
         "config",
         "data_dir",
         "events",
         "log",
         "net",
+        "paths",
+        "plugin_dir",
         "plugin_id",
         "secrets",
         "spawn",
         "state",
+        "tmp_dir",
+        "workspace",
     )
 
     def __init__(self, worker: _Worker, config: dict[str, Any]) -> None:
-        self.plugin_id: Final = worker.init.plugin_id
+        init = worker.init
+        self.plugin_id: Final = init.plugin_id
         self.config: Final = config
         self.data_dir: Final = worker.data_dir
+        self.plugin_dir: Final = Path(init.plugin_dir)
+        self.cache_dir: Final = Path(init.cache_dir)
+        self.tmp_dir: Final = Path(init.tmp_dir)
+        self.workspace: Final = Path(init.workspace) if init.workspace else None
+        self.paths: Final = {
+            "plugin": init.plugin_dir,
+            "data": init.data_dir,
+            "cache": init.cache_dir,
+            "tmp": init.tmp_dir,
+            "workspace": init.workspace,
+        }
         self.log: Final = worker.log
         self.events: Final = worker.events
         self.state: Final = worker.state
