@@ -75,8 +75,10 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
         )
         + _interpreter_paths()
         + _HARMLESS_DEVICES,
-        write_paths=tuple(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write)
-        + (Path("/dev/null"),),
+        write_paths=(
+            *(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write),
+            Path("/dev/null"),
+        ),
         net_connect=perms.net_connect,
         spawn=perms.spawn,
         env=env,
