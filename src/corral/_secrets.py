@@ -57,8 +57,8 @@ def _keyring_key(home: Path) -> bytes | None:
     if os.environ.get("CORRAL_SECRETS_KEYRING", "1") == "0":
         return None
     try:
-        import keyring  # type: ignore[import-not-found]
-        import keyring.errors  # type: ignore[import-not-found]
+        import keyring  # type: ignore[import-not-found,unused-ignore]
+        import keyring.errors  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     try:
