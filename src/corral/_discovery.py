@@ -28,7 +28,6 @@ def discover(store: Store, plugins_dir: Path, registered: set[str]) -> list[Plug
     Parsed manifests are cached in the database, keyed by each ``corral.toml``'s
     mtime and size, so only new or changed directories are read.
     """
-    from ._manifest import load_manifest
     from ._scan import scan_plugin_dirs
 
     raw = store.get_meta("discovered")
@@ -47,6 +46,8 @@ def discover(store: Store, plugins_dir: Path, registered: set[str]) -> list[Plug
             continue
         entry = cached.get(key)
         if entry is None or plugin_dir in scan.changed or source == "entry-point":
+            from ._manifest import load_manifest
+
             try:
                 entry = {"manifest": load_manifest(plugin_dir).to_dict()}
             except CorralError:

@@ -6,11 +6,8 @@ import builtins
 import contextlib
 import fcntl
 import os
-import shutil
 import threading
 import time
-import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -382,7 +379,7 @@ class Host:
             except BaseException:
                 for _, path, _, temp in staged:
                     if temp:
-                        shutil.rmtree(path, ignore_errors=True)
+                        _rmtree(path)
                 self._unplace(staged, placed)
                 raise
             now = time.time()
@@ -436,7 +433,7 @@ class Host:
                 kind = "directory" if source.parent == plugins else "entry-point"
                 return manifest, source, kind, False
             load_manifest(source)  # fail fast, before copying anything
-            staging = plugins / f".staging-{uuid.uuid4().hex}"
+            staging = plugins / f".staging-{os.urandom(16).hex()}"
             from ._tree import copy_plugin_dir
 
             copy_plugin_dir(source, staging)
@@ -444,14 +441,14 @@ class Host:
         else:
             from ._archive import extract_archive
 
-            staging = plugins / f".staging-{uuid.uuid4().hex}"
+            staging = plugins / f".staging-{os.urandom(16).hex()}"
             extract_archive(source, staging)
             kind = "archive"
         try:
             manifest = load_manifest(staging)
             check_targets(staging, manifest)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            _rmtree(staging)
             raise
         return manifest, staging, kind, True
 
@@ -477,7 +474,7 @@ class Host:
         """Delete the copies a failed registration already moved into place."""
         for (_, _, _, temp), path in zip(staged, placed, strict=False):
             if temp:
-                shutil.rmtree(path, ignore_errors=True)
+                _rmtree(path)
 
     def _info_of(self, plugin_id: str) -> PluginInfo:
         row = self._row(plugin_id)
@@ -514,13 +511,13 @@ class Host:
             self._active.pop(plugin_id, None)
             path = Path(row.path)
             if row.source != "entry-point" and path.parent == self.home / "plugins":
-                trash = path.with_name(f".trash-{uuid.uuid4().hex}")
+                trash = path.with_name(f".trash-{os.urandom(16).hex()}")
                 with contextlib.suppress(FileNotFoundError):  # already deleted by hand
                     os.rename(path, trash)
-                    shutil.rmtree(trash, ignore_errors=True)
+                    _rmtree(trash)
             if purge_data:
                 for sub in ("data", "cache", "tmp"):
-                    shutil.rmtree(self.home / sub / plugin_id, ignore_errors=True)
+                    _rmtree(self.home / sub / plugin_id)
 
     async def aunregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
         """Async twin of :meth:`unregister`."""
@@ -710,7 +707,7 @@ class Host:
                         f"{manifest.id}: creating {manifest.entry} raised "
                         f"{type(exc).__name__}: {exc}",
                         plugin_id=manifest.id,
-                        traceback="".join(traceback.format_exception(exc)),
+                        traceback=_format_tb(exc),
                     ) from exc
             active.entry = entry
         for name, target in manifest.exports.items():
@@ -931,7 +928,7 @@ class Host:
                 f"{plugin_id}: {name} raised {type(exc).__name__}: {exc}",
                 plugin_id=plugin_id,
                 hook=name,
-                traceback="".join(traceback.format_exception(exc)),
+                traceback=_format_tb(exc),
             ) from exc
 
     # -- services offered to plugins (layer 3) ---------------------------------
@@ -1143,6 +1140,18 @@ async def _to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _format_tb(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
+
+
 def _check_input(plugin_id: str, export: str, value: Any) -> None:
     problem = json_problem(value)
     if problem:
@@ -1159,5 +1168,5 @@ def _plugin_error(plugin_id: str, export: str, exc: BaseException) -> PluginErro
         plugin_id=plugin_id,
         export=export,
         exception=type(exc).__name__,
-        traceback="".join(traceback.format_exception(exc)),
+        traceback=_format_tb(exc),
     )
