@@ -113,3 +113,45 @@ def test_micro_verbs(tmp_path: Path, capsys: Any) -> None:
     assert run(home, "rollout", "start", "r3", "--stable", "acme.m.upper", "--canary",
                "acme.m.zz", "--json") == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_found"
+
+
+PIPELINE_TOML = '''
+[[pipeline]]
+id = "acme.m.shout-if-valid"
+description = "upper-case a version only when it is semver"
+steps = [
+    { micro = "acme.m.upper", if-valid = "acme.m.semver", on-error = "default", default = "nope" },
+]
+'''
+
+
+def test_manifest_pipeline_runs_through_host_and_cli(tmp_path: Path, capsys: Any) -> None:
+    plugin = make(tmp_path, "acme.m", "none")
+    toml = plugin / "corral.toml"
+    toml.write_text(toml.read_text() + PIPELINE_TOML)
+    home = tmp_path / "home"
+    with Host(home=home, workspace=tmp_path) as host:
+        host.register(plugin)
+        host.enable("acme.m")
+        assert host.run_pipeline("acme.m.shout-if-valid", "1.2.3") == "1.2.3:acme.m"
+        assert host.run_pipeline("acme.m.shout-if-valid", "v1") == "v1"  # validator said no
+        with pytest.raises(NotFoundError, match="no enabled plugin declares"):
+            host.run_pipeline("acme.m.nope", "x")
+    assert run(home, "micro", "run", "acme.m.shout-if-valid", "--input", '"1.2.3"', "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"result": "1.2.3:acme.m"}
+
+
+def test_manifest_pipeline_errors_name_the_key(tmp_path: Path) -> None:
+    from corral import ManifestError, parse_manifest
+
+    base = (make(tmp_path, "acme.m", "none") / "corral.toml").read_text()
+    bad = base + PIPELINE_TOML.replace('on-error = "default", default = "nope"',
+                                       'on-error = "ignore"')
+    with pytest.raises(ManifestError, match=r"pipeline\[0\]\.steps\[0\]\.on-error: must be one"):
+        parse_manifest(bad)
+    dup = base + PIPELINE_TOML.replace("acme.m.shout-if-valid", "acme.m.upper")
+    with pytest.raises(ManifestError, match="duplicate id 'acme.m.upper'"):
+        parse_manifest(dup)
+    round_trip = parse_manifest(base + PIPELINE_TOML)
+    assert parse_manifest(base + PIPELINE_TOML).to_dict() == round_trip.to_dict()
+    assert round_trip.pipelines[0].to_dict()["steps"][0]["if-valid"] == "acme.m.semver"

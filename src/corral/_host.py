@@ -848,6 +848,24 @@ class Host:
 
             mgr.register_plugin(pid, manifest.micro, invoke=invoke, version=manifest.version)
 
+    def run_pipeline(self, pipeline_id: str, input: Any = None) -> Any:
+        """Run a ``[[pipeline]]`` of an enabled plugin over :attr:`micro`."""
+        from ._compose import Composition, pipeline_from_dict
+
+        with self._rlock:
+            pipelines = {
+                decl.id: pipeline_from_dict(decl.to_dict())
+                for active in self._active.values()
+                if active.state is State.ENABLED
+                for decl in active.manifest.pipelines
+            }
+        pipeline = pipelines.get(pipeline_id)
+        if pipeline is None:
+            raise NotFoundError(
+                f"no enabled plugin declares a pipeline {pipeline_id!r}", pipeline=pipeline_id
+            )
+        return Composition(pipeline, self.micro, pipelines).run(input)
+
     def _drop_micro(self, plugin_id: str) -> None:
         if self._micro_mgr is not None:
             self._micro_mgr.unregister_plugin(plugin_id)

@@ -37,6 +37,7 @@ __all__ = [
     "Author",
     "Manifest",
     "Micro",
+    "PipelineDecl",
     "Sandbox",
     "check_id",
     "load_manifest",
@@ -97,11 +98,14 @@ _PLUGIN_KEYS: Final = (
     "homepage",
     "repository",
 )
-_TOP_KEYS: Final = ("plugin", "dependencies", "permissions", "sandbox", "exports", "micro")
+_TOP_KEYS: Final = (
+    "plugin", "dependencies", "permissions", "sandbox", "exports", "micro", "pipeline"
+)
 _PERMISSION_KEYS: Final = ("fs-read", "fs-write", "net-connect", "spawn", "env", "host-api")
 _SANDBOX_KEYS: Final = ("isolation", *LIMITS)
 _MICRO_KEYS: Final = ("id", "type", "handler", "max-ms", "description")
 _AUTHOR_KEYS: Final = ("name", "email")
+_PIPELINE_KEYS: Final = ("id", "description", "steps")
 
 
 def _empty() -> Mapping[str, str]:
@@ -165,6 +169,43 @@ class Micro:
         return out
 
 
+def _freeze(value: Any) -> Any:
+    """A deep read-only copy of TOML data (tables become mapping proxies, arrays tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PipelineDecl:
+    """One ``[[pipeline]]`` entry: a named composition of micro-plugins.
+
+    ``steps`` keep the manifest spelling, read-only; ``corral._compose`` runs them.
+    """
+
+    id: str
+    steps: tuple[Mapping[str, Any], ...]
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry in manifest spelling."""
+        out: dict[str, Any] = {"id": self.id, "steps": _thaw(self.steps)}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -187,6 +228,7 @@ class Manifest:
     sandbox: Sandbox = field(default_factory=Sandbox)
     exports: Mapping[str, str] = field(default_factory=_empty)
     micro: tuple[Micro, ...] = ()
+    pipelines: tuple[PipelineDecl, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:
@@ -226,6 +268,8 @@ class Manifest:
             out["exports"] = dict(self.exports)
         if self.micro:
             out["micro"] = [m.to_dict() for m in self.micro]
+        if self.pipelines:
+            out["pipeline"] = [p.to_dict() for p in self.pipelines]
         return out
 
     @property
@@ -433,7 +477,10 @@ class _Reader:
             permissions=self._permissions(top.get("permissions", {})),
             sandbox=self._sandbox(top.get("sandbox", {})),
             exports=self._exports(top.get("exports", {})),
-            micro=self._micro(top.get("micro", []), plugin_id),
+            micro=(micro := self._micro(top.get("micro", []), plugin_id)),
+            pipelines=self._pipelines(
+                top.get("pipeline", []), plugin_id, {m.id for m in micro}
+            ),
         )
 
     def _version(self, plugin: Mapping[str, Any]) -> str:
@@ -647,4 +694,52 @@ class _Reader:
                     description=self.string(table, "description", key, max_len=2000) or "",
                 )
             )
+        return tuple(out)
+
+    def _pipelines(
+        self, value: object, plugin_id: str, taken: set[str]
+    ) -> tuple[PipelineDecl, ...]:
+        """``[[pipeline]]`` entries; their steps are checked by the composition parser.
+
+        That parser is pure data validation (no I/O, nothing run), so the model may use it.
+        """
+        if not isinstance(value, list):
+            raise self.fail(
+                "pipeline", f"must be an array of tables ([[pipeline]]), got {_kind(value)}"
+            )
+        if not value:
+            return ()
+        from ._compose import pipeline_from_dict
+        from ._errors import UsageError
+
+        seen = set(taken)
+        out = []
+        for i, item in enumerate(value):
+            key = f"pipeline[{i}]"
+            table = self.table(item, key, _PIPELINE_KEYS)
+            if "id" not in table:
+                raise self.fail(f"{key}.id", "is required")
+            pipeline_id = check_id(
+                table["id"], what="pipeline id", file=self.file, key=f"{key}.id"
+            )
+            if not pipeline_id.startswith(plugin_id + "."):
+                raise self.fail(
+                    f"{key}.id",
+                    f"must start with the plugin id '{plugin_id}.', got {pipeline_id!r}",
+                )
+            if pipeline_id in seen:
+                raise self.fail(
+                    f"{key}.id",
+                    f"duplicate id {pipeline_id!r} (micro-plugins and pipelines share one "
+                    "namespace)",
+                )
+            seen.add(pipeline_id)
+            if "steps" not in table:
+                raise self.fail(f"{key}.steps", "is required")
+            try:
+                pipeline_from_dict(table)
+            except UsageError as exc:
+                raise self.fail(f"{key}.{exc.details['key']}", exc.details["problem"]) from None
+            description = self.string(table, "description", key, max_len=2000) or ""
+            out.append(PipelineDecl(pipeline_id, _freeze(table["steps"]), description))
         return tuple(out)

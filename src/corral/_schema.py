@@ -144,6 +144,19 @@ def manifest_json_schema() -> dict[str, Any]:
                 "propertyNames": {"pattern": _exact(EXPORT_NAME_PATTERN)},
                 "additionalProperties": target,
             },
+            "pipeline": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "steps"],
+                    "properties": {
+                        "id": plugin_id,
+                        "description": {"type": "string", "maxLength": 2000},
+                        "steps": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                    },
+                },
+            },
             "micro": {
                 "type": "array",
                 "items": {

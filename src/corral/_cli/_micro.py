@@ -32,7 +32,10 @@ def cmd_micro_run(args: argparse.Namespace) -> int:
     value = json_input(args)
     with host_for(args) as host:
         host.start()
-        result = host.micro.execute(args.id, value)
+        if any(m.id == args.id for m in host.micro.list()):
+            result = host.micro.execute(args.id, value)
+        else:
+            result = host.run_pipeline(args.id, value)
     print_result(args, result)
     return 0
 
@@ -114,7 +117,7 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("--type", help="only this kind (validator, formatter, ...)")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(micro_fn=cmd_micro_list)
-    sp = msub.add_parser("run", help="run one micro-plugin and print its result")
+    sp = msub.add_parser("run", help="run a micro-plugin or a [[pipeline]], print its result")
     sp.add_argument("id")
     sp.add_argument("--input", help="the input, as JSON")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
