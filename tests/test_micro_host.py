@@ -150,7 +150,7 @@ def test_manifest_pipeline_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"pipeline\[0\]\.steps\[0\]\.on-error: must be one"):
         parse_manifest(bad)
     dup = base + PIPELINE_TOML.replace("acme.m.shout-if-valid", "acme.m.upper")
-    with pytest.raises(ManifestError, match="duplicate id 'acme.m.upper'"):
+    with pytest.raises(ManifestError, match=r"duplicate id 'acme\.m\.upper'"):
         parse_manifest(dup)
     round_trip = parse_manifest(base + PIPELINE_TOML)
     assert parse_manifest(base + PIPELINE_TOML).to_dict() == round_trip.to_dict()

@@ -149,8 +149,11 @@ def test_schema_is_json_and_draft_2020(validator: Any) -> None:
     # It describes every key the model knows about.
     plugin_keys = set(schema["properties"]["plugin"]["properties"])
     assert {"id", "name", "version", "entry", "requires-corral", "authors"} <= plugin_keys
-    assert set(schema["properties"]) == {"plugin", "dependencies", "permissions", "sandbox",
-                                         "exports", "micro"}
+    from corral._manifest import _TOP_KEYS
+
+    assert set(schema["properties"]) == set(_TOP_KEYS)
+    assert {"plugin", "dependencies", "permissions", "sandbox", "exports", "micro",
+            "pipeline"} == set(_TOP_KEYS)
     # Defaults in the schema are the model's defaults.
     defaults = Manifest.from_dict(base()).sandbox.to_dict()
     for key, value in defaults.items():
