@@ -21,7 +21,15 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-def _parser() -> Parser:
+class _Skipped:
+    """Stands in for the parser of a verb that was not asked for: building one costs ~1 ms."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def _parser(only: str | None = None) -> Parser:
+    """The command line; with ``only``, just that verb's parser is really built."""
     from . import _core, _micro
 
     p = Parser(prog="corral", description="A secure plugin platform for Python applications.")
@@ -31,6 +39,9 @@ def _parser() -> Parser:
     sub = p.add_subparsers(dest="verb", parser_class=Parser)
 
     def verb(name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            skipped: argparse.ArgumentParser = _Skipped()  # type: ignore[assignment]
+            return skipped
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
         sp.set_defaults(fn=fn)
@@ -38,9 +49,10 @@ def _parser() -> Parser:
 
     _core.add_verbs(verb)
     _micro.add_verbs(verb)
-    from .._config_cli import register as register_config_verbs
+    if only in (None, "config", "secret"):
+        from .._config_cli import register as register_config_verbs
 
-    register_config_verbs(sub, Parser)
+        register_config_verbs(sub, Parser)
     return p
 
 
@@ -88,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "registry" or verb in _REGISTRY_CLIENT_VERBS:
         return _registry(options, verb, rest)
     try:
-        parser = _parser()
-        args = parser.parse_args(argv)
+        try:
+            args = _parser(verb).parse_args(argv)
+        except UsageError:
+            if verb is None:
+                raise
+            args = _parser().parse_args(argv)  # the full parser says what is wrong
         if args.version:
             from .._version import __version__
 

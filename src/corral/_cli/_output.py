@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -31,9 +30,11 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def dump(doc: Any) -> None:
-    """Print one JSON document."""
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+def dump(doc: Any, *, indent: int | None = None) -> None:
+    """Print one JSON document (compact unless ``indent``: the C encoder is used then)."""
+    import json
+
+    sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=indent) + "\n")
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
@@ -58,6 +59,8 @@ def json_input(args: argparse.Namespace) -> Any:
     """``--input`` parsed as JSON (``None`` when absent)."""
     if args.input is None:
         return None
+    import json
+
     try:
         return json.loads(args.input)
     except json.JSONDecodeError as exc:
@@ -71,4 +74,4 @@ def print_result(args: argparse.Namespace, result: Any) -> None:
     elif isinstance(result, str):
         print(result)
     else:
-        dump(result)
+        dump(result, indent=2)
