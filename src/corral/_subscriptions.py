@@ -117,6 +117,13 @@ class _Queue:
         return self._size
 
     def put(self, ev: Event, fut: Future[Any] | None = None) -> None:
+        flt = self.sub.filter
+        if flt is not None and not flt.matches(ev.data):
+            # Filtered before queueing: neither a handler nor a poll may see it, and it
+            # takes no room in the queue.
+            if fut is not None:
+                fut.set_result(None)
+            return
         with self._lock:
             if self._stopped:
                 reason = "subscription cancelled"
@@ -196,10 +203,6 @@ class _Queue:
                     continue
                 self.busy_since = time.time()
             for ev, fut in batch:
-                if sub.filter is not None and not sub.filter.matches(ev.data):
-                    if fut is not None:
-                        fut.set_result(None)
-                    continue
                 self.busy_since = time.time()
                 try:
                     value = sub.handler(ev)

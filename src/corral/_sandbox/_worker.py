@@ -25,13 +25,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn, final
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 
 import msgspec
 
-from corral._errors import CorralError, PluginError
+from corral._errors import CorralError, PluginError, UsageError
+from corral._subscriptions import Event
 
 from . import _namespaces
 from ._rpc import (
@@ -57,7 +61,12 @@ from ._rpc import (
     info_from_error,
 )
 
-__all__ = ["RPC_FD", "WorkerContext", "enter", "spare"]
+if TYPE_CHECKING:
+    from corral._bus import Delivery, Propagation
+    from corral._state import StateValue
+    from corral._topics import EventFilter
+
+__all__ = ["RPC_FD", "WorkerContext", "WorkerSubscription", "enter", "spare"]
 
 #: The descriptor number of the RPC socket in every worker.
 RPC_FD: Final = 3
@@ -70,6 +79,8 @@ _SOCKET_FILTER: Final = _namespaces.build_socket_filter()
 _OUTPUT_CHUNK: Final = 8192
 _RECV_CHUNK: Final = 1 << 16
 _ANC_SIZE: Final = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+#: ``corral._bus.DEFAULT_MAX_QUEUE``, without importing the bus into every worker.
+_DEFAULT_MAX_QUEUE: Final = 10_000
 
 
 class _CpuExceeded(BaseException):
@@ -96,7 +107,7 @@ def _on_sigxcpu(signum: int, frame: object) -> None:
 class _Channel:
     """The worker's end of the RPC socket: frames in (with passed fds), frames out."""
 
-    __slots__ = ("_buf", "_fds", "_frames", "_next_id", "_reader", "_view", "sock")
+    __slots__ = ("_buf", "_fds", "_frames", "_lock", "_next_id", "_reader", "_view", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -106,6 +117,8 @@ class _Channel:
         self._next_id = 0
         self._buf = bytearray(_RECV_CHUNK)
         self._view = memoryview(self._buf)
+        #: One request/reply pair at a time, if plugin threads share ``ctx``.
+        self._lock = threading.Lock()
 
     def send(self, msg: msgspec.Struct) -> None:
         self.sock.sendall(encode(msg))
@@ -125,16 +138,17 @@ class _Channel:
 
     def request(self, op: str, args: dict[str, Any]) -> tuple[Any, int | None]:
         """Ask the host broker; return its value and the passed descriptor, or raise."""
-        self._next_id += 1
-        rid = self._next_id
-        self.send(Request(id=rid, op=op, args=args))
-        msg = self.recv()
-        if not isinstance(msg, Reply) or msg.id != rid:
-            raise ProtocolError(f"expected the reply to request {rid}, got {msg!r}")
-        if msg.error is not None:
-            raise error_from_info(msg.error, None)
-        fd = self._fds.popleft() if msg.fd and self._fds else None
-        return msg.value, fd
+        with self._lock:
+            self._next_id += 1
+            rid = self._next_id
+            self.send(Request(id=rid, op=op, args=args))
+            msg = self.recv()
+            if not isinstance(msg, Reply) or msg.id != rid:
+                raise ProtocolError(f"expected the reply to request {rid}, got {msg!r}")
+            if msg.error is not None:
+                raise error_from_info(msg.error, None)
+            fd = self._fds.popleft() if msg.fd and self._fds else None
+            return msg.value, fd
 
 
 # -- the plugin's view: ctx ----------------------------------------------------
@@ -151,34 +165,244 @@ class _Proxy:
 
 
 @final
+class WorkerSubscription:
+    """A sandboxed plugin's subscription: its events wait on the host until :meth:`poll`.
+
+    A sandboxed worker runs only while the host has a call in it, so nothing can
+    be pushed into it between calls: events queue on the host (bounded by
+    ``max_queue``; what overflows becomes a dead letter there) and the plugin
+    drains them in batches with :meth:`poll`, during any later call.
+    """
+
+    __slots__ = ("_ch", "_log", "active", "handler", "id", "pattern", "plugin_id", "priority")
+
+    def __init__(
+        self,
+        ch: _Channel,
+        log: logging.Logger,
+        sub_id: int,
+        pattern: str,
+        handler: Callable[[Event], Any] | None,
+        plugin_id: str,
+        priority: int,
+    ) -> None:
+        self._ch = ch
+        self._log = log
+        self.id: Final = sub_id
+        self.pattern: Final = pattern
+        #: Called by :meth:`poll` for each event it returns (``None``: just return them).
+        self.handler: Final = handler
+        self.plugin_id: Final = plugin_id
+        self.priority: Final = priority
+        self.active = True
+
+    def poll(self, max_events: int = 1000, timeout: float = 0.0) -> list[Event]:
+        """Take up to ``max_events`` queued events, waiting up to ``timeout`` s for the first.
+
+        The host caps a batch at 10,000 events and a wait at 30 s (and the call's
+        own ``timeout-ms`` still applies).  With a handler, each event is handed
+        to it in order before the batch is returned; a handler that raises is
+        logged and the rest of the batch is still handled.
+        """
+        if not self.active:
+            raise UsageError(f"subscription {self.id} ({self.pattern}) was cancelled",
+                             plugin_id=self.plugin_id)
+        raw = self._ch.request(
+            "events.poll",
+            {"subscription": self.id, "max": int(max_events), "timeout": float(timeout)},
+        )[0]
+        events = msgspec.convert(raw, list[Event])
+        handler = self.handler
+        if handler is not None:
+            for ev in events:
+                try:
+                    handler(ev)
+                except Exception:
+                    self._log.exception("handler of subscription %s (%s) raised on %s",
+                                        self.id, self.pattern, ev.topic)
+        return events
+
+    def cancel(self) -> None:
+        """Stop delivery; events still queued on the host become dead letters (idempotent)."""
+        if self.active:
+            self.active = False
+            self._ch.request("events.unsubscribe", {"subscription": self.id})
+
+    def __repr__(self) -> str:
+        return f"<WorkerSubscription {self.id} {self.pattern} by {self.plugin_id}>"
+
+
+@final
 class EventsProxy(_Proxy):
-    """``ctx.events``: publish through the host broker."""
+    """``ctx.events``: the bus through the host broker; subscriptions are polled."""
 
-    __slots__ = ()
+    __slots__ = ("_log", "plugin_id")
 
-    def publish(self, topic: str, payload: Any = None) -> None:
-        """Publish ``payload`` on ``topic`` (needs ``host-api events.publish:TOPIC``)."""
-        self._ask("events.publish", topic=topic, payload=payload)
+    def __init__(self, ch: _Channel, plugin_id: str, log: logging.Logger) -> None:
+        super().__init__(ch)
+        self.plugin_id: Final = plugin_id
+        self._log = log
+
+    def publish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        priority: int = 0,
+        propagation: Propagation = "local",
+    ) -> Event | None:
+        """Publish as this plugin (needs ``events.publish:<topic>``).
+
+        Returns the event (its ``id`` is the host's; ``timestamp`` is the worker's
+        clock and ``origin`` is ``""``), or ``None`` when nobody received it.
+        """
+        eid = self._ask("events.publish", topic=topic, payload=data, priority=priority,
+                        propagation=propagation)
+        if eid is None:
+            return None
+        return Event(int(eid), topic, data, self.plugin_id, time.time(), priority,
+                     propagation, "")
+
+    async def apublish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        priority: int = 0,
+        propagation: Propagation = "local",
+    ) -> Event | None:
+        """Async twin of :meth:`publish` (the worker has one call at a time: it just asks)."""
+        return self.publish(topic, data, priority=priority, propagation=propagation)
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Any] | None = None,
+        *,
+        priority: int = 0,
+        filter: EventFilter | Mapping[str, Any] | None = None,
+        delivery: Delivery | None = None,
+        max_queue: int = _DEFAULT_MAX_QUEUE,
+    ) -> WorkerSubscription:
+        """Subscribe as this plugin (a granted ``events.subscribe`` pattern must cover it).
+
+        Delivery is always polled, whatever ``delivery`` says: events wait on the
+        host until :meth:`WorkerSubscription.poll`, which also runs ``handler``.
+        """
+        # an EventFilter travels as its spec (the host builds it again and checks it)
+        spec = filter if filter is None or isinstance(filter, Mapping) else filter.spec
+        sub_id = self._ask("events.subscribe", pattern=pattern, priority=priority,
+                           filter=None if spec is None else dict(spec), max_queue=max_queue)
+        return WorkerSubscription(self._ch, self._log, int(sub_id), pattern, handler,
+                                  self.plugin_id, priority)
 
 
 @final
 class StateProxy(_Proxy):
-    """``ctx.state``: the plugin's shared state, through the host broker."""
+    """``ctx.state``: shared state through the host broker, under the plugin's grants."""
 
-    __slots__ = ()
+    __slots__ = ("plugin_id",)
+
+    def __init__(self, ch: _Channel, plugin_id: str) -> None:
+        super().__init__(ch)
+        self.plugin_id: Final = plugin_id
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value at ``key``, or ``default``."""
+        """The value at ``key``, or ``default`` (needs ``state.read:<key>``).
+
+        Over the broker a stored ``null`` reads as absent, so it also gives ``default``.
+        """
         value = self._ask("state.get", key=key)
         return default if value is None else value
 
-    def set(self, key: str, value: Any) -> None:
-        """Store ``value`` at ``key``."""
-        self._ask("state.set", key=key, value=value)
+    def get_versioned(self, key: str) -> StateValue | None:
+        """The value with its version, for :meth:`compare_and_set`.
 
-    def delete(self, key: str) -> None:
-        """Remove ``key``."""
-        self._ask("state.delete", key=key)
+        ``updated_at`` and ``updated_by`` do not cross the broker: they read
+        ``0.0`` and ``None``.
+        """
+        from corral._state import StateValue
+
+        got = self._ask("state.get_versioned", key=key)
+        if got is None:
+            return None
+        return StateValue(key, got["value"], int(got["version"]), 0.0, None)
+
+    def set(self, key: str, value: Any) -> int:
+        """Store ``value``; return the new version (needs ``state.write:<key>``)."""
+        version = self._ask("state.set", key=key, value=value)
+        # The host answers the new version; a broker from before versions answered nothing.
+        return version if type(version) is int else 0
+
+    def compare_and_set(self, key: str, expected_version: int, value: Any) -> bool:
+        """Store ``value`` only if ``key`` is still at ``expected_version`` (0: absent)."""
+        return bool(self._ask("state.cas", key=key, version=expected_version, value=value))
+
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> StateValue:
+        """Replace the value with ``fn(current)`` (``default`` if unset), atomically.
+
+        In the worker this is a compare-and-set loop: read the version, apply
+        ``fn``, write only if nobody wrote in between, else read again and retry.
+        ``fn`` may run more than once: keep it free of side effects.
+        """
+        from corral._state import StateValue
+
+        while True:
+            got = self.get_versioned(key)
+            current, version = (default, 0) if got is None else (got.value, got.version)
+            try:
+                new = fn(current)
+            except Exception as exc:
+                raise CorralError(
+                    f"the update function for state key {key!r} raised "
+                    f"{type(exc).__name__}: {exc}", key=key, plugin_id=self.plugin_id,
+                ) from exc
+            if self.compare_and_set(key, version, new):
+                return StateValue(key, new, version + 1, time.time(), self.plugin_id)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it existed."""
+        return bool(self._ask("state.delete", key=key))
+
+    def keys(self, pattern: str = ">") -> list[str]:
+        """Readable keys matching ``pattern``."""
+        return list(self._ask("state.keys", pattern=pattern))
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        """Async twin of :meth:`get`."""
+        return self.get(key, default)
+
+    async def aset(self, key: str, value: Any) -> int:
+        """Async twin of :meth:`set`."""
+        return self.set(key, value)
+
+    async def acompare_and_set(self, key: str, expected_version: int, value: Any) -> bool:
+        """Async twin of :meth:`compare_and_set`."""
+        return self.compare_and_set(key, expected_version, value)
+
+    async def aupdate(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> StateValue:
+        """Async twin of :meth:`update`."""
+        return self.update(key, fn, default)
+
+
+@final
+class MessagesProxy(_Proxy):
+    """``ctx.messages``: send and broadcast to other plugins through the host broker."""
+
+    __slots__ = ()
+
+    def send(self, to: str, message: Any, *, timeout: float = 5.0) -> Any:
+        """Send and wait for the reply (needs ``messages.send:<to>``; the host caps
+        ``timeout`` at 60 s, and the call's own ``timeout-ms`` still applies)."""
+        return self._ask("messages.send", to=to, message=message, timeout=float(timeout))
+
+    async def asend(self, to: str, message: Any, *, timeout: float = 5.0) -> Any:
+        """Async twin of :meth:`send`."""
+        return self.send(to, message, timeout=timeout)
+
+    def broadcast(self, message: Any) -> list[str]:
+        """Queue ``message`` for every receiver this plugin may message; return their ids."""
+        return list(self._ask("messages.broadcast", message=message))
 
 
 @final
@@ -187,10 +411,9 @@ class SecretsProxy(_Proxy):
 
     __slots__ = ()
 
-    def get(self, name: str) -> str | None:
-        """The secret ``name`` (needs ``host-api secrets:NAME``)."""
-        value = self._ask("secrets.get", name=name)
-        return value if isinstance(value, str) else None
+    def get(self, name: str) -> str:
+        """The value of ``name`` (needs ``secrets:NAME``; a missing one is a NotFoundError)."""
+        return str(self._ask("secrets.get", name=name))
 
 
 @final
@@ -244,6 +467,7 @@ class WorkerContext:
         "data_dir",
         "events",
         "log",
+        "messages",
         "net",
         "paths",
         "plugin_dir",
@@ -274,6 +498,7 @@ class WorkerContext:
         self.log: Final = worker.log
         self.events: Final = worker.events
         self.state: Final = worker.state
+        self.messages: Final = worker.messages
         self.secrets: Final = worker.secrets
         self.net: Final = worker.net
         self.spawn: Final = worker.spawn
@@ -354,8 +579,9 @@ class _Worker:
         self.stderr = _OutStream(self, "stderr")
         self.data_dir = Path(init.data_dir)
         self._rusage = resource.getrusage(resource.RUSAGE_SELF)
-        self.events = EventsProxy(ch)
-        self.state = StateProxy(ch)
+        self.events = EventsProxy(ch, init.plugin_id, self.log)
+        self.state = StateProxy(ch, init.plugin_id)
+        self.messages = MessagesProxy(ch)
         self.secrets = SecretsProxy(ch)
         self.net = NetProxy(ch)
         self.spawn = SpawnProxy(ch)
