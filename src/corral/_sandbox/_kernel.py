@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple, final
 
 from corral._errors import CorralError
+from corral._sandbox._cgroups import detect as detect_pids_cgroup
 from corral._sandbox._landlock import landlock_abi
 from corral._sandbox._seccomp import SUPPORTED_MACHINES, _libc, _syscall
 
@@ -75,9 +76,18 @@ class KernelFeatures:
     ipc_ns: bool
     #: Why the namespace probe could not run, if it could not.
     probe_error: str = ""
+    #: A pids cgroup controller this process can use for ``max-processes``.
+    pids_cgroup: bool = False
+    #: Where that controller is, or why there is none.
+    pids_cgroup_detail: str = ""
+    #: The host runs as real uid 0, for which the kernel ignores RLIMIT_NPROC.
+    real_root: bool = False
 
     def describe(self) -> list[FeatureRow]:
-        """Rows for ``corral doctor``, one per feature strict isolation uses."""
+        """Rows for ``corral doctor``, one per feature strict isolation uses.
+
+        A ``pids cgroup`` row follows when there is no usable pids controller.
+        """
         abi = self.landlock_abi
         if abi:
             parts = ["files"]
@@ -100,7 +110,7 @@ class KernelFeatures:
                 return "can be created"
             return self.probe_error or "cannot be created (disabled or restricted by sysctl/LSM)"
 
-        return [
+        rows = [
             FeatureRow("landlock", abi > 0, landlock),
             FeatureRow("seccomp-bpf", self.seccomp_filter, seccomp),
             FeatureRow("user namespaces", self.user_ns, ns(self.user_ns)),
@@ -109,10 +119,29 @@ class KernelFeatures:
             FeatureRow("mount namespaces", self.mount_ns, ns(self.mount_ns)),
             FeatureRow("ipc namespaces", self.ipc_ns, ns(self.ipc_ns)),
         ]
+        # Shown when it is missing: what max-processes then falls back to, or why strict
+        # refuses (the listing of a machine that has it stays as it was).
+        if not self.pids_cgroup:
+            rows.append(FeatureRow("pids cgroup", False, self._pids_detail()))
+        return rows
+
+    def _pids_detail(self) -> str:
+        why = self.pids_cgroup_detail or "no usable pids controller"
+        if self.real_root:
+            return f"missing ({why}); as root RLIMIT_NPROC does not bind, so max-processes cannot"
+        return f"missing ({why}); max-processes uses RLIMIT_NPROC"
 
     def missing_for_strict(self) -> list[str]:
-        """Names of the features strict isolation needs and this kernel lacks."""
-        return [row.name for row in self.describe() if not row.available]
+        """Names of the features strict isolation needs and this kernel lacks.
+
+        The pids cgroup is needed only by a host running as root: elsewhere
+        RLIMIT_NPROC enforces ``max-processes``.
+        """
+        return [
+            row.name
+            for row in self.describe()
+            if not row.available and (row.name != "pids cgroup" or self.real_root)
+        ]
 
 
 def _seccomp_available(machine: str) -> bool:
@@ -195,6 +224,7 @@ def probe() -> KernelFeatures:
         if not _cached:
             machine = os.uname().machine
             bits, error = _probe_namespaces()
+            pids, why = detect_pids_cgroup()
             _cached.append(
                 KernelFeatures(
                     machine=machine,
@@ -206,6 +236,9 @@ def probe() -> KernelFeatures:
                     mount_ns=bool(bits & _MOUNT),
                     ipc_ns=bool(bits & _IPC),
                     probe_error=error,
+                    pids_cgroup=pids is not None,
+                    pids_cgroup_detail=pids.describe() if pids is not None else why,
+                    real_root=sys.platform == "linux" and os.getuid() == 0,
                 )
             )
         return _cached[0]

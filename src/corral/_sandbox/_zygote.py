@@ -42,7 +42,7 @@ import msgspec
 
 from corral._errors import CorralError
 
-from . import _namespaces, _worker
+from . import _cgroups, _namespaces, _worker
 from ._rpc import (
     Assign,
     Reap,
@@ -61,6 +61,8 @@ _SRC_DIR: Final = str(Path(__file__).resolve().parents[2])
 _ZYGOTE_TIMEOUT: Final = 10.0
 _SWEEP_SECONDS: Final = 1.0
 _SWEEP_ROUNDS: Final = 100
+#: Exit status of a spare that could not join its pids cgroup.
+_EXIT_SPARE: Final = 71
 
 _decoder: Final = msgspec.msgpack.Decoder(ZygoteRequest)
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -90,17 +92,29 @@ def _interpreter_paths() -> list[str]:
 class _Spare:
     """A forked worker process waiting for its assignment on ``sock``."""
 
-    __slots__ = ("pid", "sock")
+    __slots__ = ("cgroup", "pid", "sock")
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None) -> None:
         self.pid: Final = pid
         self.sock: Final = sock
+        #: The pids cgroup it joined before waiting, without a limit until it is assigned.
+        self.cgroup: Final = cgroup
 
 
 class _Zygote:
-    def __init__(self, ctrl: socket.socket) -> None:
+    def __init__(
+        self,
+        ctrl: socket.socket,
+        cgroups: _cgroups.WorkerCgroups | None = None,
+        cgroup_error: str | None = None,
+    ) -> None:
         self.ctrl = ctrl
         self.children: set[int] = set()
+        #: Each worker's pids cgroup (``max-processes``), when the kernel offers one.
+        self.cgroups: Final = cgroups
+        #: Why the pids cgroups the kernel offers could not be set up (refuses every spawn).
+        self.cgroup_error: Final = cgroup_error
+        self.worker_cgroup: dict[int, str] = {}
         self.spares: dict[str, _Spare] = {}
         self.wanted: set[str] = set()
         self.read_paths: Final = _interpreter_paths()
@@ -169,17 +183,32 @@ class _Zygote:
             self.wanted.add(init.isolation)
             passed = [fds[0]] if ruleset_fd is None else [fds[0], ruleset_fd]
             assignment = _encoder.encode(Assign(init=init, seccomp=prog))
+            if self.cgroup_error is not None:
+                return Spawned(error=self.cgroup_error)
+            why = "no worker process could be started"
             for _attempt in range(2):
                 spare = self.spares.pop(init.isolation, None) or self._fork_spare(init.isolation)
+                cgroup: str | None = None
                 try:
+                    if spare.cgroup is not None:  # before it is assigned, so before plugin code
+                        try:
+                            cgroup = _cgroups.WorkerCgroups.assign(
+                                spare.cgroup, spare.pid, init.plugin_id, init.max_processes
+                            )
+                        except OSError as exc:
+                            why = f"cannot limit the worker with its pids cgroup: {exc}"
+                            self._discard(spare)
+                            continue
                     socket.send_fds(spare.sock, [assignment], passed)
                 except OSError:
-                    self._discard(spare)  # it died while waiting: take a fresh one
+                    self._discard(spare, cgroup)  # it died while waiting: take a fresh one
                     continue
                 finally:
                     spare.sock.close()
+                if cgroup is not None:
+                    self.worker_cgroup[spare.pid] = cgroup
                 return Spawned(pid=spare.pid)
-            return Spawned(error="no worker process could be started")
+            return Spawned(error=why)
         except Exception as exc:
             return Spawned(error=f"{type(exc).__name__}: {exc}")
         finally:
@@ -195,11 +224,14 @@ class _Zygote:
                 except Exception:  # the next spawn forks on demand and reports the error
                     return
 
-    def _discard(self, spare: _Spare) -> None:
+    def _discard(self, spare: _Spare, cgroup: str | None = None) -> None:
         _kill(spare.pid)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(spare.pid, 0)
         self.children.discard(spare.pid)
+        cgroup = cgroup or spare.cgroup
+        if cgroup is not None:
+            _cgroups.WorkerCgroups.remove(cgroup, self._sweep)
 
     def _in_child(self) -> None:
         """First thing in any forked child: drop the zygote's Python-level descriptors."""
@@ -209,24 +241,39 @@ class _Zygote:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _fork_spare(self, kind: str) -> _Spare:
+        cgroup: str | None = None
+        procs_fd: int | None = None
+        if self.cgroups is not None:
+            cgroup, procs_fd = self.cgroups.create()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if kind == "strict":
-                pid = self._fork_strict(ours, theirs)
+                pid = self._fork_strict(ours, theirs, procs_fd)
             else:
                 pid = os.fork()
                 if pid == 0:
                     try:
                         ours.close()
                         self._in_child()
-                    finally:
-                        _worker.spare(theirs.detach())
+                        if procs_fd is not None:
+                            _cgroups.join(procs_fd)
+                    except BaseException:
+                        os._exit(_EXIT_SPARE)
+                    _worker.spare(theirs.detach())
+        except BaseException:
+            if cgroup is not None:
+                _cgroups.WorkerCgroups.remove(cgroup)
+            raise
         finally:
             theirs.close()
+            if procs_fd is not None:
+                os.close(procs_fd)
         self.children.add(pid)
-        return _Spare(pid, ours)
+        return _Spare(pid, ours, cgroup)
 
-    def _fork_strict(self, ours: socket.socket, theirs: socket.socket) -> int:
+    def _fork_strict(
+        self, ours: socket.socket, theirs: socket.socket, procs_fd: int | None = None
+    ) -> int:
         r, w = os.pipe()
         uid, gid = os.geteuid(), os.getegid()
         pid = os.fork()
@@ -240,7 +287,12 @@ class _Zygote:
                 _namespaces.write_id_maps(uid, gid)
                 init_pid = os.fork()
                 if init_pid == 0:
-                    os.close(w)
+                    try:
+                        os.close(w)
+                        if procs_fd is not None:  # it pays for the move, not the zygote
+                            _cgroups.join(procs_fd)
+                    except BaseException:
+                        os._exit(_EXIT_SPARE)
                     _worker.spare(theirs.detach())
                 msg = b"pid %d" % init_pid
             except BaseException as exc:
@@ -274,9 +326,12 @@ class _Zygote:
                 error="not a worker of this zygote",
             )
         _kill(pid)
+        cgroup = self.worker_cgroup.pop(pid, None)
         _pid, status, ru = os.wait4(pid, 0)
         self.children.discard(pid)
         self._sweep()  # its escaped descendants, before the host hears it is gone
+        if cgroup is not None:  # whatever is still in it is killed, then it goes
+            _cgroups.WorkerCgroups.remove(cgroup, self._sweep)
         return Reaped(
             pid=pid,
             exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -319,6 +374,28 @@ class _Zygote:
             _kill(pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        self.worker_cgroup.clear()
+        if self.cgroups is not None:
+            self.cgroups.close(self._sweep)
+
+
+def _open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
+    """This fork server's pids cgroups (or None where the kernel offers none), and an error.
+
+    Without them, ``max-processes`` is RLIMIT_NPROC only, and the host refuses strict
+    isolation when it runs as root (see :mod:`._kernel`).  When the kernel offers them
+    but they cannot be set up, a root fork server refuses every worker: the host was
+    told fork bombs are contained.
+    """
+    hierarchy, _why = _cgroups.detect()
+    if hierarchy is None:
+        return None, None
+    try:
+        return _cgroups.WorkerCgroups(hierarchy, os.getppid()), None
+    except OSError as exc:
+        if os.getuid() != 0:
+            return None, None
+        return None, f"cannot set up the pids cgroup for max-processes: {exc}"
 
 
 def _limited_ruleset() -> int | None:
@@ -429,6 +506,8 @@ class ZygoteClient:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            # A fork server that was killed could not remove its cgroups: do it for it.
+            _cgroups.remove_parent(os.getpid(), self._proc.pid)
             self._proc = None
 
 
@@ -439,7 +518,7 @@ def main(ctrl_fd: int) -> None:
     _namespaces.set_child_subreaper()
     _preload()
     ctrl = socket.socket(fileno=ctrl_fd)
-    zygote = _Zygote(ctrl)
+    zygote = _Zygote(ctrl, *_open_cgroups())
     gc.collect()
     gc.freeze()
     try:

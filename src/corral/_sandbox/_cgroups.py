@@ -1,0 +1,316 @@
+"""``max-processes`` with the pids cgroup controller, which binds every uid.
+
+``RLIMIT_NPROC`` is ignored for the init namespace's root, and a worker's user
+namespace maps to the host's uid: on a host running as root, only a cgroup can
+stop a fork bomb before the wall clock does.  So each worker gets a cgroup of
+its own with ``pids.max = max-processes``, counting the worker, its threads and
+everything it forks.
+
+Layout, under the cgroup this process is in (never changed)::
+
+    <own cgroup>/corral-<host pid>-<fork server pid>/   one per fork server
+        <plugin id>-<n>/                                one per worker, pids.max
+
+The fork server (root of every worker) creates the tree.  A worker's cgroup is
+made when its spare process is forked, and the spare joins it itself, before it
+waits for an assignment (moving a process costs an RCU grace period, which is
+too slow for the cold-start path, and the spare pays it in parallel); the
+assignment sets ``pids.max`` (a plain write) and, on v1, renames the cgroup
+after the plugin, all before any plugin code runs.  When the worker is reaped,
+what is left in its cgroup is killed and the cgroup removed; the parent goes
+when the fork server exits, and the host removes whatever a killed fork server
+left behind.  cgroup v2 is used when its ``pids`` controller is
+available and delegable here, else the v1 ``pids`` hierarchy; :func:`detect`
+finds out once, by reading ``/proc`` and checking access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, final
+
+__all__ = ["PidsHierarchy", "WorkerCgroups", "detect", "join", "parent_name", "remove_parent"]
+
+_SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_NAME: Final = 64
+#: How long removing a cgroup may wait for its processes to be gone.
+_REMOVE_SECONDS: Final = 2.0
+#: How long a spare forked on demand may take to join its cgroup.
+_JOIN_SECONDS: Final = 2.0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PidsHierarchy:
+    """Where this process's pids-controlled cgroup is, as :func:`detect` found it."""
+
+    #: 1 (the v1 ``pids`` hierarchy) or 2 (the unified hierarchy).
+    version: int
+    #: This process's cgroup directory in that hierarchy: corral's parent goes under it.
+    base: str
+
+    def describe(self) -> str:
+        return f"cgroup v{self.version} pids controller at {self.base}"
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """``(mount point, root, fstype, super options)`` of each cgroup mount."""
+    out: list[tuple[str, str, str, set[str]]] = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3 or not tail[0].startswith("cgroup"):
+            continue
+        point = fields[4].replace("\\040", " ")
+        out.append((point, fields[3], tail[0], set(tail[2].split(","))))
+    return out
+
+
+def _own_paths() -> tuple[str | None, str | None]:
+    """This process's cgroup path in the unified and in the v1 pids hierarchy."""
+    unified: str | None = None
+    pids: str | None = None
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            unified = parts[2]
+        elif "pids" in parts[1].split(","):
+            pids = parts[2]
+    return unified, pids
+
+
+def _join(point: str, root: str, path: str) -> str | None:
+    if root != "/":
+        if path != root and not path.startswith(root.rstrip("/") + "/"):
+            return None
+        path = path[len(root) :] or "/"
+    return os.path.normpath(point + "/" + path.lstrip("/"))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _writable(*paths: str) -> bool:
+    return all(os.access(p, os.W_OK) for p in paths)
+
+
+def _find() -> tuple[PidsHierarchy | None, str]:
+    if not os.path.isdir("/proc/self"):
+        return None, "no /proc (not Linux?)"
+    unified, pids = _own_paths()
+    mounts = _mounts()
+    why = "no cgroup pids controller is mounted"
+    for point, root, fstype, _opts in mounts:
+        if fstype != "cgroup2" or unified is None:
+            continue
+        base = _join(point, root, unified)
+        if base is None or not os.path.isdir(base):
+            continue
+        if "pids" not in _read(os.path.join(base, "cgroup.controllers")).split():
+            why = f"cgroup v2 at {point} offers no pids controller here"
+            continue
+        if not _writable(base, os.path.join(base, "cgroup.subtree_control")):
+            why = f"cgroup v2 {base} is not delegated to this user"
+            continue
+        return PidsHierarchy(2, base), ""
+    for point, root, fstype, opts in mounts:
+        if fstype != "cgroup" or "pids" not in opts or pids is None:
+            continue
+        base = _join(point, root, pids)
+        if base is None or not os.path.isdir(base):
+            continue
+        if not _writable(base):
+            why = f"cgroup v1 pids {base} is not writable by this user"
+            continue
+        return PidsHierarchy(1, base), ""
+    return None, why
+
+
+_lock: Final = threading.Lock()
+_cached: list[tuple[PidsHierarchy | None, str]] = []
+
+
+def detect() -> tuple[PidsHierarchy | None, str]:
+    """The usable pids hierarchy (or ``None`` and why not), found on first use and cached."""
+    with _lock:
+        if not _cached:
+            _cached.append(_find())
+        return _cached[0]
+
+
+def parent_name(host_pid: int, server_pid: int) -> str:
+    """The name of one fork server's parent cgroup."""
+    return f"corral-{host_pid}-{server_pid}"
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _procs(path: str) -> list[int]:
+    return [int(x) for x in _read(os.path.join(path, "cgroup.procs")).split()]
+
+
+def _kill_all(path: str) -> None:
+    """SIGKILL every process in the cgroup at ``path`` (the v2 way when there is one)."""
+    kill_file = os.path.join(path, "cgroup.kill")
+    if os.path.exists(kill_file):
+        with contextlib.suppress(OSError):
+            _write(kill_file, "1")
+            return
+    for pid in _procs(path):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _remove(path: str, reap: Callable[[], None] | None = None) -> bool:
+    """Kill what is left in the cgroup at ``path`` and its children, and remove them.
+
+    A cgroup can be removed once its processes have exited (zombies do not count);
+    ``reap`` waits for those that are the caller's children.
+    """
+    if not os.path.isdir(path):
+        return True
+    ok = True
+    with os.scandir(path) as entries:
+        children = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    for child in children:
+        ok = _remove(child, reap) and ok
+    deadline = time.monotonic() + _REMOVE_SECONDS
+    while True:
+        try:
+            os.rmdir(path)
+            return ok
+        except FileNotFoundError:
+            return ok
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                return False
+        _kill_all(path)
+        if reap is not None:
+            reap()
+        time.sleep(0.001)
+
+
+def _wait_joined(path: str, pid: int) -> None:
+    """Wait until process ``pid`` has joined the cgroup at ``path`` (a spare forked just now
+    may still be moving); raise if it died or did not come in time.
+    """
+    # Only that process was given the cgroup, so one task in it means it is there (and
+    # pids.current is a counter, where v1's cgroup.procs builds and sorts a pid list).
+    current = os.path.join(path, "pids.current")
+    deadline = time.monotonic() + _JOIN_SECONDS
+    while _read(current).strip() in ("", "0"):
+        state = _read(f"/proc/{pid}/stat").rpartition(")")[2].split()[:1]
+        if state in ([], ["Z"], ["X"]) or time.monotonic() >= deadline:
+            raise OSError(errno.ESRCH, f"process {pid} did not join {path}")
+        time.sleep(0.0002)
+
+
+def join(procs_fd: int) -> None:
+    """Move the calling process into the cgroup whose ``cgroup.procs`` is ``procs_fd``."""
+    try:
+        os.write(procs_fd, b"0")
+    finally:
+        os.close(procs_fd)
+
+
+def remove_parent(host_pid: int, server_pid: int) -> None:
+    """Remove what a fork server left behind (it was killed before it could); best effort."""
+    hierarchy, _why = detect()
+    if hierarchy is not None:
+        _remove(os.path.join(hierarchy.base, parent_name(host_pid, server_pid)))
+
+
+@final
+class WorkerCgroups:
+    """One fork server's cgroups: a parent, and a child with ``pids.max`` per worker.
+
+    :raises OSError: the parent cannot be created.
+    """
+
+    def __init__(self, hierarchy: PidsHierarchy, host_pid: int) -> None:
+        self.hierarchy: Final = hierarchy
+        self.path: Final = os.path.join(hierarchy.base, parent_name(host_pid, os.getpid()))
+        self._count = 0
+        if hierarchy.version == 2:
+            # pids is a threaded controller: it may be enabled below a cgroup with processes.
+            control = os.path.join(hierarchy.base, "cgroup.subtree_control")
+            if "pids" not in _read(control).split():
+                _write(control, "+pids")
+        os.mkdir(self.path, 0o755)
+        try:
+            if hierarchy.version == 2:
+                _write(os.path.join(self.path, "cgroup.subtree_control"), "+pids")
+        except BaseException:
+            os.rmdir(self.path)
+            raise
+
+    def create(self) -> tuple[str, int]:
+        """A new worker cgroup, without a limit yet: its path, and its ``cgroup.procs``
+        opened for writing (the credentials that count are the opener's), for
+        :func:`join` in the process that is to enter it.
+        """
+        self._count += 1
+        path = os.path.join(self.path, f"worker-{self._count}")
+        os.mkdir(path, 0o755)
+        try:
+            fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.rmdir(path)
+            raise
+        return path, fd
+
+    @staticmethod
+    def assign(path: str, pid: int, plugin_id: str, max_pids: int) -> str:
+        """Limit the cgroup at ``path`` for ``plugin_id``'s worker ``pid``; returns its path.
+
+        :raises OSError: ``pid`` is not in it, or the limit cannot be set.
+        """
+        _wait_joined(path, pid)
+        _write(os.path.join(path, "pids.max"), str(max(1, max_pids)))
+        parent, name = os.path.split(path)
+        named = os.path.join(parent, f"{_SAFE.sub('_', plugin_id)[:_MAX_NAME]}-{name[7:]}")
+        try:  # v1 only: a v2 cgroup cannot be renamed, and keeps its number
+            os.rename(path, named)
+        except OSError:
+            return path
+        return named
+
+    @staticmethod
+    def remove(path: str, reap: Callable[[], None] | None = None) -> bool:
+        """Kill what is left in a worker cgroup and remove it; False if it would not go."""
+        return _remove(path, reap)
+
+    def close(self, reap: Callable[[], None] | None = None) -> bool:
+        """Remove every worker cgroup and the parent."""
+        return _remove(self.path, reap)
