@@ -152,6 +152,8 @@ def main() -> None:
                 sup.call(warm_spec, "benchplug:work", n)
                 strict.append(time.perf_counter() - t)
 
+        cli, bare = cli_call(root)
+
     ms = 1000.0
     warm_med, echo_med = statistics.median(warm), statistics.median(echo)
     in_med, st_med = statistics.median(inproc), statistics.median(strict)
@@ -168,6 +170,44 @@ def main() -> None:
         f"1 ms CPU export: in-process median {in_med * ms:.3f} ms, strict {st_med * ms:.3f} ms; "
         f"overhead {(st_med / in_med - 1) * 100:.1f} %"
     )
+    print(
+        f"corral call of a strict no-op, whole process: median {statistics.median(cli) * ms:.1f} "
+        f"ms (target <= 100 ms); bare interpreter {statistics.median(bare) * ms:.1f} ms"
+    )
+
+
+def cli_call(root: Path, runs: int = 20) -> tuple[list[float], list[float]]:
+    """``corral call`` of a strict no-op as a whole process, and a bare interpreter."""
+    import os
+    import subprocess
+
+    from corral import Host
+
+    plugin = root / "cliplug"
+    (plugin / "cliplug").mkdir(parents=True)
+    (plugin / "cliplug" / "__init__.py").write_text("def noop(inp, ctx):\n    return inp\n")
+    (plugin / "corral.toml").write_text(
+        '[plugin]\nid = "bench.cli"\nname = "cli"\nversion = "1.0.0"\n'
+        '[sandbox]\nisolation = "strict"\n[exports]\nnoop = "cliplug:noop"\n'
+    )
+    home = root / "clihome"
+    with Host(home=home) as host:
+        host.register(plugin)
+        host.enable("bench.cli")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["CORRAL_HOME"] = str(home)
+    cmd = [sys.executable, "-m", "corral", "call", "bench.cli", "noop", "--input", "1"]
+    bare_cmd = [sys.executable, "-c", "pass"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cli, bare = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        cli.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run(bare_cmd, env=env, check=True, capture_output=True)
+        bare.append(time.perf_counter() - t)
+    return cli, bare
 
 
 if __name__ == "__main__":

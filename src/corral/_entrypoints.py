@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ._layout import MANIFEST_NAME
 
@@ -36,8 +35,7 @@ ENTRY_POINT_GROUP: Final = "corral.plugins"
 _DOTTED: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-@dataclass(frozen=True, slots=True)
-class EntryPointPlugin:
+class EntryPointPlugin(NamedTuple):
     """One ``corral.plugins`` entry point and where its plugin directory is.
 
     Exactly one of :attr:`plugin_dir` and :attr:`error` is set.

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, NamedTuple
 
 __all__ = ["PluginInfo"]
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class PluginInfo:
+class PluginInfo(NamedTuple):
     """A snapshot of one plugin: identity, state and what it offers.
 
     Built from the host database without importing plugin code.
@@ -28,7 +25,7 @@ class PluginInfo:
     isolation: str = "strict"
     capabilities: tuple[str, ...] = ()
     error: dict[str, Any] | None = None
-    manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    manifest: dict[str, Any] = {}  # noqa: RUF012 (never mutated; the stored manifest table)
 
     @classmethod
     def from_manifest_dict(
@@ -61,6 +58,9 @@ class PluginInfo:
             error=error,
             manifest=manifest,
         )
+
+    def __repr__(self) -> str:
+        return f"PluginInfo(id={self.id!r}, version={self.version!r}, state={self.state!r})"
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         """JSON form; ``full`` adds permissions, exports, micro-plugins, dependencies, sandbox."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._layout import MANIFEST_NAME
@@ -27,24 +26,27 @@ __all__ = ["MANIFEST_NAME", "ScanResult", "StatKey", "scan_plugin_dirs"]
 StatKey = tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
 class ScanResult:
     """How the plugin directories differ from the cache passed in.
 
     Keys of :attr:`cache` and the paths in each list are the plugin directories
-    as ``str(root / name)``; every list is sorted.
+    as ``str(root / name)``; every list is sorted.  (A plain class: importing
+    dataclasses would cost more than a whole scan of a hundred plugins.)
     """
 
-    #: Directories not in the old cache.
-    new: list[Path] = field(default_factory=list)
-    #: Directories whose manifest's mtime or size differs from the cache.
-    changed: list[Path] = field(default_factory=list)
-    #: Directories whose manifest looks the same: no need to parse it again.
-    unchanged: list[Path] = field(default_factory=list)
-    #: Cached directories with no manifest any more.
-    gone: list[Path] = field(default_factory=list)
-    #: The cache to persist: every directory present now, with its manifest's stat.
-    cache: dict[str, StatKey] = field(default_factory=dict)
+    __slots__ = ("cache", "changed", "gone", "new", "unchanged")
+
+    def __init__(self, cache: dict[str, StatKey] | None = None) -> None:
+        #: Directories not in the old cache.
+        self.new: list[Path] = []
+        #: Directories whose manifest's mtime or size differs from the cache.
+        self.changed: list[Path] = []
+        #: Directories whose manifest looks the same: no need to parse it again.
+        self.unchanged: list[Path] = []
+        #: Cached directories with no manifest any more.
+        self.gone: list[Path] = []
+        #: The cache to persist: every directory present now, with its manifest's stat.
+        self.cache: dict[str, StatKey] = {} if cache is None else cache
 
     @property
     def dirty(self) -> bool:

@@ -12,9 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, NamedTuple, final
 
 __all__ = ["PluginRow", "Store"]
 
@@ -55,9 +54,7 @@ CREATE INDEX IF NOT EXISTS calls_by_plugin ON calls (plugin_id, at);
 """
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class PluginRow:
+class PluginRow(NamedTuple):
     """One row of ``plugins``: what the host remembers of a registered plugin."""
 
     id: str
