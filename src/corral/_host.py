@@ -1069,6 +1069,9 @@ class Host:
             active = self._active.get(plugin_id)
             if active is None or active.state is not State.ENABLED:
                 if active is None and row.state == State.ENABLED.value:
+                    if row.manifest.get("sandbox", {}).get("isolation", "strict") != "none":
+                        # Let the fork server start while this process loads the plugin.
+                        self._prestart_sandbox()
                     known, order = self._plan(plugin_id)
                     for pid in order:
                         if pid in self._active and self._active[pid].state is State.ENABLED:
@@ -1107,6 +1110,12 @@ class Host:
         return call_sandboxed(
             self, self._supervisor_for(), active.manifest, active.ctx, export, input
         )
+
+    def _prestart_sandbox(self) -> None:
+        from ._sandboxing import sandbox_problem
+
+        if sandbox_problem("limited") is None:
+            self._supervisor_for().prestart()
 
     def _supervisor_for(self) -> Any:
         """The supervisor of this host's sandboxed workers (started on first use)."""

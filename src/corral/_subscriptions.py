@@ -7,7 +7,6 @@ bounded, and an event that does not fit becomes a :class:`DeadLetter`.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import threading
 import time
@@ -21,6 +20,8 @@ import msgspec
 from ._errors import UsageError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._bus import EventBus
     from ._durable import LogRecord
     from ._topics import EventFilter
@@ -192,6 +193,8 @@ class _Queue:
         sub = self.sub
         is_async = inspect.iscoroutinefunction(sub.handler)
         if is_async:
+            import asyncio  # only async handlers need it
+
             self._loop = asyncio.new_event_loop()
         while True:
             self._wait(None)

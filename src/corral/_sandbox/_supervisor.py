@@ -23,7 +23,6 @@ Every message from a worker is untrusted; any violation kills that worker only.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
@@ -306,7 +305,13 @@ class Supervisor:
         config: Mapping[str, Any] | None = None,
     ) -> Any:
         """:meth:`call` for async hosts (the wait happens in a thread)."""
+        import asyncio  # a host that never awaits never imports it
+
         return await asyncio.to_thread(self.call, spec, target, input, config=config)
+
+    def prestart(self) -> None:
+        """Start the fork server in the background; the first worker then starts sooner."""
+        self._zygote.start()
 
     def last_metrics(self, plugin_id: str) -> CallMetrics | None:
         """The metrics of the plugin's most recent call, if any."""

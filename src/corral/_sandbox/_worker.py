@@ -11,7 +11,6 @@ checks everything the worker says again.
 from __future__ import annotations
 
 import array
-import asyncio
 import collections
 import contextlib
 import importlib
@@ -62,6 +61,8 @@ from ._rpc import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
+
     from corral._bus import Delivery, Propagation
     from corral._state import StateValue
     from corral._topics import EventFilter
@@ -664,6 +665,8 @@ class _Worker:
             result = fn(call.input, ctx)
             if inspect.isawaitable(result):
                 if self._loop is None:
+                    import asyncio  # only async exports pay for it
+
                     self._loop = asyncio.new_event_loop()
                 result = self._loop.run_until_complete(_awaited(result))
             self.stdout.flush()

@@ -470,6 +470,12 @@ class ZygoteClient:
         self._ctrl = ours
         return ours
 
+    def start(self) -> None:
+        """Start the fork server now, so that it gets ready while the caller works on."""
+        with self._lock:
+            if self._ctrl is None:
+                self._start()
+
     def request(self, msg: Spawn | Reap, fds: Sequence[int] = ()) -> ZygoteReply:
         """Send one request and wait for its reply."""
         with self._lock:
