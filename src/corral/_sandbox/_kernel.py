@@ -18,7 +18,8 @@ from typing import Final, NamedTuple, final
 from corral._errors import CorralError
 from corral._sandbox._cgroups import detect as detect_pids_cgroup
 from corral._sandbox._landlock import landlock_abi
-from corral._sandbox._seccomp import SUPPORTED_MACHINES, _libc, _syscall
+from corral._sandbox._libc import libc, syscall
+from corral._sandbox._seccomp import SUPPORTED_MACHINES
 
 __all__ = ["FeatureRow", "KernelFeatures", "probe", "require_strict"]
 
@@ -147,12 +148,12 @@ class KernelFeatures:
 def _seccomp_available(machine: str) -> bool:
     if sys.platform != "linux" or machine not in SUPPORTED_MACHINES:
         return False
-    if _libc().prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
+    if libc().prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
         return False
     # SECCOMP_GET_ACTION_AVAIL (4.14+) answers without installing anything.
     for action in (_SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO):
         value = ctypes.c_uint32(action)
-        ret = _syscall(
+        ret = syscall(
             _SYS_SECCOMP[machine],
             ctypes.c_uint(_SECCOMP_GET_ACTION_AVAIL),
             ctypes.c_uint(0),
@@ -173,7 +174,7 @@ def _probe_namespaces() -> tuple[int, str]:
         ("/proc/self/uid_map", f"0 {uid} 1".encode()),
         ("/proc/self/gid_map", f"0 {gid} 1".encode()),
     )
-    unshare = _libc().unshare
+    unshare = libc().unshare
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 from corral._errors import CorralError
 
+from ._libc import prctl, syscall
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -101,22 +103,6 @@ class _NetPortAttr(ctypes.Structure):
     _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """libc, loaded on first use so that importing this module works anywhere."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-def _syscall(nr: int, *args: object) -> int:
-    return int(_libc().syscall(ctypes.c_long(nr), *args))
-
-
-def _prctl(option: int, arg2: int) -> int:
-    return int(_libc().prctl(option, ctypes.c_ulong(arg2), 0, 0, 0))
-
-
 def _fail(what: str, err: int) -> CorralError:
     return CorralError(
         f"landlock: {what} failed: {os.strerror(err)}", feature="landlock", errno=err
@@ -132,7 +118,7 @@ def landlock_abi() -> int:
     """
     if sys.platform != "linux" or os.uname().machine not in _SUPPORTED_MACHINES:
         return 0
-    abi = _syscall(
+    abi = syscall(
         _SYS_CREATE_RULESET,
         ctypes.c_void_p(None),
         ctypes.c_size_t(0),
@@ -197,7 +183,7 @@ def build_ruleset(
         scoped=(_SCOPE_SIGNAL | _SCOPE_ABSTRACT_UNIX_SOCKET) if abi >= 6 else 0,
     )
     fd = int(
-        _syscall(
+        syscall(
             _SYS_CREATE_RULESET,
             ctypes.byref(attr),
             ctypes.c_size_t(ctypes.sizeof(attr)),
@@ -240,7 +226,7 @@ def _add_path_rule(ruleset_fd: int, path: str | os.PathLike[str], access: int) -
 
 
 def _add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure) -> None:
-    ret = _syscall(
+    ret = syscall(
         _SYS_ADD_RULE,
         ctypes.c_int(ruleset_fd),
         ctypes.c_int(rule_type),
@@ -268,9 +254,9 @@ def restrict_self(ruleset_fd: int) -> None:
             "would stay unconfined",
             feature="landlock",
         )
-    if _prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
         raise _fail("prctl(PR_SET_NO_NEW_PRIVS)", ctypes.get_errno())
-    ret = _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
+    ret = syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
     if ret != 0:
         raise _fail("landlock_restrict_self", ctypes.get_errno())
 

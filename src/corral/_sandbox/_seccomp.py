@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
 import struct
 import sys
@@ -51,6 +50,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from corral._errors import CorralError
+
+from ._libc import libc, prctl, syscall
 
 __all__ = ["SUPPORTED_MACHINES", "build_filter", "install_filter"]
 
@@ -262,7 +263,7 @@ def build_filter(*, allow_exec: bool) -> bytes:
     :raises CorralError: the architecture has no syscall table here.
     """
     machine = _machine()
-    _libc()  # resolved here, in the parent, rather than in every child
+    libc()  # resolved here, in the parent, rather than in every child
     return _assemble(machine, allow_exec=allow_exec)
 
 
@@ -359,22 +360,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """libc, loaded on first use so that importing this module works anywhere."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-def _syscall(nr: int, *args: object) -> int:
-    return int(_libc().syscall(ctypes.c_long(nr), *args))
-
-
-def _prctl(option: int, arg2: int) -> int:
-    return int(_libc().prctl(option, ctypes.c_ulong(arg2), 0, 0, 0))
-
-
 def install_filter(prog: bytes) -> None:
     """Apply a filter from :func:`build_filter` to every thread of the calling process.
 
@@ -389,7 +374,7 @@ def install_filter(prog: bytes) -> None:
     if rest or not 0 < count <= _BPF_MAXINSNS:
         raise ValueError(f"not a classic BPF program: {len(prog)} bytes")
     arch = _ARCHES[_machine()]
-    if _prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
         err = ctypes.get_errno()
         raise CorralError(
             f"seccomp: prctl(PR_SET_NO_NEW_PRIVS) failed: {errno.errorcode.get(err, err)}",
@@ -398,7 +383,7 @@ def install_filter(prog: bytes) -> None:
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
     ret = int(
-        _syscall(
+        syscall(
             arch.sys_seccomp,
             ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
             ctypes.c_uint(_SECCOMP_FILTER_FLAG_TSYNC),
