@@ -681,6 +681,21 @@ def test_spawn_granted_and_denied(sup: Supervisor, root: Path, level: str) -> No
     assert sup.call(spec, "hostile.plug:spawn", {"argv": ["ls", "/"]}) == {"denied": "spawn:ls"}
 
 
+def test_strict_spawn_grant_executes_exactly_its_programs(sup: Supervisor, root: Path) -> None:
+    """With spawn = ["echo"], exec itself (not only ctx.spawn) reaches echo and nothing else."""
+    import shutil as _shutil
+    import sys as _sys
+
+    spec = make_spec(root, "spawn.exact", "strict", spawn=("echo",))
+    echo = _shutil.which("echo")
+    assert echo is not None
+    assert sup.call(spec, "hostile.plug:raw_exec", {"argv": [echo, "x"]}) == {"ok": True, "rc": 0}
+    for other in (["/bin/ls", "/"], [_sys.executable, "-c", "pass"], ["/bin/sh", "-c", "true"]):
+        got = sup.call(spec, "hostile.plug:raw_exec", {"argv": other})
+        assert got["ok"] is False, (other, got)
+        assert "Permission denied" in got["error"]
+
+
 def test_strict_exec_blocked_without_spawn_grant(sup: Supervisor, root: Path) -> None:
     spec = make_spec(root, "spawn.none", "strict")
     got = sup.call(spec, "hostile.plug:raw_exec", {"argv": ["/bin/echo", "x"]})

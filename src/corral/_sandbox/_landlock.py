@@ -156,6 +156,7 @@ def build_ruleset(
     read_paths: Iterable[str | os.PathLike[str]],
     write_paths: Iterable[str | os.PathLike[str]],
     connect_ports: Iterable[int] = (),
+    exec_paths: Iterable[str | os.PathLike[str]] | None = None,
 ) -> int:
     """Build a ruleset in the calling (parent) process and return its descriptor.
 
@@ -168,6 +169,8 @@ def build_ruleset(
         executing and making device nodes.
     :param connect_ports: TCP ports ``connect`` may reach (ABI 4+); ``bind`` is
         always denied.
+    :param exec_paths: when given, the only files that may be executed (read
+        paths then lose the execute right): a spawn grant runs exactly its programs.
     :raises CorralError: the kernel has no Landlock, or a rule was refused.
     :raises ValueError: a port outside 0..65535.
     """
@@ -193,8 +196,11 @@ def build_ruleset(
     if fd < 0:
         raise _fail("landlock_create_ruleset", ctypes.get_errno())
     try:
+        read_rights = ACCESS_FS_READ if exec_paths is None else ACCESS_FS_READ & ~_FS_EXECUTE
         for path in read_paths:
-            _add_path_rule(fd, path, ACCESS_FS_READ & fs_all)
+            _add_path_rule(fd, path, read_rights & fs_all)
+        for path in exec_paths or ():
+            _add_path_rule(fd, path, (_FS_EXECUTE | _FS_READ_FILE) & fs_all)
         for path in write_paths:
             _add_path_rule(fd, path, fs_all & ~_FS_NOT_FOR_WRITE)
         if abi >= 4:

@@ -205,6 +205,8 @@ class WorkerInit(msgspec.Struct, frozen=True):
     max_result_bytes: int
     max_output_bytes: int
     workspace: str = ""
+    #: Strict only: the only files that may be executed (granted programs, their loaders).
+    exec_paths: list[str] = []
 
 
 class Spawn(msgspec.Struct, frozen=True, tag="spawn"):

@@ -209,11 +209,14 @@ class _Plugin:
 
 def _init_for(spec: SandboxSpec) -> WorkerInit:
     reads = [str(p) for p in spec.read_paths]
+    execs: list[str] = []
     for program in spec.spawn:  # the granted programs themselves, and what links point at
         path = _resolve_program(program)
         if path is not None:
-            reads.extend(dict.fromkeys((path, os.path.realpath(path))))
+            execs.extend(_executables(path))
+    execs = list(dict.fromkeys(execs))
     return WorkerInit(
+        exec_paths=execs,
         plugin_id=spec.plugin_id,
         isolation=spec.isolation,
         plugin_dir=str(spec.plugin_dir),
@@ -233,6 +236,56 @@ def _init_for(spec: SandboxSpec) -> WorkerInit:
         max_result_bytes=spec.max_result_bytes,
         max_output_bytes=spec.max_output_bytes,
     )
+
+
+def _executables(path: str) -> list[str]:
+    """What running ``path`` executes: the file (and its link target), and its loader.
+
+    The loader is an ELF program's ``PT_INTERP`` (``ld-linux``), which the kernel
+    opens for execution too, or a script's ``#!`` interpreter, followed in turn.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [path]
+    while todo and len(seen) < 8:
+        current = todo.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.extend((current, real))
+        interp = _loader_of(real)
+        if interp is not None:
+            todo.append(interp)
+    return out
+
+
+def _loader_of(path: str) -> str | None:
+    """The ELF interpreter or ``#!`` interpreter of ``path``, if it has one."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"#!"):
+                line = (head + f.read(192)).split(b"\n", 1)[0][2:].strip()
+                return line.split()[0].decode() if line else None
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, = struct.unpack_from("<I", table, i * phentsize)
+                if p_type == 3:  # PT_INTERP
+                    offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
+                    size, = struct.unpack_from("<Q", table, i * phentsize + 32)
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _resolve_program(program: str) -> str | None:

@@ -177,7 +177,7 @@ class _Zygote:
                 prog = self._seccomp(init.allow_exec)
                 reads = [init.plugin_dir, *self.read_paths, *init.read_paths]
                 writes = [init.data_dir, init.tmp_dir, init.cache_dir, *init.write_paths]
-                ruleset_fd = build_ruleset(reads, writes)
+                ruleset_fd = build_ruleset(reads, writes, exec_paths=init.exec_paths)
             else:
                 ruleset_fd = _limited_ruleset()
             self.wanted.add(init.isolation)
