@@ -72,7 +72,7 @@ def default_home() -> Path:
 class _Active:
     """A plugin's life in this process: state, imported code, context, entry object."""
 
-    __slots__ = ("ctx", "entry", "exports", "manifest", "scope", "state")
+    __slots__ = ("ctx", "entry", "exports", "manifest", "scope", "spec", "state")
 
     def __init__(self, manifest: Manifest, ctx: PluginContext) -> None:
         self.manifest = manifest
@@ -81,6 +81,8 @@ class _Active:
         self.scope: ModuleScope | None = None
         self.entry: Any = None
         self.exports: dict[str, Callable[..., Any]] = {}
+        #: A sandboxed plugin's SandboxSpec, built on its first call in this activation.
+        self.spec: Any = None
 
 
 @final
@@ -120,6 +122,7 @@ class Host:
         self._fast: dict[str, dict[str, _FastEntry]] = {}
         self._rlock = threading.RLock()
         self._metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
+        self._sandboxed_metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
         self._runner = Runner()
         self._supervisor: Any = None
         self._async_exports: set[tuple[str, str]] = set()
@@ -904,7 +907,7 @@ class Host:
         from ._sandboxing import call_sandboxed
 
         call_sandboxed(
-            self, self._supervisor_for(), active.manifest, active.ctx, name, value,
+            self, self._supervisor_for(), active, name, value,
             target=f"{active.manifest.entry}#{name}",
         )
 
@@ -1107,9 +1110,7 @@ class Host:
     def _call_sandboxed(self, active: _Active, export: str, input: Any) -> Any:
         from ._sandboxing import call_sandboxed
 
-        return call_sandboxed(
-            self, self._supervisor_for(), active.manifest, active.ctx, export, input
-        )
+        return call_sandboxed(self, self._supervisor_for(), active, export, input)
 
     def _prestart_sandbox(self) -> None:
         from ._sandboxing import sandbox_problem
@@ -1129,14 +1130,16 @@ class Host:
     # -- metrics --------------------------------------------------------------
 
     def record_call(self, row: tuple[Any, ...]) -> None:
-        """Record one finished call's metrics (used by the sandbox layer)."""
-        self._store.record_calls([row])
+        """Record one finished sandboxed call's metrics; written with the next flush."""
+        self._sandboxed_metrics.append(row)
 
     def flush_metrics(self) -> None:
-        """Write the in-process calls' timings recorded so far to the host database."""
-        if not self._metrics:
+        """Write the calls' metrics recorded so far to the host database, in one transaction."""
+        if not self._metrics and not self._sandboxed_metrics:
             return
         rows = []
+        while self._sandboxed_metrics:
+            rows.append(self._sandboxed_metrics.popleft())
         now = time.time()
         while self._metrics:
             (plugin_id, export), start, end, outcome = self._metrics.popleft()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -20,7 +19,7 @@ from ._permissions import expand_placeholders
 
 if TYPE_CHECKING:
     from ._context import PluginContext
-    from ._host import Host
+    from ._host import Host, _Active
     from ._manifest import Manifest
     from ._sandbox._spec import SandboxSpec
     from ._sandbox._supervisor import Supervisor
@@ -30,8 +29,6 @@ __all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "spec_for"]
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES: Final = 1024 * 1024
 _CONNECT_TIMEOUT: Final = 10.0
-#: Devices every program expects to open (subprocess's DEVNULL, os.urandom's fallbacks).
-_HARMLESS_DEVICES: Final = (Path("/dev/null"), Path("/dev/zero"), Path("/dev/urandom"))
 
 
 def sandbox_problem(isolation: str) -> str | None:
@@ -51,7 +48,11 @@ def sandbox_problem(isolation: str) -> str | None:
 
 
 def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
-    """The sandbox description of a plugin, with placeholders resolved."""
+    """The sandbox description of a plugin, with placeholders resolved.
+
+    The interpreter's own files are not listed: the fork server adds them to
+    every strict ruleset (``interpreter_read_paths``).
+    """
     from ._sandbox._spec import SandboxSpec
 
     values = dict(ctx.paths)
@@ -72,9 +73,8 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
         workspace=Path(values["workspace"]),
         read_paths=tuple(
             Path(expand_placeholders(p, values)).resolve() for p in perms.fs_read
-        )
-        + _interpreter_paths()
-        + _HARMLESS_DEVICES,
+        ),
+        # subprocess.DEVNULL opens /dev/null for writing.
         write_paths=(
             *(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write),
             Path("/dev/null"),
@@ -90,16 +90,6 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
         max_result_bytes=MAX_RESULT_BYTES,
         max_output_bytes=MAX_OUTPUT_BYTES,
     )
-
-
-def _interpreter_paths() -> tuple[Path, ...]:
-    """What a worker must read to run Python: the prefixes, stdlib and site-packages."""
-    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        value = sysconfig.get_paths().get(key)
-        if value:
-            paths.add(Path(value))
-    return tuple(sorted(p.resolve() for p in paths if p.exists()))
 
 
 class Broker:
@@ -196,8 +186,7 @@ def make_supervisor(host: Host) -> Supervisor:
 def call_sandboxed(
     host: Host,
     supervisor: Supervisor,
-    manifest: Manifest,
-    ctx: PluginContext,
+    active: _Active,
     export: str,
     input: Any,
     *,
@@ -207,11 +196,14 @@ def call_sandboxed(
 
     ``target`` overrides what ``export`` names (hooks use ``entry#hook``).
     """
+    manifest, ctx = active.manifest, active.ctx
     if target is None:
         target = manifest.exports.get(export)
     if target is None:
         target = next(m.handler for m in manifest.micro if m.id == export)
-    spec = spec_for(manifest, ctx)
+    if active.spec is None:
+        active.spec = spec_for(manifest, ctx)
+    spec = active.spec
     start = time.perf_counter()
     outcome = "ok"
     try:

@@ -296,6 +296,7 @@ def interpreter_read_paths() -> list[str]:
         "/etc/localtime",
         "/usr/share/zoneinfo",
         "/dev/null",
+        "/dev/zero",
         "/dev/urandom",
     }
     return sorted(p for p in candidates if p != "/" and os.path.exists(p))
