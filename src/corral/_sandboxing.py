@@ -8,7 +8,6 @@ checked against the plugin's ``[permissions]`` here, before anything is done.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ __all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "spec_for"]
 
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES: Final = 1024 * 1024
-_CONNECT_TIMEOUT: Final = 10.0
 
 
 def sandbox_problem(isolation: str) -> str | None:
@@ -99,20 +97,10 @@ class Broker:
         self.host = host
 
     def __call__(self, plugin_id: str, op: str, args: dict[str, Any]) -> Any:
+        # net.connect and spawn.resolve are answered by the supervisor from the spec;
+        # logs arrive as Log messages and config travels with each call.
         manifest = self._manifest(plugin_id)
         perms = manifest.permissions
-        if op == "log":
-            import logging
-
-            level = args.get("level", "info")
-            logging.getLogger(f"corral.plugin.{plugin_id}").log(
-                logging.getLevelNamesMapping().get(str(level).upper(), logging.INFO),
-                "%s",
-                str(args.get("message", ""))[:4096],
-            )
-            return None
-        if op == "config.get":
-            return dict(self.host._active[plugin_id].ctx.config)
         if op.startswith("events."):
             from ._events import bus_broker_op
 
@@ -131,37 +119,13 @@ class Broker:
         if op == "messages.broadcast":
             return self.host.messenger.broadcast(args.get("message"), perms=perms,
                                                  sender=plugin_id)
-        if op == "net.connect":
-            host, port = str(args.get("host", "")), args.get("port")
-            if type(port) is not int or not perms.allows_connect(host, port):
-                raise PermissionDenied(
-                    f"{plugin_id} has no net-connect grant for {host}:{port}",
-                    permission=f"net-connect:{host}:{port}",
-                    plugin_id=plugin_id,
-                )
-            return socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT)
         if op == "secrets.get":
             from ._secrets import secrets_broker_op
 
             return secrets_broker_op(self.host.secrets, plugin_id, perms, op, args)
-        service, _, _ = op.rpartition(".")
-        target = str(args.get("topic") or args.get("key") or args.get("to") or "")
-        grant = {
-            "events.publish": "events.publish",
-            "events.subscribe": "events.subscribe",
-            "state.get": "state.read",
-            "state.set": "state.write",
-            "messages.send": "messages.send",
-        }.get(op)
-        if grant is None:
-            raise PermissionDenied(
-                f"{plugin_id} asked for an unknown host service {op!r}",
-                permission=f"host-api:{op}",
-                plugin_id=plugin_id,
-            )
-        perms.check_api(grant, target, plugin_id=plugin_id)
-        raise CorralError(
-            f"host service {service} is not available in this version of corral",
+        raise PermissionDenied(
+            f"{plugin_id} asked for an unknown host service {op!r}",
+            permission=f"host-api:{op}",
             plugin_id=plugin_id,
         )
 
