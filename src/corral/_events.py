@@ -130,6 +130,7 @@ class PluginEvents:
     ) -> Event | None:
         """Publish as this plugin (needs ``events.publish:<topic>``)."""
         bus = self._bus
+        # EventBus.publish's local fast path, inlined for the same reason it is inlined there.
         if topic in self._allowed and propagation == "local" and bus._plain:
             check_payload(data, max_bytes=bus.max_payload_bytes, topic=topic)
             subs = bus._cache.get(topic)

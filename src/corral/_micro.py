@@ -703,6 +703,7 @@ class MicroManager:
         :raises PluginError: it raised, or returned the wrong shape (named).
         :raises PluginTimeout: it ran past ``max-ms``.
         """
+        # The body of _execute_in, inlined: one frame is half the dispatch budget.
         entries = self._entries  # held while running: marks this call in flight
         try:
             fn, ctx, out_cls, info = entries[micro_id]
