@@ -6,8 +6,10 @@
     ├── UsageError                   usage             exit 2
     │   └── LifecycleError           usage             exit 2  (illegal transition)
     ├── NotFoundError                not_found         exit 1
+    ├── TransferError                unavailable       exit 1  (registry down, slow, cut off)
     ├── InvalidPluginError           invalid           exit 3
-    │   └── ManifestError            invalid           exit 3  (file, key path)
+    │   ├── ManifestError            invalid           exit 3  (file, key path)
+    │   └── ConflictError            invalid           exit 3  (unsatisfiable dependencies)
     ├── DeniedError                                    exit 4
     │   ├── PermissionDenied         permission_denied
     │   ├── PolicyDenied             policy_denied
@@ -27,6 +29,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "ConflictError",
     "CorralError",
     "DeniedError",
     "InvalidPluginError",
@@ -40,6 +43,7 @@ __all__ = [
     "PolicyDenied",
     "ResourceLimitExceeded",
     "SignatureInvalid",
+    "TransferError",
     "UsageError",
     "WorkerCrashed",
 ]
@@ -124,6 +128,20 @@ class ManifestError(InvalidPluginError):
         if key:
             prefix += f"{key}: "
         super().__init__(prefix + message, plugin_id=plugin_id, file=file, key=key, **details)
+
+
+class ConflictError(InvalidPluginError):
+    """No set of versions satisfies every requirement.
+
+    ``conflicts`` lists, per clashing plugin, every requirer with its range and
+    the chain of requirers back to what the user asked for.
+    """
+
+
+class TransferError(CorralError):
+    """A registry could not be reached, was too slow, or cut the transfer short."""
+
+    code = "unavailable"
 
 
 class DeniedError(CorralError):

@@ -30,7 +30,7 @@ class _Skipped:
 
 def _parser(only: str | None = None) -> Parser:
     """The command line; with ``only``, just that verb's parser is really built."""
-    from . import _core, _micro
+    from . import _core, _install, _keys, _micro, _pdk
 
     p = Parser(prog="corral", description="A secure plugin platform for Python applications.")
     p.add_argument("--home", default=os.environ.get("CORRAL_HOME"), help="the host's home")
@@ -49,6 +49,9 @@ def _parser(only: str | None = None) -> Parser:
 
     _core.add_verbs(verb)
     _micro.add_verbs(verb)
+    _install.add_verbs(verb)
+    _keys.add_verbs(verb)
+    _pdk.add_verbs(verb)
     if only in (None, "config", "secret"):
         from .._config_cli import register as register_config_verbs
 
