@@ -30,7 +30,7 @@ class _Skipped:
 
 def _parser(only: str | None = None) -> Parser:
     """The command line; with ``only``, just that verb's parser is really built."""
-    from . import _core, _install, _keys, _micro, _pdk
+    from . import _core, _docs, _install, _keys, _micro, _pack, _pdk
 
     p = Parser(prog="corral", description="A secure plugin platform for Python applications.")
     p.add_argument("--home", default=os.environ.get("CORRAL_HOME"), help="the host's home")
@@ -52,6 +52,8 @@ def _parser(only: str | None = None) -> Parser:
     _install.add_verbs(verb)
     _keys.add_verbs(verb)
     _pdk.add_verbs(verb)
+    _pack.add_verbs(verb)
+    _docs.add_verbs(verb)
     if only in (None, "config", "secret"):
         from .._config_cli import register as register_config_verbs
 

@@ -1,4 +1,4 @@
-"""The command line's new, test, pack, docs: the plugin development kit."""
+"""The plugin development kit's verbs: new and test."""
 
 from __future__ import annotations
 
