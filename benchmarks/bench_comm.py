@@ -5,8 +5,9 @@
 Prints: in-process publish to 1 and 10 subscribers (host path, plugin path,
 batch path) against blinker's ``send``; queued and polled delivery (what a
 sandboxed subscriber drains per broker round trip); durable publish with group
-commit from concurrent publishers and from one publisher awaiting each; and
-shared-state compare-and-set / update across two processes.
+commit from concurrent publishers and from one publisher awaiting each;
+shared-state compare-and-set / update across two processes; and the round
+trip of a message to an in-process plugin and to a strict (sandboxed) one.
 """
 
 from __future__ import annotations
@@ -346,10 +347,62 @@ def bench_state(n: int, home: Path) -> None:
               f"{2 * n / dt:,.0f} increments/s overall, {retries} CAS retries")
 
 
+_RECEIVER = """
+class Plugin:
+    def on_message(self, message, sender, ctx):
+        return message
+"""
+
+
+def _receiver(root: Path, pid: str, isolation: str) -> Path:
+    pkg = pid.replace(".", "_")
+    d = root / pid
+    (d / pkg).mkdir(parents=True)
+    (d / pkg / "__init__.py").write_text(_RECEIVER)
+    (d / "corral.toml").write_text(
+        f'[plugin]\nid = "{pid}"\nname = "{pid}"\nversion = "1.0.0"\nentry = "{pkg}:Plugin"\n'
+        f'\n[sandbox]\nisolation = "{isolation}"\n'
+    )
+    return d
+
+
+def bench_messages(n: int, home: Path) -> None:
+    """``messenger.send`` round trip (median) to an in-process and to a strict receiver."""
+    from corral import Host
+    from corral._sandboxing import sandbox_problem
+
+    print("== messages: send and wait for the reply ==")
+    kinds = [("in-process", "bench.local", "none"), ("strict", "bench.strict", "strict")]
+    if sandbox_problem("strict") is not None:
+        kinds = kinds[:1]
+        print(f"(no strict sandbox here: {sandbox_problem('strict')})")
+    with Host(home=home / "msg-home", workspace=home) as host:
+        for _, pid, isolation in kinds:
+            host.register(_receiver(home / "msg-src", pid, isolation))
+            host.enable(pid)
+        messenger = host.messenger
+        for label, pid, _ in kinds:
+            for _ in range(20):  # warm: the worker is up, caches are hot
+                messenger.send(pid, {"i": 0})
+            times = []
+            for i in range(n):
+                t0 = time.perf_counter_ns()
+                messenger.send(pid, {"i": i})
+                times.append(time.perf_counter_ns() - t0)
+            times.sort()
+            print(f"{label:10s} receiver: median {times[n // 2] / 1000:8.1f} us, "
+                  f"p90 {times[n * 9 // 10] / 1000:8.1f} us  ({n} messages)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--only", choices=["messages"], help="run one benchmark")
     args = parser.parse_args()
+    if args.only == "messages":
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_messages(300 if args.quick else 2000, Path(tmp))
+        return
     n = 20_000 if args.quick else 200_000
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, blinker {blinker.__version__}"
           if hasattr(blinker, "__version__") else f"python {sys.version.split()[0]}")
@@ -359,6 +412,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench_durable(8_000 if args.quick else 40_000, Path(tmp))
         bench_state(200 if args.quick else 1000, Path(tmp))
+        bench_messages(300 if args.quick else 2000, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from ._config_model import (
     load_schema,
     merge,
     merge_path,
-    prune,
     resolve_secret_refs,
     schema_defaults,
     validate_config,
@@ -129,6 +128,10 @@ class ConfigManager:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
+        return self._parse(text)
+
+    def _parse(self, text: str) -> dict[str, Any]:
+        """``text`` as a config document; bad TOML or a misshapen table is a ConfigError."""
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -277,36 +280,31 @@ class ConfigManager:
 
     def _edit(self, plugin_id: str, key: str, env: str | None, *, value: Any = None,
               remove: bool = False) -> bool:
+        """Change one key in place with tomlkit: comments, order and layout are kept.
+
+        Validated before anything is written; the file is replaced atomically.
+        """
         parts = key.split(".")
         if not key or any(not p for p in parts):
             raise ConfigError(f"{key!r} is not a dotted key path", plugin_id=plugin_id)
+        where = f'plugins."{plugin_id}".{key}'
+        if not remove:
+            _check_toml_value(value, where)
         with self._file_lock():
-            doc = self.read_file()
-            section = doc
-            for part in (["env", env, "plugins", plugin_id] if env else ["plugins", plugin_id]):
-                nxt = section.setdefault(part, {})
-                if not isinstance(nxt, dict):
-                    raise ConfigError("is not a table", key=part, source=str(self.path))
-                section = nxt
-            node = section
-            for part in parts[:-1]:
-                nxt = node.setdefault(part, {})
-                if not isinstance(nxt, dict):
-                    raise ConfigError("is not a table, cannot set a key inside it",
-                                      key=f'plugins."{plugin_id}".{key}', plugin_id=plugin_id)
-                node = nxt
-            if remove:
-                if parts[-1] not in node:
-                    return False
-                del node[parts[-1]]
-            else:
-                node[parts[-1]] = value
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
+            self._parse(text)  # the same checks (and errors) as reading
+            section = ["env", env, "plugins", plugin_id] if env else ["plugins", plugin_id]
+            new_text, changed = edit_toml(text, section, parts, value, remove=remove,
+                                          where=where, source=str(self.path))
+            if not changed:
+                return False
+            doc = self._parse(new_text)
             config, sources = self.layered(plugin_id, env=env, doc=doc)
             validate_config(plugin_id, config, self._schemas.get(plugin_id), sources)
-            text = dumps_toml(prune(doc))
-            tmp = self.path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
+            _write_atomic(self.path, new_text)
         return True
 
     def get(self, plugin_id: str, key: str | None = None, *, env: str | None = None) -> Any:
@@ -448,3 +446,134 @@ def plugin_config(
     validate_config(plugin_id, config, manager.schema(plugin_id), sources)
     manager.put_in_force(plugin_id, config)
     return resolve(copy.deepcopy(config)) if resolve is not None else copy.deepcopy(config)
+
+
+# -- editing the file in place -------------------------------------------------------------
+
+
+def _check_toml_value(value: Any, where: str) -> None:
+    """Refuse what TOML cannot hold (``None``, other objects) before the file is touched."""
+    if isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_toml_value(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"table keys must be strings, got {k!r}", key=where)
+            _check_toml_value(v, f"{where}.{k}")
+        return
+    raise ConfigError(f"{type(value).__name__} values have no TOML form (use unset to remove)",
+                      key=where)
+
+
+def _has_comment(table: Any) -> bool:
+    """Whether a tomlkit table holds a comment of the user's (such a table is never pruned)."""
+    from tomlkit.items import Comment
+
+    body = getattr(getattr(table, "value", None), "body", ())
+    return any(isinstance(item, Comment) for _, item in body)
+
+
+def _missing(doc: Any, path: list[str]) -> bool:
+    """Whether the table at ``path`` is absent (and every table above it is a real table)."""
+    node = doc
+    for part in path:
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None:
+            return isinstance(node, dict)
+        node = nxt
+    return False
+
+
+def edit_toml(
+    text: str,
+    section: list[str],
+    parts: list[str],
+    value: Any = None,
+    *,
+    remove: bool = False,
+    where: str = "",
+    source: str = CONFIG_NAME,
+) -> tuple[str, bool]:
+    """Set (or remove) ``section + parts`` in TOML ``text``, keeping comments and layout.
+
+    Missing tables are created (``[plugins."<id>"]`` headers, not ``[plugins]``);
+    a removal prunes the tables it empties unless they hold a comment.  Returns
+    the new text and whether anything changed (``False``: nothing to remove).
+    """
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+    from tomlkit.items import InlineTable
+
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    if not remove and _missing(doc, section):
+        # A new section goes at the end of the file, under its own header, so it never
+        # lands between a comment and the table that comment was written above.
+        header = tomlkit.key(section).as_string()
+        sep = "" if not text else "\n" if text.endswith("\n") else "\n\n"
+        with contextlib.suppress(TOMLKitError):
+            doc = tomlkit.parse(f"{text}{sep}[{header}]\n")
+    path = [*section, *parts[:-1]]
+    chain: list[tuple[Any, str]] = []
+    node: Any = doc
+    for i, part in enumerate(path):
+        nxt = node.get(part)
+        if nxt is None:
+            if remove:
+                return text, False
+            if isinstance(node, InlineTable):
+                nxt = tomlkit.inline_table()
+            else:
+                nxt = tomlkit.table(is_super_table=i < len(section) - 1)
+            node[part] = nxt
+            nxt = node[part]
+        elif not isinstance(nxt, dict):
+            shown = ".".join(f'"{p}"' if "." in p else p for p in path[: i + 1])
+            raise ConfigError("is not a table, cannot set a key inside it",
+                              key=shown if i < len(section) else where, source=source)
+        chain.append((node, part))
+        node = nxt
+    last = parts[-1]
+    if remove:
+        if last not in node:
+            return text, False
+        del node[last]
+        for parent, part in reversed(chain):
+            child = parent[part]
+            if len(child) or _has_comment(child):
+                break
+            del parent[part]
+    else:
+        node[last] = value
+    out = tomlkit.dumps(doc)
+    if text and not out.endswith("\n"):
+        out += "\n"
+    return out, True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once (a temporary file, fsync, rename)."""
+    import tempfile
+
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

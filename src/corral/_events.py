@@ -26,7 +26,7 @@ from ._bus import (
 from ._errors import NotFoundError, UsageError
 from ._publisher import TopicPublisher
 from ._subscriptions import Event, HandlerResult, Subscription, record_event
-from ._topics import EventFilter, check_payload, check_topic
+from ._topics import EventFilter, check_pattern, check_payload, check_subscribe, check_topic
 
 if TYPE_CHECKING:
     from ._durable import DurableLog
@@ -228,7 +228,13 @@ def bus_broker_op(
     ``events.publish {topic, payload, priority?, propagation?}`` -> event id;
     ``events.subscribe {pattern, priority?, filter?, max_queue?}`` -> subscription id;
     ``events.poll {subscription, max?, timeout?}`` -> list of event dicts;
-    ``events.unsubscribe {subscription}``.
+    ``events.unsubscribe {subscription}``;
+    ``events.publisher {topic}`` -> ``None`` once the publish grant is checked;
+    ``events.gather {topic, payload, timeout?}`` -> list of handler-result dicts;
+    ``events.durable_subscribe {consumer, pattern}`` -> the committed offset;
+    ``events.durable_poll {consumer, pattern, after, max?, timeout?}`` ->
+    ``{"events": [...], "offset": scanned}``; ``events.durable_commit {consumer, offset}``.
+    A durable consumer's name is ``<plugin id>:<consumer>``, so a plugin reaches its own only.
     """
     if op == "events.publish":
         data = args.get("payload", args.get("data"))
@@ -262,4 +268,73 @@ def bus_broker_op(
             raise UsageError(f"timeout must be a number, got {timeout!r}", plugin_id=plugin_id)
         # to_builtins turns the Event structs into dicts at C speed
         return msgspec.to_builtins(sub.poll(max_events, min(max(float(timeout), 0.0), 30.0)))
+    if op == "events.publisher":
+        bus._check_publish(check_topic(str(args.get("topic", ""))), "local", perms, plugin_id)
+        return None
+    if op == "events.gather":
+        results = bus.gather(str(args.get("topic", "")), args.get("payload"), perms=perms,
+                             source=plugin_id, timeout=_wait_arg(args, plugin_id, default=5.0))
+        return [_wire_result(r) for r in results]
+    if op.startswith("events.durable_"):
+        return _durable_op(bus, plugin_id, perms, op, args)
     raise UsageError(f"unknown events operation {op!r}", plugin_id=plugin_id)
+
+
+def _wait_arg(args: Mapping[str, Any], plugin_id: str, *, default: float = 0.0) -> float:
+    """A ``timeout`` argument, clamped to 0..30 s (the call's own timeout-ms still applies)."""
+    timeout = args.get("timeout", default)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise UsageError(f"timeout must be a number, got {timeout!r}", plugin_id=plugin_id)
+    return min(max(float(timeout), 0.0), 30.0)
+
+
+def _wire_result(result: HandlerResult) -> dict[str, Any]:
+    """A handler's answer as JSON for a worker; a value that is not JSON becomes an error."""
+    from ._jsoncheck import json_problem
+
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    if result.error is None and json_problem(result.value) is not None:
+        out["value"] = None
+        out["error"] = f"the answer is not JSON data: {json_problem(result.value)}"
+    return out
+
+
+def _durable_op(
+    bus: EventBus, plugin_id: str, perms: Permissions, op: str, args: Mapping[str, Any]
+) -> Any:
+    """``events.durable_*``: a durable consumer that the worker polls, offsets kept in the log."""
+    import time
+
+    log = bus._log
+    if log is None:
+        raise UsageError("durable subscriptions need the durable log (EventBus.attach_log)",
+                         plugin_id=plugin_id)
+    consumer = args.get("consumer")
+    if type(consumer) is not str or not consumer:
+        raise UsageError(f"a durable consumer needs a name, got {consumer!r}",
+                         plugin_id=plugin_id)
+    name = f"{plugin_id}:{consumer}"
+    if op == "events.durable_commit":
+        offset = _int_arg(args, "offset", 0, plugin_id)
+        if not 0 <= offset <= log.last_offset():
+            raise UsageError(f"offset {offset} is not in the durable log", plugin_id=plugin_id)
+        log.commit(name, offset)
+        return None
+    pattern = str(args.get("pattern", ""))
+    check_pattern(pattern)
+    check_subscribe(perms, pattern, plugin_id)  # each time: the host keeps no session
+    if op == "events.durable_subscribe":
+        return log.committed(name)
+    if op != "events.durable_poll":
+        raise UsageError(f"unknown events operation {op!r}", plugin_id=plugin_id)
+    after = _int_arg(args, "after", 0, plugin_id)
+    limit = min(max(_int_arg(args, "max", 1000, plugin_id), 1), 10_000)
+    deadline = time.monotonic() + _wait_arg(args, plugin_id)
+    while True:
+        records, scanned = log.scan(after, pattern=pattern, limit=limit, durable_only=True)
+        if records or time.monotonic() >= deadline:
+            events = [record_event(r) for r in records]
+            return {"events": msgspec.to_builtins(events), "offset": scanned}
+        if scanned == after:
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        after = scanned

@@ -751,8 +751,13 @@ class Host:
     def _enable_one(self, plugin_id: str) -> None:
         active = self._active[plugin_id]
         check_transition(plugin_id, active.state, "enable")
+        receiver = None
         try:
             self._run_hook(active, "on_enable")
+            if self._sandboxed_entry(active):  # its on_message runs in its worker
+                from ._sandboxing import sandboxed_receiver
+
+                receiver = sandboxed_receiver(self, active)
         except CorralError as exc:
             self._fail(active, exc)
             raise
@@ -763,6 +768,8 @@ class Host:
             self.messenger.serve(
                 plugin_id, lambda message, sender: on_message(message, sender, ctx)
             )
+        elif receiver is not None:
+            self.messenger.serve(plugin_id, receiver, remote=True)
         self._persist(plugin_id, State.ENABLED)
         self._feed_micro(active)
         if active.manifest.sandbox.isolation == "none":

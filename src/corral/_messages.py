@@ -4,25 +4,35 @@ Each receiving plugin has a mailbox: a bounded queue served by its own
 thread, so a receiver that hangs or floods makes only its own senders wait
 (until their timeout), never anyone else.  A sender needs a
 ``messages.send:<receiver id>`` grant.
+
+A *remote* receiver (a sandboxed plugin, whose ``on_message`` runs in its
+worker process) gets each message with the sender's deadline, so that a
+message whose sender already gave up is dropped rather than handled late,
+and its handler's corral errors (a crash of the worker, a timeout) reach the
+sender as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final, final
 
-from ._errors import NotFoundError, PluginError, PluginTimeout, UsageError
+from ._errors import CorralError, NotFoundError, PluginError, PluginTimeout, UsageError
 from ._permissions import Permissions
 from ._topics import check_payload
 
 __all__ = ["Mailbox", "Messenger", "PluginMessages"]
 
 Handler = Callable[[Any, "str | None"], Any]
+#: A remote receiver's handler: ``(message, sender, deadline)``; the deadline is
+#: ``time.time()`` seconds by which the sender stops waiting (``None``: a broadcast).
+RemoteHandler = Callable[[Any, "str | None", "float | None"], Any]
 #: Largest message a plugin may send, as encoded JSON.
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 
@@ -31,25 +41,30 @@ MAX_MESSAGE_BYTES: Final = 1024 * 1024
 class Mailbox:
     """A receiver's bounded queue and the thread that answers from it."""
 
-    __slots__ = ("_cond", "_queue", "_stopped", "_thread", "handler", "maxsize", "plugin_id")
+    __slots__ = ("_cond", "_queue", "_stopped", "_thread", "handler", "maxsize", "plugin_id",
+                 "remote")
 
-    def __init__(self, plugin_id: str, handler: Handler, maxsize: int) -> None:
+    def __init__(self, plugin_id: str, handler: Handler | RemoteHandler, maxsize: int, *,
+                 remote: bool = False) -> None:
         self.plugin_id: Final = plugin_id
         self.handler: Final = handler
         self.maxsize: Final = maxsize
-        self._queue: deque[tuple[Any, str | None, Future[Any] | None]] = deque()
+        #: The handler forwards to another process (see the module docstring).
+        self.remote: Final = remote
+        self._queue: deque[tuple[Any, str | None, Future[Any] | None, float | None]] = deque()
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._serve, name=f"corral-mailbox-{plugin_id}",
                                         daemon=True)
         self._thread.start()
 
-    def put(self, message: Any, sender: str | None, fut: Future[Any] | None) -> bool:
+    def put(self, message: Any, sender: str | None, fut: Future[Any] | None,
+            deadline: float | None = None) -> bool:
         """Queue a message; ``False`` when the mailbox is full or closed."""
         with self._cond:
             if self._stopped or len(self._queue) >= self.maxsize:
                 return False
-            self._queue.append((message, sender, fut))
+            self._queue.append((message, sender, fut, deadline))
             self._cond.notify()
             return True
 
@@ -60,7 +75,7 @@ class Mailbox:
             left = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-        for _, _, fut in left:
+        for _, _, fut, _ in left:
             if fut is not None and not fut.done():
                 fut.set_exception(UsageError(f"{self.plugin_id} stopped receiving messages",
                                              plugin_id=self.plugin_id))
@@ -73,28 +88,39 @@ class Mailbox:
                     self._cond.wait()
                 if self._stopped:
                     break
-                message, sender, fut = self._queue.popleft()
+                message, sender, fut, deadline = self._queue.popleft()
             if fut is not None and not fut.set_running_or_notify_cancel():
                 continue  # the sender gave up (timed out) before we started
             try:
-                value = self.handler(message, sender)
+                if self.remote:
+                    value = self.handler(message, sender, deadline)  # type: ignore[call-arg]
+                else:
+                    value = self.handler(message, sender)  # type: ignore[call-arg]
                 if asyncio.iscoroutine(value):
                     if loop is None:
                         loop = asyncio.new_event_loop()
                     value = loop.run_until_complete(value)
+            except CorralError as exc:
+                if fut is not None:
+                    fut.set_exception(exc if self.remote else _handler_error(
+                        self.plugin_id, sender, exc))
             except Exception as exc:
                 if fut is not None:
-                    fut.set_exception(PluginError(
-                        f"{self.plugin_id} failed handling a message from {sender or 'the host'}:"
-                        f" {type(exc).__name__}: {exc}",
-                        plugin_id=self.plugin_id,
-                        traceback="".join(traceback.format_exception(exc)),
-                    ))
+                    fut.set_exception(_handler_error(self.plugin_id, sender, exc))
             else:
                 if fut is not None:
                     fut.set_result(value)
         if loop is not None:
             loop.close()
+
+
+def _handler_error(plugin_id: str, sender: str | None, exc: BaseException) -> PluginError:
+    return PluginError(
+        f"{plugin_id} failed handling a message from {sender or 'the host'}:"
+        f" {type(exc).__name__}: {exc}",
+        plugin_id=plugin_id,
+        traceback="".join(traceback.format_exception(exc)),
+    )
 
 
 @final
@@ -110,14 +136,19 @@ class Messenger:
         self._boxes: dict[str, Mailbox] = {}
         self._lock = threading.Lock()
 
-    def serve(self, plugin_id: str, handler: Handler, *, max_queue: int = 1000) -> Mailbox:
-        """Make ``plugin_id`` a receiver: ``handler(message, sender)`` returns the reply."""
+    def serve(self, plugin_id: str, handler: Handler | RemoteHandler, *, max_queue: int = 1000,
+              remote: bool = False) -> Mailbox:
+        """Make ``plugin_id`` a receiver: ``handler(message, sender)`` returns the reply.
+
+        ``remote=True``: ``handler(message, sender, deadline)`` forwards to another
+        process and raises corral errors that already say what went wrong.
+        """
         if not callable(handler):
             raise UsageError(f"the message handler of {plugin_id} is not callable")
         with self._lock:
             if plugin_id in self._boxes:
                 raise UsageError(f"{plugin_id} already receives messages", plugin_id=plugin_id)
-            box = Mailbox(plugin_id, handler, max_queue)
+            box = Mailbox(plugin_id, handler, max_queue, remote=remote)
             self._boxes[plugin_id] = box
         return box
 
@@ -127,6 +158,10 @@ class Messenger:
             box = self._boxes.pop(plugin_id, None)
         if box is not None:
             box.stop()
+
+    def serving(self, plugin_id: str) -> bool:
+        """Whether ``plugin_id`` receives messages now."""
+        return plugin_id in self._boxes
 
     def receivers(self) -> list[str]:
         """Ids that receive messages now."""
@@ -169,8 +204,13 @@ class Messenger:
             perms.check_api("messages.send", to, plugin_id=sender)
             check_payload(message, max_bytes=MAX_MESSAGE_BYTES, topic=f"message to {to}")
         box = self._box(to, sender)
+        if box.remote and sender == to:
+            raise UsageError(
+                f"{to} cannot send a message to itself: it runs sandboxed, one call at a time, "
+                "so its on_message could only run after this send had timed out",
+                plugin_id=sender, receiver=to)
         fut: Future[Any] = Future()
-        if not box.put(message, sender, fut):
+        if not box.put(message, sender, fut, time.time() + timeout):
             raise PluginTimeout(
                 f"{to} has {box.maxsize} messages waiting; it is not keeping up",
                 plugin_id=to, receiver=to,

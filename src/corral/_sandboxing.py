@@ -7,23 +7,30 @@ checked against the plugin's ``[permissions]`` here, before anything is done.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import CorralError, PermissionDenied
+from ._errors import CorralError, NotFoundError, PermissionDenied, PluginError, UsageError
 from ._permissions import expand_placeholders
 
 if TYPE_CHECKING:
     from ._context import PluginContext
     from ._host import Host, _Active
     from ._manifest import Manifest
+    from ._permissions import Permissions
     from ._sandbox._spec import SandboxSpec
     from ._sandbox._supervisor import Supervisor
+    from ._state import StateWatch
 
-__all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "spec_for"]
+__all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "sandboxed_receiver",
+           "spec_for"]
 
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES: Final = 1024 * 1024
@@ -90,11 +97,47 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
     )
 
 
+class _PolledWatch:
+    """A sandboxed plugin's ``ctx.state.subscribe``: changes wait here until it polls.
+
+    The host holds the watch (a worker runs only during calls, so nothing can be
+    pushed into it); changes beyond ``max_queue`` are counted in ``dropped``.
+    """
+
+    def __init__(self, plugin_id: str, max_queue: int) -> None:
+        self.plugin_id = plugin_id
+        self.max_queue = max_queue
+        self.changes: collections.deque[Any] = collections.deque()
+        self.dropped = 0
+        self.cond = threading.Condition()
+        self.watch: StateWatch | None = None
+
+    def push(self, change: Any) -> None:
+        with self.cond:
+            if len(self.changes) >= self.max_queue:
+                self.dropped += 1
+                return
+            self.changes.append(change)
+            self.cond.notify()
+
+    def take(self, max_changes: int, timeout: float) -> tuple[list[Any], int]:
+        with self.cond:
+            if not self.changes and timeout > 0:
+                self.cond.wait_for(lambda: bool(self.changes), timeout)
+            n = min(max_changes, len(self.changes))
+            out = [self.changes.popleft() for _ in range(n)]
+            dropped, self.dropped = self.dropped, 0
+        return out, dropped
+
+
 class Broker:
     """Answers sandboxed plugins' requests to the host, after checking their grants."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._watches: dict[int, _PolledWatch] = {}
+        self._watch_ids = itertools.count(1)
+        self._lock = threading.Lock()
 
     def __call__(self, plugin_id: str, op: str, args: dict[str, Any]) -> Any:
         # net.connect and spawn.resolve are answered by the supervisor from the spec;
@@ -105,6 +148,8 @@ class Broker:
             from ._events import bus_broker_op
 
             return bus_broker_op(self.host.bus, plugin_id, perms, op, args)
+        if op in ("state.subscribe", "state.poll", "state.unsubscribe"):
+            return self._state_watch(plugin_id, perms, op, args)
         if op.startswith("state."):
             from ._state import state_broker_op
 
@@ -128,6 +173,55 @@ class Broker:
             permission=f"host-api:{op}",
             plugin_id=plugin_id,
         )
+
+    def _state_watch(
+        self, plugin_id: str, perms: Permissions, op: str, args: dict[str, Any]
+    ) -> Any:
+        """``state.subscribe {pattern, max_queue?}`` -> watch id; ``state.poll {watch, max?,
+        timeout?}`` -> ``{"changes": [...], "dropped": n}``; ``state.unsubscribe {watch}``."""
+        import msgspec
+
+        store = self.host.shared_state
+        if op == "state.subscribe":
+            max_queue = args.get("max_queue", 10_000)
+            if type(max_queue) is not int or max_queue < 1:
+                raise UsageError(f"max_queue must be a positive int, got {max_queue!r}",
+                                 plugin_id=plugin_id)
+            polled = _PolledWatch(plugin_id, min(max_queue, 1_000_000))
+            polled.watch = store.subscribe(str(args.get("pattern", "")), polled.push,
+                                           perms=perms, plugin_id=plugin_id)
+            with self._lock:
+                live = set(map(id, store._watches))
+                for old in [w for w, p in self._watches.items() if id(p.watch) not in live]:
+                    del self._watches[old]  # cancelled when their plugin stopped
+                wid = next(self._watch_ids)
+                self._watches[wid] = polled
+            return wid
+        wanted: Any = args.get("watch")
+        with self._lock:
+            found = self._watches.get(wanted) if type(wanted) is int else None
+        if found is None or found.plugin_id != plugin_id:
+            raise NotFoundError(f"{plugin_id} has no state watch {wanted!r}",
+                                plugin_id=plugin_id)
+        watch = found.watch
+        if op == "state.unsubscribe" or watch not in store._watches:
+            with self._lock:
+                self._watches.pop(wanted, None)
+            if watch is not None:
+                watch.cancel()
+            if op == "state.unsubscribe":
+                return None
+            raise NotFoundError(f"state watch {wanted} of {plugin_id} was cancelled "
+                                "(the plugin was stopped)", plugin_id=plugin_id)
+        max_changes = args.get("max", 1000)
+        timeout = args.get("timeout", 0.0)
+        if type(max_changes) is not int or not isinstance(timeout, int | float) or isinstance(
+                timeout, bool):
+            raise UsageError(f"state.poll wants an int max and a number timeout, got "
+                             f"{max_changes!r} and {timeout!r}", plugin_id=plugin_id)
+        changes, dropped = found.take(min(max(max_changes, 1), 10_000),
+                                      min(max(float(timeout), 0.0), 30.0))
+        return {"changes": msgspec.to_builtins(changes), "dropped": dropped}
 
     def _manifest(self, plugin_id: str) -> Manifest:
         active = self.host._active.get(plugin_id)
@@ -192,3 +286,53 @@ def call_sandboxed(
                 time.time(),
             )
         )
+
+
+def sandboxed_receiver(
+    host: Host, active: _Active
+) -> Callable[[Any, str | None, float | None], Any] | None:
+    """The message handler of a sandboxed plugin, or ``None`` if its entry has no ``on_message``.
+
+    Asks the worker which hooks the entry object has (one round trip, at enable).
+    Each message is then one call of ``entry#on_message`` in the worker, under
+    the plugin's ``timeout-ms`` and limits; a crash, a timeout or a limit fails
+    that delivery only (the next one starts a new worker, as a call would).
+    """
+    manifest = active.manifest
+    entry = manifest.entry
+    if entry is None:
+        return None
+    supervisor = host._supervisor_for()
+    hooks = call_sandboxed(host, supervisor, active, "__hooks__", None,
+                           target=f"{entry}#__hooks__")
+    if not isinstance(hooks, list) or "on_message" not in hooks:
+        return None
+    plugin_id = manifest.id
+    target = f"{entry}#on_message"
+
+    def deliver(message: Any, sender: str | None, deadline: float | None) -> Any:
+        from ._lifecycle import State
+
+        if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+            # disabled while the message waited: no worker is started for it
+            raise UsageError(f"plugin {plugin_id} stopped receiving messages",
+                             plugin_id=plugin_id, receiver=plugin_id)
+        value = {"message": message, "sender": sender, "deadline": deadline}
+        try:
+            return call_sandboxed(host, supervisor, active, "on_message", value, target=target)
+        except PluginError as exc:
+            raise PluginError(
+                f"{plugin_id} failed handling a message from {sender or 'the host'}: "
+                f"{exc.message}",
+                plugin_id=plugin_id, receiver=plugin_id,
+                **{k: v for k, v in exc.details.items() if k in ("traceback", "exception")},
+            ) from None
+        except CorralError as exc:
+            exc.details.setdefault("receiver", plugin_id)
+            raise
+        finally:
+            if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+                # Disabled during the delivery: do not leave a worker behind for it.
+                supervisor.stop(plugin_id)
+
+    return deliver

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 import msgspec
 
 from corral._errors import CorralError, PluginError, UsageError
-from corral._subscriptions import Event
+from corral._subscriptions import Event, HandlerResult
 
 from . import _namespaces
 from ._rpc import (
@@ -64,10 +64,19 @@ if TYPE_CHECKING:
     import asyncio
 
     from corral._bus import Delivery, Propagation
-    from corral._state import StateValue
+    from corral._state import StateChange, StateValue
     from corral._topics import EventFilter
 
-__all__ = ["RPC_FD", "WorkerContext", "WorkerSubscription", "enter", "spare"]
+__all__ = [
+    "RPC_FD",
+    "WorkerContext",
+    "WorkerDurableConsumer",
+    "WorkerPublisher",
+    "WorkerStateWatch",
+    "WorkerSubscription",
+    "enter",
+    "spare",
+]
 
 #: The descriptor number of the RPC socket in every worker.
 RPC_FD: Final = 3
@@ -82,6 +91,9 @@ _RECV_CHUNK: Final = 1 << 16
 _ANC_SIZE: Final = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 #: ``corral._bus.DEFAULT_MAX_QUEUE``, without importing the bus into every worker.
 _DEFAULT_MAX_QUEUE: Final = 10_000
+#: Entry-object hooks the host may call in a worker (``entry#hook``).
+_HOOKS: Final = ("on_load", "on_enable", "on_disable", "on_unload", "on_error",
+                 "on_config_change", "on_message")
 
 
 class _CpuExceeded(BaseException):
@@ -297,6 +309,186 @@ class EventsProxy(_Proxy):
         return WorkerSubscription(self._ch, self._log, int(sub_id), pattern, handler,
                                   self.plugin_id, priority)
 
+    def publisher(self, topic: str) -> WorkerPublisher:
+        """A handle publishing on ``topic`` as this plugin; the host checks the grant here.
+
+        Each ``publish`` is still one broker request (checked again by the host).
+        """
+        self._ask("events.publisher", topic=topic)
+        return WorkerPublisher(self, topic)
+
+    def gather(self, topic: str, data: Any = None, *, timeout: float = 5.0) -> list[HandlerResult]:
+        """Publish and collect the subscribers' answers (needs ``events.publish:<topic>``).
+
+        The host gathers (waiting at most ``timeout`` s, capped at 30); answers
+        that are not JSON data come back as ``error`` results.
+        """
+        raw = self._ask("events.gather", topic=topic, payload=data, timeout=float(timeout))
+        return msgspec.convert(raw, list[HandlerResult])
+
+    def subscribe_durable(
+        self, consumer: str, pattern: str, handler: Callable[[Event], Any]
+    ) -> WorkerDurableConsumer:
+        """A durable consumer named ``<plugin id>:<consumer>``, drained by polling.
+
+        The host checks the ``events.subscribe`` grant and answers the consumer's
+        committed offset; :meth:`WorkerDurableConsumer.poll` goes on from there.
+        """
+        if not callable(handler):
+            raise UsageError(f"the handler of durable consumer {consumer!r} is not callable",
+                             plugin_id=self.plugin_id)
+        offset = self._ask("events.durable_subscribe", consumer=consumer, pattern=pattern)
+        return WorkerDurableConsumer(self._ch, self._log, consumer, pattern, handler,
+                                     self.plugin_id, int(offset))
+
+
+@final
+class WorkerPublisher:
+    """``ctx.events.publisher(topic)`` in a worker: publishes on one topic as the plugin."""
+
+    __slots__ = ("_events", "source", "topic")
+
+    def __init__(self, events: EventsProxy, topic: str) -> None:
+        self._events = events
+        self.topic: Final = topic
+        self.source: Final = events.plugin_id
+
+    def publish(self, data: Any = None) -> Event | None:
+        """Publish ``data`` on the topic (local propagation, priority 0)."""
+        return self._events.publish(self.topic, data)
+
+    def __repr__(self) -> str:
+        return f"<WorkerPublisher {self.topic} by {self.source}>"
+
+
+@final
+class WorkerDurableConsumer:
+    """A sandboxed plugin's durable consumer: :meth:`poll` reads on from the committed offset.
+
+    In process a durable consumer has its own thread; a worker runs only during
+    calls, so here the plugin drains the log in batches during any call.  Each
+    batch's offset is committed after its handlers ran: a worker that dies in
+    the middle of a batch gets that batch again (at least once, per batch).
+    """
+
+    __slots__ = ("_ch", "_handler", "_log", "_name", "_offset", "active", "consumer",
+                 "delivered", "pattern", "plugin_id")
+
+    def __init__(
+        self,
+        ch: _Channel,
+        log: logging.Logger,
+        name: str,
+        pattern: str,
+        handler: Callable[[Event], Any],
+        plugin_id: str,
+        offset: int,
+    ) -> None:
+        self._ch = ch
+        self._log = log
+        self._name = name
+        self._handler = handler
+        self._offset = offset
+        #: ``<plugin id>:<consumer>``, the name its offset is committed under.
+        self.consumer: Final = f"{plugin_id}:{name}"
+        self.pattern: Final = pattern
+        self.plugin_id: Final = plugin_id
+        self.delivered = 0
+        self.active = True
+
+    @property
+    def offset(self) -> int:
+        """The offset this consumer has read up to (committed once a batch is handled)."""
+        return self._offset
+
+    def poll(self, max_events: int = 1000, timeout: float = 0.0) -> list[Event]:
+        """Hand the next durable events (up to ``max_events``) to the handler and commit.
+
+        Waits up to ``timeout`` s (capped at 30) for the first; a handler that
+        raises is logged and the batch goes on.
+        """
+        if not self.active:
+            raise UsageError(f"durable consumer {self.consumer} was cancelled",
+                             plugin_id=self.plugin_id)
+        raw = self._ch.request("events.durable_poll", {
+            "consumer": self._name, "pattern": self.pattern, "after": self._offset,
+            "max": int(max_events), "timeout": float(timeout),
+        })[0]
+        events = msgspec.convert(raw["events"], list[Event])
+        for ev in events:
+            try:
+                self._handler(ev)
+            except Exception:
+                self._log.exception("durable consumer %s raised on %s (offset %s)",
+                                    self.consumer, ev.topic, ev.offset)
+        offset = int(raw["offset"])
+        if events:
+            self._ch.request("events.durable_commit", {"consumer": self._name, "offset": offset})
+            self.delivered += len(events)
+        self._offset = max(self._offset, offset)
+        return events
+
+    def cancel(self) -> None:
+        """Stop polling (the committed offset stays for the next consumer of this name)."""
+        self.active = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerDurableConsumer {self.consumer} {self.pattern} at {self._offset}>"
+
+
+@final
+class WorkerStateWatch:
+    """``ctx.state.subscribe`` in a worker: changes wait on the host until :meth:`poll`.
+
+    The host holds the watch (bounded by ``max_queue``; what overflows is counted
+    in :attr:`dropped`), and the plugin drains it during any later call.
+    """
+
+    __slots__ = ("_ch", "active", "dropped", "errors", "handler", "id", "pattern", "plugin_id")
+
+    def __init__(self, ch: _Channel, watch_id: int, pattern: str,
+                 handler: Callable[[StateChange], Any] | None, plugin_id: str) -> None:
+        self._ch = ch
+        self.id: Final = watch_id
+        self.pattern: Final = pattern
+        #: Called by :meth:`poll` for each change it returns (``None``: just return them).
+        self.handler: Final = handler
+        self.plugin_id: Final = plugin_id
+        #: What the handler raised (the latest 100), as in process.
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)
+        #: Changes lost because the host-side queue was full.
+        self.dropped = 0
+        self.active = True
+
+    def poll(self, max_changes: int = 1000, timeout: float = 0.0) -> list[StateChange]:
+        """Take up to ``max_changes`` changes, in commit order, waiting up to ``timeout`` s."""
+        from corral._state import StateChange
+
+        if not self.active:
+            raise UsageError(f"state watch {self.id} ({self.pattern}) was cancelled",
+                             plugin_id=self.plugin_id)
+        raw = self._ch.request("state.poll", {"watch": self.id, "max": int(max_changes),
+                                              "timeout": float(timeout)})[0]
+        self.dropped += int(raw["dropped"])
+        changes = msgspec.convert(raw["changes"], list[StateChange])
+        handler = self.handler
+        if handler is not None:
+            for change in changes:
+                try:
+                    handler(change)
+                except Exception as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+        return changes
+
+    def cancel(self) -> None:
+        """Stop receiving changes (idempotent)."""
+        if self.active:
+            self.active = False
+            self._ch.request("state.unsubscribe", {"watch": self.id})
+
+    def __repr__(self) -> str:
+        return f"<WorkerStateWatch {self.id} {self.pattern} by {self.plugin_id}>"
+
 
 @final
 class StateProxy(_Proxy):
@@ -384,6 +576,21 @@ class StateProxy(_Proxy):
     async def aupdate(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> StateValue:
         """Async twin of :meth:`update`."""
         return self.update(key, fn, default)
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[StateChange], Any] | None = None,
+        *,
+        max_queue: int = _DEFAULT_MAX_QUEUE,
+    ) -> WorkerStateWatch:
+        """Watch writes to keys matching ``pattern`` (``state.read`` must cover it).
+
+        Changes are polled: :meth:`WorkerStateWatch.poll` returns them (and runs
+        ``handler`` on each) during any later call.
+        """
+        wid = self._ask("state.subscribe", pattern=pattern, max_queue=int(max_queue))
+        return WorkerStateWatch(self._ch, int(wid), pattern, handler, self.plugin_id)
 
 
 @final
@@ -625,9 +832,28 @@ class _Worker:
         """``entry#hook``: the lifecycle hook of the plugin's entry object, made once per worker.
 
         Hooks take ``ctx`` (``on_error`` takes the error as a dict); a missing hook is a no-op.
+        ``on_message`` gets ``{message, sender, deadline}`` and calls
+        ``on_message(message, sender, ctx)``, unless the sender's deadline (``time.time()``)
+        has passed: then nobody waits for the reply and the message is dropped.
+        ``__hooks__`` answers which hooks the entry object has.
         """
         entry = self._resolve_object(entry_target)
+        if hook == "__hooks__":
+            names = sorted(h for h in _HOOKS if callable(getattr(entry, h, None)))
+            return lambda value, ctx: names
         method = getattr(entry, hook, None)
+        if hook == "on_message":
+            if not callable(method):
+                raise UsageError(f"{self.init.plugin_id}: {entry_target} has no on_message",
+                                 plugin_id=self.init.plugin_id)
+
+            def deliver(value: Any, ctx: Any) -> Any:
+                deadline = value.get("deadline")
+                if isinstance(deadline, int | float) and time.time() > deadline:
+                    return None
+                return method(value.get("message"), value.get("sender"), ctx)
+
+            return deliver
 
         def run(value: Any, ctx: Any) -> Any:
             if method is None:
