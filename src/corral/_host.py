@@ -1158,11 +1158,16 @@ class Host:
 
     # -- validation -----------------------------------------------------------
 
-    def validate(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """Check a plugin directory or archive without registering or running it."""
+    def validate(self, path: str | os.PathLike[str], *, sandbox: bool = False) -> dict[str, Any]:
+        """Check a plugin directory or archive without registering it.
+
+        ``sandbox=True`` also imports it in a throwaway sandbox and times the import.
+        """
         from ._validate import validate_plugin
 
-        return validate_plugin(Path(path), host_version=__version__, known=self._known())
+        return validate_plugin(
+            Path(path), host_version=__version__, known=self._known(), sandbox=sandbox
+        )
 
 
 _SIMPLE: Final = SIMPLE_TYPES

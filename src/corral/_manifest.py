@@ -102,6 +102,8 @@ _TOP_KEYS: Final = (
     "plugin", "dependencies", "permissions", "sandbox", "exports", "micro", "pipeline"
 )
 _PERMISSION_KEYS: Final = ("fs-read", "fs-write", "net-connect", "spawn", "env", "host-api")
+#: ``[permissions.reasons]``: why each permission is needed, keyed by kind or ``kind:entry``.
+REASONS_KEY: Final = "reasons"
 _SANDBOX_KEYS: Final = ("isolation", *LIMITS)
 _MICRO_KEYS: Final = ("id", "type", "handler", "max-ms", "description")
 _AUTHOR_KEYS: Final = ("name", "email")
@@ -229,6 +231,9 @@ class Manifest:
     exports: Mapping[str, str] = field(default_factory=_empty)
     micro: tuple[Micro, ...] = ()
     pipelines: tuple[PipelineDecl, ...] = ()
+    #: ``[permissions.reasons]``: ``"net-connect"`` or ``"net-connect:api.example.com:443"``
+    #: -> why the plugin needs it (shown by ``corral docs`` and the marketplace).
+    permission_reasons: Mapping[str, str] = field(default_factory=_empty)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:
@@ -260,7 +265,9 @@ class Manifest:
         out: dict[str, Any] = {"plugin": plugin}
         if self.dependencies:
             out["dependencies"] = dict(self.dependencies)
-        perms = self.permissions.to_dict()
+        perms: dict[str, Any] = dict(self.permissions.to_dict())
+        if self.permission_reasons:
+            perms[REASONS_KEY] = dict(self.permission_reasons)
         if perms:
             out["permissions"] = perms
         out["sandbox"] = self.sandbox.to_dict()
@@ -474,7 +481,8 @@ class _Reader:
             homepage=self.string(plugin, "homepage", "plugin"),
             repository=self.string(plugin, "repository", "plugin"),
             dependencies=self._dependencies(top.get("dependencies", {}), plugin_id),
-            permissions=self._permissions(top.get("permissions", {})),
+            permissions=(perms := self._permissions(top.get("permissions", {}))),
+            permission_reasons=self._reasons(top.get("permissions", {}), perms),
             sandbox=self._sandbox(top.get("sandbox", {})),
             exports=self._exports(top.get("exports", {})),
             micro=(micro := self._micro(top.get("micro", []), plugin_id)),
@@ -537,8 +545,10 @@ class _Reader:
         return MappingProxyType(deps)
 
     def _permissions(self, value: object) -> Permissions:
-        table = self.table(value, "permissions", _PERMISSION_KEYS)
-        lists = {k: self.strings(v, f"permissions.{k}") for k, v in table.items()}
+        table = self.table(value, "permissions", (*_PERMISSION_KEYS, REASONS_KEY))
+        lists = {
+            k: self.strings(v, f"permissions.{k}") for k, v in table.items() if k != REASONS_KEY
+        }
         for kind in ("fs-read", "fs-write"):
             for i, entry in enumerate(lists.get(kind, ())):
                 self._path_grant(entry, f"permissions.{kind}[{i}]")
@@ -566,6 +576,39 @@ class _Reader:
             env=lists.get("env", ()),
             host_api=lists.get("host-api", ()),
         )
+
+    def _reasons(self, value: Mapping[str, Any], perms: Permissions) -> Mapping[str, str]:
+        """``[permissions.reasons]``: each key a granted kind or ``kind:entry``, each value text."""
+        raw = value.get(REASONS_KEY, {})
+        if not isinstance(raw, Mapping):
+            raise self.fail("permissions.reasons", f"must be a table, got {_kind(raw)}")
+        granted = perms.to_dict()
+        out: dict[str, str] = {}
+        for name, text in raw.items():
+            key = f"permissions.reasons.{_toml_key(name)}"
+            kind, sep, entry = name.partition(":")
+            if kind not in _PERMISSION_KEYS:
+                close = difflib.get_close_matches(kind, _PERMISSION_KEYS, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.fail(
+                    key,
+                    f"unknown permission kind {kind!r}{hint}; use one of "
+                    f"{', '.join(_PERMISSION_KEYS)}, optionally followed by ':entry'",
+                )
+            if kind not in granted:
+                raise self.fail(key, f"gives a reason for {kind}, which is not granted")
+            if sep and entry not in granted[kind]:
+                raise self.fail(
+                    key,
+                    f"gives a reason for {entry!r}, which is not in permissions.{kind} "
+                    f"({', '.join(granted[kind])})",
+                )
+            if not isinstance(text, str) or not text.strip():
+                raise self.fail(key, f"must be a non-empty string, got {_kind(text)}")
+            if len(text) > 1000:
+                raise self.fail(key, f"must be at most 1000 characters, got {len(text)}")
+            out[name] = text
+        return MappingProxyType(out)
 
     def _path_grant(self, entry: str, key: str) -> None:
         if "\0" in entry or not entry:

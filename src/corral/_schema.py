@@ -129,6 +129,18 @@ def manifest_json_schema() -> dict[str, Any]:
                     "host-api": _grants(
                         rf"secrets:{SECRET_NAME_PATTERN}|(?:{services}):{NAME_PATTERN}"
                     ),
+                    "reasons": {
+                        "type": "object",
+                        "description": "why each permission is needed: a kind or 'kind:entry' "
+                        "-> a sentence",
+                        "propertyNames": {
+                            "pattern": "^(?:fs-read|fs-write|net-connect|spawn|env|host-api)"
+                            "(?::.+)?$"
+                        },
+                        "additionalProperties": {
+                            "type": "string", "minLength": 1, "maxLength": 1000
+                        },
+                    },
                 },
             },
             "sandbox": {

@@ -113,21 +113,51 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .._errors import UsageError
+
+    if args.json and args.sarif is not None:
+        raise UsageError("validate: choose --json or --sarif, not both")
     with host_for(args) as host:
-        report = host.validate(args.path)
-    if args.json:
+        report = host.validate(args.path, sandbox=not args.no_sandbox)
+    if args.sarif is not None:
+        import json
+
+        from .._sarif import to_sarif
+
+        text = json.dumps(to_sarif(report), ensure_ascii=False, indent=2) + "\n"
+        if args.sarif == "-":
+            print(text, end="")
+        else:
+            from pathlib import Path
+
+            Path(args.sarif).write_text(text, encoding="utf-8")
+    elif args.json:
         dump(report)
-    else:
-        status = "ok" if report["ok"] else "invalid"
-        print(f"{report['plugin'] or args.path}: {status}")
-        for err in report["errors"]:
-            print(f"  error: {err['message']}")
-        for warn in report["warnings"]:
-            print(f"  warning: {warn['key']}: {warn['message']}")
+    if not args.json and args.sarif != "-":
+        _print_report(args, report)
     if not report["ok"]:
         first = report["errors"][0]
         return 4 if first.get("code") in ("permission_denied", "policy_denied") else 3
     return 0
+
+
+def _print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The text form of a validate report: one section per kind of issue."""
+    status = "ok" if report["ok"] else "invalid"
+    print(f"{report['plugin'] or args.path}: {status}")
+    for section in ("errors", "security", "performance", "warnings", "suggestions"):
+        issues = [i for i in report.get(section, ()) if "see" not in i]
+        if not issues:
+            continue
+        print(f"  {section}")
+        for issue in issues:
+            rule = f"{issue['rule']} " if "rule" in issue else ""
+            where = f"{issue['key']}: " if section == "warnings" and issue.get("key") else ""
+            print(f"    {issue.get('level', 'error')}: {rule}{where}{issue['message']}")
+    m = report.get("metrics") or {}
+    if m:
+        ms = "not measured" if m.get("import_ms") is None else f"{m['import_ms']:.1f} ms"
+        print(f"  metrics: {m.get('files', 0)} files, {m.get('bytes', 0)} bytes, import {ms}")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -185,6 +215,11 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("id")
     sp.add_argument("export")
     sp.add_argument("--input", help="the input, as JSON")
-    verb("validate", cmd_validate, "check a plugin without registering it").add_argument("path")
+    sp = verb("validate", cmd_validate, "manifest, security scan and performance lint of a plugin")
+    sp.add_argument("path")
+    sp.add_argument("--sarif", nargs="?", const="-", metavar="FILE",
+                    help="print SARIF 2.1.0 (or write it to FILE, text report on stdout)")
+    sp.add_argument("--no-sandbox", action="store_true",
+                    help="do not import the plugin (static checks only)")
     verb("doctor", cmd_doctor, "what isolation this machine can enforce")
     verb("schema", cmd_schema, "print the JSON Schema of corral.toml")
