@@ -39,7 +39,7 @@ from ._errors import InvalidPluginError, NotFoundError
 from ._layout import MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "ARCHIVE_SUFFIX",
@@ -47,9 +47,11 @@ __all__ = [
     "MAX_RATIO",
     "MAX_TOTAL_BYTES",
     "RATIO_MIN_BYTES",
+    "SIGNATURE_FILE",
     "extract_archive",
     "iter_archive_names",
     "pack_directory",
+    "plugin_files",
 ]
 
 ARCHIVE_SUFFIX: Final = ".corral"
@@ -60,6 +62,8 @@ MAX_RATIO: Final = 100
 #: bounded and small repetitive files (padding, blank tables) compress very well.
 RATIO_MIN_BYTES: Final = 64 * 1024
 
+#: The signature at a signed plugin's root (see ``_signing``); never in its own file list.
+SIGNATURE_FILE: Final = "corral.sig"
 #: Fixed metadata written by :func:`pack_directory`.
 PACK_DATE: Final = (1980, 1, 1, 0, 0, 0)
 _FILE_ATTR: Final = (stat.S_IFREG | 0o644) << 16
@@ -405,14 +409,14 @@ def iter_archive_names(archive: Path) -> Iterator[str]:
             yield info.orig_filename
 
 
-def _pack_members(src: Path, out: Path) -> list[tuple[str, Path | None]]:
+def _pack_members(src: Path, out: Path | None) -> list[tuple[str, Path | None]]:
     """Sorted ``(name, file or None for a folder)`` pairs to pack from ``src``.
 
     ``out`` itself is skipped when it lies inside ``src``; every name must pass
     the same checks as on extraction, so a packed plugin always extracts.
     """
     found: list[tuple[str, Path | None]] = []
-    skip = out.resolve()
+    skip = out.resolve() if out is not None else None
     for folder, dirnames, filenames in os.walk(src):
         here = Path(folder)
         dirnames[:] = sorted(d for d in dirnames if d not in _PACK_SKIP_DIRS)
@@ -436,17 +440,36 @@ def _pack_members(src: Path, out: Path) -> list[tuple[str, Path | None]]:
     return sorted(found)
 
 
-def pack_directory(src: Path, out: Path) -> Path:
+def plugin_files(src: Path) -> list[tuple[str, Path]]:
+    """Sorted ``(posix name, path)`` of every file :func:`pack_directory` packs from ``src``.
+
+    The signature file (``corral.sig`` at the root) is left out: it is what
+    signs this list.  Folders are left out too: only files carry content.
+
+    Raises:
+        InvalidPluginError: ``src`` holds a link or a special file.
+    """
+    return [
+        (name, path)
+        for name, path in _pack_members(Path(src), None)
+        if path is not None and name != SIGNATURE_FILE
+    ]
+
+
+def pack_directory(src: Path, out: Path, extra: Mapping[str, bytes] | None = None) -> Path:
     """Pack the plugin directory ``src`` into a reproducible ``.corral`` zip at ``out``.
 
     Entries are sorted, dated 1980-01-01 and given mode 0o644 (0o755 for
     folders); ``__pycache__``, ``.git`` and ``*.pyc`` are left out.  The same
     sources therefore always give the same bytes.  ``out`` is written through a
-    temporary sibling and replaced atomically.
+    temporary sibling and replaced atomically.  ``extra`` maps posix names to
+    contents packed as well (``{"corral.sig": envelope}``), replacing a file of
+    the same name in ``src``, so a signature can be added without touching ``src``.
 
     Raises:
         NotFoundError: ``src`` is not a directory.
-        InvalidPluginError: ``src`` has no ``corral.toml`` or holds a link.
+        InvalidPluginError: ``src`` has no ``corral.toml`` or holds a link, or an
+            ``extra`` name is unsafe or names a folder.
     """
     src = Path(src)
     out = Path(out)
@@ -454,22 +477,39 @@ def pack_directory(src: Path, out: Path) -> Path:
         raise NotFoundError(f"{src}: no such plugin directory", file=str(src))
     if not (src / MANIFEST_NAME).is_file():
         raise InvalidPluginError(f"{src}: no {MANIFEST_NAME}", file=str(src))
-    members = _pack_members(src, out)
+    entries: dict[str, Path | bytes | None] = dict(_pack_members(src, out))
+    for name, data in (extra or {}).items():
+        parts, is_dir = _check_name(src, name)
+        if is_dir or name + "/" in entries:
+            raise InvalidPluginError(
+                f"{src}: extra entry {name!r} names a folder", file=str(src), entry=name
+            )
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth]) + "/"
+            if "/".join(parts[:depth]) in entries:
+                raise InvalidPluginError(
+                    f"{src}: extra entry {name!r} lies under a file", file=str(src), entry=name
+                )
+            entries.setdefault(folder, None)
+        entries[name] = bytes(data)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fp, zipfile.ZipFile(fp, "w") as zf:
-            for name, path in members:
+            for name, item in sorted(entries.items()):
                 info = zipfile.ZipInfo(name, date_time=PACK_DATE)
                 info.create_system = 3  # unix, whatever machine packs it
-                if path is None:
+                if item is None:
                     info.external_attr = _DIR_ATTR
                     zf.writestr(info, b"")
                     continue
                 info.external_attr = _FILE_ATTR
                 info.compress_type = zipfile.ZIP_DEFLATED
-                info.file_size = path.stat().st_size
-                with path.open("rb") as f_in, zf.open(info, "w") as f_out:
+                if isinstance(item, bytes):
+                    zf.writestr(info, item)
+                    continue
+                info.file_size = item.stat().st_size
+                with item.open("rb") as f_in, zf.open(info, "w") as f_out:
                     shutil.copyfileobj(f_in, f_out, _CHUNK)
         tmp.chmod(0o644)
         tmp.replace(out)
