@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral._errors import CorralError, UsageError
+from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
 from corral._version import __version__
 
 from ._accounts import Principal
@@ -49,6 +49,12 @@ class RatingRequest(BaseModel):
     """A 1-5 star rating."""
 
     stars: int = Field(ge=1, le=5)
+
+
+class PublisherKeyRequest(BaseModel):
+    """A signing key to register: base64 of the raw 32-byte Ed25519 key, or PEM."""
+
+    public_key: str = Field(min_length=1, max_length=1000)
 
 
 def _error(exc: CorralError) -> JSONResponse:
@@ -238,6 +244,56 @@ def create_app(registry: Registry) -> FastAPI:
     def rate(plugin_id: str, body: RatingRequest, request: Request) -> dict[str, Any]:
         """Rate a plugin 1-5 (one rating per publisher; a new one replaces it)."""
         return registry.rate(plugin_id, principal(request), body.stars)
+
+    def key_owner(request: Request, publisher: str) -> None:
+        """Only the publisher itself (a publish token) or an admin token manages its keys."""
+        who = principal(request)
+        who.require("publish")
+        if who.publisher != publisher and "admin" not in who.scopes:
+            raise PermissionDenied(
+                f"publisher {who.publisher!r} may not manage the keys of {publisher!r}",
+                permission=f"publisher:{publisher}",
+            )
+
+    @app.post(f"{API_PREFIX}/publishers/{{publisher}}/keys", tags=["signing"], status_code=201)
+    def add_key(publisher: str, body: PublisherKeyRequest, request: Request) -> dict[str, Any]:
+        """Register a signing key (base64 of the raw Ed25519 key, or PEM) for a publisher."""
+        key_owner(request, publisher)
+        return {"publisher": publisher, **registry.add_publisher_key(publisher, body.public_key)}
+
+    @app.get(f"{API_PREFIX}/publishers/{{publisher}}/keys", tags=["signing"])
+    def list_keys(publisher: str) -> dict[str, Any]:
+        """A publisher's signing keys, revoked ones included (public information)."""
+        return {"publisher": publisher, "keys": registry.list_publisher_keys(publisher)}
+
+    @app.delete(f"{API_PREFIX}/publishers/{{publisher}}/keys/{{keyid}}", tags=["signing"])
+    def revoke_key(publisher: str, keyid: str, request: Request) -> dict[str, Any]:
+        """Revoke a publisher's key: its signatures no longer count as the publisher's."""
+        key_owner(request, publisher)
+        return {"publisher": publisher, **registry.revoke_publisher_key(publisher, keyid)}
+
+    tuf_repo: list[Any] = []  # the TufRepository, opened on first use
+
+    def _tuf() -> Any:
+        from ._tuf import TufRepository
+
+        if not tuf_repo:
+            if registry.data_dir is None or not TufRepository.exists(registry.data_dir):
+                raise NotFoundError("this registry publishes no TUF metadata (an admin runs: "
+                                    "corral registry tuf init --offline-keys DIR)")
+            tuf_repo.append(TufRepository.open(registry.data_dir))
+        return tuf_repo[0]
+
+    @app.get("/tuf/metadata/{name}", tags=["tuf"])
+    def tuf_metadata(name: str) -> FileResponse:
+        """TUF metadata: ``N.root.json``, ``timestamp.json``, ``N.snapshot.json``, bins."""
+        return FileResponse(_tuf().metadata_path(name), media_type="application/json")
+
+    @app.get("/tuf/targets/{path:path}", tags=["tuf"])
+    def tuf_target(path: str) -> FileResponse:
+        """A TUF target by its consistent name ``{dir}/{sha256}.{basename}``."""
+        return FileResponse(_tuf().target_path(registry, path),
+                            media_type="application/octet-stream")
 
     return app
 

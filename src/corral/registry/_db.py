@@ -30,6 +30,7 @@ __all__ = [
     "open_engine",
     "plugin_tags",
     "plugins",
+    "publisher_keys",
     "publishers",
     "ratings",
     "tokens",
@@ -127,6 +128,7 @@ versions: Final = sa.Table(
     sa.Column("sha256", sa.String(64)),  # NULL: catalogue entry without an artifact
     sa.Column("size", sa.BigInteger),
     sa.Column("signature", sa.String(16), nullable=False, server_default="unsigned"),
+    sa.Column("signer", sa.String(64)),  # keyid of the corral.sig signature; NULL: unsigned
     sa.Column("yanked", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("yanked_reason", sa.Text),
     sa.Column("downloads", sa.BigInteger, nullable=False, server_default="0"),
@@ -134,6 +136,18 @@ versions: Final = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("plugin_pk", "version", name="uq_versions_plugin_version"),
     sa.Index("ix_versions_sha256", "sha256"),
+)
+
+publisher_keys: Final = sa.Table(
+    "publisher_keys",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
+    sa.Column("keyid", sa.String(64), nullable=False, index=True),
+    sa.Column("public_key", sa.String(64), nullable=False),  # base64 of the raw 32 bytes
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("publisher_pk", "keyid", name="uq_publisher_keys_publisher_keyid"),
 )
 
 ratings: Final = sa.Table(
@@ -178,8 +192,17 @@ def _m2_search(conn: Connection) -> None:
         conn.exec_driver_sql("CREATE INDEX ix_plugins_search ON plugins USING gin (search)")
 
 
+def _m3_signing(conn: Connection) -> None:
+    """Signing keys of publishers and the signer of each version (a no-op on fresh databases)."""
+    publisher_keys.create(conn, checkfirst=True)
+    if "signer" not in {c["name"] for c in sa.inspect(conn).get_columns("versions")}:
+        conn.exec_driver_sql("ALTER TABLE versions ADD COLUMN signer VARCHAR(64)")
+
+
 #: The migrations, in order; the schema version is the length of this list.
-MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_m1_tables, _m2_search)
+MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
+    _m1_tables, _m2_search, _m3_signing,
+)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

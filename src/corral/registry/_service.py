@@ -42,7 +42,7 @@ from corral._manifest import Manifest, load_manifest
 from corral._validate import validate_plugin
 from corral._version import __version__
 
-from . import _accounts, _db
+from . import _accounts, _db, _keys
 from ._accounts import Principal
 from ._errors import UploadTooLarge, VersionExists
 from ._names import normalise_name, skeleton, words
@@ -135,6 +135,8 @@ class Registry:
         self.tmp_dir = tmp_dir
         self.max_upload_bytes = max_upload_bytes
         self.names = NameIndex()
+        #: The data directory (``Registry.open``); TUF metadata lives in ``tuf/`` under it.
+        self.data_dir: Path | None = None
         _db.migrate(engine)
 
     @classmethod
@@ -155,12 +157,14 @@ class Registry:
         tmp = root / "tmp"
         tmp.mkdir(exist_ok=True)
         url = db or f"sqlite:///{(root / 'registry.db').absolute()}"
-        return cls(
+        reg = cls(
             _db.open_engine(url),
             FilesystemStore(root / "artifacts"),
             tmp_dir=tmp,
             max_upload_bytes=max_upload_bytes,
         )
+        reg.data_dir = root
+        return reg
 
     def close(self) -> None:
         """Release database connections."""
@@ -232,6 +236,21 @@ class Registry:
         with self.write() as conn:
             _accounts.revoke_token(conn, token_id)
 
+    def add_publisher_key(self, publisher: str, public_key: str) -> dict[str, Any]:
+        """Register a signing key (base64 raw or PEM) for ``publisher`` (see ``_keys``)."""
+        with self.write() as conn:
+            return _keys.add_publisher_key(conn, publisher, public_key)
+
+    def revoke_publisher_key(self, publisher: str, keyid: str) -> dict[str, Any]:
+        """Revoke one of ``publisher``'s signing keys."""
+        with self.write() as conn:
+            return _keys.revoke_publisher_key(conn, publisher, keyid)
+
+    def list_publisher_keys(self, publisher: str) -> list[dict[str, Any]]:
+        """``publisher``'s signing keys, revoked ones included."""
+        with self.read() as conn:
+            return _keys.list_publisher_keys(conn, publisher)
+
     def authenticate(self, token: str | None) -> Principal:
         """Who ``token`` stands for (raises :class:`~._errors.Unauthenticated`)."""
         with self.read() as conn:
@@ -282,6 +301,8 @@ class Registry:
             "sha256": row.sha256,
             "size": row.size,
             "signature": row.signature,
+            "signer": row.signer,
+            "publisher_verified": bool(getattr(row, "publisher_verified", False)),
             "downloads": int(row.downloads),
             "published_at": _iso(row.published_at),
             "requires_corral": manifest.get("plugin", {}).get("requires-corral", ""),
@@ -291,7 +312,8 @@ class Registry:
 
     def _versions(self, conn: Connection, plugin_pk: int) -> list[Any]:
         rows = conn.execute(
-            sa.select(_db.versions).where(_db.versions.c.plugin_pk == plugin_pk)
+            sa.select(_db.versions, _keys.publisher_verified_column())
+            .where(_db.versions.c.plugin_pk == plugin_pk)
         ).all()
         return sorted(rows, key=lambda r: Version(r.version), reverse=True)
 
@@ -411,6 +433,7 @@ class Registry:
             )
         digest = _sha256(archive)
         manifest, warnings = self._check_archive(archive)
+        signer = _keys.check_upload_signature(archive, manifest)
         namespace = manifest.id.split(".", 1)[0]
         stored_new = False
         try:
@@ -443,10 +466,12 @@ class Registry:
                                 version=v.version,
                             )
                 confusable = self._confusables(conn, manifest.id, principal)
+                _keys.refuse_revoked_signer(conn, principal.publisher_pk, signer, manifest)
                 stored_new = self.store.put_file(archive, digest)
                 self._write_version(
                     conn, manifest, principal, digest, size, existing, confusable
                 )
+                _keys.record_signature(conn, manifest.id, manifest.version, signer)
         except sa.exc.IntegrityError as exc:
             # another server process published the same id or version first
             if stored_new:
@@ -461,6 +486,7 @@ class Registry:
             if stored_new:
                 self._drop_if_unreferenced(digest)
             raise
+        self._tuf_changed(manifest.id)
         out = self.version_info(manifest.id, manifest.version)
         if confusable:
             warnings.append({
@@ -601,7 +627,15 @@ class Registry:
             conn.execute(_db.versions.update().where(_db.versions.c.pk == match[0].pk).values(
                 yanked=yanked, yanked_reason=(reason or "") if yanked else None))
             self._refresh_latest(conn, row.pk)
+        self._tuf_changed(row.id)
         return self.version_info(plugin_id, version)
+
+    def _tuf_changed(self, plugin_id: str) -> None:
+        """Re-sign the TUF targets of ``plugin_id`` (committed already) if TUF is set up."""
+        if self.data_dir is not None and (self.data_dir / "tuf").is_dir():
+            from ._tuf import after_change
+
+            after_change(self, plugin_id)
 
     def rate(self, plugin_id: str, principal: Principal, stars: int) -> dict[str, Any]:
         """Record one publisher's 1-5 star rating (a second one replaces the first)."""

@@ -114,7 +114,75 @@ def _registry_parser() -> _Parser:
     a.add_argument("--description", default="")
     a = admin("revoke-token", "revoke a token by its id (crl_<id>_...)")
     a.add_argument("token_id")
+    a = admin("add-key", "register a publisher's signing key (base64, PEM or a .pub file)")
+    a.add_argument("publisher")
+    a.add_argument("key")
+    a = admin("revoke-key", "revoke a publisher's signing key by its id")
+    a.add_argument("publisher")
+    a.add_argument("keyid")
+    _tuf_parsers(sub)
     return p
+
+
+def _tuf_parsers(sub: Any) -> None:
+    """``corral registry tuf ...`` (the key ceremony) and ``corral registry trust``."""
+    tp = sub.add_parser("tuf", help="TUF metadata: init, rotate-root, rotate-online, refresh")
+    tsub = tp.add_subparsers(dest="what", parser_class=_Parser)
+
+    def tuf(name: str, help_: str) -> argparse.ArgumentParser:
+        t: argparse.ArgumentParser = tsub.add_parser(name, help=help_)
+        _storage_args(t)
+        t.add_argument("--json", action="store_true")
+        return t
+
+    t = tuf("init", "create TUF keys and metadata (root/targets keys go to --offline-keys)")
+    t.add_argument("--offline-keys", required=True, type=Path)
+    t.add_argument("--bins", type=int, default=16, help="hash bins (a power of two)")
+    t.add_argument("--root-keys", type=int, default=1)
+    t.add_argument("--root-threshold", type=int, default=1)
+    t.add_argument("--expiry", action="append", metavar="ROLE=DAYS")
+    t = tuf("rotate-root", "root N+1 with new keys, signed by the old and the new")
+    t.add_argument("--offline-keys", required=True, type=Path, help="the current root keys")
+    t.add_argument("--new-keys", required=True, type=Path, help="new root keys (made if none)")
+    t.add_argument("--threshold", type=int)
+    t = tuf("rotate-online", "new snapshot/timestamp/bins keys (needs the offline keys)")
+    t.add_argument("--offline-keys", required=True, type=Path)
+    t = tuf("refresh", "re-sign timestamp/snapshot/bins past half their lifetime")
+    t.add_argument("--force", action="store_true")
+    tuf("sync", "rebuild every plugin's TUF targets from the catalogue")
+    t = sub.add_parser("trust", help="trust a registry's TUF root (client side)")
+    t.add_argument("url")
+    t.add_argument("--root", required=True, type=Path, help="the registry's root.json")
+    t.add_argument("--home", help="corral home (default $CORRAL_HOME)")
+    _storage_args(t)
+    t.add_argument("--json", action="store_true")
+
+
+def _tuf_main(args: argparse.Namespace) -> int:
+    doc: dict[str, Any]
+    if args.cmd == "trust":
+        from corral._registry_source import trust_registry
+
+        home = args.home or os.environ.get("CORRAL_HOME") or (
+            str(Path(args.data).parent) if args.data else None)
+        if home is None:
+            from corral._host import default_home
+
+            home = str(default_home())
+        try:
+            root = args.root.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.root}: {exc}", file=str(args.root)) from exc
+        doc = trust_registry(Path(home), args.url, root)
+    else:
+        from ._tuf import run_cli
+
+        doc = run_cli(args)
+    if args.json:
+        _dump(doc)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in doc.items()))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -161,6 +229,14 @@ def _admin(args: argparse.Namespace) -> int:
                                      expires_in=expires, description=args.description)
             doc = {"token": token, "publisher": args.publisher,
                    "scopes": sorted(set(args.scope or ["publish"]))}
+        elif args.what == "add-key":
+            key_text = args.key
+            if not key_text.lstrip().startswith("-----") and Path(key_text).is_file():
+                key_text = Path(key_text).read_text()
+            doc = {"publisher": args.publisher, **reg.add_publisher_key(args.publisher, key_text)}
+        elif args.what == "revoke-key":
+            doc = {"publisher": args.publisher,
+                   **reg.revoke_publisher_key(args.publisher, args.keyid)}
         else:
             token_id = args.token_id.split("_")[1] if args.token_id.startswith("crl_") \
                 else args.token_id
@@ -197,6 +273,8 @@ def registry_main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.cmd == "admin":
             return _admin(args)
+        if args.cmd in ("tuf", "trust"):
+            return _tuf_main(args)
         raise UsageError("corral registry needs a command: serve, seed or admin")
 
     return _run(run, as_json)

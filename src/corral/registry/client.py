@@ -153,3 +153,17 @@ class RegistryClient:
     def rate(self, plugin_id: str, stars: int) -> dict[str, Any]:
         """Rate a plugin 1-5."""
         return self._json("POST", f"/plugins/{_q(plugin_id)}/rating", json={"stars": stars})
+
+    def add_key(self, publisher: str, public_key: str) -> dict[str, Any]:
+        """Register a signing key (base64 raw or PEM) for ``publisher`` (its token or admin)."""
+        return self._json("POST", f"/publishers/{_q(publisher)}/keys",
+                          json={"public_key": public_key})
+
+    def list_keys(self, publisher: str) -> list[dict[str, Any]]:
+        """``publisher``'s signing keys, revoked ones included."""
+        keys = self._json("GET", f"/publishers/{_q(publisher)}/keys").get("keys", [])
+        return [k for k in keys if isinstance(k, dict)]
+
+    def revoke_key(self, publisher: str, keyid: str) -> dict[str, Any]:
+        """Revoke one of ``publisher``'s signing keys."""
+        return self._json("DELETE", f"/publishers/{_q(publisher)}/keys/{_q(keyid)}")
