@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import json
 import os
 import threading
 import time
@@ -429,11 +430,16 @@ class Host:
         if not source.exists():
             raise NotFoundError(f"{source}: no such file or directory", path=str(source))
         if source.is_dir():
-            in_place = source.parent == plugins or self._is_entry_point_dir(source)
+            in_place = (
+                source.parent in (plugins, self.home / "store")
+                or self._is_entry_point_dir(source)
+            )
             if in_place:
                 manifest = load_manifest(source)
                 check_targets(source, manifest)
-                kind = "directory" if source.parent == plugins else "entry-point"
+                kind = {plugins: "directory", self.home / "store": "installed"}.get(
+                    source.parent, "entry-point"
+                )
                 return manifest, source, kind, False
             load_manifest(source)  # fail fast, before copying anything
             staging = plugins / f".staging-{os.urandom(16).hex()}"
@@ -454,6 +460,94 @@ class Host:
             _rmtree(staging)
             raise
         return manifest, staging, kind, True
+
+    def adopt_installed(self, plugins: Mapping[str, str | os.PathLike[str]]) -> None:
+        """Make the plugins of source ``installed`` exactly ``plugins`` (id -> store tree).
+
+        The installer calls this after each switch of ``corral.lock``: new ids
+        are registered in place, missing ones forgotten (their trees are kept),
+        moved ones re-pointed; an enabled plugin stays enabled on its new
+        version.  One transaction; nothing is written when all already match.
+        Plugins registered by hand are left alone; an id among them is refused.
+        A plugin enabled here that fails to start on its new version raises its
+        error, after the others were re-enabled (the installer then rolls back).
+        """
+        with self._locked():
+            rows = {r.id: r for r in self._store.all()}
+            wanted = {pid: Path(p).absolute() for pid, p in plugins.items()}
+            for pid in wanted:
+                row = rows.get(pid)
+                if row is not None and row.source != "installed":
+                    raise InvalidPluginError(
+                        f"{pid} is registered by hand from {row.path}; remove it first",
+                        plugin_id=pid,
+                        path=row.path,
+                    )
+            gone = [p for p, r in rows.items() if r.source == "installed" and p not in wanted]
+            moved = [p for p, d in wanted.items() if p in rows and rows[p].path != str(d)]
+            new = [p for p in wanted if p not in rows]
+            if not (gone or moved or new):
+                return
+            staged = {p: self._stage(wanted[p])[0] for p in [*moved, *new]}
+            again: builtins.list[str] = []
+            for pid in [*gone, *moved]:
+                active = self._active.get(pid)
+                if active is None:
+                    continue
+                if active.state is State.ENABLED:
+                    again.append(pid)
+                    with contextlib.suppress(CorralError):
+                        self._disable_one(pid)
+                with contextlib.suppress(CorralError):
+                    self._unload_one(pid, quiet=True)
+                self._active.pop(pid, None)
+            now = time.time()
+            with self._store.transaction() as conn:
+                for pid in gone:
+                    self._store.delete(conn, pid)
+                for pid in [*moved, *new]:
+                    manifest, path = staged[pid], wanted[pid]
+                    st = (path / MANIFEST_NAME).stat()
+                    old = rows.get(pid)
+                    state = old.state if old is not None else State.REGISTERED.value
+                    if state not in (State.ENABLED.value, State.DISABLED.value):
+                        state = State.REGISTERED.value
+                    if old is not None:  # re-point in place: the call metrics stay
+                        conn.execute(
+                            "UPDATE plugins SET version = ?, path = ?, state = ?, error = NULL, "
+                            "manifest = ?, manifest_mtime_ns = ?, manifest_size = ?, "
+                            "updated_at = ? WHERE id = ?",
+                            (manifest.version, str(path), state,
+                             json.dumps(manifest.to_dict(), sort_keys=True), st.st_mtime_ns,
+                             st.st_size, now, pid),
+                        )
+                        continue
+                    self._store.insert(
+                        conn,
+                        PluginRow(
+                            id=pid, version=manifest.version, path=str(path),
+                            source="installed", state=state, error=None,
+                            manifest=manifest.to_dict(), manifest_mtime_ns=st.st_mtime_ns,
+                            manifest_size=st.st_size,
+                            registered_at=now, updated_at=now,
+                        ),
+                    )
+            again = [p for p in again if p in wanted]
+            if not again:
+                return
+            known = self._known()
+            failed: builtins.list[CorralError] = []
+            for pid in dependency_order(again, known):
+                if self._current(pid) is State.ENABLED and pid in self._active:
+                    continue
+                try:
+                    if self._current(pid) not in (State.LOADED, State.DISABLED):
+                        self._load_one(pid, known[pid])
+                    self._enable_one(pid)
+                except CorralError as exc:  # the others still come back
+                    failed.append(exc)
+            if failed:
+                raise failed[0]
 
     def _is_entry_point_dir(self, path: Path) -> bool:
         return path in self._entry_point_dirs()
