@@ -60,6 +60,14 @@ def test_every_template_is_a_valid_plugin(tmp_path: Path, template: str) -> None
     report = validate_plugin(root, host_version=__version__, known={})
     assert report["ok"], report["errors"]
     assert report["warnings"] == []
+    # Nothing to suggest either: every grant has its reason, and there is a self-test.
+    assert report["suggestions"] == []
+    assert "self-test" in manifest.exports
+    granted = manifest.permissions.to_dict()
+    for kind, grants in granted.items():
+        for grant in grants:
+            reasons = manifest.permission_reasons
+            assert reasons.get(f"{kind}:{grant}") or reasons.get(kind), (kind, grant)
     assert "tests/test_acme_git_stats.py" in made.files
     assert "README.md" in made.files
     for rel in made.files:

@@ -298,7 +298,17 @@ def _client_parser(verb: str) -> _Parser:
     elif verb == "show":
         p.add_argument("id")
     elif verb == "publish":
-        p.add_argument("archive", type=Path)
+        p.add_argument("archive", type=Path, metavar="PATH",
+                       help="a plugin directory (validated, packed and signed first) "
+                            "or a .corral archive (uploaded as it is)")
+        p.add_argument("--key", default=None,
+                       help="signing key name in the keys directory ($CORRAL_KEYS_DIR); "
+                            "directories only")
+        p.add_argument("--no-sign", action="store_true",
+                       help="do not sign, even if a key exists (directories only)")
+        p.add_argument("-o", "--output", type=Path, default=None,
+                       help="keep the packed archive here (a file or a directory); "
+                            "default: a temporary file, deleted after the upload")
     elif verb == "download":
         p.add_argument("id")
         p.add_argument("--version")
@@ -327,10 +337,61 @@ def _print_results(doc: dict[str, Any]) -> None:
     print(f"({len(results)} of {doc.get('total', len(results))})")
 
 
+def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Validate, pack (signed with the configured key) and upload a plugin directory.
+
+    Nothing is uploaded when the plugin is invalid (InvalidPluginError, exit 3,
+    with every error in ``details["errors"]``); the archive is packed into a
+    temporary directory unless ``--output`` keeps it.
+    """
+    import tempfile
+
+    from corral._cli._pack import pack_plugin
+    from corral._errors import InvalidPluginError
+
+    with tempfile.TemporaryDirectory(prefix="corral-publish-") as tmp:
+        try:
+            packed = pack_plugin(args.archive, args.output or tmp, key=args.key,
+                                 sign=not args.no_sign)
+        except InvalidPluginError as exc:
+            if not args.json:
+                for error in exc.details.get("errors") or []:
+                    where = error.get("file") or "corral.toml"
+                    line = f":{error['line']}" if error.get("line") else ""
+                    print(f"{where}{line}: {error.get('rule', 'error')}: {error['message']}",
+                          file=sys.stderr)
+            raise
+        published: dict[str, Any] = reg.publish(Path(packed["path"]))
+    signature = {"state": "signed" if packed["signed"] else "unsigned",
+                 "signer": packed["signer"], "keyid": packed["keyid"]}
+    if published.get("sha256") not in (None, packed["sha256"]):
+        raise CorralError(f"{packed['plugin']} {packed['version']}: the registry stored sha256 "
+                          f"{published['sha256']}, but {packed['sha256']} was uploaded",
+                          plugin_id=packed["plugin"])
+    return {**published, "id": packed["plugin"], "version": packed["version"],
+            "sha256": packed["sha256"], "size": packed["size"], "signature": signature,
+            "archive": packed["path"] if args.output is not None else None,
+            "validation_warnings": packed["warnings"]}
+
+
+def _print_published(doc: dict[str, Any]) -> None:
+    sig = doc["signature"]
+    signed = (f"signed by {sig['signer']} ({sig['keyid'][:16]})" if sig["state"] == "signed"
+              else "unsigned")
+    print(f"published {doc['id']} {doc['version']}")
+    print(f"  sha256 {doc['sha256']}  {doc['size']} bytes  {signed}")
+    if doc.get("archive"):
+        print(f"  archive kept at {doc['archive']}")
+    for w in [*doc.get("validation_warnings", []), *doc.get("warnings", [])]:
+        print(f"  warning: {w.get('message', w)}", file=sys.stderr)
+
+
 def client_main(verb: str, argv: Sequence[str]) -> int:
     """``corral search|show|publish|download|yank|unyank ...``; returns the exit code.
 
-    The token for publish and yank comes from ``$CORRAL_TOKEN``.
+    The token for publish and yank comes from ``$CORRAL_TOKEN``.  ``publish DIR``
+    validates, packs and signs a plugin directory first; ``publish FILE`` uploads
+    an archive as it is.
     """
     argv = list(argv)
     as_json = "--json" in argv
@@ -365,7 +426,16 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
             elif verb == "publish":
                 if not token:
                     raise UsageError("publishing needs a token in $CORRAL_TOKEN")
-                doc = reg.publish(args.archive)
+                if args.archive.is_dir():
+                    doc = _publish_directory(reg, args)
+                    if not args.json:
+                        _print_published(doc)
+                        return 0
+                else:
+                    if args.key is not None or args.no_sign or args.output is not None:
+                        raise UsageError("--key, --no-sign and --output apply to a plugin "
+                                         f"directory; {args.archive} is an archive")
+                    doc = reg.publish(args.archive)
             elif verb == "download":
                 path = reg.download(args.id, args.dest, args.version)
                 doc = {"id": args.id, "path": str(path)}
