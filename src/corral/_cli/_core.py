@@ -165,10 +165,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     rows: list[dict[str, Any]] = []
     try:
-        from .._sandbox._kernel import probe
+        from .._sandbox._kernel import probe, protections
 
         feats = probe()
-        rows = [r._asdict() for r in feats.describe()]
+        rows = [r._asdict() for r in [*feats.describe(), *protections(feats)]]
     except ImportError:
         pass
     levels = {

@@ -37,7 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, final
 
-__all__ = ["PidsHierarchy", "WorkerCgroups", "detect", "join", "parent_name", "remove_parent"]
+__all__ = [
+    "PidsHierarchy",
+    "WorkerCgroups",
+    "detect",
+    "join",
+    "mount_points",
+    "parent_name",
+    "remove_parent",
+]
 
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 _MAX_NAME: Final = 64
@@ -77,6 +85,18 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
         point = fields[4].replace("\\040", " ")
         out.append((point, fields[3], tail[0], set(tail[2].split(","))))
     return out
+
+
+def mount_points() -> list[str]:
+    """Every cgroup file system mounted here (v1 and v2), and ``/sys/fs/cgroup``.
+
+    What a worker must not write to: its own ``pids.max`` and ``cgroup.procs``
+    are there, and root owns them with mode 0644 (no capability needed).
+    """
+    points = {point for point, _root, _fstype, _opts in _mounts()}
+    if os.path.isdir("/sys/fs/cgroup"):
+        points.add("/sys/fs/cgroup")
+    return sorted(points)
 
 
 def _own_paths() -> tuple[str | None, str | None]:

@@ -21,7 +21,7 @@ from corral._sandbox._landlock import landlock_abi
 from corral._sandbox._libc import libc, syscall
 from corral._sandbox._seccomp import SUPPORTED_MACHINES
 
-__all__ = ["FeatureRow", "KernelFeatures", "probe", "require_strict"]
+__all__ = ["FeatureRow", "KernelFeatures", "probe", "protections", "require_strict"]
 
 _PR_GET_SECCOMP: Final = 21
 _SECCOMP_GET_ACTION_AVAIL: Final = 2
@@ -243,6 +243,40 @@ def probe() -> KernelFeatures:
                 )
             )
         return _cached[0]
+
+
+def protections(features: KernelFeatures | None = None) -> list[FeatureRow]:
+    """Rows for ``corral doctor``: the worker protections beyond the kernel features.
+
+    - ``orphan reaping``: a strict worker reaps what its plugin's programs leave
+      behind as soon as it exits (it is PID 1 of its namespace);
+    - ``limited cgroup guard``: a limited worker cannot write the cgroup file
+      systems (Landlock) nor ``clone3`` into another cgroup (seccomp), so it
+      cannot lift ``max-processes`` or leave its pids cgroup.
+    """
+    f = features or probe()
+    strict_ok = not f.missing_for_strict()
+    guards = []
+    if f.landlock_abi > 0:
+        guards.append("Landlock keeps cgroupfs read-only")
+    if f.seccomp_filter:
+        guards.append("seccomp refuses clone3")
+    if not f.pids_cgroup:
+        guard = "no pids cgroup in use (max-processes is RLIMIT_NPROC)"
+    elif len(guards) == 2:
+        guard = "; ".join(guards)
+    else:
+        guard = "partial: " + ("; ".join(guards) or "nothing stops a root worker writing cgroupfs")
+    return [
+        FeatureRow(
+            "orphan reaping",
+            strict_ok,
+            "strict workers reap orphaned processes on SIGCHLD"
+            if strict_ok
+            else "strict isolation unavailable",
+        ),
+        FeatureRow("limited cgroup guard", f.pids_cgroup and len(guards) == 2, guard),
+    ]
 
 
 def require_strict() -> KernelFeatures:

@@ -43,6 +43,7 @@ __all__ = [
     "handled_access_fs",
     "interpreter_read_paths",
     "landlock_abi",
+    "paths_outside",
     "restrict_self",
 ]
 
@@ -210,6 +211,39 @@ def build_ruleset(
         os.close(fd)
         raise
     return fd
+
+
+def paths_outside(excluded: Iterable[str], top: str = "/") -> list[str]:
+    """Paths whose hierarchies together cover everything under ``top`` but ``excluded``.
+
+    A Landlock rule grants a whole hierarchy and nothing can be carved out of
+    it, so "write anywhere but the cgroup file systems" is granted as the
+    siblings of each directory on the way to an excluded one.  Not covered:
+    the directories on the way themselves (no new entries directly in ``/``,
+    ``/sys`` or ``/sys/fs``).  Symbolic links are left out: a rule follows
+    them, and one could lead back into an excluded tree.
+    """
+    cut = {os.path.normpath(e) for e in excluded}
+    if os.path.normpath(top) in cut:
+        return []
+    out: list[str] = []
+
+    def walk(directory: str) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            path = os.path.normpath(entry.path)
+            if path in cut or entry.is_symlink():
+                continue
+            if any(c.startswith(path + "/") for c in cut):
+                walk(path)
+            else:
+                out.append(path)
+
+    walk(os.path.normpath(top))
+    return out
 
 
 def _add_path_rule(ruleset_fd: int, path: str | os.PathLike[str], access: int) -> None:

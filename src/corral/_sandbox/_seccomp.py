@@ -53,7 +53,7 @@ from corral._errors import CorralError
 
 from ._libc import libc, prctl, syscall
 
-__all__ = ["SUPPORTED_MACHINES", "build_filter", "install_filter"]
+__all__ = ["SUPPORTED_MACHINES", "build_filter", "build_limited_filter", "install_filter"]
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 _LD_W_ABS: Final = 0x20
@@ -332,6 +332,32 @@ def _assemble(machine: str, *, allow_exec: bool) -> bytes:
     prog = p.assemble()
     assert len(prog) // 8 <= _BPF_MAXINSNS
     return prog
+
+
+def build_limited_filter() -> bytes:
+    """The one-rule filter of a ``limited`` worker: ``clone3`` fails with ``ENOSYS``.
+
+    ``clone3(CLONE_INTO_CGROUP)`` checks only the file mode of the target's
+    ``cgroup.procs``, which Landlock does not see: a worker of a root host (or
+    of a user owning a delegated cgroup v2 tree) could start a child outside
+    its pids cgroup.  glibc falls back to ``clone``, which has no such flag.
+    ``clone3`` is number 435 in every table (the 32-bit compat ones too), and
+    ``0x40000000 | 435`` in x32; nothing else is touched, so 32-bit programs a
+    limited plugin spawns still run.
+
+    :raises CorralError: the architecture has no syscall table here.
+    """
+    arch = _ARCHES[_machine()]
+    clone3 = arch.nr["clone3"]
+    p = _Program()
+    p.load(_OFF_NR)
+    p.jump(_JEQ_K, clone3, 0, 1)
+    p.ret(_RET_ENOSYS)
+    if arch.x32:
+        p.jump(_JEQ_K, _X32_SYSCALL_BIT | clone3, 0, 1)
+        p.ret(_RET_ENOSYS)
+    p.ret(_RET_ALLOW)
+    return p.assemble()
 
 
 def _emit_tree(p: _Program, entries: list[tuple[int, int | str]]) -> None:

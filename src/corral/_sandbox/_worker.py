@@ -36,7 +36,7 @@ import msgspec
 from corral._errors import CorralError, PluginError, UsageError
 from corral._subscriptions import Event, HandlerResult
 
-from . import _namespaces
+from . import _namespaces, _reaper
 from ._rpc import (
     Assign,
     Call,
@@ -967,15 +967,10 @@ class _Worker:
 def _reap_children() -> None:
     """Reap exited children the plugin left behind (a strict worker is its PID namespace's init).
 
-    Runs between calls only, so it never takes a status ``subprocess`` waits for.
+    Runs between calls only; during calls a strict worker reaps orphans on SIGCHLD
+    (:mod:`._reaper`), leaving the plugin's own children to the plugin.
     """
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    _reaper.reap_after_call()
 
 
 async def _awaited(aw: Any) -> Any:
@@ -1015,7 +1010,8 @@ def _confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | Non
     _namespaces.close_fds_from(RPC_FD + 1)
     if not _namespaces.capabilities_dropped():
         _namespaces.drop_capabilities()
-    if strict:
+    if strict:  # PID 1 of its namespace: orphans come here, to be reaped promptly
+        _reaper.install()
         from ._seccomp import install_filter
 
         if seccomp_prog is None:
@@ -1024,6 +1020,10 @@ def _confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | Non
         if not _SOCKET_FILTER:
             raise OSError("no unix-socket seccomp layer for this machine")
         install_filter(_SOCKET_FILTER)
+    elif seccomp_prog is not None:  # limited: only clone3, which could leave the pids cgroup
+        from ._seccomp import install_filter
+
+        install_filter(seccomp_prog)
 
 
 def spare(assign_fd: int) -> NoReturn:

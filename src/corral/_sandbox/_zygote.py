@@ -119,6 +119,7 @@ class _Zygote:
         self.wanted: set[str] = set()
         self.read_paths: Final = _interpreter_paths()
         self.seccomp: dict[bool, bytes] = {}
+        self.limited_seccomp: bytes | None = None
 
     # -- requests ---------------------------------------------------------------
 
@@ -165,6 +166,11 @@ class _Zygote:
             prog = self.seccomp[allow_exec] = build_filter(allow_exec=allow_exec)
         return prog
 
+    def _limited_prog(self) -> bytes | None:
+        if self.limited_seccomp is None:
+            self.limited_seccomp = _limited_seccomp() or b""
+        return self.limited_seccomp or None
+
     def _spawn(self, init: WorkerInit, fds: list[int]) -> Spawned:
         if len(fds) != 1:
             return Spawned(error=f"expected one descriptor, got {len(fds)}")
@@ -179,6 +185,7 @@ class _Zygote:
                 writes = [init.data_dir, init.tmp_dir, init.cache_dir, *init.write_paths]
                 ruleset_fd = build_ruleset(reads, writes, exec_paths=init.exec_paths)
             else:
+                prog = self._limited_prog()
                 ruleset_fd = _limited_ruleset()
             self.wanted.add(init.isolation)
             passed = [fds[0]] if ruleset_fd is None else [fds[0], ruleset_fd]
@@ -399,18 +406,41 @@ def _open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
 
 
 def _limited_ruleset() -> int | None:
-    """A Landlock ruleset for ``limited``: the whole file system, but scoped.
+    """A Landlock ruleset for ``limited``: the whole file system, but its cgroups, scoped.
 
-    Where the kernel can scope signals and abstract unix sockets (ABI 6), a
-    limited worker gets a domain of its own: it cannot signal or ptrace the host
-    (same uid) or reach its abstract sockets, and TCP goes only through the broker.
-    Older kernels run limited without it; only strict refuses to run with less.
+    Reads anywhere; writes anywhere but the cgroup file systems, where the
+    worker's own ``pids.max`` and ``cgroup.procs`` are (root owns them with
+    mode 0644, so a worker of a root host could lift its limit or leave its
+    cgroup; Landlock also forbids it to mount another view of them).  Where
+    the kernel can scope signals and abstract unix sockets (ABI 6), the worker
+    also cannot signal or ptrace the host (same uid) or reach its abstract
+    sockets, and TCP goes only through the broker.  Without Landlock limited
+    runs without it (``corral doctor`` says so); only strict refuses to.
     """
-    from ._landlock import build_ruleset, landlock_abi
+    from ._landlock import build_ruleset, landlock_abi, paths_outside
 
-    if landlock_abi() < 6:
+    if landlock_abi() < 1:
         return None
-    return build_ruleset(["/"], ["/"])
+    if not _LimitedWrites.paths:  # computed once per fork server
+        _LimitedWrites.paths = paths_outside(_cgroups.mount_points())
+    return build_ruleset(["/"], _LimitedWrites.paths)
+
+
+@final
+class _LimitedWrites:
+    """Where a limited worker may write: everything outside the cgroup file systems."""
+
+    paths: list[str] = []  # noqa: RUF012 - one fork server, one list
+
+
+def _limited_seccomp() -> bytes | None:
+    """The ``clone3`` filter of a limited worker, or None where this kernel has no seccomp."""
+    from ._kernel import _seccomp_available
+    from ._seccomp import build_limited_filter
+
+    if not _seccomp_available(os.uname().machine):
+        return None
+    return build_limited_filter()
 
 
 def _kill(pid: int) -> None:
