@@ -80,6 +80,39 @@ def test_every_template_is_a_valid_plugin(tmp_path: Path, template: str) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gs"]
 
 
+def test_generated_code_passes_ruff_and_mypy_strict(tmp_path: Path) -> None:
+    """Authors running the usual linters with default settings get no finding at all.
+
+    Default line length (88), no config from around (``--isolated``,
+    ``--config-file=``); the packages and their tests of all templates at once.
+    """
+    # A long description ending in a quote takes the wrapped package docstring.
+    long = 'Keeps notes, counts its starts and announces them; it ends with a "quote"'
+    made = [
+        create_plugin(f"acme.{template}-demo", template=template, author="Ada",
+                      directory=tmp_path / template,
+                      description=long if template == "full" else None)
+        for template in TEMPLATES
+    ]
+    ruff = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--select",
+         "E,F,W,I,B,UP,SIM", "--no-cache", "--output-format", "concise", "."],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=60,
+    )
+    assert ruff.returncode == 0, ruff.stdout + ruff.stderr
+    assert "All checks passed" in ruff.stdout
+    targets = [str(m.path / m.package) for m in made]
+    targets += [str(m.path / "tests" / f"test_{m.package}.py") for m in made]
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--config-file=", "--cache-dir",
+         str(tmp_path / ".mypy_cache"), *targets],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120,
+    )
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+    checked = sum(rel.endswith(".py") for m in made for rel in m.files)
+    assert f"no issues found in {checked} source files" in mypy.stdout
+
+
 def test_isolation_and_unknown_choices(tmp_path: Path) -> None:
     made = create_plugin("acme.low", directory=tmp_path / "low", isolation="none")
     assert load_manifest(made.path).sandbox.isolation == "none"

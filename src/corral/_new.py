@@ -43,6 +43,7 @@ ISOLATIONS: Final = ("strict", "limited", "none")
 _TEMPLATE_ROOT: Final = Path(__file__).parent / "_templates"
 _MARKER: Final = re.compile(r"\{\{([a-z_]+)\}\}")
 _PACKAGE_PART: Final = "__package__"
+_DOC_WIDTH: Final = 88  # ruff's and black's default line length
 
 
 def slugify(name: str) -> str:
@@ -116,6 +117,23 @@ def _toml_string(value: str) -> str:
 def _doc_text(value: str) -> str:
     """Text safe inside a triple-quoted docstring and on one line."""
     return " ".join(value.replace("\\", "/").replace('"""', "'''").split())
+
+
+def _package_doc(name: str, description: str) -> str:
+    """The text of the package docstring, within 88 columns (the linters' default).
+
+    ``name: description`` if it fits on one line with its quotes, else the name,
+    a blank line and the description wrapped (also when it ends with a quote).
+    """
+    import textwrap
+
+    summary = f"{name}: {description}"
+    if len(summary) + 6 <= _DOC_WIDTH and not summary.endswith('"'):
+        return summary
+    body = textwrap.fill(
+        description, _DOC_WIDTH, break_long_words=False, break_on_hyphens=False
+    )
+    return f"{name.rstrip('.')}.\n\n{body}\n"
 
 
 def _default_author() -> str:
@@ -207,6 +225,7 @@ def create_plugin(
         "package": package,
         "description": _doc_text(description),
         "description_toml": _toml_string(description),
+        "package_doc": _package_doc(_doc_text(human), _doc_text(description)),
         "authors_toml": f"[{authors}]",
         "author": _doc_text(author),
         "isolation": isolation,
