@@ -125,12 +125,14 @@ def test_orphan_of_a_double_fork_is_reaped_without_another_call(
 ) -> None:
     spec = make_spec(root, "reap.double-fork")
     # The orphan outlives the call on purpose: only a reaper between calls can take it.
-    script = "sleep 0.3 >/dev/null 2>&1 & exit"
+    script = "sleep 1 >/dev/null 2>&1 & exit"
     assert sup.call(spec, "reapy.plug:orphan", {"script": script}) == 0
     worker = sup.worker_pid(spec.plugin_id)
     assert worker is not None
-    assert list(children(worker).values()) == ["S"]  # the sleep, adopted by the worker
-    assert settle(worker) == {}  # it exited, and was reaped while the worker sat idle
+    # the sleep, adopted by the worker (alive: sleeping, or running on a busy machine)
+    assert set(children(worker).values()) <= {"S", "R", "D"}
+    assert len(children(worker)) == 1
+    assert settle(worker, 5.0) == {}  # it exited, and was reaped while the worker sat idle
     assert zombies(worker) == []
 
 

@@ -48,6 +48,9 @@ from corral._errors import (
 from corral._permissions import Permissions
 
 from ._rpc import (
+    HEADER as _HEADER,
+)
+from ._rpc import (
     Call,
     ErrorInfo,
     Failure,
@@ -82,6 +85,7 @@ BrokerHandler = Callable[[str, str, dict[str, Any]], Any]
 _log: Final = logging.getLogger("corral.sandbox")
 _FRAME_OVERHEAD: Final = 64 * 1024
 _RECV_CHUNK: Final = 1 << 18
+_HEADER_SIZE: Final = _HEADER.size
 #: How long one blocking send or recv may wait before the deadline is looked at again.
 _SLICE_US: Final = 20_000
 #: A worker's lifetime CPU budget (RLIMIT_CPU) in multiples of its per-call ``cpu-seconds``.
@@ -156,7 +160,7 @@ class _Worker:
                     except BlockingIOError:
                         _check_deadline(deadline)
                 view = view[sent:]
-            while view:
+            while view:  # usually once: the whole frame fits the socket buffer
                 try:
                     view = view[self.sock.send(view) :]
                 except BlockingIOError:
@@ -168,6 +172,24 @@ class _Worker:
 
     def recv(self, deadline: float) -> WorkerMessage:
         """The next message; raises TimeoutError, _Dead or ProtocolError."""
+        if not self.frames and not self.reader.pending:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                n = -1  # SO_RCVTIMEO slice over: the loop below looks at the clock
+            except OSError as exc:
+                raise _Dead(str(exc)) from exc
+            if not n:
+                raise _Dead("EOF")
+            if n >= _HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(self._buf)
+                if size + _HEADER_SIZE == n and size <= self.reader.max_frame:
+                    # The common case: exactly one frame, decoded from the buffer (no copy).
+                    return decode_worker(self._view[_HEADER_SIZE:n])
+            if n > 0:
+                self.frames.extend(self.reader.feed(self._view[:n]))
+            else:
+                _check_deadline(deadline)
         while not self.frames:
             try:
                 n = self.sock.recv_into(self._buf)
@@ -611,9 +633,11 @@ class Supervisor:
                 self._greet(state, worker, t0 + self._start_timeout)
             while True:
                 msg = worker.recv(deadline)
-                if isinstance(msg, Result | Failure) and msg.id != call_id:
-                    raise ProtocolError(f"answer to unknown call id {msg.id}")
-                if isinstance(msg, Result | Failure):
+                kind = type(msg)  # the tagged union decodes to exactly these classes
+                if kind is Result or kind is Failure:
+                    assert isinstance(msg, Result | Failure)
+                    if msg.id != call_id:
+                        raise ProtocolError(f"answer to unknown call id {msg.id}")
                     u = msg.usage
                     usage.set(u.cpu_user_ms, u.cpu_system_ms, u.peak_rss_kb)
                 if isinstance(msg, Result):

@@ -91,6 +91,8 @@ _RECV_CHUNK: Final = 1 << 16
 _ANC_SIZE: Final = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 #: ``corral._bus.DEFAULT_MAX_QUEUE``, without importing the bus into every worker.
 _DEFAULT_MAX_QUEUE: Final = 10_000
+#: Result types that are never awaitable (no ``inspect.isawaitable`` for them).
+_PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 #: Entry-object hooks the host may call in a worker (``entry#hook``).
 _HOOKS: Final = ("on_load", "on_enable", "on_disable", "on_unload", "on_error",
                  "on_config_change", "on_message")
@@ -136,8 +138,16 @@ class _Channel:
     def send(self, msg: msgspec.Struct) -> None:
         self.sock.sendall(encode(msg))
 
-    def recv(self) -> Any:
+    def recv(self, with_fds: bool = True) -> Any:
+        """The next host message; ``with_fds=False`` (between calls: a Call carries none)
+        saves the ancillary-data parsing of ``recvmsg``."""
         while not self._frames:
+            if not with_fds:
+                n = self.sock.recv_into(self._buf)
+                if not n:
+                    raise EOFError
+                self._frames.extend(self._reader.feed(self._view[:n]))
+                continue
             n, ancdata, _flags, _addr = self.sock.recvmsg_into([self._buf], _ANC_SIZE)
             for level, kind, data in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -691,18 +701,13 @@ class WorkerContext:
         init = worker.init
         self.plugin_id: Final = init.plugin_id
         self.config: Final = config
+        # Paths are made once per worker (a Path costs microseconds, and they never change).
         self.data_dir: Final = worker.data_dir
-        self.plugin_dir: Final = Path(init.plugin_dir)
-        self.cache_dir: Final = Path(init.cache_dir)
-        self.tmp_dir: Final = Path(init.tmp_dir)
-        self.workspace: Final = Path(init.workspace) if init.workspace else None
-        self.paths: Final = {
-            "plugin": init.plugin_dir,
-            "data": init.data_dir,
-            "cache": init.cache_dir,
-            "tmp": init.tmp_dir,
-            "workspace": init.workspace,
-        }
+        self.plugin_dir: Final = worker.plugin_dir
+        self.cache_dir: Final = worker.cache_dir
+        self.tmp_dir: Final = worker.tmp_dir
+        self.workspace: Final = worker.workspace
+        self.paths: Final = dict(worker.paths)
         self.log: Final = worker.log
         self.events: Final = worker.events
         self.state: Final = worker.state
@@ -786,6 +791,17 @@ class _Worker:
         self.stdout = _OutStream(self, "stdout")
         self.stderr = _OutStream(self, "stderr")
         self.data_dir = Path(init.data_dir)
+        self.plugin_dir = Path(init.plugin_dir)
+        self.cache_dir = Path(init.cache_dir)
+        self.tmp_dir = Path(init.tmp_dir)
+        self.workspace = Path(init.workspace) if init.workspace else None
+        self.paths: dict[str, str] = {
+            "plugin": init.plugin_dir,
+            "data": init.data_dir,
+            "cache": init.cache_dir,
+            "tmp": init.tmp_dir,
+            "workspace": init.workspace,
+        }
         self._rusage = resource.getrusage(resource.RUSAGE_SELF)
         self.events = EventsProxy(ch, init.plugin_id, self.log)
         self.state = StateProxy(ch, init.plugin_id)
@@ -803,7 +819,7 @@ class _Worker:
         self.ch.send(Hello(pid=os.getpid()))
         while True:
             try:
-                msg = self.ch.recv()
+                msg = self.ch.recv(with_fds=False)
             except EOFError:
                 return
             if isinstance(msg, Stop):
@@ -889,7 +905,7 @@ class _Worker:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
             result = fn(call.input, ctx)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):
                 if self._loop is None:
                     import asyncio  # only async exports pay for it
 
