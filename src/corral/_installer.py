@@ -668,16 +668,15 @@ class Installer:
                         for rel, tmp in zip(todo, tmps, strict=True)]
             from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-            with ThreadPoolExecutor(workers, thread_name_prefix="corral-fetch") as pool:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="corral-fetch")
+            try:
                 futures = [pool.submit(self._fetch_one, rel, source, tmp, progress)
                            for rel, tmp in zip(todo, tmps, strict=True)]
                 wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f.done() and not f.cancelled()
-                          and f.exception() is not None]
-                if failed:
-                    for f in futures:
-                        f.cancel()
-            # the pool has shut down: every download has finished or never started
+            finally:
+                # after a failure (or an interrupt) downloads not yet started are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+            # every download has finished or never started
             for f in futures:
                 if not f.cancelled() and f.exception() is not None:
                     f.result()
@@ -698,7 +697,11 @@ class Installer:
 
         try:
             return source.fetch(rel, tmp, report)
-        except (CorralError, OSError):
+        except CorralError:
+            raise
+        except OSError as exc:
+            if _no_space(exc):
+                raise self._no_space_error(rel, exc) from exc
             raise
         except Exception as exc:  # a source's own failure: the transfer's fault
             raise TransferError(f"{rel.id} {rel.version}: fetching from "
@@ -742,13 +745,15 @@ class Installer:
             final.chmod(0o555)
         except OSError as exc:
             if _no_space(exc):
-                raise CorralError(
-                    f"{rel.id} {rel.version}: no space left on the device of {self.home} "
-                    "(nothing was changed)", plugin_id=rel.id, reason="no_space",
-                ) from exc
+                raise self._no_space_error(rel, exc) from exc
             raise
         finally:
             _remove_tree(tmp)
+
+    def _no_space_error(self, rel: Release, exc: OSError) -> CorralError:
+        return CorralError(
+            f"{rel.id} {rel.version}: no space left on the device of {self.home} "
+            f"(nothing was changed): {exc}", plugin_id=rel.id, reason="no_space")
 
     def _check_signature(self, tree: Path, rel: Release) -> dict[str, Any]:
         from ._signing import verify_directory

@@ -11,6 +11,14 @@ Errors are mapped at this edge: what the repository served wrong
 (``RepositoryError``, more bytes than announced) is :class:`SignatureInvalid`
 naming the role or target; what the transport did (refused, timed out, cut
 short) is :class:`TransferError` naming the URL.
+
+Speed: one keep-alive connection pool per source; the delegated hash bins are
+walked under one lock (ngclient keeps each loaded bin, so each is fetched at
+most once per refresh) while target downloads run concurrently; reading a
+plugin's index starts fetching the indexes of the plugins its releases depend
+on in the background (a resolver is about to ask for them), and
+:attr:`RegistrySource.max_parallel_fetches` lets the installer download
+archives concurrently.  Every byte still goes through ``Updater`` checks.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,13 +38,14 @@ from ._errors import NotFoundError, SignatureInvalid, TransferError
 from ._release import Release
 
 if TYPE_CHECKING:
-    import httpx
     from tuf.api._payload import TargetFile
     from tuf.ngclient.updater import Updater
 
 __all__ = ["RegistrySource", "cache_dir", "trust_registry"]
 
 _CHUNK: Final = 64 * 1024
+#: Concurrent downloads (index prefetches, or archives through the installer).
+PARALLEL: Final = 4
 
 
 def cache_dir(home: Path, url: str) -> Path:
@@ -81,59 +92,114 @@ def trust_registry(home: Path, url: str, root_json: bytes) -> dict[str, Any]:
 
 
 def _fetcher_class() -> type[Any]:
-    """The httpx :class:`~tuf.ngclient.FetcherInterface` (built on first use: tuf is heavy)."""
-    from tuf.api.exceptions import DownloadHTTPError
+    """The urllib3 :class:`~tuf.ngclient.FetcherInterface` (built on first use: tuf is heavy).
+
+    urllib3, not httpx: ngclient imports it anyway, so a command does not load
+    a second HTTP stack (~40 ms), and TLS contexts are only made for https.
+    """
+    import urllib3
+    from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
+    from tuf.ngclient._internal.proxy import ProxyEnvironment
     from tuf.ngclient.fetcher import FetcherInterface
 
-    class HttpxFetcher(FetcherInterface):
-        """Streams with connect/read timeouts; never reads past the announced length."""
+    class PoolFetcher(FetcherInterface):
+        """Streams with connect/read timeouts; never reads past the announced length.
 
-        def __init__(self, client: httpx.Client) -> None:
-            self.client = client
-            self.limit: int | None = None
-            self.progress: Callable[[int, int], None] | None = None
-            self.last_url = ""
+        One keep-alive connection pool for the registry (or the proxy the
+        ``*_proxy`` variables name).  Thread-safe: the length limit, progress
+        callback and last URL are per thread; urllib3's pools are shared.
+        """
+
+        def __init__(self, base_url: str, timeout: float, connections: int) -> None:
+            options: dict[str, Any] = {
+                "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+                "retries": False, "maxsize": connections,
+                "headers": {"User-Agent": "corral-tuf", "Accept-Encoding": "identity"},
+            }
+            if base_url.lower().startswith("https:"):
+                options["ca_certs"] = _ca_bundle()
+            url = urllib3.util.parse_url(base_url)
+            self.pools = ProxyEnvironment(**options).get_pool_manager(url.scheme, url.host)
+            self._local = threading.local()
+
+        @property
+        def limit(self) -> int | None:
+            """The announced length of this thread's current download."""
+            return getattr(self._local, "limit", None)
+
+        @property
+        def progress(self) -> Callable[[int, int], None] | None:
+            """This thread's ``progress(done, total)`` callback."""
+            return getattr(self._local, "progress", None)
+
+        @progress.setter
+        def progress(self, value: Callable[[int, int], None] | None) -> None:
+            self._local.progress = value
+
+        @property
+        def last_url(self) -> str:
+            """The URL this thread fetched last (named in errors)."""
+            return str(getattr(self._local, "last_url", ""))
 
         def download_file(self, url: str, max_length: int) -> Any:
-            self.limit = max_length
+            self._local.limit = max_length
             return super().download_file(url, max_length)
 
         def _fetch(self, url: str) -> Iterator[bytes]:
-            self.last_url = url
+            # urllib3's own errors are wrapped in DownloadError by fetch()
+            self._local.last_url = url
             limit, progress = self.limit, self.progress
-            stream = self.client.stream("GET", url, headers={"Accept-Encoding": "identity"})
-            response = stream.__enter__()
-            try:
-                if response.status_code != 200:
-                    raise DownloadHTTPError(f"{url}: HTTP {response.status_code}",
-                                            response.status_code)
-            except BaseException:
-                stream.__exit__(None, None, None)
-                raise
-            return self._chunks(stream, response, limit, progress)
+            response = self.pools.request("GET", url, preload_content=False,
+                                          decode_content=False, redirect=False)
+            if response.status != 200:
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) <= _CHUNK:
+                    response.drain_conn()  # a small error body: keep the connection
+                    response.release_conn()
+                else:
+                    response.close()
+                raise DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
+            return self._chunks(response, limit, progress)
 
         @staticmethod
-        def _chunks(stream: Any, response: httpx.Response, limit: int | None,
+        def _chunks(response: Any, limit: int | None,
                     progress: Callable[[int, int], None] | None) -> Iterator[bytes]:
             done = 0
-            closed = False
+            finished = False
             try:
-                for chunk in response.iter_raw(_CHUNK):
+                for chunk in response.stream(_CHUNK, decode_content=False):
                     done += len(chunk)
                     if limit is not None and done > limit:
-                        # hang up first: the caller raises on these extra bytes
-                        closed = True
-                        stream.__exit__(None, None, None)
+                        response.close()  # hang up first: the caller raises on these bytes
                         yield chunk
                         return
                     if progress is not None and limit is not None:
                         progress(done, limit)
                     yield chunk
+                finished = True
+            except urllib3.exceptions.TimeoutError as exc:
+                raise SlowRetrievalError(f"{type(exc).__name__}: {exc}") from exc
+            except urllib3.exceptions.HTTPError as exc:  # reset, cut short
+                raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
             finally:
-                if not closed:
-                    stream.__exit__(None, None, None)
+                if finished:
+                    response.release_conn()  # read to the end: reuse the connection
+                else:
+                    response.close()
 
-    return HttpxFetcher
+    return PoolFetcher
+
+
+def _ca_bundle() -> str | None:
+    """``$SSL_CERT_FILE``, else certifi's bundle if installed, else the system store."""
+    env = os.environ.get("SSL_CERT_FILE")
+    if env:
+        return env
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return str(certifi.where())
 
 
 class RegistrySource:
@@ -142,9 +208,11 @@ class RegistrySource:
     :param url: the registry's base URL (metadata under ``/tuf/metadata/``).
     :param home: the corral home (the metadata cache lives under it).
     :param timeout: seconds to connect, and between two reads.
+    :param parallel: downloads at once (1: no background prefetch).
     """
 
-    def __init__(self, url: str, home: Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, home: Path, *, timeout: float = 10.0,
+                 parallel: int = PARALLEL) -> None:
         self.location = url.rstrip("/")
         self.home = Path(home)
         self.timeout = timeout
@@ -154,15 +222,30 @@ class RegistrySource:
                 f"no trusted TUF root for {self.location}; get the registry's root.json "
                 f"out of band and run: corral registry trust {self.location} --root FILE",
                 role="root", url=self.location)
-        self._client: httpx.Client | None = None
         self._fetcher: Any = None
         self._updater: Updater | None = None
+        #: How many :meth:`fetch` calls may run at once (read by the installer).
+        self.max_parallel_fetches = max(1, parallel)
+        #: The updater's trusted metadata set is walked by one thread at a time.
+        self._lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None
+        #: Release lists read or being read, by plugin id (prefetches included).
+        self._indexes: dict[str, Future[list[Release]]] = {}
+        #: Set while closing: background reads still waiting for the lock give up.
+        self._stopping = threading.Event()
+        self._background = threading.local()
 
     def close(self) -> None:
-        """Close the HTTP connections."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Stop background prefetches, then close the HTTP connections."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self._stopping.set()
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                self._stopping.clear()
+        if self._fetcher is not None:
+            self._fetcher.pools.clear()
 
     def __enter__(self) -> RegistrySource:
         return self
@@ -174,20 +257,23 @@ class RegistrySource:
         """The updater, refreshed once per instance."""
         if self._updater is not None:
             return self._updater
-        import httpx
+        with self._lock:
+            if self._updater is None:
+                self._updater = self._refresh()
+            return self._updater
+
+    def _refresh(self) -> Updater:
+        """A new updater over the cache, with timestamp, snapshot and targets refreshed."""
         from tuf.ngclient.updater import Updater
 
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout, connect=self.timeout),
-            follow_redirects=False, headers={"User-Agent": "corral-tuf"})
-        self._fetcher = _fetcher_class()(self._client)
+        self._fetcher = _fetcher_class()(self.location, self.timeout,
+                                         self.max_parallel_fetches + 1)
         with self._errors("the registry metadata"):
             updater = Updater(
                 str(self._dir), f"{self.location}/tuf/metadata/",
                 target_base_url=f"{self.location}/tuf/targets/",
                 fetcher=self._fetcher, bootstrap=None)
             updater.refresh()
-        self._updater = updater
         return updater
 
     def _role_of(self, url: str) -> str:
@@ -198,10 +284,10 @@ class RegistrySource:
         return name.split(".", 1)[1] if name[:1].isdigit() else name
 
     def _errors(self, what: str, plugin_id: str | None = None) -> Any:
-        """Map ngclient and httpx errors to corral's (a context manager)."""
+        """Map ngclient and urllib3 errors to corral's (a context manager)."""
         import contextlib
 
-        import httpx
+        import urllib3
         from tuf.api import exceptions as tx
 
         source = self
@@ -223,7 +309,7 @@ class RegistrySource:
                     f"{source.location}: {role} rejected while reading {what}: "
                     f"{type(exc).__name__}: {exc}", plugin_id=plugin_id, role=role,
                     url=url) from exc
-            except (tx.DownloadError, httpx.HTTPError) as exc:
+            except (tx.DownloadError, urllib3.exceptions.HTTPError) as exc:
                 url = source._fetcher.last_url if source._fetcher else source.location
                 cause = exc.__cause__ or exc
                 raise TransferError(
@@ -234,7 +320,10 @@ class RegistrySource:
 
     def _target(self, path: str, plugin_id: str) -> TargetFile:
         updater = self._open()
-        with self._errors(f"the target {path}", plugin_id):
+        with self._lock, self._errors(f"the target {path}", plugin_id):
+            if self._stopping.is_set() and getattr(self._background, "on", False):
+                raise TransferError(f"{self.location}: closed before {path} was read",
+                                    plugin_id=plugin_id, url=self.location)
             info = updater.get_targetinfo(path)
         if info is None:
             raise NotFoundError(f"{self.location} has no plugin {plugin_id!r} (no TUF target "
@@ -244,12 +333,48 @@ class RegistrySource:
     def releases(self, plugin_id: str) -> Sequence[Release]:
         """Every release of ``plugin_id`` from its verified index, yanked ones included.
 
+        Also starts reading, in the background, the indexes of the plugins
+        those releases depend on.
+
         Raises:
             NotFoundError: no index for that plugin.
             SignatureInvalid: metadata or index failed verification.
             TransferError: the registry could not be read.
         """
         plugin_id = plugin_id.strip().lower()
+        with self._lock:
+            pending = self._indexes.get(plugin_id)
+        if pending is not None and not pending.cancelled():
+            found = pending.result()  # a prefetch's error is raised here, to the asker
+        else:
+            found = self._read_index(plugin_id)
+            done: Future[list[Release]] = Future()
+            done.set_result(found)
+            with self._lock:
+                self._indexes[plugin_id] = done
+        self._prefetch(d for r in found if not r.yanked for d in r.dependencies)
+        return list(found)
+
+    def _prefetch(self, plugin_ids: Iterable[str]) -> None:
+        """Start reading the indexes of ``plugin_ids`` not read yet (errors kept for the asker)."""
+        if self.max_parallel_fetches < 2:
+            return
+        with self._lock:
+            for pid in sorted({p.strip().lower() for p in plugin_ids}):
+                if pid in self._indexes:
+                    continue
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_parallel_fetches,
+                                                    thread_name_prefix="corral-tuf")
+                self._indexes[pid] = self._pool.submit(self._read_in_background, pid)
+
+    def _read_in_background(self, plugin_id: str) -> list[Release]:
+        """:meth:`_read_index` on a pool thread (cut short when the source closes)."""
+        self._background.on = True
+        return self._read_index(plugin_id)
+
+    def _read_index(self, plugin_id: str) -> list[Release]:
+        """Download and parse ``index/<plugin_id>.json`` through the updater."""
         info = self._target(f"index/{plugin_id}.json", plugin_id)
         updater = self._open()
         with tempfile.TemporaryDirectory(prefix="corral-index-") as tmp:

@@ -28,6 +28,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,56 @@ ONLINE_ROLES: Final = ("snapshot", "timestamp", "bins")
 _META_NAME: Final = re.compile(r"^(?:timestamp|root|[1-9][0-9]{0,9}\.(?:root|targets|snapshot|"
                                r"bin-[0-9a-f]{1,8}))\.json$")
 _T = TypeVar("_T", Root, Timestamp, Snapshot, Targets)
+#: Files up to this size are served from memory (metadata, indexes, small archives).
+CACHE_FILE_LIMIT: Final = 512 * 1024
+#: Bytes the served-file cache holds at most, per repository object.
+CACHE_TOTAL_LIMIT: Final = 32 * 1024 * 1024
+
+
+class FileCache:
+    """Small served files kept in memory, re-read whenever their stat changes.
+
+    Every repository write renames a new file into place, so (inode, mtime,
+    size) changes whenever content does; a hit costs one ``stat``.  The
+    bytes sent are always those of the file as it is on disk now.
+    """
+
+    def __init__(self, total: int = CACHE_TOTAL_LIMIT, per_file: int = CACHE_FILE_LIMIT) -> None:
+        self.total = total
+        self.per_file = per_file
+        self._entries: OrderedDict[Path, tuple[tuple[int, int, int], bytes]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> bytes | None:
+        """The bytes of ``path``; ``None`` when it is too big to cache (stream it instead).
+
+        Raises:
+            OSError: the file cannot be read (e.g. removed meanwhile).
+        """
+        st = os.stat(path)
+        if st.st_size > self.per_file:
+            return None
+        with self._lock:
+            hit = self._entries.get(path)
+            if hit is not None and hit[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+                self._entries.move_to_end(path)
+                return hit[1]
+        with path.open("rb") as fp:  # key and bytes from the same open file
+            fst = os.fstat(fp.fileno())
+            data = fp.read(self.per_file + 1)
+        if len(data) != fst.st_size or len(data) > self.per_file:
+            return None  # growing or replaced while read: do not cache, stream it
+        with self._lock:
+            old = self._entries.pop(path, None)
+            if old is not None:
+                self._size -= len(old[1])
+            self._entries[path] = ((fst.st_ino, fst.st_mtime_ns, fst.st_size), data)
+            self._size += len(data)
+            while self._size > self.total and self._entries:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._size -= len(dropped)
+        return data
 
 
 def archive_target_path(plugin_id: str, version: str) -> str:
@@ -181,6 +233,8 @@ class TufRepository:
         self.keys_dir = self.root_dir / "keys"
         self._serializer = JSONSerializer(compact=False)
         self._checked_at = 0.0
+        #: Served files (metadata, indexes, small archives) kept in memory.
+        self.served = FileCache()
 
     # -- opening ------------------------------------------------------------
 
@@ -520,13 +574,19 @@ class TufRepository:
             out["timestamp"] = self.timestamp().signed.version
             return out
 
+    def refresh_due(self, min_interval: float = 60.0) -> bool:
+        """Whether :meth:`refresh_if_due` would look at the timestamp now (no I/O)."""
+        import time
+
+        return not self._checked_at or time.monotonic() - self._checked_at >= min_interval
+
     def refresh_if_due(self, min_interval: float = 60.0) -> None:
         """:meth:`refresh`, at most once per ``min_interval`` seconds (the request path)."""
         import time
 
-        mono = time.monotonic()
-        if mono - self._checked_at < min_interval and self._checked_at:
+        if not self.refresh_due(min_interval):
             return
+        mono = time.monotonic()
         self._checked_at = mono
         ts = self.timestamp().signed
         if self._stale(ts, "timestamp", _now()):
