@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
 from corral._version import __version__
@@ -327,7 +329,6 @@ def _spooled(tmp_dir: Path | None) -> Iterator[Path]:
 @contextlib.contextmanager
 def open_server(registry: Registry, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run the API in a background thread; yield its base URL (for tests and benchmarks)."""
-    import socket
 
     import uvicorn
 
@@ -360,3 +361,18 @@ def app_from_env() -> FastAPI:
     data = os.environ.get("CORRAL_REGISTRY_DATA") or None
     db = os.environ.get("CORRAL_REGISTRY_DB") or None
     return create_app(Registry.open(data, db))
+
+
+
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY set on each TCP connection.
+
+    ``uvicorn --workers N`` binds its socket without ``IPPROTO_TCP``, so asyncio
+    does not set TCP_NODELAY and each response waits ~40 ms on a delayed ACK.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)

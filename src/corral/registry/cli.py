@@ -199,7 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ["CORRAL_REGISTRY_DB"] = args.db
         registry.close()
         uvicorn.run("corral.registry._app:app_from_env", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, log_level="warning")
+                    port=args.port, workers=args.workers, log_level="warning",
+                    http="corral.registry._app:NoDelayH11Protocol")
         return 0
     uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
     return 0
