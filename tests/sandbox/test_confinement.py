@@ -53,6 +53,17 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux kernel fe
 X86_64 = os.uname().machine == "x86_64"
 ROOT = os.geteuid() == 0
 MIB = 1024 * 1024
+
+
+def roomy_memory_mb() -> int:
+    """A memory limit well above what this (forked test) process already maps.
+
+    The pytest process grows with the tests run before (threads, libraries), and
+    ``apply_rlimits`` refuses a limit below the address space already in use.
+    """
+    with open("/proc/self/status") as f:
+        vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    return max(1024, vm_kb // 1024 + 512)
 CANARY = b"canary: must never change\n"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -1066,7 +1077,7 @@ def test_full_confinement_keeps_python_working(tree: Tree, ruleset: int) -> None
             os.close(fd)
 
     def child() -> dict[str, Any]:
-        apply_rlimits(1024, 5, None, 10)
+        apply_rlimits(roomy_memory_mb(), 5, None, 10)
         restrict_self(ruleset)
         install_filter(prog)
         denied = {
@@ -1116,7 +1127,7 @@ def test_confinement_inside_fresh_namespaces(tree: Tree, ruleset: int) -> None:
         ):
             with open(path, "w") as f:
                 f.write(data)
-        apply_rlimits(1024, 5, 16, 10)
+        apply_rlimits(roomy_memory_mb(), 5, 16, 10)
         restrict_self(ruleset)
         install_filter(prog)
         return {
