@@ -52,11 +52,17 @@ def test_install_update_rollback_history_verify_uninstall(
     assert run_cli("call", "acme.app", "version", "--json").json == {"result": "1.1"}
     assert run_cli("info", "acme.app", "--json").json["state"] == "enabled"
 
+    # the generation rolled back to is checked again: unsigned needs the explicit flag
     r = run_cli("rollback", "--json")
+    assert r.code == 4
+    assert r.json["error"]["code"] == "signature_invalid"
+    assert "cannot roll back to generation 1: acme.app 1.0.0 is not signed" in (
+        r.json["error"]["message"])
+    r = run_cli("rollback", "--allow-unsigned", "--json")
     assert r.code == 0
     assert r.json["action"] == "rollback to 1"
     assert run_cli("call", "acme.app", "version", "--json").json == {"result": "1"}
-    r = run_cli("rollback", "--to", "2", "--json")
+    r = run_cli("rollback", "--to", "2", "--allow-unsigned", "--json")
     assert r.json["generation"] == 4
 
     r = run_cli("history", "--json")

@@ -257,7 +257,16 @@ def test_failing_self_test_blocks_update(
     before = snapshot(home)
     with pytest.raises(PluginError, match="self-test failed, the update was not applied"):
         inst.update()
-    assert snapshot(home) == before
+    after = snapshot(home)
+    gen1 = "generations/1.json"
+    # only the record of generation 1 changed: it remembers the failed version
+    assert {k: v for k, v in after["files"].items() if k != gen1} == {
+        k: v for k, v in before["files"].items() if k != gen1}
+    assert after["rows"] == before["rows"]
+    (failed,) = json.loads((home / gen1).read_text())["failed-updates"]
+    assert (failed["id"], failed["version"]) == ("acme.st", "2.0.0")
+    assert "health check failed" in failed["reason"]
+    assert "failed" not in json.loads((home / "corral.lock").read_text())
     publish(tmp_path, repo, "acme.st", "2.0.1", code=versioned("2", ok), exports=ex)
     assert inst.update().change is not None
     assert rows(home)["acme.st"][0] == "2.0.1"

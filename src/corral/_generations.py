@@ -46,6 +46,10 @@ class Generation:
     ``plugins`` maps ids to ``{"version", "sha256", "source", "signature",
     "requested", "spec"}``: ``requested`` says the user asked for it (else it
     is there as a dependency), ``spec`` is the range they asked for.
+    ``failed`` is set on a generation whose health check failed (it was rolled
+    back automatically); ``failed_updates`` lists ``{"id", "version",
+    "reason"}`` of versions that failed their self-test or start-up, so that
+    ``update`` does not try them again.
     """
 
     number: int
@@ -53,6 +57,8 @@ class Generation:
     action: str
     parent: int | None
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    failed: str | None = None
+    failed_updates: tuple[Mapping[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``generations/<N>.json`` (``corral.lock`` adds its version)."""
@@ -62,6 +68,9 @@ class Generation:
             "action": self.action,
             "parent": self.parent,
             "plugins": {k: dict(v) for k, v in sorted(self.plugins.items())},
+            **({"failed": self.failed} if self.failed is not None else {}),
+            **({"failed-updates": [dict(x) for x in self.failed_updates]}
+               if self.failed_updates else {}),
         }
 
     @classmethod
@@ -83,6 +92,11 @@ class Generation:
                 action=str(data.get("action", "")),
                 parent=None if data.get("parent") is None else int(data["parent"]),
                 plugins={str(k): dict(v) for k, v in plugins.items()},
+                failed=None if data.get("failed") is None else str(data["failed"]),
+                failed_updates=tuple(
+                    {str(k): str(v) for k, v in x.items()}
+                    for x in data.get("failed-updates", ())
+                ),
             )
         except InvalidPluginError:
             raise
@@ -92,9 +106,14 @@ class Generation:
             ) from None
 
     def encode(self, *, lock: bool = False) -> bytes:
-        """Canonical bytes: sorted keys, two-space indent, ``lock-version`` for the lock."""
+        """Canonical bytes: sorted keys, two-space indent, ``lock-version`` for the lock.
+
+        The lock leaves out ``failed`` and ``failed-updates``: they are history.
+        """
         doc = self.to_dict()
         if lock:
+            doc.pop("failed", None)
+            doc.pop("failed-updates", None)
             doc["lock-version"] = LOCK_VERSION
         return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
 

@@ -19,6 +19,7 @@ new store trees are removed, the lock and the database are untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -49,6 +50,7 @@ from ._generations import (
     Generation,
     diff_plugins,
     exclusive,
+    fsync_dir,
     read_lock,
     sync_filesystem,
     write_atomic,
@@ -60,6 +62,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._host import Host
     from ._manifest import Manifest
+    from ._trust import TrustStore
 
 __all__ = [
     "Change",
@@ -259,17 +262,23 @@ class Change:
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """Updates found (``available``), held for wider permissions (``held``), and the change."""
+    """Updates found (``available``), held for wider permissions (``held``), and the change.
+
+    ``skipped`` lists ``{"id", "version", "reason"}`` of versions left out
+    because they failed their self-test or start-up before.
+    """
 
     available: Sequence[Mapping[str, Any]]
     held: Sequence[Mapping[str, Any]]
     change: Change | None
+    skipped: Sequence[Mapping[str, str]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON data for ``--json``."""
         return {
             "available": [dict(x) for x in self.available],
             "held": [dict(x) for x in self.held],
+            "skipped": [dict(x) for x in self.skipped],
             "applied": None if self.change is None else self.change.to_dict(),
         }
 
@@ -345,6 +354,14 @@ def _tree_files(tree: Path) -> dict[str, str]:
     return files
 
 
+def _intact(tree: Path, record: Mapping[str, Any]) -> bool:
+    """The files under ``tree`` are exactly those of its store record (hashed again)."""
+    try:
+        return _tree_files(tree) == record.get("files")
+    except OSError:
+        return False
+
+
 def _no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -391,6 +408,8 @@ class Installer:
         self.store_dir = self.home / "store"
         self.generations_dir = self.home / "generations"
         self.lock_path = self.home / LOCK_NAME
+        self._checked: set[str] = set()  # digests whose signature this operation checked
+        self._repairs: list[dict[str, str]] = []  # store trees this operation re-fetched
 
     # -- reading --------------------------------------------------------------
 
@@ -432,6 +451,8 @@ class Installer:
                 "generation": gen.number, "created": gen.created, "action": gen.action,
                 "parent": gen.parent, "current": gen.number == cur.number,
                 "plugins": {k: v["version"] for k, v in sorted(gen.plugins.items())},
+                "failed": gen.failed,
+                "failed_updates": [dict(x) for x in gen.failed_updates],
                 **diff_plugins(parent, gen.plugins),
             })
         return out
@@ -440,16 +461,21 @@ class Installer:
         """Re-check every installed plugin's files against its store record and signature.
 
         Each result has ``state``: ``ok``, ``modified`` (files changed, added or
-        removed, or the signature no longer verifies) or ``missing``.
+        removed, or the signature no longer verifies), ``revoked`` (signed by a
+        key the trust store now revokes) or ``missing``.
         """
+        from ._trust import TrustStore
+
         with self._operation():
             cur = self.current()
+            trust = TrustStore(self.home)
             results = []
             for pid, entry in sorted((cur.plugins if cur else {}).items()):
-                results.append(self._verify_one(pid, entry))
+                results.append(self._verify_one(pid, entry, trust))
             return results
 
-    def _verify_one(self, pid: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    def _verify_one(self, pid: str, entry: Mapping[str, Any], trust: TrustStore,
+                    ) -> dict[str, Any]:
         out: dict[str, Any] = {"id": pid, "version": entry["version"], "sha256": entry["sha256"]}
         tree = self.tree(entry["sha256"])
         record = self._record(entry["sha256"])
@@ -468,8 +494,11 @@ class Installer:
         if status.state in ("modified", "invalid") or status.state != recorded:
             problems += [f"signature: {p}" for p in status.problems] or [
                 f"signature: {status.state} (was {recorded})"]
-        return {**out, "state": "modified" if problems else "ok", "problems": problems,
-                "signature": signature}
+        state = "modified" if problems else "ok"
+        if status.state == "signed" and status.keyid and trust.state(status.keyid) == "revoked":
+            problems.append(f"signature: key {status.keyid} ({status.signer}) is revoked")
+            state = "revoked" if state == "ok" else state
+        return {**out, "state": state, "problems": problems, "signature": signature}
 
     def _record(self, sha256: str) -> dict[str, Any] | None:
         try:
@@ -489,6 +518,8 @@ class Installer:
             folder.mkdir(parents=True, exist_ok=True)
         with exclusive(self.home / "install.lock"):
             host = self._host if self._host is not None else Host(home=self.home)
+            self._checked.clear()
+            self._repairs.clear()
             try:
                 for stale in self.store_dir.glob(".tmp-*"):
                     _remove_tree(stale)
@@ -539,12 +570,17 @@ class Installer:
                 else:
                     wanted = self._plan_install(old, reqs, created)
                     action = "install " + " ".join(str(r) for r in reqs)
+                self._admit(wanted, old)
                 self._check(host, wanted)
-                return self._commit(host, cur, wanted, action, created)
+                change = self._commit(host, cur, wanted, action, created)
             except BaseException:
                 for path in created:
                     _remove_tree(path)
                 raise
+            if not self._repairs:
+                return change
+            return Change(change.generation, change.action, change.changed,
+                          {**change.changes, "repaired": list(self._repairs)})
 
     def _plan_install(
         self, old: Mapping[str, Mapping[str, Any]], reqs: Sequence[Requirement],
@@ -568,7 +604,7 @@ class Installer:
         releases: dict[str, Release] = {}
         by_source: dict[str, Source] = {}
         for pid, entry in lock.plugins.items():
-            if self.tree(entry["sha256"]).is_dir() and self._record(entry["sha256"]):
+            if self._stored(Release(pid, entry["version"], sha256=entry["sha256"])):
                 releases[pid] = Release(pid, entry["version"], sha256=entry["sha256"])
                 by_source[pid] = self.source or _Offline(str(entry.get("source", "")))
                 continue
@@ -638,8 +674,11 @@ class Installer:
         return out
 
     def _stored(self, rel: Release) -> bool:
-        return bool(rel.sha256) and self.tree(str(rel.sha256)).is_dir() and (
-            self._record(str(rel.sha256)) is not None)
+        """The release's store tree is there and its files match its record (hashed)."""
+        if not rel.sha256:
+            return False
+        tree, record = self.tree(rel.sha256), self._record(rel.sha256)
+        return tree.is_dir() and record is not None and _intact(tree, record)
 
     def _fetch_all(self, todo: Sequence[Release], source: Source) -> list[tuple[Path, Path]]:
         """Download each release of ``todo`` into its own ``store/.tmp-*``: ``(tmp, archive)``.
@@ -730,19 +769,38 @@ class Installer:
                     f"expected {rel.id} {rel.version}", plugin_id=rel.id, file=archive.name,
                 )
             signature = self._check_signature(tree, rel)
+            self._checked.add(digest)
             files = _seal(tree)
             final = self.tree(digest)
-            if final.exists():  # a tree left by a crash before its record: replace it
-                _remove_tree(final)
             record = {"id": rel.id, "version": rel.version, "sha256": digest,
-                      "signature": signature, "files": files}
+                      "signature": signature, "files": files,
+                      "publisher_verified": rel.publisher_verified}
             record_path = self.store_dir / f"{digest}.json"
-            write_atomic(record_path, json.dumps(record, sort_keys=True, indent=1).encode(),
-                         durable=False)
-            created.append(record_path)
-            os.rename(tree, final)
-            created.append(final)
+            known = self._record(digest) is not None
+            aside = None
+            if final.exists():
+                # A tree left by a crash before its record, or one whose files no
+                # longer match it: move it aside, put the new one in, delete the old.
+                aside = self.store_dir / f".tmp-aside-{os.urandom(6).hex()}"
+                os.rename(final, aside)
+            try:
+                write_atomic(record_path,
+                             json.dumps(record, sort_keys=True, indent=1).encode(),
+                             durable=False)
+                if not known:  # a record some generation may use stays on failure
+                    created.append(record_path)
+                os.rename(tree, final)
+            except BaseException:
+                if aside is not None and not final.exists():
+                    os.rename(aside, final)
+                raise
+            if not known:
+                created.append(final)
             final.chmod(0o555)
+            if aside is not None:
+                _remove_tree(aside)
+                if known:
+                    self._repairs.append({"id": rel.id, "version": rel.version})
         except OSError as exc:
             if _no_space(exc):
                 raise self._no_space_error(rel, exc) from exc
@@ -766,6 +824,36 @@ class Installer:
             policy=load_policy(self.home),
         )
         return {"state": status.state, "keyid": status.keyid, "signer": status.signer}
+
+    def _admit(self, wanted: Mapping[str, Mapping[str, Any]],
+               before: Mapping[str, Mapping[str, Any]], *, every: bool = False) -> None:
+        """Check each plugin entering the new generation against today's trust store and policy.
+
+        A plugin enters when its digest differs from ``before`` (all of them
+        with ``every``).  Trees checked as they entered the store in this
+        operation are not checked twice.  The tree must still match its record.
+
+        Raises:
+            SignatureInvalid: a tree no longer matches its record, or the
+                signature is refused (a revoked key, a stricter policy, unsigned).
+        """
+        for pid, e in sorted(wanted.items()):
+            sha = str(e["sha256"])
+            if sha in self._checked or (not every and before.get(pid, {}).get("sha256") == sha):
+                continue
+            tree, record = self.tree(sha), self._record(sha)
+            if not tree.is_dir() or record is None:
+                raise NotFoundError(f"{pid} {e['version']}: store tree {tree} is gone; "
+                                    "install it again", plugin_id=pid)
+            if not _intact(tree, record):
+                raise SignatureInvalid(
+                    f"{pid} {e['version']}: the files of {tree} no longer match its record "
+                    f"{sha}.json; repair it with corral install --from {self.lock_path} "
+                    "--source ...", plugin_id=pid, file=str(tree))
+            self._check_signature(tree, Release(
+                pid, str(e["version"]), sha256=sha,
+                publisher_verified=bool(record.get("publisher_verified"))))
+            self._checked.add(sha)
 
     # -- checks and the switch ---------------------------------------------------
 
@@ -828,7 +916,7 @@ class Installer:
             plugins={k: dict(v) for k, v in plugins.items()},
         )
         try:
-            if created:  # the new store trees, durable before anything points at them
+            if created or self._repairs:  # new trees, durable before anything uses them
                 sync_filesystem(self.store_dir)
             write_atomic(self.generations_dir / f"{number}.json", gen.encode())
             write_atomic(self.lock_path, gen.encode(lock=True))  # the switch
@@ -876,50 +964,97 @@ class Installer:
     # -- rollback ---------------------------------------------------------------
 
     def rollback(self, to: int | None = None) -> Change:
-        """Make a new generation equal to generation ``to`` (default: the current one's parent).
+        """Make a new generation equal to generation ``to``.
 
-        Needs no network: every generation's store trees are kept.
+        Without ``to``: the nearest ancestor (following ``parent``) that did not
+        fail its health check and differs from the current set; the action
+        names the failed generations it skipped.  Needs no network: every
+        generation's store trees are kept.  Every plugin of the target is
+        checked again against today's trust store and policy.
+
+        Raises:
+            SignatureInvalid: a plugin of the target is signed by a key revoked
+                since (or the policy now refuses it); the message names it.
         """
         with self._operation() as host:
             cur = self.current()
             if cur is None:
                 raise UsageError("nothing is installed; there is nothing to roll back")
-            target = cur.parent if to is None else to
-            if target is None:
-                raise UsageError(f"generation {cur.number} has no parent to roll back to")
+            skipped: list[int] = []
+            target = self._rollback_target(cur, skipped) if to is None else to
             if target == 0:
                 plugins: Mapping[str, Mapping[str, Any]] = {}
             else:
                 plugins = self.generation(target).plugins
+            try:
+                self._admit(plugins, cur.plugins, every=True)
+            except SignatureInvalid as exc:
+                raise SignatureInvalid(f"cannot roll back to generation {target}: {exc.message}",
+                                       plugin_id=exc.plugin_id,
+                                       **{**exc.details, "generation": target}) from exc
             self._check(host, plugins)
-            return self._commit(host, cur, plugins, f"rollback to {target}", [], force=True)
+            action = f"rollback to {target}"
+            if skipped:
+                action += f" (skipped failed generation {', '.join(map(str, skipped))})"
+            return self._commit(host, cur, plugins, action, [], force=True)
+
+    def _rollback_target(self, cur: Generation, skipped: list[int]) -> int:
+        """The nearest ancestor of ``cur`` not failed and not equal to it (0: nothing)."""
+        number = cur.parent
+        seen: set[int] = set()
+        while number is not None and number not in seen:
+            seen.add(number)
+            if number == 0:
+                return 0
+            try:
+                gen = self.generation(number)
+            except NotFoundError:
+                break
+            if gen.failed is not None:
+                skipped.append(number)
+            elif not _same(gen.plugins, cur.plugins):
+                return number
+            number = gen.parent
+        raise UsageError(f"generation {cur.number} has no earlier generation to roll back to"
+                         + (f" (skipped failed generation {', '.join(map(str, skipped))})"
+                            if skipped else ""))
 
     # -- update -----------------------------------------------------------------
 
     def update(
         self, ids: Sequence[str] = (), *, check: bool = False, accept_permissions: bool = False,
+        retry_failed: bool = False,
     ) -> UpdateResult:
         """Find newer versions and apply them (all plugins, or ``ids``).
 
         A version whose permissions grant more (a new entry in any list, or a
         weaker isolation) is held unless ``accept_permissions``.  A version with
-        a ``self-test`` export must pass it in a throwaway host first.
-        ``check`` only lists.
+        a ``self-test`` export must pass it in a throwaway host first.  A version
+        that failed its self-test or start-up before is skipped (listed in
+        ``skipped``) unless ``retry_failed``.  Without a source, the one
+        recorded in ``corral.lock`` is used.  ``check`` only lists.
         """
-        with self._operation() as host:
+        with self._operation() as host, contextlib.ExitStack() as stack:
             cur = self.current()
             old = dict(cur.plugins) if cur else {}
             for pid in ids:
                 if pid not in old:
                     raise NotFoundError(f"{pid} is not installed", plugin_id=pid)
-            if not old:
+            if cur is None or not old:
                 return UpdateResult([], [], None)
-            source = self._need_source()
+            source = self._update_source(old, stack)
             upgrade = sorted(ids or old)
             specs = {p: str(e.get("spec", "")) for p, e in old.items() if e.get("requested")}
             reqs = [Requirement(p, s) for p, s in specs.items()]
             locked = {p: str(e["version"]) for p, e in old.items()}
             releases = _resolve(reqs, source, locked=locked, upgrade=upgrade)
+            skipped: list[dict[str, str]] = []
+            failed = {} if retry_failed else self._failed_versions()
+            skipped = [{"id": p, "version": r.version, "reason": failed[(p, r.version)]}
+                       for p, r in sorted(releases.items()) if (p, r.version) in failed
+                       and old.get(p, {}).get("version") != r.version]
+            if skipped:
+                releases, reqs = self._avoid(failed, old, reqs, source, locked, upgrade)
             old_manifests = self._manifests(old)
             available: list[dict[str, Any]] = []
             for pid, rel in sorted(releases.items()):
@@ -933,7 +1068,7 @@ class Installer:
                         om.permissions.to_dict() if om else {}, rel.permissions),
                 })
             if check or not available:
-                return UpdateResult(available, [], None)
+                return UpdateResult(available, [], None, skipped)
             created: list[Path] = []
             try:
                 wanted = self._materialise(releases, source, old, specs, created)
@@ -951,10 +1086,16 @@ class Installer:
                 if held:
                     wanted = self._without(held, reqs, locked, upgrade, source, old, specs,
                                            created)
+                self._admit(wanted, old)
                 self._check(host, wanted)
                 for pid, e in wanted.items():
                     if old.get(pid, {}).get("sha256") != e["sha256"]:
-                        self._self_test(pid, wanted)
+                        try:
+                            self._self_test(pid, wanted)
+                        except PluginError as exc:
+                            self._remember_failure(cur.number, [(pid, str(e["version"]))],
+                                                   exc.message)
+                            raise
                 names = [r["id"] for r in available if r not in held]
                 enabled = [i.id for i in host.list(discovered=False) if i.state == "enabled"]
                 try:
@@ -962,13 +1103,79 @@ class Installer:
                                           created)
                     self._health(host, old, wanted, enabled)
                 except CorralError as exc:
-                    self._roll_back_failed(host, cur, enabled, exc)
+                    self._roll_back_failed(host, cur, enabled, exc, old, wanted)
                     raise
             except BaseException:
                 for path in created:
                     _remove_tree(path)
                 raise
-            return UpdateResult(available, held, change if change.changed else None)
+            return UpdateResult(available, held, change if change.changed else None, skipped)
+
+    def _update_source(self, plugins: Mapping[str, Mapping[str, Any]],
+                       stack: contextlib.ExitStack) -> Source:
+        """The installer's source, else the one ``corral.lock`` records for every plugin.
+
+        Raises:
+            UsageError: no source anywhere, or the plugins come from several.
+        """
+        if self.source is not None:
+            return self.source
+        by_source: dict[str, list[str]] = {}
+        for pid, e in sorted(plugins.items()):
+            by_source.setdefault(str(e.get("source") or ""), []).append(pid)
+        by_source.pop("", None)
+        if not by_source:
+            return self._need_source()
+        if len(by_source) > 1:
+            named = "; ".join(f"{', '.join(p)} from {loc}" for loc, p in sorted(by_source.items()))
+            raise UsageError(
+                f"{self.lock_path} records several sources ({named}); pass --source "
+                "DIR_OR_URL or set CORRAL_REGISTRY", sources=sorted(by_source),
+            )
+        source = open_source(next(iter(by_source)), self.home)
+        close = getattr(source, "close", None)
+        if close is not None:
+            stack.callback(close)
+        return source
+
+    def _failed_versions(self) -> dict[tuple[str, str], str]:
+        """``(id, version) -> reason`` of every version a generation file says failed."""
+        out: dict[tuple[str, str], str] = {}
+        for path in self.generations_dir.glob("*.json"):
+            if not path.stem.isdigit():
+                continue
+            with contextlib.suppress(CorralError):
+                for x in self.generation(int(path.stem)).failed_updates:
+                    out[(x.get("id", ""), x.get("version", ""))] = x.get("reason", "")
+        return out
+
+    def _avoid(
+        self, failed: Mapping[tuple[str, str], str], old: Mapping[str, Mapping[str, Any]],
+        reqs: list[Requirement], source: Source, locked: dict[str, str], upgrade: list[str],
+    ) -> tuple[dict[str, Release], list[Requirement]]:
+        """Resolve again without the failed versions (else keep those plugins where they are)."""
+        out: dict[str, list[str]] = {}
+        for pid, version in sorted(failed):
+            if pid in old and old[pid]["version"] != version:
+                out.setdefault(pid, []).append(f"!={version}")
+        more = [*reqs, *(Requirement(p, ",".join(v)) for p, v in out.items())]
+        try:
+            return _resolve(more, source, locked=locked, upgrade=upgrade), more
+        except ConflictError:
+            pins = [*reqs, *(Requirement(p, f"=={old[p]['version']}") for p in out)]
+            return _resolve(pins, source, locked=locked, upgrade=upgrade), pins
+
+    def _remember_failure(self, number: int, pairs: Sequence[tuple[str, str]], reason: str,
+                          *, failed: bool = False) -> None:
+        """Record in ``generations/<number>.json`` versions that failed (and the generation)."""
+        with contextlib.suppress(CorralError, OSError):
+            gen = self.generation(number)
+            seen = {(x.get("id"), x.get("version")) for x in gen.failed_updates}
+            extra = tuple({"id": p, "version": v, "reason": reason} for p, v in pairs
+                          if (p, v) not in seen)
+            gen = dataclasses.replace(gen, failed_updates=(*gen.failed_updates, *extra),
+                                      failed=reason if failed else gen.failed)
+            write_atomic(self.generations_dir / f"{number}.json", gen.encode())
 
     def _health(
         self, host: Host, old: Mapping[str, Mapping[str, Any]],
@@ -986,12 +1193,21 @@ class Installer:
                 host.enable(pid)
 
     def _roll_back_failed(
-        self, host: Host, cur: Generation | None, enabled: Sequence[str], exc: CorralError
+        self, host: Host, cur: Generation | None, enabled: Sequence[str], exc: CorralError,
+        old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]],
     ) -> None:
-        """After a switch whose health check failed: back to ``cur``, re-enable, then raise."""
+        """After a switch whose health check failed: mark it failed, back to ``cur``, raise.
+
+        The failed generation records the failing versions (the plugin that
+        failed, or every updated one when the error names none of them).
+        """
         now = self.current()
         if cur is None or now is None or now.number == cur.number:
             return  # not switched: nothing to undo
+        updated = [p for p in sorted(new) if old.get(p, {}).get("sha256") != new[p]["sha256"]]
+        culprits = [exc.plugin_id] if exc.plugin_id in updated else updated
+        self._remember_failure(now.number, [(p, str(new[p]["version"])) for p in culprits],
+                               exc.message, failed=True)
         self._commit(host, now, cur.plugins,
                      f"rollback to {cur.number} (automatic: {exc.message})", [], force=True)
         for pid in enabled:
@@ -1046,10 +1262,40 @@ class Installer:
 
     # -- garbage ----------------------------------------------------------------
 
-    def gc(self) -> list[str]:
-        """Delete store trees no generation refers to; returns their digests."""
+    def prune(self, keep: int) -> list[int]:
+        """Delete generation files but the current one and the ``keep`` most recent others.
+
+        Returns the numbers deleted, oldest first.
+
+        Raises:
+            UsageError: ``keep`` is negative.
+        """
+        if keep < 0:
+            raise UsageError(f"--keep must be 0 or more, got {keep}")
         with self._operation():
-            used: set[str] = set()
+            cur = self.current()
+            current = None if cur is None else cur.number
+            others = sorted(int(p.stem) for p in self.generations_dir.glob("*.json")
+                            if p.stem.isdigit() and int(p.stem) != current)
+            gone = []
+            for n in others[:max(0, len(others) - keep)]:
+                (self.generations_dir / f"{n}.json").unlink()
+                gone.append(n)
+            if gone:
+                fsync_dir(self.generations_dir)
+            return gone
+
+    def gc(self, keep: int | None = None) -> list[str]:
+        """Delete store trees no generation refers to; returns their digests.
+
+        With ``keep``, first :meth:`prune` the generations to the current one
+        and the ``keep`` most recent, so their trees can go too.
+        """
+        if keep is not None:
+            self.prune(keep)
+        with self._operation():
+            cur = self.current()
+            used: set[str] = {str(e["sha256"]) for e in (cur.plugins if cur else {}).values()}
             for path in self.generations_dir.glob("*.json"):
                 with contextlib.suppress(CorralError, ValueError):
                     used.update(e["sha256"] for e in self.generation(int(path.stem)).plugins

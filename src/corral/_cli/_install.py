@@ -50,6 +50,7 @@ def _installer(args: argparse.Namespace) -> Iterator[Installer]:
     from .._installer import Installer, open_source
 
     home = default_home() if args.home is None else Path(args.home)
+    # without either, ``update`` uses the source recorded in corral.lock
     location = getattr(args, "source", None) or os.environ.get("CORRAL_REGISTRY")
     source = open_source(location, home) if location else None
     progress = _Bar() if not args.json and sys.stderr.isatty() else None
@@ -65,6 +66,8 @@ def _installer(args: argparse.Namespace) -> Iterator[Installer]:
 
 
 def _print_change(doc: dict[str, Any]) -> None:
+    for x in doc.get("repaired", []):
+        print(f"  ! {x['id']} {x['version']}: store tree did not match its record, re-fetched")
     if not doc["changed"]:
         print(f"nothing to do (generation {doc['generation']})")
         return
@@ -116,13 +119,17 @@ def _perms(changes: dict[str, list[str]]) -> str:
 def cmd_update(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
         result = inst.update(
-            args.ids, check=args.check, accept_permissions=args.accept_permissions
+            args.ids, check=args.check, accept_permissions=args.accept_permissions,
+            retry_failed=args.retry_failed,
         )
     doc = result.to_dict()
     code = 4 if result.held else 0
     if args.json:
         dump(doc)
         return code
+    for x in doc["skipped"]:
+        print(f"skipped: {x['id']} {x['version']} failed before ({x['reason']}); "
+              "run with --retry-failed to try it again", file=sys.stderr)
     if not doc["available"]:
         print("everything is up to date")
         return 0
@@ -134,8 +141,9 @@ def cmd_update(args: argparse.Namespace) -> int:
     ]
     print(table(rows, ["id", "installed", "available", "new permissions", "status"]))
     if held:
+        verb = "asks" if len(held) == 1 else "ask"
         print(
-            f"held: {', '.join(sorted(held))} ask for more permissions; review the "
+            f"held: {', '.join(sorted(held))} {verb} for more permissions; review the "
             "difference above and run again with --accept-permissions to apply",
             file=sys.stderr,
         )
@@ -161,6 +169,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"{mark}{g['generation']:>4}  {g['created']}  {g['action']}")
         if parts:
             print("       " + ", ".join(parts))
+        if g.get("failed") is not None:
+            print(f"       FAILED: {g['failed']}")
     return 0
 
 
@@ -182,10 +192,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
+        pruned = [] if args.keep is None else inst.prune(args.keep)
         gone = inst.gc()
     if args.json:
-        dump({"removed": gone})
+        dump({"removed": gone, "pruned": pruned})
     else:
+        if args.keep is not None:
+            print(f"pruned {len(pruned)} old generation(s)")
         print(f"removed {len(gone)} unused store tree(s)")
     return 0
 
@@ -211,10 +224,18 @@ def add_verbs(verb: VerbAdder) -> None:
     p.add_argument("--check", action="store_true", help="only list available updates")
     p.add_argument("--accept-permissions", action="store_true",
                    help="apply updates that ask for more permissions")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again versions that failed their self-test or start-up before")
     _source_args(p)
     p = verb("rollback", cmd_rollback, "go back to an earlier generation (no network)")
     p.add_argument("--to", type=int, default=None, metavar="N",
-                   help="the generation to go back to (default: the parent of the current)")
+                   help="the generation to go back to (default: the nearest earlier one "
+                   "that did not fail and differs from the current)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept unsigned plugins in the generation rolled back to")
     p = verb("history", cmd_history, "generations, newest first, with what changed")
-    p = verb("verify", cmd_verify, "re-check every installed file against its signed manifest")
+    p = verb("verify", cmd_verify,
+             "re-check every installed file against its signed manifest and the trust store")
     p = verb("gc", cmd_gc, "delete store trees no generation refers to")
+    p.add_argument("--keep", type=int, default=None, metavar="K",
+                   help="first delete generations but the current one and the K most recent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,11 @@ def pack_plugin(
 ) -> dict[str, Any]:
     """Validate ``path``, sign it if a key is configured, and pack it; return what was made.
 
-    ``out`` is a file or an existing directory outside the plugin (default: the
-    current directory, or the plugin's parent when run inside the plugin); the
-    archive is named ``<id>-<version>.corral``.  With ``key``,
+    ``out`` is an existing directory or one ending in ``/`` (created), both
+    meaning "into that folder", or a ``*.corral`` file in an existing folder,
+    outside the plugin (default: the current directory, or the plugin's
+    parent when run inside the plugin); the archive is named
+    ``<id>-<version>.corral``.  Any other ``out`` is a usage error.  With ``key``,
     that key must exist; without, the only (or ``default``) key of the keys
     directory is used when there is one.  Nothing is written when the plugin is
     invalid.
@@ -42,6 +45,7 @@ def pack_plugin(
     Raises:
         InvalidPluginError: validation found errors (they are in ``details["errors"]``).
         NotFoundError: no such directory, or no key ``key``.
+        UsageError: ``out`` names no folder and no ``.corral`` file in an existing one.
     """
     import hashlib
 
@@ -62,10 +66,21 @@ def pack_plugin(
             errors=report["errors"],
         )
     name = f"{report['plugin']}-{report['version']}.corral"
+    make_dir: Path | None = None
     if out is not None:
         target = Path(out).expanduser().absolute()
         if target.is_dir():
             target = target / name
+        elif str(out).endswith(("/", os.sep)):
+            make_dir, target = target, target / name
+        elif target.suffix != ".corral":
+            raise UsageError(
+                f"-o {out}: no such folder, and not a .corral file name; to write into a "
+                f"new folder end it with '/' ({out}/), or name the archive *.corral",
+                path=str(target))
+        elif not target.parent.is_dir():
+            raise UsageError(f"-o {out}: folder {target.parent} does not exist",
+                             path=str(target))
     else:
         here = Path.cwd().absolute()
         target = (src.parent if here.is_relative_to(src) else here) / name
@@ -83,6 +98,12 @@ def pack_plugin(
             extra = {"corral.sig": signature_envelope(src, signer)}
     elif key is not None:
         raise UsageError("--key and --no-sign contradict each other")
+    if make_dir is not None:
+        try:
+            make_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"-o {out}: cannot create the folder ({exc.strerror})",
+                             path=str(make_dir)) from None
     pack_directory(src, target, extra=extra)
     data = target.read_bytes()
     return {
@@ -115,7 +136,8 @@ def add_verbs(verb: VerbAdder) -> None:
     sp = verb("pack", cmd_pack, _HELP)
     sp.add_argument("path", nargs="?", default=".", help="the plugin directory (default: .)")
     sp.add_argument("-o", "--output", default=None,
-                    help="the archive file, or a directory for <id>-<version>.corral")
+                    help="a folder for <id>-<version>.corral (existing, or ending in '/' "
+                    "to create it), or an archive file name ending in .corral")
     sp.add_argument("--key", default=None,
                     help="signing key name in the keys directory ($CORRAL_KEYS_DIR)")
     sp.add_argument("--no-sign", action="store_true", help="do not sign, even if a key exists")
