@@ -27,10 +27,8 @@ __all__ = [
     "Generation",
     "diff_plugins",
     "exclusive",
-    "fsync_dir",
     "read_lock",
     "sync_filesystem",
-    "write_atomic",
 ]
 
 #: The lock file in a home: the current generation, exactly.
@@ -144,15 +142,6 @@ def read_lock(path: Path) -> Generation | None:
     return Generation.from_dict(data, file=str(path))
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sync_filesystem(path: Path) -> None:
     """Flush everything written on ``path``'s file system (``syncfs``; ``sync`` elsewhere).
 
@@ -171,30 +160,6 @@ def sync_filesystem(path: Path) -> None:
         os.sync()
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` in one step: temporary sibling, fsync, rename.
-
-    On any failure (a full disk included) ``path`` is untouched and the
-    temporary file is gone.  ``durable=False`` leaves the fsyncs to a later
-    :func:`sync_filesystem`.
-    """
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

@@ -45,15 +45,14 @@ from ._errors import (
     TransferError,
     UsageError,
 )
+from ._files import fsync_dir, sha256_file, write_atomic
 from ._generations import (
     LOCK_NAME,
     Generation,
     diff_plugins,
     exclusive,
-    fsync_dir,
     read_lock,
     sync_filesystem,
-    write_atomic,
 )
 from ._layout import MANIFEST_NAME
 from ._release import Release, Requirement, Source, parse_requirement
@@ -82,16 +81,6 @@ _STRENGTH: Final = {"none": 0, "limited": 1, "strict": 2}
 
 
 # -- a folder of archives ------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def _archive_manifest(archive: Path) -> Manifest:
@@ -146,7 +135,7 @@ class DirectorySource:
                 rel = cached[2]
             else:
                 manifest = _archive_manifest(archive)
-                digest, size = _sha256_file(archive)
+                digest, size = sha256_file(archive)
                 rel = Release(
                     id=manifest.id,
                     version=manifest.version,
@@ -350,7 +339,7 @@ def _tree_files(tree: Path) -> dict[str, str]:
     for folder, _, names in os.walk(tree):
         for name in names:
             path = Path(folder) / name
-            files[path.relative_to(tree).as_posix()] = _sha256_file(path)[0]
+            files[path.relative_to(tree).as_posix()] = sha256_file(path)[0]
     return files
 
 
@@ -754,7 +743,7 @@ class Installer:
         from ._manifest import load_manifest
 
         try:
-            digest, _ = _sha256_file(archive)
+            digest, _ = sha256_file(archive)
             if rel.sha256 is not None and digest != rel.sha256:
                 raise SignatureInvalid(
                     f"{rel.id} {rel.version}: archive {archive.name} has sha256 {digest}, "

@@ -58,6 +58,7 @@ from ._archive import (
     plugin_files,
 )
 from ._errors import CorralError, InvalidPluginError, NotFoundError, UsageError
+from ._files import sha256_file
 from ._layout import MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -349,16 +350,6 @@ def list_keys(keys_dir: Path | None = None) -> list[KeyInfo]:
 # -- signing ----------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fp:
-        while chunk := fp.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _read_id_version(root: Path) -> tuple[str, str]:
     """``[plugin] id`` and ``version`` of ``root/corral.toml`` (raises if unreadable)."""
     path = root / MANIFEST_NAME
@@ -390,7 +381,7 @@ def file_manifest(root: Path) -> dict[str, Any]:
                                  file=str(root / MANIFEST_NAME)) from None
     files: dict[str, dict[str, Any]] = {}
     for name, path in plugin_files(root):
-        digest, size = _sha256_file(path)
+        digest, size = sha256_file(path)
         files[name] = {"sha256": digest, "size": size}
     return {
         "_type": MANIFEST_TYPE,
@@ -620,7 +611,7 @@ def _verify(root: Path, *, strict: bool) -> SignatureStatus:
         problems.append(f"added: {name}")
     for name in sorted(set(found) & set(listed)):
         try:
-            digest, size = _sha256_file(found[name])
+            digest, size = sha256_file(found[name])
         except OSError as exc:
             problems.append(f"changed: {name} (unreadable: {exc.strerror})")
             continue
