@@ -116,7 +116,8 @@ def bench_directory(tmp: Path, repo: Path, runs: int) -> None:
     med, worst = median_ms(inst.rollback, runs * 4)
     print(f"rollback (11 plugins), in-process: median {med:.1f} ms "
           f"(max {worst:.1f} ms; target <= 100)")
-    med, worst = median_ms(lambda: cli("--home", str(home), "rollback", "--allow-unsigned", "--json"), runs)
+    med, worst = median_ms(
+        lambda: cli("--home", str(home), "rollback", "--allow-unsigned", "--json"), runs)
     print(f"rollback (11 plugins), CLI end to end: median {med:.0f} ms (max {worst:.0f} ms)")
 
 
