@@ -25,6 +25,10 @@ from corral._host import Host
 
 sys.modules.setdefault("corral_conftest", sys.modules[__name__])
 
+# CLI processes share a fork-server daemon per home; in tests, let it idle out soon
+# rather than outlive the run by the default ten minutes.
+os.environ.setdefault("CORRAL_FORKSERVER_IDLE", "5")
+
 #: The manifest example of DESIGN.md, verbatim.
 DESIGN_EXAMPLE = """
 [plugin]

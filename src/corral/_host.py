@@ -95,6 +95,10 @@ class Host:
     method is safe to call from several threads; several processes may share a
     home.  Use it as a context manager, or call :meth:`close`.
 
+    ``shared_fork_server=True`` (what the CLI uses) forks sandboxed workers from
+    a per-home fork-server daemon (``run/``) rather than a fork server of this
+    process: it saves a short-lived process the fork server's start.
+
     Example::
 
         with Host(home="~/.myapp/plugins") as host:
@@ -110,7 +114,10 @@ class Host:
         *,
         hook_timeout: float = 5.0,
         config: Mapping[str, Mapping[str, Any]] | None = None,
+        shared_fork_server: bool = False,
     ) -> None:
+        #: Fork sandboxed workers from the per-home fork-server daemon (one-shot processes).
+        self.shared_fork_server = shared_fork_server
         self.home = Path(home).expanduser().absolute() if home else default_home().absolute()
         self.workspace = Path(workspace).absolute() if workspace else Path.cwd()
         self.hook_timeout = hook_timeout

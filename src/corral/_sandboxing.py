@@ -235,10 +235,17 @@ class Broker:
 
 
 def make_supervisor(host: Host) -> Supervisor:
-    """The host's supervisor of sandboxed workers, with its broker."""
+    """The host's supervisor of sandboxed workers, with its broker.
+
+    A host made with ``shared_fork_server=True`` (the CLI) uses the per-home
+    fork-server daemon, unless ``CORRAL_SHARED_FORKSERVER=0``.
+    """
     from ._sandbox._supervisor import Supervisor
 
-    return Supervisor(broker=Broker(host))
+    shared = getattr(host, "shared_fork_server", False)
+    if os.environ.get("CORRAL_SHARED_FORKSERVER", "1") == "0":
+        shared = False
+    return Supervisor(broker=Broker(host), fork_server_dir=host.home / "run" if shared else None)
 
 
 def call_sandboxed(

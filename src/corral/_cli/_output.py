@@ -52,7 +52,7 @@ def host_for(args: argparse.Namespace) -> Host:
     """The host of ``--home``/``--workspace`` (or ``CORRAL_HOME`` and the current directory)."""
     from .._host import Host
 
-    return Host(home=args.home, workspace=args.workspace)
+    return Host(home=args.home, workspace=args.workspace, shared_fork_server=True)
 
 
 def json_input(args: argparse.Namespace) -> Any:

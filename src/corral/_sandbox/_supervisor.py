@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, final
 
 import msgspec
@@ -326,6 +327,8 @@ class Supervisor:
         denies them all.
     :param idle_seconds: a worker unused this long is stopped (checked on each call).
     :param max_crashes: consecutive crashes within ``crash_window`` that open the circuit.
+    :param fork_server_dir: share the per-home fork-server daemon listening there
+        (``<home>/run``; pays off for one-shot processes) instead of a private fork server.
     """
 
     def __init__(
@@ -336,13 +339,14 @@ class Supervisor:
         max_crashes: int = 3,
         crash_window: float = 60.0,
         start_timeout: float = 10.0,
+        fork_server_dir: Path | None = None,
     ) -> None:
         self._broker = broker
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
         self._start_timeout = start_timeout
-        self._zygote = ZygoteClient()
+        self._zygote = ZygoteClient(shared_dir=fork_server_dir)
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._missing_for_strict: list[str] | None = None
@@ -415,11 +419,19 @@ class Supervisor:
                 state.circuit_open = False
 
     def close(self) -> None:
-        """Stop every worker and the fork server, reaping all of them."""
+        """Stop every worker and the fork server, reaping all of them (a daemon's fork
+        server does it on its own once we hang up, without keeping a one-shot process).
+        """
         self._closed = True
+        shared = self._zygote.shared
         for state in list(self._plugins.values()):
             with state.lock:
-                self._kill(state)
+                if shared:  # its fork server kills and reaps them all when we hang up
+                    worker, state.worker = state.worker, None
+                    if worker is not None:
+                        worker.sock.close()
+                else:
+                    self._kill(state)
         self._zygote.close()
 
     def __enter__(self) -> Supervisor:

@@ -21,11 +21,24 @@ pid reuse, and it kills whatever else it adopts (what a limited worker left
 behind).  Workers die with the zygote (``PR_SET_PDEATHSIG``); when the host goes
 away (EOF on the control socket) the zygote kills and reaps every worker and
 exits.  It never leaves a zombie or an orphan.
+
+A one-shot process (the CLI) may share a warm *fork-server daemon* per home
+instead (:func:`daemon_main`, ``<home>/run/forkserver-<key>.sock``): per
+connection it forks a private fork server that serves that connection exactly
+as above, without paying the interpreter start and imports (one is kept on
+standby, its cgroups made and a strict spare forked).  The daemon is exec'd
+cleanly, never forked from the host; it serves only its own uid (SO_PEERCRED),
+reaps its fork servers and what cgroups a killed one left, and exits after
+``CORRAL_FORKSERVER_IDLE`` seconds (600) without a client.  ``<key>`` changes
+with the install (:func:`daemon_key`), and a client falls back to a private
+fork server whenever the daemon cannot serve it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import gc
 import os
 import select
@@ -34,7 +47,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final, final
 
@@ -54,7 +68,7 @@ from ._rpc import (
     ZygoteRequest,
 )
 
-__all__ = ["ZygoteClient", "main"]
+__all__ = ["ZygoteClient", "daemon_key", "daemon_main", "main"]
 
 _MAX_PACKET: Final = 1 << 20
 _SRC_DIR: Final = str(Path(__file__).resolve().parents[2])
@@ -63,6 +77,16 @@ _SWEEP_SECONDS: Final = 1.0
 _SWEEP_ROUNDS: Final = 100
 #: Exit status of a spare that could not join its pids cgroup.
 _EXIT_SPARE: Final = 71
+#: How long a client waits for a daemon it started to listen.
+_DAEMON_START_SECONDS: Final = 2.0
+#: Default idle time before the fork-server daemon exits (``CORRAL_FORKSERVER_IDLE``).
+_DAEMON_IDLE_SECONDS: Final = 600.0
+#: First packet a daemon's fork server sends: its pid and the daemon's.
+_HELLO: Final = b"corral-forkserver"
+_LOCK_NAME: Final = "forkserver.lock"
+#: Longest socket path bound or connected directly (``sun_path`` holds 108 bytes).
+_MAX_SUN_PATH: Final = 100
+_ENV: Final = {"LC_ALL": "C.UTF-8", "MALLOC_ARENA_MAX": "2"}
 
 _decoder: Final = msgspec.msgpack.Decoder(ZygoteRequest)
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -81,11 +105,21 @@ def _preload() -> None:
 
 
 def _interpreter_paths() -> list[str]:
-    from ._landlock import interpreter_read_paths
+    if _Warm.read_paths is None:  # computed once per process (a daemon's children inherit it)
+        from ._landlock import interpreter_read_paths
 
-    paths = set(interpreter_read_paths())
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(paths)
+        paths = set(interpreter_read_paths())
+        paths.update(p for p in sys.path if p and os.path.isdir(p))
+        _Warm.read_paths = sorted(paths)
+    return list(_Warm.read_paths)
+
+
+@final
+class _Warm:
+    """What a fork server computes once; the daemon does it before it forks any."""
+
+    read_paths: list[str] | None = None
+    seccomp: dict[bool, bytes] = {}  # noqa: RUF012 - one process, one cache
 
 
 @final
@@ -159,11 +193,12 @@ class _Zygote:
         self.ctrl.sendall(_encoder.encode(msg))
 
     def _seccomp(self, allow_exec: bool) -> bytes:
-        prog = self.seccomp.get(allow_exec)
+        prog = self.seccomp.get(allow_exec) or _Warm.seccomp.get(allow_exec)
         if prog is None:
             from ._seccomp import build_filter
 
-            prog = self.seccomp[allow_exec] = build_filter(allow_exec=allow_exec)
+            prog = build_filter(allow_exec=allow_exec)
+        self.seccomp[allow_exec] = prog
         return prog
 
     def _limited_prog(self) -> bytes | None:
@@ -464,23 +499,362 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+# -- the shared fork-server daemon ---------------------------------------------
+
+
+def daemon_key(version: str | None = None) -> str:
+    """Names one install's daemon: corral's version, the interpreter, the source and the
+    mtimes of its modules, so a changed install never talks to an old daemon.
+    """
+    if version is None:
+        from corral._version import __version__
+
+        version = __version__
+    try:  # not hashlib: its OpenSSL import costs every CLI call milliseconds
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - CPython always has it
+        from hashlib import blake2b
+    h = blake2b(digest_size=8)
+    for part in (version, sys.executable, _SRC_DIR):
+        h.update(part.encode() + b"\0")
+    here = os.path.dirname(os.path.abspath(__file__))
+    # The sandbox's modules, and corral's own that workers import (_errors, _state, ...).
+    for folder in (here, os.path.dirname(here)):
+        with os.scandir(folder) as entries:
+            stamps = sorted(
+                f"{e.path}:{e.stat().st_mtime_ns}" for e in entries if e.name.endswith(".py")
+            )
+        h.update("\0".join(stamps).encode())
+    return h.hexdigest()
+
+
+def _idle_seconds() -> float:
+    raw = os.environ.get("CORRAL_FORKSERVER_IDLE", "")
+    try:
+        value = float(raw) if raw else _DAEMON_IDLE_SECONDS
+    except ValueError:
+        return _DAEMON_IDLE_SECONDS
+    return value if value > 0 else _DAEMON_IDLE_SECONDS
+
+
+@contextlib.contextmanager
+def _sun_path(path: str) -> Iterator[str]:
+    """``path`` as an ``AF_UNIX`` address: via ``/proc/self/fd`` when it is too long."""
+    if len(os.fsencode(path)) <= _MAX_SUN_PATH:
+        yield path
+        return
+    head, name = os.path.split(path)
+    dirfd = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{name}"
+    finally:
+        os.close(dirfd)
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _private_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` (mode 0700, ours) or refuse one someone else could write to."""
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(run_dir)
+    if st.st_uid != os.getuid() or not os.path.isdir(run_dir) or os.path.islink(run_dir):
+        raise OSError(errno.EPERM, f"{run_dir} is not a directory of this user")
+    if st.st_mode & 0o077:
+        os.chmod(run_dir, 0o700)
+
+
+def _try_connect(path: str) -> socket.socket | None:
+    """A connection to the daemon at ``path``, or None when none listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        with _sun_path(path) as addr:
+            sock.connect(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            return None
+        raise
+    return sock
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@final
+class _Daemon:
+    """Accepts connections and hands each to a private fork server; exits when idle.
+
+    One fork server is kept on *standby*, forked ahead of time with its cgroups made
+    and a strict spare already forked: a connection is passed to it (SCM_RIGHTS) and
+    the next standby is forked after, so a client waits for neither.
+    """
+
+    def __init__(self, listener: socket.socket, path: str, inode: int, idle: float) -> None:
+        self.listener = listener
+        self.path: Final = path
+        self.inode: Final = inode
+        self.idle: Final = idle
+        #: Fork servers serving a client.
+        self.servers: set[int] = set()
+        self.standby: tuple[int, socket.socket] | None = None
+        self.idle_since = time.monotonic()
+
+    def run(self) -> None:
+        self._fork_standby()
+        while True:
+            timeout = min(_SWEEP_SECONDS, self.idle)
+            ready, _, _ = select.select([self.listener], [], [], timeout)
+            self._reap()
+            if ready:
+                self._accept()
+            if not self.servers and time.monotonic() - self.idle_since >= self.idle:
+                break
+            if not ready and not self._still_named():
+                break  # its home is gone, or its socket was replaced: nobody can reach it
+        self._retire()
+
+    def _still_named(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _accept(self) -> None:
+        try:
+            conn, _addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(True)
+        self._hand_over(conn)
+        if self.standby is None:
+            self._fork_standby()
+
+    def _hand_over(self, conn: socket.socket) -> None:
+        """Give ``conn`` to the standby fork server (or a new one), if its peer is us."""
+        try:
+            if _peer_uid(conn) != os.getuid():
+                return
+            if self.standby is not None:
+                pid, sock = self.standby
+                self.standby = None
+                try:
+                    socket.send_fds(sock, [b"c"], [conn.fileno()])
+                    self.servers.add(pid)
+                    return
+                except OSError:
+                    _kill(pid)  # it died or is stuck: it is reaped, and a new one serves
+                finally:
+                    sock.close()
+            pid = os.fork()
+            if pid == 0:
+                self._serve(conn)
+            self.servers.add(pid)
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def _fork_standby(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            ours.close()
+            self._serve(None, theirs)
+        theirs.close()
+        self.standby = (pid, ours)
+
+    def _serve(self, conn: socket.socket | None, handoff: socket.socket | None = None) -> None:
+        """In the forked child: today's fork server on ``conn``, or on the connection
+        ``handoff`` brings once it has made ready; never returns.
+        """
+        code = 0
+        try:
+            self.listener.close()
+            if self.standby is not None:
+                self.standby[1].close()
+            os.setsid()
+            _namespaces.set_child_subreaper()  # not inherited across fork
+            ctrl = conn if conn is not None else handoff
+            assert ctrl is not None
+            zygote = _Zygote(ctrl, *_open_cgroups())
+            try:
+                if handoff is not None:
+                    if zygote.cgroup_error is None:
+                        zygote.wanted.add("strict")  # the isolation most plugins use
+                        zygote._replenish()
+                    _data, fds, _flags, _addr = socket.recv_fds(handoff, 16, 1)
+                    handoff.close()
+                    if len(fds) != 1:
+                        return  # the daemon retired it
+                    conn = zygote.ctrl = socket.socket(fileno=fds[0])
+                assert conn is not None
+                conn.sendall(b"%s %d %d" % (_HELLO, os.getpid(), os.getppid()))
+                zygote.serve()
+            finally:
+                zygote.shutdown()
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+
+    def _reap(self) -> None:
+        """Reap exited fork servers (removing what cgroups a killed one left) and strays."""
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if self.standby is not None and pid == self.standby[0]:
+                self.standby[1].close()
+                self.standby = None  # a new one is forked on the next connection
+                _cgroups.remove_parent(os.getpid(), pid)
+            elif pid in self.servers:
+                self.servers.discard(pid)
+                _cgroups.remove_parent(os.getpid(), pid)
+                if not self.servers:
+                    self.idle_since = time.monotonic()
+        # What a killed fork server's workers left is adopted here: nothing else may run.
+        ours = set(self.servers)
+        if self.standby is not None:
+            ours.add(self.standby[0])
+        for pid in _children_of(os.getpid()):
+            if pid not in ours:
+                _kill(pid)
+
+    def _retire(self) -> None:
+        """Stop listening (under the start lock, so no client races it), serve what was
+        already queued, stop the standby, wait for every fork server, and exit.
+        """
+        with (
+            contextlib.suppress(OSError),
+            _flock(os.path.join(os.path.dirname(self.path), _LOCK_NAME)),
+        ):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _addr = self.listener.accept()
+            except OSError:
+                break
+            conn.setblocking(True)
+            self._hand_over(conn)
+        self.listener.close()
+        if self.standby is not None:
+            self.servers.add(self.standby[0])
+            self.standby[1].close()  # EOF: it cleans up and exits
+            self.standby = None
+        while self.servers:
+            time.sleep(0.02)
+            self._reap()
+
+
+def _warm_up() -> None:
+    """Everything a fork server computes once, done before the daemon forks any."""
+    _cgroups.detect()
+    _interpreter_paths()
+    with contextlib.suppress(Exception):
+        from ._kernel import _seccomp_available
+        from ._seccomp import build_filter
+
+        if _seccomp_available(os.uname().machine):
+            for allow_exec in (False, True):
+                _Warm.seccomp[allow_exec] = build_filter(allow_exec=allow_exec)
+
+
+def _listen(path: str) -> tuple[socket.socket, int]:
+    """Listen at ``path``: bound under a temporary name, then renamed into place, so a
+    client never finds the name before it accepts connections.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        with _sun_path(tmp) as addr:
+            listener.bind(addr)
+        os.chmod(tmp, 0o600)
+        listener.listen(64)
+        inode = os.stat(tmp).st_ino
+        os.rename(tmp, path)
+    except BaseException:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return listener, inode
+
+
+def daemon_main(path: str, idle: float) -> None:
+    """Run the fork-server daemon listening at ``path`` (detaching from its starter first)."""
+    if os.fork() != 0:
+        os._exit(0)  # the starter reaps this one at once; the daemon is nobody's child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _namespaces.set_child_subreaper()
+    _preload()
+    _warm_up()
+    listener, inode = _listen(path)
+    gc.collect()
+    gc.freeze()
+    _Daemon(listener, path, inode, idle).run()
+    os._exit(0)
+
+
 # -- the host's side ----------------------------------------------------------
 
 
 @final
 class ZygoteClient:
-    """The host's handle on the fork server process; thread-safe, one request at a time."""
+    """The host's handle on the fork server process; thread-safe, one request at a time.
 
-    def __init__(self) -> None:
+    :param shared_dir: where a per-home fork-server daemon listens (``<home>/run``):
+        the fork server is then forked by that daemon instead of started here;
+        any failure of that path falls back to a private one.  ``None``: private.
+    :param key: names the daemon (see :func:`daemon_key`); tests pass another.
+    """
+
+    def __init__(self, shared_dir: Path | None = None, *, key: str | None = None) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
+        self._shared_dir = shared_dir
+        self._key = key
+        #: The fork server's and the daemon's pids when it came from the daemon.
+        self._server_pid: int | None = None
+        self.daemon_pid: int | None = None
         #: Marks the fork server's command line, which every worker inherits (tests look for it).
-        self.tag: Final = f"corral-zygote-{os.getpid()}-{id(self):x}"
+        self.tag = f"corral-zygote-{os.getpid()}-{id(self):x}"
         self._decoder = msgspec.msgpack.Decoder(ZygoteReply)
         self._encoder = msgspec.msgpack.Encoder()
 
     def _start(self) -> socket.socket:
+        if self._shared_dir is not None:
+            try:
+                ctrl = self._start_shared(self._shared_dir)
+            except (OSError, ValueError, subprocess.SubprocessError):
+                ctrl = None  # never fail a call because of the daemon
+            if ctrl is not None:
+                self._ctrl = ctrl
+                return ctrl
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -491,7 +865,7 @@ class ZygoteClient:
                 [sys.executable, "-I", "-c", code, _SRC_DIR, str(theirs.fileno()), self.tag],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env={"LC_ALL": "C.UTF-8", "MALLOC_ARENA_MAX": "2"},
+                env=dict(_ENV),
                 start_new_session=True,
             )
         finally:
@@ -499,6 +873,65 @@ class ZygoteClient:
         ours.settimeout(_ZYGOTE_TIMEOUT)
         self._ctrl = ours
         return ours
+
+    def _start_shared(self, run_dir: Path) -> socket.socket:
+        """A fork server of the daemon at ``run_dir``, which is started when none runs."""
+        _private_dir(run_dir)
+        key = self._key or daemon_key()
+        path = str(run_dir / f"forkserver-{key}.sock")
+        sock = _try_connect(path)
+        if sock is None:
+            with _flock(str(run_dir / _LOCK_NAME)):
+                sock = _try_connect(path)  # another client may just have started it
+                if sock is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)  # a dead daemon's
+                    self._spawn_daemon(path, key)
+                    deadline = time.monotonic() + _DAEMON_START_SECONDS
+                    while sock is None:
+                        if time.monotonic() >= deadline:
+                            raise OSError(errno.ETIMEDOUT, f"no fork-server daemon at {path}")
+                        time.sleep(0.002)
+                        sock = _try_connect(path)
+        try:
+            sock.settimeout(_DAEMON_START_SECONDS)  # a stuck daemon: fall back soon
+            hello = sock.recv(256).split()
+            if len(hello) != 3 or hello[0] != _HELLO:
+                raise OSError(errno.ECONNRESET, "the fork-server daemon did not answer")
+            self._server_pid, self.daemon_pid = int(hello[1]), int(hello[2])
+            sock.settimeout(_ZYGOTE_TIMEOUT)
+        except BaseException:
+            sock.close()
+            raise
+        self.tag = _daemon_tag(path)
+        return sock
+
+    @staticmethod
+    def _spawn_daemon(path: str, key: str) -> None:
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from corral._sandbox._zygote import daemon_main; "
+            "daemon_main(sys.argv[2], float(sys.argv[3]))"
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                code,
+                _SRC_DIR,
+                path,
+                str(_idle_seconds()),
+                _daemon_tag(path),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(_ENV),
+            cwd="/",
+            start_new_session=True,
+        )
+        proc.wait(timeout=_DAEMON_START_SECONDS)  # it forks the daemon and exits
 
     def start(self) -> None:
         """Start the fork server now, so that it gets ready while the caller works on."""
@@ -525,7 +958,14 @@ class ZygoteClient:
     @property
     def pid(self) -> int | None:
         """The fork server's pid, when it runs."""
-        return self._proc.pid if self._proc is not None else None
+        if self._proc is not None:
+            return self._proc.pid
+        return self._server_pid if self._ctrl is not None else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the fork server is a daemon's (it cleans up after a hang-up on its own)."""
+        return self._server_pid is not None
 
     def close(self) -> None:
         """Stop the fork server: it kills and reaps whatever it still has."""
@@ -534,8 +974,11 @@ class ZygoteClient:
 
     def _close_locked(self) -> None:
         if self._ctrl is not None:
+            # A daemon's fork server sees EOF, kills and reaps what it has (every worker
+            # the supervisor reaped before: spares) and exits; the daemon reaps it.
             self._ctrl.close()
             self._ctrl = None
+            self._server_pid = None
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=_ZYGOTE_TIMEOUT)
@@ -545,6 +988,11 @@ class ZygoteClient:
             # A fork server that was killed could not remove its cgroups: do it for it.
             _cgroups.remove_parent(os.getpid(), self._proc.pid)
             self._proc = None
+
+
+def _daemon_tag(path: str) -> str:
+    """Marks the daemon's command line (its fork servers and workers inherit it)."""
+    return f"corral-forkserver:{path}"
 
 
 def main(ctrl_fd: int) -> None:
