@@ -146,13 +146,16 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def add_verbs(verb: VerbAdder) -> None:
     """Register ``new`` (scaffold a plugin) and ``test`` (run its tests)."""
-    from .._new import TEMPLATES
-
     sp = verb("new", cmd_new, "create a plugin from a template; asks for what is missing "
               "when run in a terminal")
+    templates: dict[str, str] = {}
+    if isinstance(sp, argparse.ArgumentParser):  # only when this verb is really built
+        from .._new import TEMPLATES
+
+        templates = dict(TEMPLATES)
     sp.add_argument("name", help="a human name ('Git Stats') or a plugin id ('acme.git-stats')")
-    sp.add_argument("--template", choices=list(TEMPLATES), default=None,
-                    help="; ".join(f"{k}: {v}" for k, v in TEMPLATES.items())
+    sp.add_argument("--template", choices=list(templates), default=None,
+                    help="; ".join(f"{k}: {v}" for k, v in templates.items())
                     + " (default: command)")
     sp.add_argument("--id", default=None, help="the plugin id (default: NAME if it is an id, "
                     "else local.<slug of NAME>)")
