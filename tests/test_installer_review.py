@@ -373,3 +373,50 @@ def test_pack_output_folder_rules(
                        "--json")
     assert code == 0
     assert doc["path"] == str(tmp_path / "x.corral")
+
+
+# -- install --enable ---------------------------------------------------------------------
+
+
+def test_install_enable_starts_what_was_asked_and_undoes_a_failed_start(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.good", "1.0.0", code=versioned("1"))
+    publish(tmp_path, repo, "acme.bad", "1.0.0", code=versioned("1", BROKEN_START),
+            plugin={"entry": f"{module_name('acme.bad')}:Plugin"})
+
+    code, doc, _ = cli(capsys, home, "install", "acme.good", "--enable", "--source", str(repo),
+                       "--allow-unsigned", "--json")
+    assert code == 0, doc
+    code, info, _ = cli(capsys, home, "info", "acme.good", "--json")
+    assert info["state"] == "enabled"
+
+    code, doc, _ = cli(capsys, home, "install", "acme.bad", "--enable", "--source", str(repo),
+                       "--allow-unsigned", "--json")
+    assert code == 5
+    assert "rolled back to generation 1" in doc["error"]["message"]
+    lock = json.loads((home / "corral.lock").read_text())
+    assert sorted(lock["plugins"]) == ["acme.good"]  # the failed install is undone
+    code, info, _ = cli(capsys, home, "info", "acme.good", "--json")
+    assert info["state"] == "enabled"  # and the rest is as it was
+    code, hist, _ = cli(capsys, home, "history", "--json")
+    failed = [h for h in hist["generations"] if h.get("failed")]
+    assert len(failed) == 1
+    assert "cannot start" in failed[0]["failed"]
+
+
+def test_install_enable_into_an_empty_home_rolls_back_to_nothing(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.bad", "1.0.0", code=versioned("1", BROKEN_START),
+            plugin={"entry": f"{module_name('acme.bad')}:Plugin"})
+    code, doc, _ = cli(capsys, home, "install", "acme.bad", "--enable", "--source", str(repo),
+                       "--allow-unsigned", "--json")
+    assert code == 5
+    assert "rolled back to generation 0" in doc["error"]["message"]
+    lock = json.loads((home / "corral.lock").read_text())
+    assert lock["plugins"] == {}
+    code, listed, _ = cli(capsys, home, "list", "--json")
+    assert [p["id"] for p in listed["plugins"] if p.get("state") != "discovered"] == []

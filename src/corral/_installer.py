@@ -539,11 +539,14 @@ class Installer:
     def install(
         self, requirements: Sequence[str | Requirement] = (), *,
         from_lock: str | os.PathLike[str] | None = None,
+        enable: bool = False,
     ) -> Change:
         """Install plugins (``ID``, ``ID@1.2``, ``ID@>=1,<2``) with their dependencies.
 
         ``from_lock`` installs exactly the versions and hashes of a ``corral.lock``
         (a different hash at the source raises :class:`SignatureInvalid`).
+        ``enable`` also enables what was asked for (dependencies first); a plugin
+        that fails to start rolls the install back, as a failed update does.
         """
         reqs = [parse_requirement(r) if isinstance(r, str) else r for r in requirements]
         if not reqs and from_lock is None:
@@ -566,6 +569,13 @@ class Installer:
                 for path in created:
                     _remove_tree(path)
                 raise
+            if enable:
+                try:
+                    for r in reqs:
+                        host.enable(r.id)
+                except CorralError as exc:
+                    self._roll_back_failed(host, cur, [], exc, old, wanted)
+                    raise
             if not self._repairs:
                 return change
             return Change(change.generation, change.action, change.changed,
@@ -1191,21 +1201,23 @@ class Installer:
         failed, or every updated one when the error names none of them).
         """
         now = self.current()
-        if cur is None or now is None or now.number == cur.number:
+        if now is None or (cur is not None and now.number == cur.number):
             return  # not switched: nothing to undo
+        back_to = cur.number if cur is not None else 0  # 0: the empty generation
+        back_plugins: Mapping[str, Mapping[str, Any]] = cur.plugins if cur is not None else {}
         updated = [p for p in sorted(new) if old.get(p, {}).get("sha256") != new[p]["sha256"]]
         culprits = [exc.plugin_id] if exc.plugin_id in updated else updated
         self._remember_failure(now.number, [(p, str(new[p]["version"])) for p in culprits],
                                exc.message, failed=True)
-        self._commit(host, now, cur.plugins,
-                     f"rollback to {cur.number} (automatic: {exc.message})", [], force=True)
+        self._commit(host, now, back_plugins,
+                     f"rollback to {back_to} (automatic: {exc.message})", [], force=True)
         for pid in enabled:
             with contextlib.suppress(CorralError):
-                if pid in cur.plugins and host.info(pid)["state"] != "enabled":
+                if pid in back_plugins and host.info(pid)["state"] != "enabled":
                     host.enable(pid)
         raise PluginError(
-            f"the update failed its health check and was rolled back to generation "
-            f"{cur.number} (now generation {now.number + 1}): {exc.message}",
+            f"the change failed its health check and was rolled back to generation "
+            f"{back_to} (now generation {now.number + 1}): {exc.message}",
             plugin_id=exc.plugin_id, cause=exc.to_dict(), generation=now.number + 1,
         ) from exc
 

@@ -84,7 +84,7 @@ def _print_change(doc: dict[str, Any]) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
-        change = inst.install(args.ids, from_lock=args.from_lock)
+        change = inst.install(args.ids, from_lock=args.from_lock, enable=args.enable)
     if args.json:
         dump(change.to_dict())
     else:
@@ -216,6 +216,9 @@ def add_verbs(verb: VerbAdder) -> None:
     p.add_argument("ids", nargs="*", metavar="ID[@SPEC]")
     p.add_argument("--from", dest="from_lock", default=None, metavar="LOCK",
                    help="install exactly the versions and hashes of a corral.lock")
+    p.add_argument("--enable", action="store_true",
+                   help="also enable what was asked for; a plugin that fails to start "
+                   "rolls the install back (exit 5)")
     _source_args(p)
     p = verb("uninstall", cmd_uninstall, "uninstall plugins (and dependencies nothing needs)")
     p.add_argument("ids", nargs="+", metavar="ID")
