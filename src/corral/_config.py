@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import os
 import threading
 import tomllib
@@ -258,13 +257,11 @@ class ConfigManager:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
+        from ._files import exclusive
+
         self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.home / ".config.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive(self.home / ".config.lock"):
             yield
-        finally:
-            os.close(fd)
 
     def set(self, plugin_id: str, key: str, value: Any, *, env: str | None = None) -> None:
         """Set ``key`` (dotted path) in the file, in ``[env.<env>...]`` when ``env`` is given.

@@ -10,11 +10,9 @@ one.  Both files are written to a temporary sibling, fsynced, then renamed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +24,6 @@ __all__ = [
     "LOCK_VERSION",
     "Generation",
     "diff_plugins",
-    "exclusive",
     "read_lock",
     "sync_filesystem",
 ]
@@ -158,21 +155,6 @@ def sync_filesystem(path: Path) -> None:
             os.sync()
     except (OSError, AttributeError):
         os.sync()
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold ``flock(LOCK_EX)`` on ``path`` (created if needed): one operation at a time.
-
-    The kernel drops the lock when the process dies, so a killed install never
-    leaves a stale lock behind.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
     finally:
         os.close(fd)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -33,6 +32,7 @@ from ._errors import (
     PolicyDenied,
     UsageError,
 )
+from ._files import exclusive
 from ._info import PluginInfo
 from ._jsoncheck import SIMPLE_TYPES, json_problem
 from ._layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
@@ -179,13 +179,8 @@ class Host:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise changes across threads (RLock) and processes (``flock`` on the home)."""
-        with self._rlock:
-            fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        with self._rlock, exclusive(self.home / ".lock"):
+            yield
 
     # -- reading what is registered ------------------------------------------
 

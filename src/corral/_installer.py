@@ -45,12 +45,11 @@ from ._errors import (
     TransferError,
     UsageError,
 )
-from ._files import fsync_dir, sha256_file, write_atomic
+from ._files import exclusive, fsync_dir, sha256_file, write_atomic
 from ._generations import (
     LOCK_NAME,
     Generation,
     diff_plugins,
-    exclusive,
     read_lock,
     sync_filesystem,
 )
@@ -505,7 +504,7 @@ class Installer:
 
         for folder in (self.home, self.store_dir, self.generations_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        with exclusive(self.home / "install.lock"):
+        with exclusive(self.home / "install.lock", mode=0o644):
             host = self._host if self._host is not None else Host(home=self.home)
             self._checked.clear()
             self._repairs.clear()

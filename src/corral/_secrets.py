@@ -148,22 +148,14 @@ class SecretStore:
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
-        import fcntl
+        from ._files import exclusive, write_atomic
 
         self.home.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(self.home / ".secrets.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                secrets = self._read()
-                yield secrets
-                tmp = self.path.with_name(f".{SECRETS_NAME}.{os.getpid()}.tmp")
-                wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(wfd, "w", encoding="utf-8") as f:
-                    json.dump({"version": 1, "secrets": secrets}, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            finally:
-                os.close(fd)
+        with self._lock, exclusive(self.home / ".secrets.lock"):
+            secrets = self._read()
+            yield secrets
+            doc = json.dumps({"version": 1, "secrets": secrets}, indent=1, sort_keys=True)
+            write_atomic(self.path, doc.encode("utf-8"), mode=0o600)
 
     def set(self, name: str, value: str) -> None:
         """Store (or replace) the secret ``name``."""

@@ -26,11 +26,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import fcntl
 import json
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ManifestError, SignatureInvalid, UsageError
+from ._files import exclusive, write_atomic
 
 if TYPE_CHECKING:
     from ._signing import SignatureStatus
@@ -135,13 +133,8 @@ class TrustStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.parent / ".trust.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive(self.path.parent / ".trust.lock"):
             yield
-        finally:
-            os.close(fd)
 
     def _read(self) -> dict[str, TrustedKey]:
         try:
@@ -156,23 +149,8 @@ class TrustStore:
 
     def _write(self, keys: dict[str, TrustedKey]) -> None:
         doc = {"version": 1, "keys": [keys[k].to_dict() for k in sorted(keys)]}
-        fd, tmp_name = tempfile.mkstemp(prefix=".trust.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fp:
-                json.dump(doc, fp, indent=2, sort_keys=True)
-                fp.write("\n")
-                fp.flush()
-                os.fsync(fp.fileno())
-            os.replace(tmp_name, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        write_atomic(self.path, text.encode(), mode=0o600)
 
     def trust(self, key: str, name: str) -> TrustedKey:
         """Trust a public key (base64 raw, PEM text, or a path to a .pub/PEM file).

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import os
 import select
@@ -55,6 +54,7 @@ from typing import Final, final
 import msgspec
 
 from corral._errors import CorralError
+from corral._files import exclusive
 
 from . import _cgroups, _namespaces, _worker
 from ._rpc import (
@@ -551,16 +551,6 @@ def _sun_path(path: str) -> Iterator[str]:
         os.close(dirfd)
 
 
-@contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _private_dir(run_dir: Path) -> None:
     """Make ``run_dir`` (mode 0700, ours) or refuse one someone else could write to."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -747,7 +737,7 @@ class _Daemon:
         """
         with (
             contextlib.suppress(OSError),
-            _flock(os.path.join(os.path.dirname(self.path), _LOCK_NAME)),
+            exclusive(os.path.join(os.path.dirname(self.path), _LOCK_NAME)),
         ):
             if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
@@ -881,7 +871,7 @@ class ZygoteClient:
         path = str(run_dir / f"forkserver-{key}.sock")
         sock = _try_connect(path)
         if sock is None:
-            with _flock(str(run_dir / _LOCK_NAME)):
+            with exclusive(run_dir / _LOCK_NAME):
                 sock = _try_connect(path)  # another client may just have started it
                 if sock is None:
                     with contextlib.suppress(FileNotFoundError):

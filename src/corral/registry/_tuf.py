@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -53,7 +52,7 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from corral._errors import NotFoundError, SignatureInvalid, UsageError
-from corral._files import write_atomic
+from corral._files import exclusive, write_atomic
 
 if TYPE_CHECKING:
     from ._service import Registry
@@ -257,12 +256,8 @@ class TufRepository:
     def _lock(self) -> Iterator[None]:
         """One writer at a time, across server processes."""
         self.root_dir.mkdir(parents=True, exist_ok=True)
-        with (self.root_dir / ".lock").open("a") as fp:
-            fcntl.flock(fp, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fp, fcntl.LOCK_UN)
+        with exclusive(self.root_dir / ".lock", mode=0o644):
+            yield
 
     # -- reading and writing metadata ----------------------------------------
 
