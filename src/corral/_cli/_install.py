@@ -18,7 +18,7 @@ from ._output import dump, table
 if TYPE_CHECKING:
     import argparse
 
-    from .._installer import Installer
+    from .._installer import Change, Installer
     from ._output import VerbAdder
 
 __all__ = ["add_verbs"]
@@ -82,34 +82,31 @@ def _print_change(doc: dict[str, Any]) -> None:
     print(f"generation {doc['generation']}: {doc['action']}")
 
 
-def cmd_install(args: argparse.Namespace) -> int:
-    with _installer(args) as inst:
-        change = inst.install(args.ids, from_lock=args.from_lock, enable=args.enable)
+def _show(args: argparse.Namespace, change: Change) -> int:
+    """Print what an operation changed: one JSON document, or lines."""
     if args.json:
         dump(change.to_dict())
     else:
         _print_change(change.to_dict())
     return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    with _installer(args) as inst:
+        change = inst.install(args.ids, from_lock=args.from_lock, enable=args.enable)
+    return _show(args, change)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
         change = inst.uninstall(args.ids)
-    if args.json:
-        dump(change.to_dict())
-    else:
-        _print_change(change.to_dict())
-    return 0
+    return _show(args, change)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
         change = inst.rollback(args.to)
-    if args.json:
-        dump(change.to_dict())
-    else:
-        _print_change(change.to_dict())
-    return 0
+    return _show(args, change)
 
 
 def _perms(changes: dict[str, list[str]]) -> str:
