@@ -192,7 +192,7 @@ def test_cli_set_and_unset_keep_comments(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
         return subprocess.run(
-            [sys.executable, "-m", "corral._config_cli", "--home", str(home), "config", *args],
+            [sys.executable, "-m", "corral", "--home", str(home), "config", *args],
             check=False, capture_output=True, text=True, timeout=60, env=env,
         )
 

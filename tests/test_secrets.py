@@ -129,7 +129,7 @@ def test_redactor_scrubs_logs(store: SecretStore, caplog: pytest.LogCaptureFixtu
 def cli(home: Path, *args: str, stdin: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "corral._config_cli", "--home", str(home), *args],
+        [sys.executable, "-m", "corral", "--home", str(home), *args],
         input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=60,
         check=False,
         env={**os.environ, **(env or {})},

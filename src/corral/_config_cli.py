@@ -11,9 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from ._errors import CorralError, NotFoundError, UsageError
 
@@ -29,7 +28,6 @@ __all__ = [
     "cmd_secret_list",
     "cmd_secret_rm",
     "cmd_secret_set",
-    "main",
     "register",
 ]
 
@@ -278,31 +276,3 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     sp.add_argument("--from-env", metavar="VAR", help="read the value from this variable")
     verb(ssub, "list", cmd_secret_list, "list secret names (never values)")
     verb(ssub, "rm", cmd_secret_rm, "remove a secret").add_argument("name")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``corral [--home DIR] config|secret ...`` on its own (until the main CLI registers them)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in argv
-    parser = _Parser(prog="corral")
-    parser.add_argument("--home", default=os.environ.get("CORRAL_HOME"))
-    sub = parser.add_subparsers(dest="verb", parser_class=_Parser, required=True)
-    register(sub, _Parser)
-    try:
-        args = parser.parse_args(argv)
-        return int(args.fn(args))
-    except CorralError as exc:
-        if as_json:
-            _dump({"error": exc.to_dict()})
-        else:
-            print(f"corral: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
