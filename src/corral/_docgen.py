@@ -147,18 +147,23 @@ def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def to_markdown(doc: dict[str, Any]) -> str:
-    """The Markdown page."""
-    out = [f"# {_text(doc['name'])} `{doc['id']}` {doc['version']}", ""]
-    if doc["description"]:
-        out += [_text(doc["description"]), ""]
-    facts = [
+def _facts(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's header facts, as (label, text) pairs; empty ones are left out by callers."""
+    return [
         ("Authors", ", ".join(a["name"] + (f" <{a['email']}>" if a["email"] else "")
                               for a in doc["authors"])),
         ("License", doc["license"]), ("Category", doc["category"]),
         ("Tags", ", ".join(doc["tags"])), ("Requires corral", doc["requires-corral"]),
         ("Homepage", doc["homepage"]), ("Repository", doc["repository"]),
     ]
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    """The Markdown page."""
+    out = [f"# {_text(doc['name'])} `{doc['id']}` {doc['version']}", ""]
+    if doc["description"]:
+        out += [_text(doc["description"]), ""]
+    facts = _facts(doc)
     listed = [f"- **{k}:** {_text(v)}" for k, v in facts if v]
     if listed:
         out += [*listed, ""]
@@ -234,13 +239,7 @@ def to_html(doc: dict[str, Any]) -> str:
     ]
     if doc["description"]:
         parts.append(f"<p>{_e(doc['description'])}</p>")
-    facts = [
-        ("Authors", ", ".join(a["name"] + (f" <{a['email']}>" if a["email"] else "")
-                              for a in doc["authors"])),
-        ("License", doc["license"]), ("Category", doc["category"]),
-        ("Tags", ", ".join(doc["tags"])), ("Requires corral", doc["requires-corral"]),
-        ("Homepage", doc["homepage"]), ("Repository", doc["repository"]),
-    ]
+    facts = _facts(doc)
     items = "".join(f"<li><b>{_e(k)}:</b> {_e(v)}</li>" for k, v in facts if v)
     if items:
         parts.append(f"<ul>{items}</ul>")
