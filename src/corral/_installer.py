@@ -397,6 +397,7 @@ class Installer:
         self.generations_dir = self.home / "generations"
         self.lock_path = self.home / LOCK_NAME
         self._checked: set[str] = set()  # digests whose signature this operation checked
+        self._matched: set[str] = set()  # digests whose tree this operation found intact
         self._repairs: list[dict[str, str]] = []  # store trees this operation re-fetched
 
     # -- reading --------------------------------------------------------------
@@ -507,6 +508,7 @@ class Installer:
         with exclusive(self.home / "install.lock", mode=0o644):
             host = self._host if self._host is not None else Host(home=self.home)
             self._checked.clear()
+            self._matched.clear()
             self._repairs.clear()
             try:
                 for stale in self.store_dir.glob(".tmp-*"):
@@ -676,7 +678,15 @@ class Installer:
         if not rel.sha256:
             return False
         tree, record = self.tree(rel.sha256), self._record(rel.sha256)
-        return tree.is_dir() and record is not None and _intact(tree, record)
+        return tree.is_dir() and record is not None and self._matches(rel.sha256, tree, record)
+
+    def _matches(self, sha: str, tree: Path, record: Mapping[str, Any]) -> bool:
+        """:func:`_intact`, hashed once per operation and digest."""
+        if sha not in self._matched:
+            if not _intact(tree, record):
+                return False
+            self._matched.add(sha)
+        return True
 
     def _fetch_all(self, todo: Sequence[Release], source: Source) -> list[tuple[Path, Path]]:
         """Download each release of ``todo`` into its own ``store/.tmp-*``: ``(tmp, archive)``.
@@ -795,6 +805,7 @@ class Installer:
             if not known:
                 created.append(final)
             final.chmod(0o555)
+            self._matched.add(digest)  # sealed from these very files just now
             if aside is not None:
                 _remove_tree(aside)
                 if known:
@@ -843,7 +854,7 @@ class Installer:
             if not tree.is_dir() or record is None:
                 raise NotFoundError(f"{pid} {e['version']}: store tree {tree} is gone; "
                                     "install it again", plugin_id=pid)
-            if not _intact(tree, record):
+            if not self._matches(sha, tree, record):
                 raise SignatureInvalid(
                     f"{pid} {e['version']}: the files of {tree} no longer match its record "
                     f"{sha}.json; repair it with corral install --from {self.lock_path} "
