@@ -384,7 +384,7 @@ class RegistrySource:
         if doc.get("id") != plugin_id:
             raise SignatureInvalid(f"{self.location}: index/{plugin_id}.json describes "
                                    f"{doc.get('id')!r}", plugin_id=plugin_id)
-        return [_release(r) for r in doc.get("releases", [])]
+        return [Release.from_dict(r) for r in doc.get("releases", [])]
 
     def fetch(
         self,
@@ -422,15 +422,3 @@ class RegistrySource:
             self._fetcher.progress = None
             Path(tmp).unlink(missing_ok=True)
         return final
-
-
-def _release(doc: dict[str, Any]) -> Release:
-    """A :class:`Release` from its ``to_dict`` form."""
-    return Release(
-        id=doc["id"], version=doc["version"], dependencies=doc.get("dependencies") or {},
-        requires_corral=doc.get("requires-corral") or "", yanked=bool(doc.get("yanked")),
-        sha256=doc.get("sha256"), size=doc.get("size"),
-        permissions=doc.get("permissions") or {}, publisher=doc.get("publisher"),
-        signer=doc.get("signer"), publisher_verified=bool(doc.get("publisher-verified")),
-    )
-

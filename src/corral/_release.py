@@ -61,6 +61,17 @@ class Release:
             "publisher-verified": self.publisher_verified,
         }
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Release:
+        """The inverse of :meth:`to_dict` (absent keys take their defaults)."""
+        return cls(
+            id=doc["id"], version=doc["version"], dependencies=doc.get("dependencies") or {},
+            requires_corral=doc.get("requires-corral") or "", yanked=bool(doc.get("yanked")),
+            sha256=doc.get("sha256"), size=doc.get("size"),
+            permissions=doc.get("permissions") or {}, publisher=doc.get("publisher"),
+            signer=doc.get("signer"), publisher_verified=bool(doc.get("publisher-verified")),
+        )
+
 
 class Source(Protocol):
     """Where releases come from: a registry through TUF, or a folder of archives."""
