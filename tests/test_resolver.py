@@ -166,6 +166,23 @@ def test_yanked_skipped_unless_pinned_exactly() -> None:
     )
 
 
+def test_a_deeper_exact_pin_allows_a_yanked_release_another_range_met_first() -> None:
+    # The user's range on lib is seen before mid's exact pin is in play; the
+    # answer must not depend on that order.
+    src = MemorySource(
+        [
+            rel("lib", "2.1", yanked=True),
+            rel("top", "1.0", {"mid": ">=1.0"}),
+            rel("mid", "1.0", {"lib": "==2.1"}),
+            rel("loose", "1.0", {"lib": "==2.1"}),
+        ]
+    )
+    assert run(src, "top", "lib@>=1.0") == {"top": "1.0", "mid": "1.0", "lib": "2.1"}
+    # A pin on a release the answer does not hold allows nothing.
+    with pytest.raises(ConflictError):
+        run(src, "lib@>=1.0")
+
+
 def test_pre_releases_only_when_a_range_names_one() -> None:
     src = MemorySource(rel("a", v) for v in ["1.0", "2.0b1", "2.0rc1"])
     assert run(src, "a") == {"a": "1.0"}

@@ -194,11 +194,20 @@ def _allows_pre(reqs: Iterable[_Req]) -> bool:
 class _Provider:
     """The resolvelib provider (duck-typed, so resolvelib is imported only when used)."""
 
-    def __init__(self, facts: _Facts, locked: Mapping[str, str], upgrade: Collection[str]) -> None:
+    def __init__(
+        self,
+        facts: _Facts,
+        locked: Mapping[str, str],
+        upgrade: Collection[str],
+        pinned_elsewhere: frozenset[tuple[str, Version]] = frozenset(),
+    ) -> None:
         self.facts = facts
         self.locked = dict(locked)
         self.upgrade_all = "*" in upgrade
         self.upgrade = frozenset(upgrade)
+        #: Yanked releases some reachable range pins exactly, allowed before that
+        #: range is in play (tried last; the answer must contain such a pin).
+        self.pinned_elsewhere = pinned_elsewhere
 
     def identify(self, requirement_or_candidate: _Req | _Cand) -> str:
         return requirement_or_candidate.id
@@ -270,10 +279,9 @@ class _Provider:
         pre = _allows_pre(reqs)
         pins = frozenset().union(*(r.pins for r in reqs))
         out = []
+        later = []
         for c in cands:
             if id(c) in bad:
-                continue
-            if c.release.yanked and c.version not in pins:
                 continue
             if c.pre and not pre:
                 continue
@@ -281,7 +289,12 @@ class _Provider:
                 continue
             if not self.facts.corral_ok(c):
                 continue
+            if c.release.yanked and c.version not in pins:
+                if (identifier, c.version) in self.pinned_elsewhere:
+                    later.append(c)
+                continue
             out.append(c)
+        out += later
         lock = self.locked.get(identifier)
         if lock is not None and not self.upgrade_all and identifier not in self.upgrade:
             first = [c for c in out if c.release.version == lock]
@@ -395,10 +408,26 @@ def resolve(
         cast("Any", provider), cast("Any", _Reporter(facts))
     )
     try:
-        result = resolver.resolve(roots, max_rounds=max_rounds)
-    except ResolutionImpossible as exc:
-        causes = cast("list[RequirementInformation[_Req, _Cand]]", list(exc.causes))
-        raise _explain(causes, roots, facts) from None
+        try:
+            result = resolver.resolve(roots, max_rounds=max_rounds)
+        except ResolutionImpossible as exc:
+            causes = cast("list[RequirementInformation[_Req, _Cand]]", list(exc.causes))
+            failure = _explain(causes, roots, facts)
+            # A yanked release pinned exactly by a range that was not yet in play
+            # when another range on its plugin was first seen: try once more with
+            # such releases allowed, and keep the answer only if a pin in it allows
+            # each yanked release it holds (so the answer does not depend on order).
+            elsewhere = _reachable_yanked_pins(roots, facts)
+            if not elsewhere:
+                raise failure from None
+            provider = _Provider(facts, locked or {}, upgrade, elsewhere)
+            resolver = Resolver(cast("Any", provider), cast("Any", _Reporter(facts)))
+            try:
+                result = resolver.resolve(roots, max_rounds=max_rounds)
+            except ResolutionImpossible:
+                raise failure from None
+            if not _yanked_pinned(result):
+                raise failure from None
     except ResolutionTooDeep as exc:
         asked = ", ".join(r.text for r in roots)
         raise ConflictError(
@@ -409,6 +438,39 @@ def resolve(
             conflicts=[],
         ) from None
     return _dependency_order({pid: c.release for pid, c in result.mapping.items()})
+
+
+def _reachable_yanked_pins(roots: Sequence[_Req], facts: _Facts) -> frozenset[tuple[str, Version]]:
+    """``(id, version)`` of yanked releases some range reachable from ``roots`` pins exactly."""
+    pins: set[tuple[str, Version]] = set()
+    seen: set[str] = set()
+    todo = [(r.id, r.pins) for r in roots]
+    while todo:
+        pid, req_pins = todo.pop()
+        pins.update((pid, v) for v in req_pins)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        for c in facts.candidates(pid) or ():
+            for dep, spec in sorted(c.release.dependencies.items()):
+                req = facts.make_req(dep, spec.strip(), c, f"{c.label}: dependencies.{dep}")
+                todo.append((dep, req.pins))
+    return frozenset(
+        (pid, c.version)
+        for pid in seen
+        for c in facts.candidates(pid) or ()
+        if c.release.yanked and (pid, c.version) in pins
+    )
+
+
+def _yanked_pinned(result: Any) -> bool:
+    """Each yanked release of a resolvelib result is pinned exactly by a range in force."""
+    for pid, cand in result.mapping.items():
+        if cand.release.yanked and not any(
+            cand.version in info.requirement.pins for info in result.criteria[pid].information
+        ):
+            return False
+    return True
 
 
 def _dependency_order(chosen: Mapping[str, Release]) -> dict[str, Release]:
