@@ -28,12 +28,12 @@ from pathlib import Path
 
 import blinker
 
-from corral._bus import EventBus
-from corral._durable import DurableLog
-from corral._events import bus_broker_op
-from corral._permissions import Permissions
-from corral._state import StateStore
-from corral._subscriptions import Event
+from corral._model.permissions import Permissions
+from corral._services.events.bus import EventBus
+from corral._services.events.durable import DurableLog
+from corral._services.events.plugin import bus_broker_op
+from corral._services.events.subscriptions import Event
+from corral._services.state import StateStore
 
 
 def best_ns(fn: Callable[[int], None], n: int, repeat: int = 7) -> float:
@@ -303,7 +303,7 @@ def _thread_publishers(log: DurableLog, threads: int, n: int) -> float:
 
 CAS_WORKER = r"""
 import sys, time
-from corral._state import StateStore
+from corral._services.state import StateStore
 store = StateStore(sys.argv[1])
 mode, n = sys.argv[2], int(sys.argv[3])
 retries = 0
@@ -369,7 +369,7 @@ def _receiver(root: Path, pid: str, isolation: str) -> Path:
 def bench_messages(n: int, home: Path) -> None:
     """``messenger.send`` round trip (median) to an in-process and to a strict receiver."""
     from corral import Host
-    from corral._sandboxing import sandbox_problem
+    from corral._services.sandboxed import sandbox_problem
 
     print("== messages: send and wait for the reply ==")
     kinds = [("in-process", "bench.local", "none"), ("strict", "bench.strict", "strict")]

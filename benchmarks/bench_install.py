@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from corral._archive import pack_directory  # noqa: E402
-from corral._installer import DirectorySource, Installer  # noqa: E402
+from corral._disk.archive import pack_directory  # noqa: E402
+from corral._distribution.installer import DirectorySource, Installer  # noqa: E402
 
 
 def write_plugin(root: Path, pid: str, version: str, deps: dict[str, str]) -> Path:
@@ -126,7 +126,7 @@ def bench_registry(tmp: Path, root: Path, runs: int) -> None:
     try:
         import httpx
 
-        from corral._registry_source import RegistrySource, trust_registry
+        from corral._distribution.registry_source import RegistrySource, trust_registry
         from corral.registry._app import open_server
         from corral.registry._service import Registry
         from corral.registry._tuf import TufRepository

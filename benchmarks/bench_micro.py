@@ -27,9 +27,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from corral._abtest import murmur3_32, normalized_hash
-from corral._compose import Composition, FanOut, Step
-from corral._micro import MicroManager
+from corral._services.micro.abtest import murmur3_32, normalized_hash
+from corral._services.micro.compose import Composition, FanOut, Step
+from corral._services.micro.manager import MicroManager
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # Many short runs, best kept: on a shared machine the quiet slices decide the figure.
@@ -200,7 +200,7 @@ def bench_sandboxed_fan_out() -> None:
     print("parallel fan-out over 8 sandboxed micro-plugins")
     try:
         from corral._host import Host
-        from corral._sandboxing import sandbox_problem
+        from corral._services.sandboxed import sandbox_problem
     except ImportError as exc:
         print(f"  skipped: the sandbox is not importable ({exc})")
         return

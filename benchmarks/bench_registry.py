@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from corral._archive import pack_directory  # noqa: E402
+from corral._disk.archive import pack_directory  # noqa: E402
 from corral.registry._seed import seed  # noqa: E402
 from corral.registry._service import Registry  # noqa: E402
 

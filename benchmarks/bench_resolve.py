@@ -8,7 +8,7 @@ one, while most of its users cap that other library below its newest major,
 and some apps' newest releases need a library range nothing else allows.
 
 Requests of 1, 10 and 50 top-level plugins are resolved with
-``corral._resolver.resolve`` (median and max wall time, rounds, backtracks),
+``corral._distribution.resolver.resolve`` (median and max wall time, rounds, backtracks),
 next to two baselines on the same graph: resolvelib with a trivial provider
 (no caches, newest first, preference by name) and a greedy newest-version pick
 that never backtracks (fast, but its answer breaks ranges).  Target: <= 2 s.
@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from packaging.specifiers import SpecifierSet  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
+from corral._distribution.resolver import ResolveStats, resolve  # noqa: E402
 from corral._errors import ConflictError, NotFoundError  # noqa: E402
-from corral._release import Release, Requirement  # noqa: E402
-from corral._resolver import ResolveStats, resolve  # noqa: E402
+from corral._model.release import Release, Requirement  # noqa: E402
 
 N_PLUGINS = 1000
 N_LIBS = 40
@@ -50,7 +50,7 @@ CLASHING_LIBS = 0.25
 
 
 class MemorySource:
-    """An in-memory :class:`corral._release.Source` (releases only)."""
+    """An in-memory :class:`corral._model.release.Source` (releases only)."""
 
     location = "memory"
 

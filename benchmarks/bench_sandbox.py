@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from corral._sandbox._spec import SandboxSpec
-from corral._sandbox._supervisor import Supervisor
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
 
 PLUGIN = """
 import time

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from corral._abtest import (
+from corral._errors import PluginError, UsageError
+from corral._services.micro.abtest import (
     ABTest,
     Variant,
     mann_whitney_u,
@@ -19,8 +20,7 @@ from corral._abtest import (
     percentile,
     two_proportion_z,
 )
-from corral._errors import PluginError, UsageError
-from corral._micro import MicroManager
+from corral._services.micro.manager import MicroManager
 
 
 @pytest.mark.parametrize(

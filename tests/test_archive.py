@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral._archive import (
+from corral._disk.archive import (
     extract_archive,
     iter_archive_names,
     pack_directory,

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from corral._sandbox._landlock import landlock_abi
+from corral._sandbox.landlock import landlock_abi
 
 PLUGIN_ID = "acme.hello"
 REASON = "head shows the first lines of a file of your workspace; nothing else is read"

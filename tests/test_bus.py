@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from corral._bus import EventBus
-from corral._durable import DurableLog
 from corral._errors import NotFoundError, PermissionDenied, PluginTimeout, UsageError
-from corral._events import bus_broker_op
-from corral._permissions import Permissions
-from corral._subscriptions import Event
-from corral._topics import EventFilter, pattern_covers
+from corral._model.permissions import Permissions
+from corral._model.topics import EventFilter, pattern_covers
+from corral._services.events.bus import EventBus
+from corral._services.events.durable import DurableLog
+from corral._services.events.plugin import bus_broker_op
+from corral._services.events.subscriptions import Event
 
 
 def wait_for(cond: Any, timeout: float = 10.0) -> None:
@@ -472,8 +472,8 @@ def test_global_needs_the_log(bus: EventBus) -> None:
 
 CONSUMER = r"""
 import sys, time, json
-from corral._bus import EventBus
-from corral._durable import DurableLog
+from corral._services.events.bus import EventBus
+from corral._services.events.durable import DurableLog
 db, stop_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 log = DurableLog(db, synchronous="NORMAL")
 bus = EventBus()
@@ -530,8 +530,8 @@ def test_durable_consumer_catches_up_after_restart_without_loss_or_duplicates(
 
 GLOBAL_PUBLISHER = r"""
 import sys
-from corral._bus import EventBus
-from corral._durable import DurableLog
+from corral._services.events.bus import EventBus
+from corral._services.events.durable import DurableLog
 log = DurableLog(sys.argv[1], synchronous="NORMAL")
 bus = EventBus()
 bus.attach_log(log)
@@ -591,7 +591,7 @@ def test_group_commit_from_concurrent_publishers(tmp_path: Path) -> None:
 
 
 def test_send_and_broadcast() -> None:
-    from corral._messages import Messenger
+    from corral._services.messages import Messenger
 
     states = {"acme.echo": "enabled", "acme.off": "disabled", "acme.quiet": "enabled",
               "acme.slow": "enabled", "acme.boom": "enabled", "acme.sender": "enabled"}

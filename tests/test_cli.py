@@ -15,7 +15,7 @@ from corral_conftest import CliResult, make_plugin, module_name, snapshot
 
 import corral
 from corral import Host
-from corral._sandboxing import sandbox_problem
+from corral._services.sandboxed import sandbox_problem
 
 Run = Callable[..., CliResult]
 
@@ -158,7 +158,7 @@ def test_human_output(run_cli: Run, tmp_path: Path, home: Path, workspace: Path)
 
 
 def test_add_archive(run_cli: Run, tmp_path: Path, home: Path) -> None:
-    from corral._archive import pack_directory
+    from corral._disk.archive import pack_directory
 
     archive = pack_directory(make_plugin(tmp_path, "acme.zip"), tmp_path / "acme.zip.corral")
     res = run_cli("add", str(archive), "--json")
@@ -439,7 +439,7 @@ def test_validate_hostile_archive_leaves_no_temp_files(run_cli: Run, tmp_path: P
     assert res.json["ok"] is False
     assert "evil.py" in res.json["errors"][0]["message"]
     good = tmp_path / "good.corral"
-    from corral._archive import pack_directory
+    from corral._disk.archive import pack_directory
 
     pack_directory(make_plugin(tmp_path, "acme.packed"), good)
     res = run_cli("validate", str(good), "--json")

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from corral._compose import (
+from corral._errors import NotFoundError, PluginError, PluginTimeout, UsageError
+from corral._services.micro.compose import (
     Chain,
     Composition,
     FanOut,
@@ -20,8 +21,7 @@ from corral._compose import (
     pipeline_from_dict,
     validate_chain,
 )
-from corral._errors import NotFoundError, PluginError, PluginTimeout, UsageError
-from corral._micro import MicroManager
+from corral._services.micro.manager import MicroManager
 
 
 @pytest.fixture

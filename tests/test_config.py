@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from corral._config import (
+from corral._errors import InvalidPluginError, NotFoundError
+from corral._services.config import (
     ConfigError,
     ConfigManager,
     dumps_toml,
@@ -20,7 +21,6 @@ from corral._config import (
     load_schema,
     resolve_secret_refs,
 )
-from corral._errors import InvalidPluginError, NotFoundError
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -315,9 +315,9 @@ def test_cli_config_verbs(tmp_path: Path) -> None:
 
 
 def test_plugin_config_is_what_the_host_hands_over(tmp_path: Path) -> None:
-    from corral._config import plugin_config
-    from corral._permissions import Permissions
-    from corral._secrets import SecretStore
+    from corral._model.permissions import Permissions
+    from corral._services.config import plugin_config
+    from corral._services.secrets import SecretStore
 
     plugin = tmp_path / "plugin"
     plugin.mkdir()

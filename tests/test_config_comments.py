@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from corral._config import ConfigError, ConfigManager
+from corral._services.config import ConfigError, ConfigManager
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

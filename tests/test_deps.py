@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral import InvalidPluginError, Manifest
-from corral._deps import (
+from corral._model.deps import (
     check_dependencies,
     check_requires_corral,
     dependency_order,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from corral import ManifestError, parse_manifest
-from corral._docgen import NO_REASON, plugin_docs, to_html, to_markdown
+from corral._pdk.docgen import NO_REASON, plugin_docs, to_html, to_markdown
 
 MANIFEST = '''
 [plugin]
@@ -93,7 +93,7 @@ def test_reasons_are_parsed_and_round_trip() -> None:
         "net-connect:api.example.com:443": "fetches the issue tracker's counts",
     }
     assert parse_manifest(MANIFEST).to_dict()["permissions"]["reasons"]["spawn"]
-    from corral._manifest import Manifest
+    from corral._model.manifest import Manifest
 
     assert Manifest.from_dict(m.to_dict()) == m
 

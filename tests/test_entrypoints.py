@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from corral._entrypoints import (
+from corral._runtime.entrypoints import (
     ENTRY_POINT_GROUP,
     EntryPointPlugin,
     discover_entry_points,

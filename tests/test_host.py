@@ -31,8 +31,8 @@ from corral import (
     PolicyDenied,
     UsageError,
 )
-from corral._archive import pack_directory
-from corral._sandboxing import sandbox_problem
+from corral._disk.archive import pack_directory
+from corral._services.sandboxed import sandbox_problem
 
 
 def plugins_dir(host: Host) -> set[str]:

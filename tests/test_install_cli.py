@@ -149,7 +149,7 @@ def test_cli_update_failing_health_check_rolls_back(
 
 
 def test_progress_bar_draws_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    from corral._cli._install import _Bar
+    from corral._cli.install import _Bar
 
     bar = _Bar()
     bar("download acme.a 1.0.0", 512, 2048)

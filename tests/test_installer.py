@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from corral_conftest import close_quietly, make_plugin, module_name
 
-from corral._archive import pack_directory
+from corral._disk.archive import pack_directory
+from corral._distribution.installer import DirectorySource, Installer, permission_changes
 from corral._errors import (
     ConflictError,
     InvalidPluginError,
@@ -30,8 +31,7 @@ from corral._errors import (
     UsageError,
 )
 from corral._host import Host
-from corral._installer import DirectorySource, Installer, permission_changes
-from corral._release import Release
+from corral._model.release import Release
 
 
 def publish(
@@ -49,7 +49,7 @@ def publish(
                       exports=exports if exports is not None else
                       ({"version": f"{mod}:version"} if code else None), **manifest)
     if key is not None:
-        from corral._signing import sign_directory
+        from corral._distribution.signing import sign_directory
 
         sign_directory(src, key)
     repo.mkdir(parents=True, exist_ok=True)
@@ -472,8 +472,8 @@ def test_update_that_fails_to_start_is_rolled_back_automatically(
 def test_signatures_are_checked_against_the_trust_store(
     tmp_path: Path, home: Path, repo: Path
 ) -> None:
-    from corral._signing import generate_key
-    from corral._trust import TrustStore
+    from corral._distribution.signing import generate_key
+    from corral._distribution.trust import TrustStore
 
     key = generate_key("acme", tmp_path / "keys")
     publish(tmp_path, repo, "acme.s", "1.0.0", key=key)

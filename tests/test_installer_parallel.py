@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from test_installer import publish, snapshot
 
+from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import TransferError
-from corral._installer import DirectorySource, Installer
-from corral._release import Release
+from corral._model.release import Release
 
 
 class _Parallel:

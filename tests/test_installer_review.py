@@ -16,9 +16,9 @@ from corral_conftest import close_quietly, module_name
 from test_installer import publish, rows, versioned
 
 from corral._cli import main
+from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import PluginError, SignatureInvalid, UsageError
 from corral._host import Host
-from corral._installer import DirectorySource, Installer
 
 BROKEN_START = """
 class Plugin:
@@ -51,8 +51,8 @@ def tamper(home: Path, plugin_id: str) -> Path:
 def test_revoked_key_refuses_rollback_reinstall_and_verify(
     tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from corral._signing import generate_key
-    from corral._trust import TrustStore
+    from corral._distribution.signing import generate_key
+    from corral._distribution.trust import TrustStore
 
     repo = tmp_path / "repo"
     old_key = generate_key("old", tmp_path / "keys")
@@ -342,7 +342,7 @@ def test_held_message_agrees_with_its_subject(
 def test_pack_output_folder_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from corral._new import create_plugin
+    from corral._pdk.new import create_plugin
 
     monkeypatch.setenv("CORRAL_KEYS_DIR", str(tmp_path / "keys"))
     src = create_plugin("acme.packme", directory=tmp_path / "w", isolation="none").path

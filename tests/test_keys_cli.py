@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from corral._archive import pack_directory
+from corral._disk.archive import pack_directory
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral import LifecycleError, State, UsageError
-from corral._lifecycle import DURABLE_STATES, check_transition
+from corral._model.lifecycle import DURABLE_STATES, check_transition
 
 S = State
 

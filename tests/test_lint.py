@@ -1,4 +1,4 @@
-"""The static checks of ``corral._lint``: each rule fires, and is silenced by the right grant."""
+"""The static checks of ``corral._pdk.lint``: each rule fires and is silenced by the right grant."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from corral._lint import RULES, Issue, check_signatures, lint_plugin
-from corral._manifest import load_manifest
+from corral._model.manifest import load_manifest
+from corral._pdk.lint import RULES, Issue, check_signatures, lint_plugin
 
 
 def plugin(tmp_path: Path, code: str, permissions: str = "", exports: str = "") -> Path:

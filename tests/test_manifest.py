@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral import Manifest, ManifestError, load_manifest, parse_manifest
-from corral._manifest import LIMITS, check_id
+from corral._model.manifest import LIMITS, check_id
 
 FILE = "plugins/x/corral.toml"
 

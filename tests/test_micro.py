@@ -19,7 +19,7 @@ from corral._errors import (
     PluginTimeout,
     UsageError,
 )
-from corral._micro import JSON_TYPES, MicroManager, Verdict, fits, micro
+from corral._services.micro.manager import JSON_TYPES, MicroManager, Verdict, fits, micro
 
 
 @pytest.fixture

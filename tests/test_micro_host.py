@@ -11,8 +11,8 @@ import pytest
 
 from corral import Host
 from corral._cli import main
-from corral._compose import Composition
 from corral._errors import NotFoundError, PluginError
+from corral._services.micro.compose import Composition
 
 CODE = '''
 def semver(value, ctx):

@@ -11,9 +11,9 @@ import pytest
 from corral_conftest import CliResult, snapshot
 
 from corral._errors import UsageError
-from corral._manifest import load_manifest
-from corral._new import TEMPLATES, ask_missing, create_plugin, package_name, plugin_id_for
-from corral._validate import validate_plugin
+from corral._model.manifest import load_manifest
+from corral._pdk.new import TEMPLATES, ask_missing, create_plugin, package_name, plugin_id_for
+from corral._pdk.validate import validate_plugin
 from corral._version import __version__
 
 

@@ -12,7 +12,7 @@ from corral_conftest import close_quietly, snapshot
 
 from corral._cli import main
 from corral._host import Host
-from corral._new import create_plugin
+from corral._pdk.new import create_plugin
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_refuses_an_invalid_plugin_and_writes_nothing(
 def test_signed_with_the_configured_key(
     keys: Path, plugin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from corral._signing import generate_key, verify_archive
+    from corral._distribution.signing import generate_key, verify_archive
 
     key = generate_key("dev", keys)
     code, first = pack(capsys, str(plugin_dir), "-o", str(tmp_path / "s1.corral"))

@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from corral._distribution.resolver import ResolveStats, resolve
 from corral._errors import ConflictError, InvalidPluginError, NotFoundError, UsageError
-from corral._release import Release, Requirement, parse_requirement
-from corral._resolver import ResolveStats, resolve
+from corral._model.release import Release, Requirement, parse_requirement
 
 HOST = "0.1.0"
 
 
 class MemorySource:
-    """A real :class:`corral._release.Source` over a dict of releases (no archives)."""
+    """A real :class:`corral._model.release.Source` over a dict of releases (no archives)."""
 
     location = "memory"
 
@@ -372,7 +372,7 @@ def test_cycles_resolve_in_a_stable_order() -> None:
 
 
 def test_resolvelib_is_not_imported_by_corral() -> None:
-    code = "import sys, corral, corral._resolver; print('resolvelib' in sys.modules)"
+    code = "import sys, corral, corral._distribution.resolver; print('resolvelib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from corral._errors import NotFoundError, PluginError, UsageError
-from corral._micro import MicroManager
-from corral._rollout import Rollout, RolloutPolicy, RolloutStatus, RolloutStore
+from corral._services.micro.manager import MicroManager
+from corral._services.micro.rollout import Rollout, RolloutPolicy, RolloutStatus, RolloutStore
 
 
 class Clock:

@@ -7,7 +7,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from corral._scan import ScanResult, scan_plugin_dirs
+from corral._runtime.folders import ScanResult, scan_plugin_dirs
 
 if TYPE_CHECKING:
     from pathlib import Path

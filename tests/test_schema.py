@@ -12,7 +12,7 @@ import pytest
 from corral_conftest import DESIGN_EXAMPLE
 
 from corral import Manifest, ManifestError, parse_manifest
-from corral._schema import manifest_json_schema
+from corral._model.schema import manifest_json_schema
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -149,7 +149,7 @@ def test_schema_is_json_and_draft_2020(validator: Any) -> None:
     # It describes every key the model knows about.
     plugin_keys = set(schema["properties"]["plugin"]["properties"])
     assert {"id", "name", "version", "entry", "requires-corral", "authors"} <= plugin_keys
-    from corral._manifest import _TOP_KEYS
+    from corral._model.manifest import _TOP_KEYS
 
     assert set(schema["properties"]) == set(_TOP_KEYS)
     assert {"plugin", "dependencies", "permissions", "sandbox", "exports", "micro",

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from corral._config import ConfigManager
 from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
-from corral._permissions import Permissions
-from corral._secrets import SecretRedactor, SecretStore, secrets_broker_op
+from corral._model.permissions import Permissions
+from corral._services.config import ConfigManager
+from corral._services.secrets import SecretRedactor, SecretStore, secrets_broker_op
 
 VALUE = "s3cr3t-VALUE-9f8e7d"
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from corral._archive import pack_directory, plugin_files
-from corral._errors import InvalidPluginError, NotFoundError, UsageError
-from corral._signing import (
+from corral._disk.archive import pack_directory, plugin_files
+from corral._distribution.signing import (
     SIGNATURE_FILE,
     SignatureStatus,
     SigningKey,
@@ -31,6 +30,7 @@ from corral._signing import (
     verify_archive,
     verify_directory,
 )
+from corral._errors import InvalidPluginError, NotFoundError, UsageError
 
 MANIFEST = """\
 [plugin]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from corral._errors import CorralError, PermissionDenied, UsageError
-from corral._permissions import Permissions
-from corral._state import StateChange, StateStore, state_broker_op
+from corral._model.permissions import Permissions
+from corral._services.state import StateChange, StateStore, state_broker_op
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_subscribers_see_changes_in_order(store: StateStore) -> None:
 
 INCREMENTER = r"""
 import sys
-from corral._state import StateStore
+from corral._services.state import StateStore
 store = StateStore(sys.argv[1])
 mode, n = sys.argv[2], int(sys.argv[3])
 for _ in range(n):
@@ -177,7 +177,7 @@ def test_watchers_see_other_processes(tmp_path: Path, store: StateStore) -> None
     seen: list[int] = []
     store.subscribe("remote.*", lambda c: seen.append(c.value))
     code = (
-        "import sys\nfrom corral._state import StateStore\n"
+        "import sys\nfrom corral._services.state import StateStore\n"
         "s = StateStore(sys.argv[1])\n"
         "[s.set('remote.x', i) for i in range(5)]\ns.close()\n"
     )

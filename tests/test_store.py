@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from corral._store import PluginRow, Store
+from corral._runtime.database import PluginRow, Store
 
 
 def _row(plugin_id: str) -> PluginRow:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from corral._compose import Composition
 from corral._errors import NotFoundError
-from corral._micro import MicroInfo, MicroManager
+from corral._services.micro.compose import Composition
+from corral._services.micro.manager import MicroInfo, MicroManager
 
 
 def test_started_call_finishes_on_old_version() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from corral._distribution.signing import SignatureStatus, SigningKey, generate_key
+from corral._distribution.trust import POLICIES, TrustStore, check_signature, load_policy
 from corral._errors import ManifestError, SignatureInvalid, UsageError
-from corral._signing import SignatureStatus, SigningKey, generate_key
-from corral._trust import POLICIES, TrustStore, check_signature, load_policy
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_messages_name_the_file_and_the_key(store: TrustStore, key: SigningKey) 
 
 def test_end_to_end_with_a_real_signature(tmp_path: Path, store: TrustStore,
                                           key: SigningKey) -> None:
-    from corral._signing import sign_directory, verify_directory
+    from corral._distribution.signing import sign_directory, verify_directory
 
     root = tmp_path / "p"
     root.mkdir()

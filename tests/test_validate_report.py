@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from corral_conftest import CliResult, make_plugin
 
-from corral._lint import RULES
-from corral._sandboxing import sandbox_problem
-from corral._sarif import to_sarif
-from corral._validate import validate_plugin
+from corral._pdk.lint import RULES
+from corral._pdk.sarif import to_sarif
+from corral._pdk.validate import validate_plugin
+from corral._services.sandboxed import sandbox_problem
 from corral._version import __version__
 
 needs_strict = pytest.mark.skipif(

@@ -6,36 +6,36 @@ nothing on the host application's start-up path.
 
 from __future__ import annotations
 
-from ._version import __version__
+from corral._version import __version__
 
 # Not ``typing.TYPE_CHECKING``: importing typing would double the cost of ``import corral``.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._context import PluginContext as PluginContext
-    from ._errors import CorralError as CorralError
-    from ._errors import DeniedError as DeniedError
-    from ._errors import InvalidPluginError as InvalidPluginError
-    from ._errors import LifecycleError as LifecycleError
-    from ._errors import ManifestError as ManifestError
-    from ._errors import NotFoundError as NotFoundError
-    from ._errors import PermissionDenied as PermissionDenied
-    from ._errors import PluginError as PluginError
-    from ._errors import PluginFailedError as PluginFailedError
-    from ._errors import PluginTimeout as PluginTimeout
-    from ._errors import PolicyDenied as PolicyDenied
-    from ._errors import ResourceLimitExceeded as ResourceLimitExceeded
-    from ._errors import SignatureInvalid as SignatureInvalid
-    from ._errors import UsageError as UsageError
-    from ._errors import WorkerCrashed as WorkerCrashed
-    from ._host import Host as Host
-    from ._info import PluginInfo as PluginInfo
-    from ._lifecycle import State as State
-    from ._manifest import Manifest as Manifest
-    from ._manifest import load_manifest as load_manifest
-    from ._manifest import parse_manifest as parse_manifest
-    from ._permissions import Permissions as Permissions
+    from corral._errors import CorralError as CorralError
+    from corral._errors import DeniedError as DeniedError
+    from corral._errors import InvalidPluginError as InvalidPluginError
+    from corral._errors import LifecycleError as LifecycleError
+    from corral._errors import ManifestError as ManifestError
+    from corral._errors import NotFoundError as NotFoundError
+    from corral._errors import PermissionDenied as PermissionDenied
+    from corral._errors import PluginError as PluginError
+    from corral._errors import PluginFailedError as PluginFailedError
+    from corral._errors import PluginTimeout as PluginTimeout
+    from corral._errors import PolicyDenied as PolicyDenied
+    from corral._errors import ResourceLimitExceeded as ResourceLimitExceeded
+    from corral._errors import SignatureInvalid as SignatureInvalid
+    from corral._errors import UsageError as UsageError
+    from corral._errors import WorkerCrashed as WorkerCrashed
+    from corral._host import Host as Host
+    from corral._model.info import PluginInfo as PluginInfo
+    from corral._model.lifecycle import State as State
+    from corral._model.manifest import Manifest as Manifest
+    from corral._model.manifest import load_manifest as load_manifest
+    from corral._model.manifest import parse_manifest as parse_manifest
+    from corral._model.permissions import Permissions as Permissions
+    from corral._services.context import PluginContext as PluginContext
 
 __all__ = [
     "CorralError",
@@ -65,14 +65,14 @@ __all__ = [
 ]
 
 _WHERE = {
-    "PluginContext": "_context",
+    "PluginContext": "_services.context",
     "Host": "_host",
-    "PluginInfo": "_info",
-    "State": "_lifecycle",
-    "Manifest": "_manifest",
-    "load_manifest": "_manifest",
-    "parse_manifest": "_manifest",
-    "Permissions": "_permissions",
+    "PluginInfo": "_model.info",
+    "State": "_model.lifecycle",
+    "Manifest": "_model.manifest",
+    "load_manifest": "_model.manifest",
+    "parse_manifest": "_model.manifest",
+    "Permissions": "_model.permissions",
 }
 
 

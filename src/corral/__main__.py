@@ -1,5 +1,5 @@
 """``python -m corral``: the command line."""
 
-from ._cli import main
+from corral._cli import main
 
 raise SystemExit(main())

@@ -13,15 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-from ._context import PluginContext, plugin_paths
-from ._deps import (
-    check_dependencies,
-    check_requires_corral,
-    dependency_order,
-    dependents_of,
-    find_cycle,
-)
-from ._errors import (
+from corral._disk.files import exclusive
+from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
+from corral._errors import (
     CorralError,
     InvalidPluginError,
     LifecycleError,
@@ -32,25 +26,31 @@ from ._errors import (
     PolicyDenied,
     UsageError,
 )
-from ._files import exclusive
-from ._info import PluginInfo
-from ._jsoncheck import SIMPLE_TYPES, json_problem
-from ._layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
-from ._lifecycle import DURABLE_STATES, State, check_transition
-from ._runner import Runner
-from ._services import Services
-from ._store import PluginRow, Store
-from ._version import __version__
+from corral._model.deps import (
+    check_dependencies,
+    check_requires_corral,
+    dependency_order,
+    dependents_of,
+    find_cycle,
+)
+from corral._model.info import PluginInfo
+from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
+from corral._model.lifecycle import DURABLE_STATES, State, check_transition
+from corral._runtime.database import PluginRow, Store
+from corral._runtime.runner import Runner
+from corral._services.context import PluginContext, plugin_paths
+from corral._services.hub import Services
+from corral._version import __version__
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
-    from ._config import ConfigManager
-    from ._loader import ModuleScope
-    from ._manifest import Manifest
-    from ._messages import Messenger
-    from ._micro import MicroManager
-    from ._secrets import SecretStore
-    from ._state import StateStore
+    from corral._model.manifest import Manifest
+    from corral._runtime.loader import ModuleScope
+    from corral._services.config import ConfigManager
+    from corral._services.events.bus import EventBus
+    from corral._services.messages import Messenger
+    from corral._services.micro.manager import MicroManager
+    from corral._services.secrets import SecretStore
+    from corral._services.state import StateStore
 
 __all__ = ["Host", "default_home"]
 
@@ -192,7 +192,7 @@ class Host:
 
     def _fresh_manifest(self, row: PluginRow) -> Manifest:
         """The row's manifest, re-read from disk if ``corral.toml`` changed since it was stored."""
-        from ._manifest import Manifest, load_manifest
+        from corral._model.manifest import Manifest, load_manifest
 
         path = Path(row.path) / MANIFEST_NAME
         try:
@@ -312,12 +312,12 @@ class Host:
         return out
 
     def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
-        from ._discovery import discover
+        from corral._runtime.discovery import discover
 
         return discover(self._store, self.home / "plugins", registered)
 
     def _entry_point_dirs(self) -> builtins.list[Path]:
-        from ._discovery import entry_point_dirs
+        from corral._runtime.discovery import entry_point_dirs
 
         return entry_point_dirs(self._store)
 
@@ -424,8 +424,8 @@ class Host:
         Returns the manifest, the directory, the source kind and whether the
         directory is a temporary copy owned by this registration.
         """
-        from ._loader import check_targets
-        from ._manifest import load_manifest
+        from corral._model.manifest import load_manifest
+        from corral._runtime.loader import check_targets
 
         source = source.expanduser().absolute()
         plugins = self.home / "plugins"
@@ -445,12 +445,12 @@ class Host:
                 return manifest, source, kind, False
             load_manifest(source)  # fail fast, before copying anything
             staging = plugins / f".staging-{os.urandom(16).hex()}"
-            from ._tree import copy_plugin_dir
+            from corral._disk.tree import copy_plugin_dir
 
             copy_plugin_dir(source, staging)
             kind = "directory"
         else:
-            from ._archive import extract_archive
+            from corral._disk.archive import extract_archive
 
             staging = plugins / f".staging-{os.urandom(16).hex()}"
             extract_archive(source, staging)
@@ -789,7 +789,7 @@ class Host:
     def _import_in_process(self, active: _Active, plugin_dir: Path) -> None:
         import inspect
 
-        from ._loader import ModuleScope, check_targets, targets_of
+        from corral._runtime.loader import ModuleScope, check_targets, targets_of
 
         manifest = active.manifest
         check_targets(plugin_dir, manifest)
@@ -833,7 +833,7 @@ class Host:
 
     def _sandbox_ready(self, manifest: Manifest) -> None:
         """Refuse a sandboxed plugin unless this machine can enforce its isolation level."""
-        from ._sandboxing import sandbox_problem
+        from corral._services.sandboxed import sandbox_problem
 
         problem = sandbox_problem(manifest.sandbox.isolation)
         if problem:
@@ -851,7 +851,7 @@ class Host:
         try:
             self._run_hook(active, "on_enable")
             if self._sandboxed_entry(active):  # its on_message runs in its worker
-                from ._sandboxing import sandboxed_receiver
+                from corral._services.sandboxed import sandboxed_receiver
 
                 receiver = sandboxed_receiver(self, active)
         except CorralError as exc:
@@ -924,7 +924,7 @@ class Host:
         """The micro-plugins of the enabled plugins, ready to run and compose."""
         with self._rlock:
             if self._micro_mgr is None:
-                from ._micro import MicroManager
+                from corral._services.micro.manager import MicroManager
 
                 self._micro_mgr = MicroManager()
                 for active in self._active.values():
@@ -956,7 +956,7 @@ class Host:
 
     def run_pipeline(self, pipeline_id: str, input: Any = None) -> Any:
         """Run a ``[[pipeline]]`` of an enabled plugin over :attr:`micro`."""
-        from ._compose import Composition, pipeline_from_dict
+        from corral._services.micro.compose import Composition, pipeline_from_dict
 
         with self._rlock:
             pipelines = {
@@ -1007,7 +1007,7 @@ class Host:
 
     def _sandbox_hook(self, active: _Active, name: str, value: Any) -> None:
         """Run a lifecycle hook of a sandboxed plugin's entry object inside its worker."""
-        from ._sandboxing import call_sandboxed
+        from corral._services.sandboxed import call_sandboxed
 
         call_sandboxed(
             self, self._supervisor_for(), active, name, value,
@@ -1211,12 +1211,12 @@ class Host:
         return self._call_sandboxed(active, export, input)
 
     def _call_sandboxed(self, active: _Active, export: str, input: Any) -> Any:
-        from ._sandboxing import call_sandboxed
+        from corral._services.sandboxed import call_sandboxed
 
         return call_sandboxed(self, self._supervisor_for(), active, export, input)
 
     def _prestart_sandbox(self) -> None:
-        from ._sandboxing import sandbox_problem
+        from corral._services.sandboxed import sandbox_problem
 
         if sandbox_problem("limited") is None:
             self._supervisor_for().prestart()
@@ -1225,7 +1225,7 @@ class Host:
         """The supervisor of this host's sandboxed workers (started on first use)."""
         with self._rlock:
             if self._supervisor is None:
-                from ._sandboxing import make_supervisor
+                from corral._services.sandboxed import make_supervisor
 
                 self._supervisor = make_supervisor(self)
             return self._supervisor
@@ -1259,7 +1259,7 @@ class Host:
 
         ``sandbox=True`` also imports it in a throwaway sandbox and times the import.
         """
-        from ._validate import validate_plugin
+        from corral._pdk.validate import validate_plugin
 
         return validate_plugin(
             Path(path), host_version=__version__, known=self._known(), sandbox=sandbox

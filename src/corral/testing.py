@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Final, final
 import pytest
 
 if TYPE_CHECKING:
-    from ._errors import CorralError
-    from ._host import Host
-    from ._manifest import Manifest
-    from ._subscriptions import Event
+    from corral._errors import CorralError
+    from corral._host import Host
+    from corral._model.manifest import Manifest
+    from corral._services.events.subscriptions import Event
 
 __all__ = [
     "AssertDenied",
@@ -151,7 +151,7 @@ def _denial_matches(exc: BaseException, permission: str) -> bool:
     In the host process a refusal inside plugin code reaches the caller as a
     ``PluginError`` caused by the ``PermissionDenied``; from a sandbox it comes as is.
     """
-    from ._errors import PermissionDenied, PluginError
+    from corral._errors import PermissionDenied, PluginError
 
     cause = exc.__cause__
     if isinstance(exc, PluginError) and isinstance(cause, PermissionDenied):
@@ -167,7 +167,7 @@ def _denial_matches(exc: BaseException, permission: str) -> bool:
 
 @contextlib.contextmanager
 def _assert_denied(permission: str) -> Iterator[Denied]:
-    from ._errors import CorralError
+    from corral._errors import CorralError
 
     caught = Denied(permission)
     try:
@@ -200,7 +200,7 @@ class EventRecorder:
 
     def captured(self, pattern: str = ">") -> list[Event]:
         """The events seen so far whose topic matches ``pattern`` (``*``, ``>`` as on the bus)."""
-        from ._permissions import pattern_matches
+        from corral._model.permissions import pattern_matches
 
         return [ev for ev in self._events if pattern_matches(pattern, ev.topic)]
 
@@ -349,7 +349,7 @@ def corral_workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 def corral_host(corral_home: Path, corral_workspace: Path) -> Iterator[Host]:
     """A :class:`~corral.Host` on ``corral_home`` and ``corral_workspace``, closed after."""
-    from ._host import Host
+    from corral._host import Host
 
     host = Host(home=corral_home, workspace=corral_workspace, hook_timeout=10.0)
     try:
@@ -389,7 +389,7 @@ def load_plugin(corral_host: Host, request: pytest.FixtureRequest) -> LoadPlugin
 
     def load(path: str | os.PathLike[str] | None = None, *,
              config: Mapping[str, Any] | None = None) -> PluginHandle:
-        from ._manifest import load_manifest
+        from corral._model.manifest import load_manifest
 
         if path is not None:
             source = Path(path).absolute()

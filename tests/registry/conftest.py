@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral._archive import pack_directory
+from corral._disk.archive import pack_directory
 from corral.registry._app import open_server
 from corral.registry._seed import seed
 from corral.registry._service import Registry

@@ -15,8 +15,8 @@ from tuf.api.metadata import Metadata
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
+from corral._distribution.registry_source import RegistrySource, cache_dir, trust_registry
 from corral._errors import NotFoundError, SignatureInvalid, TransferError
-from corral._registry_source import RegistrySource, cache_dir, trust_registry
 from corral.registry._tuf import generate_key
 
 from .tuf_fixtures import Proxy, TufApi, proxy_fixture, tuf_api_fixture  # noqa: F401

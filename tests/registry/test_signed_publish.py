@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral._archive import pack_directory
+from corral._disk.archive import pack_directory
+from corral._distribution.signing import SigningKey, generate_key, signature_envelope
 from corral._errors import PermissionDenied, SignatureInvalid
-from corral._signing import SigningKey, generate_key, signature_envelope
 from corral.registry._service import Registry
 from corral.registry.cli import registry_main
 from corral.registry.client import RegistryClient

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral._distribution.installer import Installer
+from corral._distribution.registry_source import RegistrySource, cache_dir, trust_registry
 from corral._errors import NotFoundError, SignatureInvalid, TransferError
-from corral._installer import Installer
-from corral._registry_source import RegistrySource, cache_dir, trust_registry
 from corral.registry._tuf import FileCache
 
 from .tuf_fixtures import Proxy, TufApi, proxy_fixture, tuf_api_fixture  # noqa: F401
@@ -191,7 +191,7 @@ def test_source_loads_no_second_http_stack(tuf_api: TufApi, tmp_path: Path) -> N
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from corral._registry_source import RegistrySource
+        from corral._distribution.registry_source import RegistrySource
         with RegistrySource({tuf_api.url!r}, Path({str(home)!r})) as src:
             rel = src.releases("acme.alpha")[0]
             src.fetch(rel, Path({str(tmp_path / "dl")!r}))

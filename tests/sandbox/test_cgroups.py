@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from corral._errors import PluginError
-from corral._sandbox._cgroups import detect
-from corral._sandbox._kernel import KernelFeatures, probe
-from corral._sandbox._spec import SandboxSpec
-from corral._sandbox._supervisor import Supervisor
+from corral._sandbox.cgroups import detect
+from corral._sandbox.kernel import KernelFeatures, probe
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
 
 HIERARCHY, WHY = detect()
 ROOT = os.getuid() == 0

@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 
 from corral import Host, PermissionDenied, PluginError
-from corral._events import PluginEvents
-from corral._messages import PluginMessages
-from corral._sandbox._worker import (
+from corral._sandbox.worker import (
     EventsProxy,
     MessagesProxy,
     SecretsProxy,
     StateProxy,
     WorkerSubscription,
 )
-from corral._sandboxing import sandbox_problem
-from corral._secrets import PluginSecrets
-from corral._state import PluginState
-from corral._subscriptions import Subscription
+from corral._services.events.plugin import PluginEvents
+from corral._services.events.subscriptions import Subscription
+from corral._services.messages import PluginMessages
+from corral._services.sandboxed import sandbox_problem
+from corral._services.secrets import PluginSecrets
+from corral._services.state import PluginState
 
 STRICT = "acme.strict"
 LOCAL = "acme.local"

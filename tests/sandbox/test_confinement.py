@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from corral._errors import CorralError, ResourceLimitExceeded
-from corral._sandbox._kernel import KernelFeatures, probe, require_strict
-from corral._sandbox._landlock import (
+from corral._sandbox.kernel import KernelFeatures, probe, require_strict
+from corral._sandbox.landlock import (
     build_ruleset,
     handled_access_fs,
     interpreter_read_paths,
     landlock_abi,
     restrict_self,
 )
-from corral._sandbox._rlimits import MAX_OPEN_FILES, apply_rlimits
-from corral._sandbox._seccomp import build_filter, install_filter
+from corral._sandbox.rlimits import MAX_OPEN_FILES, apply_rlimits
+from corral._sandbox.seccomp import build_filter, install_filter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -814,7 +814,7 @@ def run_bpf(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = (0,) * 6) -
 @needs_x86_64
 def test_seccomp_dispatch_covers_every_syscall_number() -> None:
     """Every number from 0 to 1023 gets exactly what the deny list says, no more, no less."""
-    from corral._sandbox import _seccomp
+    from corral._sandbox import seccomp as _seccomp
 
     table = _seccomp._X86_64
     audit = 0xC000003E
@@ -846,7 +846,7 @@ def test_seccomp_dispatch_covers_every_syscall_number() -> None:
 
 def test_seccomp_aarch64_filter_dispatch() -> None:
     """The aarch64 table, checked by emulation: numbers from asm-generic/unistd.h."""
-    from corral._sandbox._seccomp import _assemble
+    from corral._sandbox.seccomp import _assemble
 
     audit = 0xC00000B7
     allow, eperm, enosys = 0x7FFF0000, 0x00050001, 0x00050026
@@ -1174,7 +1174,7 @@ def _process_identity() -> dict[str, str]:
 
 
 def test_probe_is_cached_and_leaves_the_caller_alone() -> None:
-    from corral._sandbox import _kernel
+    from corral._sandbox import kernel as _kernel
 
     before = _process_identity()
     _kernel._cached.clear()

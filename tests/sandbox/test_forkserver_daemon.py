@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from corral import Host
-from corral._sandbox._cgroups import detect
-from corral._sandbox._zygote import ZygoteClient, daemon_key
-from corral._sandboxing import sandbox_problem
+from corral._sandbox.cgroups import detect
+from corral._sandbox.forkserver import ZygoteClient, daemon_key
+from corral._services.sandboxed import sandbox_problem
 
 pytestmark = pytest.mark.skipif(
     sandbox_problem("strict") is not None, reason=f"no strict sandbox: {sandbox_problem('strict')}"

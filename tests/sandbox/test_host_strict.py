@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral import Host, PermissionDenied, PluginError
-from corral._sandboxing import sandbox_problem
+from corral._services.sandboxed import sandbox_problem
 
 pytestmark = pytest.mark.skipif(
     sandbox_problem("strict") is not None, reason=f"no strict sandbox: {sandbox_problem('strict')}"

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from corral._sandbox._cgroups import detect, mount_points
-from corral._sandbox._landlock import landlock_abi, paths_outside
-from corral._sandbox._seccomp import SUPPORTED_MACHINES, build_limited_filter
-from corral._sandbox._spec import SandboxSpec
-from corral._sandbox._supervisor import Supervisor
+from corral._sandbox.cgroups import detect, mount_points
+from corral._sandbox.landlock import landlock_abi, paths_outside
+from corral._sandbox.seccomp import SUPPORTED_MACHINES, build_limited_filter
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
 
 HIERARCHY, WHY = detect()
 
@@ -269,7 +269,7 @@ def test_limited_filter_is_tiny() -> None:
 
 
 def test_doctor_rows_say_which_protections_are_active() -> None:
-    from corral._sandbox._kernel import KernelFeatures, probe, protections
+    from corral._sandbox.kernel import KernelFeatures, probe, protections
 
     rows = {row.name: row for row in protections()}
     assert set(rows) == {"orphan reaping", "limited cgroup guard"}

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from corral._sandbox._spec import SandboxSpec
-from corral._sandbox._supervisor import Supervisor
-from corral._sandboxing import sandbox_problem
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
+from corral._services.sandboxed import sandbox_problem
 
 pytestmark = pytest.mark.skipif(
     sandbox_problem("strict") is not None, reason=str(sandbox_problem("strict"))

@@ -27,7 +27,7 @@ from corral._errors import (
     UsageError,
     WorkerCrashed,
 )
-from corral._sandboxing import sandbox_problem
+from corral._services.sandboxed import sandbox_problem
 
 RECV = "acme.recv"
 MUTE = "acme.mute"

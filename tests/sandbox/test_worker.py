@@ -24,9 +24,9 @@ from corral._errors import (
     ResourceLimitExceeded,
     WorkerCrashed,
 )
-from corral._sandbox._rpc import FrameReader, ProtocolError, Result, Usage, decode_worker, encode
-from corral._sandbox._spec import SandboxSpec
-from corral._sandbox._supervisor import Supervisor
+from corral._sandbox.rpc import FrameReader, ProtocolError, Result, Usage, decode_worker, encode
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
 
 LEVELS = ["limited", "strict"]
 
@@ -302,7 +302,7 @@ def hang_up(inp, ctx):
 
 
 def hello_mid_call(inp, ctx):
-    from corral._sandbox._rpc import Hello, encode
+    from corral._sandbox.rpc import Hello, encode
     os.write(3, encode(Hello(pid=1)))
     time.sleep(10)
 
@@ -344,7 +344,7 @@ def oversized(inp, ctx):
 
 
 def forged(inp, ctx):
-    from corral._sandbox._rpc import Result, Usage, encode
+    from corral._sandbox.rpc import Result, Usage, encode
     os.write(3, encode(Result(id=987654, value=b"1", usage=Usage(0.0, 0.0, 0))))
     time.sleep(10)
 """

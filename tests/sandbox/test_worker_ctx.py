@@ -19,10 +19,10 @@ import pytest
 
 from corral import Host
 from corral._errors import PluginError
-from corral._events import PluginEvents
-from corral._sandbox._worker import EventsProxy, StateProxy, WorkerDurableConsumer
-from corral._sandboxing import sandbox_problem
-from corral._state import PluginState
+from corral._sandbox.worker import EventsProxy, StateProxy, WorkerDurableConsumer
+from corral._services.events.plugin import PluginEvents
+from corral._services.sandboxed import sandbox_problem
+from corral._services.state import PluginState
 
 STRICT = "acme.wctx"
 LOCAL = "acme.wlocal"

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .._errors import CorralError, UsageError
-from ._output import Command, Parser, dump
+from corral._cli.output import Command, Parser, dump
+from corral._errors import CorralError, UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -30,7 +30,13 @@ class _Skipped:
 
 def _parser(only: str | None = None) -> Parser:
     """The command line; with ``only``, just that verb's parser is really built."""
-    from . import _core, _docs, _install, _keys, _micro, _pack, _pdk
+    from corral._cli import core as _core
+    from corral._cli import docs as _docs
+    from corral._cli import install as _install
+    from corral._cli import keys as _keys
+    from corral._cli import micro as _micro
+    from corral._cli import pack as _pack
+    from corral._cli import pdk as _pdk
 
     p = Parser(prog="corral", description="A secure plugin platform for Python applications.")
     p.add_argument("--home", default=os.environ.get("CORRAL_HOME"), help="the host's home")
@@ -55,7 +61,7 @@ def _parser(only: str | None = None) -> Parser:
     _pack.add_verbs(verb)
     _docs.add_verbs(verb)
     if only in (None, "config", "secret"):
-        from .._config_cli import register as register_config_verbs
+        from corral._cli.config import register as register_config_verbs
 
         register_config_verbs(sub, Parser)
     return p
@@ -88,7 +94,7 @@ def _split_global(argv: list[str]) -> tuple[dict[str, str], str | None, list[str
 
 
 def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
-    from ..registry.cli import client_main, registry_main
+    from corral.registry.cli import client_main, registry_main
 
     if verb == "registry":
         if "home" in options and not any(a.split("=")[0] == "--data" for a in rest):
@@ -112,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             args = _parser().parse_args(argv)  # the full parser says what is wrong
         if args.version:
-            from .._version import __version__
+            from corral._version import __version__
 
             print(f"corral {__version__}")
             return 0

@@ -1,7 +1,7 @@
 """Publishers' signing keys, and the signature check every upload goes through.
 
 A publisher registers the Ed25519 public keys it signs with.  On publish the
-archive's ``corral.sig`` is verified (:func:`corral._signing.verify_archive`):
+archive's ``corral.sig`` is verified (:func:`corral._distribution.signing.verify_archive`):
 
 - ``modified`` or ``invalid``: refused (:class:`~corral._errors.SignatureInvalid`);
 - signed by a key the publisher revoked: refused;
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from corral._errors import NotFoundError, SignatureInvalid, UsageError
-from corral._manifest import Manifest
+from corral._model.manifest import Manifest
 
 from . import _accounts, _db
 
@@ -55,7 +55,7 @@ def add_publisher_key(conn: Connection, publisher: str, public_key: str) -> dict
         NotFoundError: no such publisher.
         UsageError: not an Ed25519 public key, or the key was revoked before.
     """
-    from corral._signing import keyid_of, parse_public_key
+    from corral._distribution.signing import keyid_of, parse_public_key
 
     pub_pk = _accounts.publisher_pk(conn, publisher)
     raw = parse_public_key(public_key)
@@ -105,7 +105,7 @@ def list_publisher_keys(conn: Connection, publisher: str) -> list[dict[str, Any]
 
 def check_upload_signature(archive: Path, manifest: Manifest) -> str | None:
     """The signer key id of an upload (None if unsigned); refuse a broken signature."""
-    from corral._signing import verify_archive
+    from corral._distribution.signing import verify_archive
 
     status = verify_archive(archive)
     if status.state in ("modified", "invalid"):

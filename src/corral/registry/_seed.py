@@ -31,7 +31,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import Connection
 
 from corral._errors import ManifestError, NotFoundError
-from corral._manifest import check_id
+from corral._model.manifest import check_id
 
 from . import _db
 from ._names import ecosystem_of, normalise_name, skeleton, words

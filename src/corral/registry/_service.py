@@ -30,7 +30,7 @@ from packaging.version import InvalidVersion, Version
 from rapidfuzz.distance import OSA
 from sqlalchemy.engine import Connection, Engine
 
-from corral._archive import extract_archive
+from corral._disk.archive import extract_archive
 from corral._errors import (
     InvalidPluginError,
     NotFoundError,
@@ -38,8 +38,8 @@ from corral._errors import (
     PolicyDenied,
     UsageError,
 )
-from corral._manifest import Manifest, load_manifest
-from corral._validate import validate_plugin
+from corral._model.manifest import Manifest, load_manifest
+from corral._pdk.validate import validate_plugin
 from corral._version import __version__
 
 from . import _accounts, _db, _keys

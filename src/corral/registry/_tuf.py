@@ -51,8 +51,8 @@ from tuf.api._payload import (
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
+from corral._disk.files import exclusive, write_atomic
 from corral._errors import NotFoundError, SignatureInvalid, UsageError
-from corral._files import exclusive, write_atomic
 
 if TYPE_CHECKING:
     from ._service import Registry
@@ -397,7 +397,7 @@ class TufRepository:
 
     def _plugin_targets(self, registry: Registry, plugin_id: str) -> dict[str, TargetFile]:
         """The targets one plugin should have now (empty: it has no archive)."""
-        from corral._release import Release
+        from corral._model.release import Release
 
         try:
             info = registry.info(plugin_id)

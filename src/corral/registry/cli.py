@@ -161,7 +161,7 @@ def _tuf_parsers(sub: Any) -> None:
 def _tuf_main(args: argparse.Namespace) -> int:
     doc: dict[str, Any]
     if args.cmd == "trust":
-        from corral._registry_source import trust_registry
+        from corral._distribution.registry_source import trust_registry
 
         home = args.home or os.environ.get("CORRAL_HOME") or (
             str(Path(args.data).parent) if args.data else None)
@@ -347,7 +347,7 @@ def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
     """
     import tempfile
 
-    from corral._cli._pack import pack_plugin
+    from corral._cli.pack import pack_plugin
     from corral._errors import InvalidPluginError
 
     with tempfile.TemporaryDirectory(prefix="corral-publish-") as tmp:

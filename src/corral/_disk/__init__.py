@@ -1,0 +1,1 @@
+"""Files on disk: the names of a home, durable writes, archives and plugin trees."""

@@ -1,0 +1,64 @@
+"""Copying a plugin directory into the home, refusing links and special files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Final
+
+from corral._errors import InvalidPluginError
+
+__all__ = ["MAX_FILES", "MAX_TOTAL_BYTES", "copy_plugin_dir"]
+
+MAX_FILES: Final = 10_000
+MAX_TOTAL_BYTES: Final = 200 * 1024 * 1024
+_SKIP: Final = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache",
+                          ".ruff_cache"})
+
+
+def copy_plugin_dir(src: Path, dest: Path) -> None:
+    """Copy ``src`` to the new directory ``dest`` (regular files and folders only).
+
+    A symbolic link, device, socket or FIFO anywhere in the tree is refused by
+    name: a link could hand the plugin a file outside its own directory.  On
+    any failure ``dest`` is removed again.
+    """
+    files = 0
+    total = 0
+    try:
+        os.mkdir(dest, 0o755)
+        for root, dirs, names in os.walk(src):
+            rel = Path(root).relative_to(src)
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+            for name in [*dirs, *names]:
+                path = Path(root) / name
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    raise InvalidPluginError(
+                        f"{path}: symbolic links are not allowed in a plugin", file=str(path)
+                    )
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                    raise InvalidPluginError(
+                        f"{path}: not a regular file or directory", file=str(path)
+                    )
+            for name in dirs:
+                os.mkdir(dest / rel / name, 0o755)
+            for name in sorted(names):
+                if name.endswith((".pyc", ".pyo")):
+                    continue
+                files += 1
+                total += (Path(root) / name).stat().st_size
+                if files > MAX_FILES:
+                    raise InvalidPluginError(f"{src}: more than {MAX_FILES} files")
+                if total > MAX_TOTAL_BYTES:
+                    raise InvalidPluginError(
+                        f"{src}: larger than {MAX_TOTAL_BYTES // (1024 * 1024)} MiB"
+                    )
+                target = dest / rel / name
+                shutil.copyfile(Path(root) / name, target, follow_symlinks=False)
+                os.chmod(target, 0o644)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise

@@ -1,0 +1,1 @@
+"""Distribution: signing and trust, the registry client, the resolver and the installer."""

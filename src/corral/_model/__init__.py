@@ -1,0 +1,1 @@
+"""The model layer: manifests, permissions, lifecycle, versions, data types; pure data, no I/O."""

@@ -1,0 +1,1 @@
+"""The plugin development kit: validate, lint, SARIF, docs and scaffolding."""

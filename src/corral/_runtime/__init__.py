@@ -1,0 +1,1 @@
+"""The host's machinery: the host database, discovery, loading and running plugin code."""

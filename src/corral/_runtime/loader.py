@@ -1,0 +1,271 @@
+"""Finding and importing plugin code that runs in the host process (``isolation = "none"``).
+
+:func:`check_targets` proves, without running anything, that every ``entry``,
+export and micro handler names a module inside the plugin directory that
+compiles and defines that name.  :class:`ModuleScope` then imports the code
+with the plugin directory as the only root for its top-level modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+from corral._errors import InvalidPluginError, PluginError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import ModuleType
+
+    from corral._model.manifest import Manifest
+
+__all__ = ["ModuleScope", "check_targets", "module_file", "targets_of"]
+
+
+def targets_of(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every code target of a manifest as ``(key path, "module:attr")``."""
+    out: list[tuple[str, str]] = []
+    if manifest.entry:
+        out.append(("plugin.entry", manifest.entry))
+    out.extend((f"exports.{name}", target) for name, target in manifest.exports.items())
+    out.extend((f"micro[{i}].handler", m.handler) for i, m in enumerate(manifest.micro))
+    return out
+
+
+def module_file(plugin_dir: Path, module: str) -> Path | None:
+    """The source file of dotted ``module`` under ``plugin_dir``, or ``None``."""
+    base = plugin_dir.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _defined_names(tree: ast.Module) -> tuple[set[str], bool]:
+    names: set[str] = set()
+    dynamic = False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(
+            node.target, ast.Name
+        ):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    dynamic = True
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            dynamic = True  # conditional definitions: trust the import-time check instead
+    if "__getattr__" in names:
+        dynamic = True
+    return names, dynamic
+
+
+def check_targets(plugin_dir: Path, manifest: Manifest) -> None:
+    """Raise :class:`InvalidPluginError` naming the key and file of the first bad target."""
+    root = plugin_dir.resolve()
+    parsed: dict[Path, tuple[set[str], bool]] = {}
+    for key, target in targets_of(manifest):
+        module, _, attr = target.partition(":")
+        path = module_file(plugin_dir, module)
+        if path is None:
+            raise InvalidPluginError(
+                f"{key}: module {module!r} not found in {plugin_dir} "
+                f"(looked for {module.replace('.', '/')}.py and "
+                f"{module.replace('.', '/')}/__init__.py)",
+                plugin_id=manifest.id,
+                key=key,
+                target=target,
+            )
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise InvalidPluginError(
+                f"{key}: module {module!r} resolves to {real}, outside the plugin directory",
+                plugin_id=manifest.id,
+                key=key,
+                target=target,
+            )
+        if real not in parsed:
+            try:
+                source = real.read_bytes()
+                tree = ast.parse(source, filename=str(path))
+            except SyntaxError as exc:
+                raise InvalidPluginError(
+                    f"{key}: syntax error in {path}:{exc.lineno}:{exc.offset}: {exc.msg}",
+                    plugin_id=manifest.id,
+                    key=key,
+                    file=str(path),
+                    line=exc.lineno,
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise InvalidPluginError(
+                    f"{key}: cannot read {path}: {exc}", plugin_id=manifest.id, key=key
+                ) from None
+            parsed[real] = _defined_names(tree)
+        names, dynamic = parsed[real]
+        head = attr.split(".")[0]
+        if not dynamic and head not in names:
+            raise InvalidPluginError(
+                f"{key}: {module} defines no {head!r} ({path})",
+                plugin_id=manifest.id,
+                key=key,
+                target=target,
+            )
+
+
+@final
+class _Owner:
+    """Who provides a top-level module name: a plugin version, from one directory."""
+
+    __slots__ = ("plugin_id", "root", "users", "version")
+
+    def __init__(self, plugin_id: str, version: str, root: str) -> None:
+        self.plugin_id = plugin_id
+        self.version = version
+        self.root = root
+        self.users = 1
+
+
+@final
+class _ScopedFinder(importlib.abc.MetaPathFinder):
+    """Serves the top-level modules claimed by loaded plugins from their own directories.
+
+    ``sys.modules`` is one namespace per process: two hosts that load the same
+    version of a plugin share its modules; two versions cannot be loaded at once.
+    """
+
+    def __init__(self) -> None:
+        self.owners: dict[str, _Owner] = {}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None:
+            return None
+        owner = self.owners.get(fullname)
+        if owner is None:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [owner.root])
+
+
+_FINDER = _ScopedFinder()
+
+
+def _top_level_names(plugin_dir: Path) -> set[str]:
+    names: set[str] = set()
+    for child in plugin_dir.iterdir():
+        if child.suffix == ".py" and child.stem.isidentifier():
+            names.add(child.stem)
+        elif child.is_dir() and child.name.isidentifier() and child.name != "__pycache__":
+            names.add(child.name)
+    return names
+
+
+@final
+class ModuleScope:
+    """The imported code of one in-process plugin; :meth:`release` forgets it again."""
+
+    __slots__ = ("_names", "plugin_dir", "plugin_id", "version")
+
+    def __init__(self, plugin_id: str, version: str, plugin_dir: Path) -> None:
+        self.plugin_id = plugin_id
+        self.version = version
+        self.plugin_dir = plugin_dir
+        self._names: set[str] = set()
+
+    def claim(self, needed: set[str]) -> None:
+        """Claim the plugin's top-level module names.
+
+        A name in ``needed`` (the heads of the manifest's targets) that another
+        plugin or an installed module already owns is refused; other clashing
+        names are left unclaimed, so a stray ``tests`` folder does no harm.
+        """
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.append(_FINDER)
+        root = str(self.plugin_dir)
+        claimed: set[str] = set()
+        shared: set[str] = set()
+        for name in sorted(_top_level_names(self.plugin_dir) | needed):
+            owner = _FINDER.owners.get(name)
+            problem = None
+            if owner is not None:
+                if (owner.plugin_id, owner.version) == (self.plugin_id, self.version):
+                    shared.add(name)
+                    continue
+                if owner.plugin_id == self.plugin_id:
+                    problem = (
+                        f"is already loaded in this process from version {owner.version} "
+                        f"({owner.root}); in-process plugins share one module namespace, so "
+                        "two versions cannot be loaded at once"
+                    )
+                else:
+                    problem = (
+                        f"is already provided by plugin {owner.plugin_id} ({owner.root}); "
+                        "rename one of them"
+                    )
+            elif (
+                name in sys.modules
+                or name in sys.stdlib_module_names
+                or importlib.machinery.PathFinder.find_spec(name) is not None
+            ):
+                problem = "would shadow an installed module of the same name; rename it"
+            if problem is None:
+                claimed.add(name)
+            elif name in needed:
+                raise InvalidPluginError(
+                    f"{self.plugin_id}: top-level module {name!r} {problem}",
+                    plugin_id=self.plugin_id,
+                    module=name,
+                )
+        for name in claimed:
+            _FINDER.owners[name] = _Owner(self.plugin_id, self.version, root)
+        for name in shared:
+            _FINDER.owners[name].users += 1
+        self._names = claimed | shared
+
+    def resolve(self, target: str) -> Any:
+        """Import ``module:attr`` and return the attribute; failures are the plugin's."""
+        module_name, _, attr = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise InvalidPluginError(
+                f"{self.plugin_id}: {target}: {exc}", plugin_id=self.plugin_id, target=target
+            ) from exc
+        except Exception as exc:
+            import traceback
+
+            raise PluginError(
+                f"{self.plugin_id}: importing {module_name} raised "
+                f"{type(exc).__name__}: {exc}",
+                plugin_id=self.plugin_id,
+                traceback="".join(traceback.format_exception(exc)),
+            ) from exc
+        return obj
+
+    def release(self) -> None:
+        """Drop the plugin's modules from ``sys.modules`` and free its names."""
+        for name in self._names:
+            owner = _FINDER.owners.get(name)
+            if owner is None or owner.plugin_id != self.plugin_id:
+                continue
+            owner.users -= 1
+            if owner.users > 0:
+                continue
+            del _FINDER.owners[name]
+            for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[mod]
+        self._names = set()
+        importlib.invalidate_caches()

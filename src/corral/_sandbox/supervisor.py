@@ -1,0 +1,888 @@
+"""The host side of sandboxed execution: workers, calls, the broker channel, limits.
+
+A :class:`Supervisor` owns one fork server (started lazily) and at most one
+worker per plugin.  :meth:`Supervisor.call` sends a call, serves the worker's
+broker requests while it runs (``net.connect`` and ``spawn.resolve`` here,
+everything else through the host's :data:`BrokerHandler`), enforces the
+wall-clock timeout and the output and result caps, and turns every way a call
+can end into a result or one corral error:
+
+==========================  ==========================================================
+what happened               raised
+==========================  ==========================================================
+plugin raised               :class:`PluginError` (``traceback``), or the corral error
+                            it let through (a broker :class:`PermissionDenied`)
+wall clock                  :class:`PluginTimeout` ``limit="timeout-ms"``; worker killed
+CPU, memory, output, result :class:`ResourceLimitExceeded` ``limit=...``; worker killed
+died, or broke the protocol :class:`WorkerCrashed` (``signal``/``exit_status``/``protocol``)
+3 crashes within a minute   :class:`WorkerCrashed` ``circuit="open"`` until :meth:`reset`
+==========================  ==========================================================
+
+Every message from a worker is untrusted; any violation kills that worker only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, final
+
+import msgspec
+
+from corral._errors import (
+    CorralError,
+    PermissionDenied,
+    PluginTimeout,
+    ResourceLimitExceeded,
+    WorkerCrashed,
+)
+from corral._model.permissions import Permissions
+from corral._sandbox.forkserver import ZygoteClient
+from corral._sandbox.rpc import HEADER as _HEADER
+from corral._sandbox.rpc import (
+    Call,
+    ErrorInfo,
+    Failure,
+    FrameReader,
+    Hello,
+    Log,
+    Output,
+    ProtocolError,
+    Reap,
+    Reaped,
+    Refused,
+    Reply,
+    Request,
+    Result,
+    Spawn,
+    Spawned,
+    WorkerInit,
+    WorkerMessage,
+    decode_worker,
+    encode,
+    error_from_info,
+    info_from_error,
+)
+from corral._sandbox.spec import SandboxSpec
+
+__all__ = ["BrokerHandler", "CallMetrics", "Supervisor"]
+
+#: ``(plugin_id, op, args) -> JSON result``; raises a CorralError (``PermissionDenied``).
+BrokerHandler = Callable[[str, str, dict[str, Any]], Any]
+
+_log: Final = logging.getLogger("corral.sandbox")
+_FRAME_OVERHEAD: Final = 64 * 1024
+_RECV_CHUNK: Final = 1 << 18
+_HEADER_SIZE: Final = _HEADER.size
+#: How long one blocking send or recv may wait before the deadline is looked at again.
+_SLICE_US: Final = 20_000
+#: A worker's lifetime CPU budget (RLIMIT_CPU) in multiples of its per-call ``cpu-seconds``.
+_CPU_BUDGET_FACTOR: Final = 4
+_NET_CONNECT_TIMEOUT: Final = 10.0
+_SIGNAL_NAMES: Final = {int(s): s.name for s in signal.Signals}
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CallMetrics:
+    """What one call cost, as measured from outside the plugin (CPU from the worker)."""
+
+    wall_ms: float
+    cpu_user_ms: float
+    cpu_system_ms: float
+    peak_rss_kb: int
+    result_bytes: int
+    #: ``ok`` or the error code the call ended with (``timeout``, ``crashed``, ...).
+    outcome: str
+
+
+@dataclass(slots=True)
+class _Usage:
+    """What the call in progress has cost so far (filled in as the worker reports)."""
+
+    cpu_user_ms: float = 0.0
+    cpu_system_ms: float = 0.0
+    peak_rss_kb: int = 0
+    result_bytes: int = 0
+
+    def set(self, user_ms: float, system_ms: float, rss_kb: int) -> None:
+        self.cpu_user_ms, self.cpu_system_ms, self.peak_rss_kb = user_ms, system_ms, rss_kb
+
+
+class _Dead(Exception):
+    """The worker's socket closed: it exited or was killed."""
+
+
+# -- one worker ------------------------------------------------------------------------
+
+
+@final
+class _Worker:
+    """The host's end of one worker: its socket, framing and lifetime accounting."""
+
+    def __init__(self, spec: SandboxSpec, pid: int, sock: socket.socket) -> None:
+        self.spec: Final = spec
+        self.pid: Final = pid
+        self.sock: Final = sock
+        _set_slices(sock)
+        # A preallocated buffer: a fresh 256 KiB one per recv would be an mmap each time.
+        self._buf = bytearray(_RECV_CHUNK)
+        self._view = memoryview(self._buf)
+        self.reader: Final = FrameReader(spec.max_result_bytes + _FRAME_OVERHEAD)
+        self.frames: collections.deque[bytes] = collections.deque()
+        self.cpu_ms = 0.0
+        self.last_used = time.monotonic()
+        self.next_call_id = 1
+        #: Whether its Hello arrived (the first call is sent before, to save a round trip).
+        self.greeted = False
+
+    def send(self, msg: msgspec.Struct, deadline: float, fds: Sequence[int] = ()) -> None:
+        """Send one frame (with ``fds`` via SCM_RIGHTS); raises TimeoutError or _Dead."""
+        view = memoryview(encode(msg))
+        try:
+            if fds:
+                while True:
+                    try:
+                        sent = socket.send_fds(self.sock, [view], list(fds))
+                        break
+                    except BlockingIOError:
+                        _check_deadline(deadline)
+                view = view[sent:]
+            while view:  # usually once: the whole frame fits the socket buffer
+                try:
+                    view = view[self.sock.send(view) :]
+                except BlockingIOError:
+                    _check_deadline(deadline)
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise _Dead(str(exc)) from exc
+
+    def recv(self, deadline: float) -> WorkerMessage:
+        """The next message; raises TimeoutError, _Dead or ProtocolError."""
+        if not self.frames and not self.reader.pending:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                n = -1  # SO_RCVTIMEO slice over: the loop below looks at the clock
+            except OSError as exc:
+                raise _Dead(str(exc)) from exc
+            if not n:
+                raise _Dead("EOF")
+            if n >= _HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(self._buf)
+                if size + _HEADER_SIZE == n and size <= self.reader.max_frame:
+                    # The common case: exactly one frame, decoded from the buffer (no copy).
+                    return decode_worker(self._view[_HEADER_SIZE:n])
+            if n > 0:
+                self.frames.extend(self.reader.feed(self._view[:n]))
+            else:
+                _check_deadline(deadline)
+        while not self.frames:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:  # SO_RCVTIMEO slice over: look at the clock, go on
+                _check_deadline(deadline)
+                continue
+            except OSError as exc:
+                raise _Dead(str(exc)) from exc
+            if not n:
+                raise _Dead("EOF")
+            self.frames.extend(self.reader.feed(self._view[:n]))
+        return decode_worker(self.frames.popleft())
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        raise TimeoutError
+
+
+def _set_slices(sock: socket.socket) -> None:
+    """Block in the kernel, but never longer than one slice, so deadlines cost no syscall."""
+    sock.setblocking(True)
+    tv = struct.pack("ll", 0, _SLICE_US)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+@final
+class _Plugin:
+    """Per-plugin supervisor state: the worker, the crash history, the last metrics."""
+
+    def __init__(self) -> None:
+        self.lock: Final = threading.Lock()
+        self.worker: _Worker | None = None
+        self.crashes: list[float] = []
+        self.circuit_open = False
+        self.metrics: CallMetrics | None = None
+
+
+def _init_for(spec: SandboxSpec) -> WorkerInit:
+    reads = [str(p) for p in spec.read_paths]
+    execs: list[str] = []
+    for program in spec.spawn:  # the granted programs themselves, and what links point at
+        path = _resolve_program(program)
+        if path is not None:
+            execs.extend(_executables(path))
+    execs = list(dict.fromkeys(execs))
+    return WorkerInit(
+        exec_paths=execs,
+        plugin_id=spec.plugin_id,
+        isolation=spec.isolation,
+        plugin_dir=str(spec.plugin_dir),
+        data_dir=str(spec.data_dir),
+        tmp_dir=str(spec.tmp_dir),
+        cache_dir=str(spec.cache_dir),
+        workspace=str(spec.workspace or ""),
+        read_paths=reads,
+        write_paths=[str(p) for p in spec.write_paths],
+        env=dict(spec.env),
+        allow_exec=bool(spec.spawn),
+        memory_mb=spec.memory_mb,
+        cpu_seconds=spec.cpu_seconds,
+        cpu_budget_seconds=spec.cpu_seconds * _CPU_BUDGET_FACTOR,
+        disk_mb=spec.disk_mb,
+        max_processes=spec.max_processes,
+        max_result_bytes=spec.max_result_bytes,
+        max_output_bytes=spec.max_output_bytes,
+    )
+
+
+def _executables(path: str) -> list[str]:
+    """What running ``path`` executes: the file (and its link target), and its loader.
+
+    The loader is an ELF program's ``PT_INTERP`` (``ld-linux``), which the kernel
+    opens for execution too, or a script's ``#!`` interpreter, followed in turn.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [path]
+    while todo and len(seen) < 8:
+        current = todo.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.extend((current, real))
+        interp = _loader_of(real)
+        if interp is not None:
+            todo.append(interp)
+    return out
+
+
+def _loader_of(path: str) -> str | None:
+    """The ELF interpreter or ``#!`` interpreter of ``path``, if it has one."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"#!"):
+                line = (head + f.read(192)).split(b"\n", 1)[0][2:].strip()
+                return line.split()[0].decode() if line else None
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, = struct.unpack_from("<I", table, i * phentsize)
+                if p_type == 3:  # PT_INTERP
+                    offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
+                    size, = struct.unpack_from("<Q", table, i * phentsize + 32)
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _resolve_program(program: str) -> str | None:
+    """The absolute path a granted program runs from, looked up on the host's PATH."""
+    if os.path.isabs(program):
+        return program if os.access(program, os.X_OK) else None
+    found = shutil.which(program)
+    return os.path.abspath(found) if found else None
+
+
+@final
+class Supervisor:
+    """Runs plugin exports in sandboxed workers: one fork server, one worker per plugin.
+
+    :param broker: serves ``ctx.events``/``state``/``secrets`` requests; ``None``
+        denies them all.
+    :param idle_seconds: a worker unused this long is stopped (checked on each call).
+    :param max_crashes: consecutive crashes within ``crash_window`` that open the circuit.
+    :param fork_server_dir: share the per-home fork-server daemon listening there
+        (``<home>/run``; pays off for one-shot processes) instead of a private fork server.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerHandler | None = None,
+        *,
+        idle_seconds: float = 300.0,
+        max_crashes: int = 3,
+        crash_window: float = 60.0,
+        start_timeout: float = 10.0,
+        fork_server_dir: Path | None = None,
+    ) -> None:
+        self._broker = broker
+        self._idle_seconds = idle_seconds
+        self._max_crashes = max_crashes
+        self._crash_window = crash_window
+        self._start_timeout = start_timeout
+        self._zygote = ZygoteClient(shared_dir=fork_server_dir)
+        self._plugins: dict[str, _Plugin] = {}
+        self._lock = threading.Lock()
+        self._missing_for_strict: list[str] | None = None
+        self._closed = False
+        self._idle_checked = 0.0
+
+    # -- public ----------------------------------------------------------------------
+
+    def call(
+        self,
+        spec: SandboxSpec,
+        target: str,
+        input: Any,
+        *,
+        config: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run ``target`` (``pkg.module:function``) as ``function(input, ctx)`` in a worker.
+
+        :returns: the JSON-compatible result.
+        :raises CorralError: see the module docstring for which.
+        """
+        if self._closed:
+            raise CorralError("the supervisor is closed", plugin_id=spec.plugin_id)
+        self._stop_idle(spec.plugin_id)
+        state = self._state(spec.plugin_id)
+        with state.lock:
+            return self._call_locked(state, spec, target, input, dict(config or {}))
+
+    async def acall(
+        self,
+        spec: SandboxSpec,
+        target: str,
+        input: Any,
+        *,
+        config: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`call` for async hosts (the wait happens in a thread)."""
+        import asyncio  # a host that never awaits never imports it
+
+        return await asyncio.to_thread(self.call, spec, target, input, config=config)
+
+    def prestart(self) -> None:
+        """Start the fork server in the background; the first worker then starts sooner."""
+        self._zygote.start()
+
+    def last_metrics(self, plugin_id: str) -> CallMetrics | None:
+        """The metrics of the plugin's most recent call, if any."""
+        state = self._plugins.get(plugin_id)
+        return state.metrics if state is not None else None
+
+    def worker_pid(self, plugin_id: str) -> int | None:
+        """The host-side pid of the plugin's running worker, if it has one."""
+        state = self._plugins.get(plugin_id)
+        worker = state.worker if state is not None else None
+        return worker.pid if worker is not None else None
+
+    def stop(self, plugin_id: str) -> None:
+        """Stop the plugin's worker (the plugin was disabled); the next call starts one."""
+        state = self._plugins.get(plugin_id)
+        if state is not None:
+            with state.lock:
+                self._kill(state)
+
+    def reset(self, plugin_id: str) -> None:
+        """Close the plugin's circuit breaker (it was re-enabled)."""
+        state = self._plugins.get(plugin_id)
+        if state is not None:
+            with state.lock:
+                state.crashes.clear()
+                state.circuit_open = False
+
+    def close(self) -> None:
+        """Stop every worker and the fork server, reaping all of them (a daemon's fork
+        server does it on its own once we hang up, without keeping a one-shot process).
+        """
+        self._closed = True
+        shared = self._zygote.shared
+        for state in list(self._plugins.values()):
+            with state.lock:
+                if shared:  # its fork server kills and reaps them all when we hang up
+                    worker, state.worker = state.worker, None
+                    if worker is not None:
+                        worker.sock.close()
+                else:
+                    self._kill(state)
+        self._zygote.close()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- workers ---------------------------------------------------------------------
+
+    def _state(self, plugin_id: str) -> _Plugin:
+        with self._lock:
+            state = self._plugins.get(plugin_id)
+            if state is None:
+                state = self._plugins[plugin_id] = _Plugin()
+            return state
+
+    def _stop_idle(self, current: str) -> None:
+        now = time.monotonic()
+        if now - self._idle_checked < 1.0:
+            return
+        self._idle_checked = now
+        for plugin_id, state in list(self._plugins.items()):
+            worker = state.worker
+            if (
+                plugin_id != current
+                and worker is not None
+                and now - worker.last_used > self._idle_seconds
+                and state.lock.acquire(blocking=False)
+            ):
+                try:
+                    if state.worker is worker:
+                        self._kill(state)
+                finally:
+                    state.lock.release()
+
+    def _check_strict(self, spec: SandboxSpec) -> None:
+        if self._missing_for_strict is None:
+            from corral._sandbox.kernel import probe
+
+            self._missing_for_strict = list(probe().missing_for_strict())
+        if self._missing_for_strict:
+            missing = ", ".join(self._missing_for_strict)
+            raise CorralError(
+                f"strict isolation needs {missing}, which this kernel does not offer; "
+                f"refusing to run {spec.plugin_id} with less",
+                plugin_id=spec.plugin_id,
+                missing=self._missing_for_strict,
+            )
+
+    def _kill(self, state: _Plugin) -> Reaped | None:
+        """Kill and reap the plugin's worker, if it has one."""
+        worker, state.worker = state.worker, None
+        if worker is None:
+            return None
+        worker.sock.close()
+        try:
+            reply = self._zygote.request(Reap(pid=worker.pid))
+        except CorralError as exc:  # the fork server is gone, and its workers with it
+            _log.warning(
+                "could not reap worker %d of %s: %s", worker.pid, worker.spec.plugin_id, exc
+            )
+            return None
+        if not isinstance(reply, Reaped) or reply.error is not None:
+            _log.warning(
+                "could not reap worker %d of %s: %s", worker.pid, worker.spec.plugin_id, reply
+            )
+            return None
+        return reply
+
+    def _start(self, state: _Plugin, spec: SandboxSpec) -> _Worker:
+        """Have the fork server start a worker; :meth:`_greet` waits for it to be ready."""
+        if spec.isolation == "strict":
+            self._check_strict(spec)
+        if state.crashes:  # back off after a crash: 10 ms, 40 ms, 160 ms ...
+            delay = 0.01 * 4 ** (len(state.crashes) - 1)
+            wait = state.crashes[-1] + delay - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            reply = self._zygote.request(Spawn(init=_init_for(spec)), [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if not isinstance(reply, Spawned) or reply.error is not None:
+            ours.close()
+            error = reply.error if isinstance(reply, Spawned) else repr(reply)
+            raise CorralError(
+                f"could not start a {spec.isolation} worker for {spec.plugin_id}: {error}",
+                plugin_id=spec.plugin_id,
+            )
+        worker = _Worker(spec, reply.pid, ours)
+        state.worker = worker
+        return worker
+
+    def _greet(self, state: _Plugin, worker: _Worker, deadline: float) -> None:
+        """Wait for the worker's Hello (it answers the first call right after it)."""
+        spec = worker.spec
+        try:
+            msg = worker.recv(deadline)
+        except (TimeoutError, _Dead, ProtocolError) as exc:
+            reaped = self._kill(state)
+            raise WorkerCrashed(
+                f"the worker of {spec.plugin_id} died while starting ({exc or 'timeout'})",
+                plugin_id=spec.plugin_id,
+                **_death_details(reaped),
+            ) from None
+        if isinstance(msg, Refused):
+            self._kill(state)
+            raise CorralError(
+                f"{spec.isolation} isolation refused for {spec.plugin_id}: {msg.message}",
+                plugin_id=spec.plugin_id,
+                feature=msg.feature,
+            )
+        if not isinstance(msg, Hello):
+            self._kill(state)
+            raise WorkerCrashed(
+                f"the worker of {spec.plugin_id} broke the protocol while starting",
+                plugin_id=spec.plugin_id,
+                protocol=f"expected hello, got {type(msg).__name__}",
+            )
+        worker.greeted = True
+
+    # -- one call --------------------------------------------------------------------
+
+    def _call_locked(
+        self, state: _Plugin, spec: SandboxSpec, target: str, input: Any, config: dict[str, Any]
+    ) -> Any:
+        if state.circuit_open:
+            raise WorkerCrashed(
+                f"{spec.plugin_id} crashed {self._max_crashes} times in a row; "
+                "its circuit breaker is open until the plugin is reset",
+                plugin_id=spec.plugin_id,
+                circuit="open",
+            )
+        worker = state.worker
+        if worker is not None and (
+            (worker.spec is not spec and worker.spec != spec)
+            or worker.cpu_ms + spec.cpu_seconds * 1000.0
+            > spec.cpu_seconds * _CPU_BUDGET_FACTOR * 1000.0
+        ):
+            self._kill(state)  # a new spec, or a worker near its lifetime CPU budget
+            worker = None
+        t0 = time.monotonic()
+        usage = _Usage()
+        outcome = "ok"
+        try:
+            if worker is None:
+                worker = self._start(state, spec)
+            value = self._round_trip(state, worker, spec, target, input, config, t0, usage)
+            state.crashes.clear()
+            return value
+        except CorralError as exc:
+            outcome = exc.code
+            if isinstance(exc, WorkerCrashed) and exc.details.get("circuit") is None:
+                self._record_crash(state, exc)
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            if worker is not None:
+                worker.last_used = time.monotonic()
+                worker.cpu_ms += usage.cpu_user_ms + usage.cpu_system_ms
+            state.metrics = CallMetrics(
+                wall_ms=(time.monotonic() - t0) * 1000.0,
+                cpu_user_ms=usage.cpu_user_ms,
+                cpu_system_ms=usage.cpu_system_ms,
+                peak_rss_kb=usage.peak_rss_kb,
+                result_bytes=usage.result_bytes,
+                outcome=outcome,
+            )
+
+    def _record_crash(self, state: _Plugin, exc: WorkerCrashed) -> None:
+        now = time.monotonic()
+        state.crashes = [t for t in state.crashes if now - t <= self._crash_window]
+        state.crashes.append(now)
+        if len(state.crashes) >= self._max_crashes:
+            state.circuit_open = True
+            exc.details["circuit"] = "open"
+
+    def _round_trip(
+        self,
+        state: _Plugin,
+        worker: _Worker,
+        spec: SandboxSpec,
+        target: str,
+        input: Any,
+        config: dict[str, Any],
+        t0: float,
+        usage: _Usage,
+    ) -> Any:
+        pid = spec.plugin_id
+        deadline = t0 + spec.timeout_ms / 1000.0
+        call_id = worker.next_call_id
+        worker.next_call_id += 1
+        output = 0
+        host_errors: set[tuple[str, str]] = set()  # errors the host raised into this call
+        try:
+            call = Call(id=call_id, target=target, input=input, config=config)
+            try:
+                worker.send(call, deadline)
+            except _Dead:
+                if not worker.greeted:  # it may have refused and left: read why first
+                    self._greet(state, worker, t0 + self._start_timeout)
+                raise
+            if not worker.greeted:  # a new worker: the call was queued while it confined itself
+                self._greet(state, worker, t0 + self._start_timeout)
+            while True:
+                msg = worker.recv(deadline)
+                kind = type(msg)  # the tagged union decodes to exactly these classes
+                if kind is Result or kind is Failure:
+                    assert isinstance(msg, Result | Failure)
+                    if msg.id != call_id:
+                        raise ProtocolError(f"answer to unknown call id {msg.id}")
+                    u = msg.usage
+                    usage.set(u.cpu_user_ms, u.cpu_system_ms, u.peak_rss_kb)
+                if isinstance(msg, Result):
+                    size = usage.result_bytes = len(msg.value)
+                    if size > spec.max_result_bytes:
+                        self._kill(state)
+                        raise ResourceLimitExceeded(
+                            f"{pid}: the result is {size} bytes, over its "
+                            f"{spec.max_result_bytes}-byte cap",
+                            plugin_id=pid,
+                            limit="result-size",
+                            measured=size,
+                        )
+                    try:
+                        return msgspec.json.decode(msg.value)
+                    except msgspec.MsgspecError as exc:
+                        raise ProtocolError(f"result is not JSON: {exc}") from None
+                if isinstance(msg, Failure):
+                    err = error_from_info(_vetted(msg.error, host_errors), pid)
+                    if isinstance(err, ResourceLimitExceeded | PluginTimeout | WorkerCrashed):
+                        self._kill(state)  # the worker is not to be trusted after a limit
+                    raise err
+                if isinstance(msg, Request):
+                    self._serve_request(worker, spec, msg, deadline, host_errors)
+                elif isinstance(msg, Log | Output):
+                    text = msg.message if isinstance(msg, Log) else msg.text
+                    output += len(text.encode("utf-8", "replace"))
+                    if output > spec.max_output_bytes:
+                        self._kill(state)
+                        raise ResourceLimitExceeded(
+                            f"{pid}: the call wrote over its {spec.max_output_bytes} bytes "
+                            "of output and log",
+                            plugin_id=pid,
+                            limit="output-size",
+                            measured=output,
+                        )
+                    _emit(pid, msg)
+                else:
+                    raise ProtocolError(f"unexpected {type(msg).__name__} during a call")
+        except TimeoutError:
+            elapsed = (time.monotonic() - t0) * 1000.0
+            _set_reaped(usage, self._kill(state))
+            raise PluginTimeout(
+                f"{pid}: {target} ran past its {spec.timeout_ms} ms wall-clock limit",
+                plugin_id=pid,
+                limit="timeout-ms",
+                measured=round(elapsed, 1),
+            ) from None
+        except ProtocolError as exc:
+            reaped = self._kill(state)
+            _set_reaped(usage, reaped)
+            raise WorkerCrashed(
+                f"the worker of {pid} broke the RPC protocol and was killed: {exc}",
+                plugin_id=pid,
+                protocol=str(exc),
+                **_death_details(reaped),
+            ) from None
+        except _Dead:
+            reaped = self._kill(state)
+            _set_reaped(usage, reaped)
+            raise _death_error(spec, reaped) from None
+
+    def _serve_request(
+        self,
+        worker: _Worker,
+        spec: SandboxSpec,
+        req: Request,
+        deadline: float,
+        host_errors: set[tuple[str, str]],
+    ) -> None:
+        fds: list[int] = []
+        conn: socket.socket | None = None
+        try:
+            if req.op == "net.connect":
+                conn = self._net_connect(spec, req.args, deadline)
+                fds.append(conn.fileno())
+                reply = Reply(id=req.id, fd=True)
+            elif req.op == "spawn.resolve":
+                reply = Reply(id=req.id, value=self._spawn_resolve(spec, req.args))
+            elif self._broker is None:
+                raise PermissionDenied(
+                    f"{spec.plugin_id}: no host services are available ({req.op})",
+                    permission=f"host-api:{req.op}",
+                    plugin_id=spec.plugin_id,
+                )
+            else:
+                value = self._broker(spec.plugin_id, req.op, dict(req.args))
+                reply = Reply(id=req.id, value=value)
+        except CorralError as exc:
+            reply = Reply(id=req.id, error=info_from_error(exc))
+        except Exception:
+            _log.exception("broker request %s from %s failed", req.op, spec.plugin_id)
+            reply = Reply(
+                id=req.id,
+                error=ErrorInfo(code="error", message=f"the host failed to serve {req.op}"),
+            )
+        if reply.error is not None:
+            host_errors.add((reply.error.code, reply.error.message))
+        try:
+            try:
+                worker.send(reply, deadline, fds)
+            except (TypeError, ValueError, msgspec.EncodeError):
+                _log.error("broker answer to %s for %s is not serialisable", req.op, spec.plugin_id)
+                error = ErrorInfo(code="error", message=f"the host failed to serve {req.op}")
+                worker.send(Reply(id=req.id, error=error), deadline)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _net_connect(
+        self, spec: SandboxSpec, args: dict[str, Any], deadline: float
+    ) -> socket.socket:
+        host, port = args.get("host"), args.get("port")
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            raise PermissionDenied(
+                f"{spec.plugin_id}: malformed net.connect request",
+                permission="net-connect:?",
+                plugin_id=spec.plugin_id,
+            )
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if not Permissions(net_connect=spec.net_connect).allows_connect(host, port):
+            raise PermissionDenied(
+                f"{spec.plugin_id} has no net-connect grant for {shown}",
+                permission=f"net-connect:{shown}",
+                plugin_id=spec.plugin_id,
+            )
+        timeout = max(0.001, min(_NET_CONNECT_TIMEOUT, deadline - time.monotonic()))
+        try:
+            conn = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise CorralError(
+                f"{spec.plugin_id}: cannot connect to {shown}: {exc}", plugin_id=spec.plugin_id
+            ) from exc
+        conn.setblocking(True)
+        return conn
+
+    def _spawn_resolve(self, spec: SandboxSpec, args: dict[str, Any]) -> str:
+        program = args.get("program")
+        if not isinstance(program, str):
+            program = "?"
+        for granted in spec.spawn:
+            if program == granted or (
+                os.path.isabs(program) and program == _resolve_program(granted)
+            ):
+                path = _resolve_program(granted)
+                if path is None:
+                    raise CorralError(
+                        f"{spec.plugin_id}: granted program {granted!r} is not installed",
+                        plugin_id=spec.plugin_id,
+                    )
+                return path
+        raise PermissionDenied(
+            f"{spec.plugin_id} has no spawn grant for {program!r}",
+            permission=f"spawn:{program}",
+            plugin_id=spec.plugin_id,
+        )
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+#: Limits a worker detects itself and may report.
+_WORKER_LIMITS: Final = frozenset({"cpu-seconds", "memory-mb", "output-size", "result-size"})
+
+
+def _vetted(info: ErrorInfo, host_errors: set[tuple[str, str]]) -> ErrorInfo:
+    """A worker's failure report, believed only as far as the host can check it.
+
+    A plugin may fail with its own exception or a limit the worker detects; any
+    other corral error (a denial, ``not_found``...) must be one the host itself
+    raised into this call, or a plugin could forge a ``permission_denied``.
+    """
+    if info.code == "plugin_error":
+        return info
+    if info.code == "resource_limit" and info.limit in _WORKER_LIMITS:
+        return info
+    if (info.code, info.message) in host_errors:
+        return info
+    return ErrorInfo(
+        code="plugin_error",
+        message=f"the plugin raised a corral error of its own ({info.code}): {info.message}",
+        type=info.type or info.code,
+        traceback=info.traceback,
+    )
+
+
+def _set_reaped(usage: _Usage, reaped: Reaped | None) -> None:
+    """A killed worker's lifetime usage stands in for the unfinished call's (an upper bound)."""
+    if reaped is not None:
+        usage.set(reaped.cpu_user_ms, reaped.cpu_system_ms, reaped.peak_rss_kb)
+
+
+def _death_details(reaped: Reaped | None) -> dict[str, Any]:
+    if reaped is None:
+        return {}
+    if reaped.signal is not None:
+        return {"signal": _SIGNAL_NAMES.get(reaped.signal, str(reaped.signal))}
+    return {"exit_status": reaped.exit_code}
+
+
+def _death_error(spec: SandboxSpec, reaped: Reaped | None) -> CorralError:
+    pid = spec.plugin_id
+    details = _death_details(reaped)
+    if reaped is not None:
+        cpu_ms = reaped.cpu_user_ms + reaped.cpu_system_ms
+        if reaped.signal in (signal.SIGXCPU, signal.SIGKILL) and (
+            cpu_ms >= spec.cpu_seconds * _CPU_BUDGET_FACTOR * 1000.0 - 50.0
+        ):
+            return ResourceLimitExceeded(
+                f"{pid}: the worker used up its CPU time",
+                plugin_id=pid,
+                limit="cpu-seconds",
+                measured=round(cpu_ms / 1000.0, 3),
+                **details,
+            )
+        rss_mb = reaped.peak_rss_kb / 1024.0
+        if reaped.signal is not None and rss_mb >= 0.9 * spec.memory_mb:
+            return ResourceLimitExceeded(
+                f"{pid}: the worker ran out of its {spec.memory_mb} MB of memory",
+                plugin_id=pid,
+                limit="memory-mb",
+                measured=round(rss_mb, 1),
+                **details,
+            )
+    how = (
+        f"was killed by {details['signal']}"
+        if "signal" in details
+        else f"exited with status {details.get('exit_status')}"
+    )
+    return WorkerCrashed(f"the worker of {pid} {how}", plugin_id=pid, **details)
+
+
+def _emit(plugin_id: str, msg: Log | Output) -> None:
+    logger = logging.getLogger(f"corral.plugin.{plugin_id}")
+    if isinstance(msg, Log):
+        level = msg.level if 0 <= msg.level <= 100 else logging.WARNING
+        logger.log(level, "%s", msg.message)
+    else:
+        logger.info("[%s] %s", msg.stream, msg.text.rstrip("\n"))

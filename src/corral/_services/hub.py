@@ -1,0 +1,167 @@
+"""The services a host offers its plugins (layer 3), each made on first use.
+
+Event bus with its durable log, shared state, messages, secrets and layered
+configuration.  Nothing here is imported or opened until a plugin (or the
+application) first uses it, so hosts that never need a service never pay for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from corral._model.permissions import Permissions
+    from corral._services.config import ConfigError, ConfigManager, ConfigWatcher
+    from corral._services.events.bus import EventBus
+    from corral._services.events.durable import DurableLog
+    from corral._services.messages import Messenger
+    from corral._services.secrets import SecretStore
+    from corral._services.state import StateStore
+
+__all__ = ["Services"]
+
+
+@final
+class Services:
+    """Lazily built host services under one home."""
+
+    def __init__(self, home: Path, *, status_of: Callable[[str], str | None]) -> None:
+        self.home = home
+        self._status_of = status_of
+        self._lock = threading.Lock()
+        self._bus: EventBus | None = None
+        self._event_log: DurableLog | None = None
+        self._shared_state: StateStore | None = None
+        self._messenger: Messenger | None = None
+        self._secrets: SecretStore | None = None
+        self._config_manager: ConfigManager | None = None
+        self._config_watcher: ConfigWatcher | None = None
+
+    @property
+    def bus(self) -> EventBus:
+        """The event bus, with the durable log ``<home>/events.db`` attached."""
+        with self._lock:
+            if self._bus is None:
+                import logging
+
+                from corral._services.events.bus import EventBus
+                from corral._services.events.durable import DurableLog
+
+                log = logging.getLogger("corral.events")
+                bus = EventBus(
+                    on_dead_letter=lambda d: log.warning(
+                        "event %s on %s not delivered to %s: %s",
+                        d.event.id,
+                        d.event.topic,
+                        d.subscriber or "the host",
+                        d.reason,
+                    )
+                )
+                self._event_log = DurableLog(self.home / "events.db")
+                bus.attach_log(self._event_log)
+                self._bus = bus
+            return self._bus
+
+    @property
+    def shared_state(self) -> StateStore:
+        """Versioned shared state in ``<home>/state.db``."""
+        with self._lock:
+            if self._shared_state is None:
+                from corral._services.state import StateStore
+
+                self._shared_state = StateStore(self.home / "state.db")
+            return self._shared_state
+
+    @property
+    def messenger(self) -> Messenger:
+        """Request/response and broadcast between plugins."""
+        with self._lock:
+            if self._messenger is None:
+                from corral._services.messages import Messenger
+
+                self._messenger = Messenger(status=self._status_of)
+            return self._messenger
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The home's encrypted secrets."""
+        with self._lock:
+            if self._secrets is None:
+                from corral._services.secrets import SecretStore
+
+                self._secrets = SecretStore(self.home)
+            return self._secrets
+
+    @property
+    def config_manager(self) -> ConfigManager:
+        """Layered, validated plugin configuration from ``<home>/config.toml``."""
+        with self._lock:
+            if self._config_manager is None:
+                from corral._services.config import ConfigManager
+
+                self._config_manager = ConfigManager(self.home)
+            return self._config_manager
+
+    def plugin_config(
+        self,
+        plugin_id: str,
+        perms: Permissions,
+        plugin_dir: Path,
+        *,
+        overrides: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A plugin's effective configuration, validated, secrets resolved per its grants."""
+        from corral._services.config import plugin_config
+
+        def resolve(config: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = self.secrets.resolve_config(
+                config, perms=perms, plugin_id=plugin_id
+            )
+            return out
+
+        return plugin_config(
+            self.config_manager, plugin_id, plugin_dir, overrides=overrides, resolve=resolve
+        )
+
+    def watch_config(self, on_change: Callable[[str, dict[str, Any]], None]) -> None:
+        """Watch ``config.toml``; valid changes go to ``on_change``, invalid ones are logged."""
+        with self._lock:
+            if self._config_watcher is not None:
+                return
+        watcher = self.config_manager.watch(
+            lambda plugin_id, new, _old: on_change(plugin_id, new), _config_refused
+        )
+        with self._lock:
+            self._config_watcher = watcher
+
+    def stop(self, plugin_id: str) -> None:
+        """A plugin stopped: end its subscriptions, watches and mailbox."""
+        if self._messenger is not None:
+            self._messenger.stop_serving(plugin_id)
+        if self._bus is not None:
+            self._bus.cancel_plugin(plugin_id)
+        if self._shared_state is not None:
+            self._shared_state.cancel_plugin(plugin_id)
+
+    def close(self) -> None:
+        """Stop watching and close every service that was opened."""
+        if self._config_watcher is not None:
+            self._config_watcher.stop()
+        if self._messenger is not None:
+            self._messenger.close()
+        if self._bus is not None:
+            self._bus.close()
+        if self._event_log is not None:
+            self._event_log.close()
+        if self._shared_state is not None:
+            self._shared_state.close()
+
+
+def _config_refused(plugin_id: str | None, error: ConfigError) -> None:
+    import logging
+
+    logging.getLogger("corral.config").warning("config change refused: %s", error.message)

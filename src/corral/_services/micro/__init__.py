@@ -1,0 +1,1 @@
+"""Micro-plugins: kinds and the manager, hot swap, composition, A/B tests and rollouts."""

@@ -1,0 +1,345 @@
+"""Glue between the host and the sandbox: specs from manifests, the broker, the calls.
+
+The host never imports the sandbox package until a sandboxed plugin is loaded.
+The broker is the only way sandboxed code reaches the host; every request is
+checked against the plugin's ``[permissions]`` here, before anything is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from corral._errors import CorralError, NotFoundError, PermissionDenied, PluginError, UsageError
+from corral._model.permissions import expand_placeholders
+
+if TYPE_CHECKING:
+    from corral._host import Host, _Active
+    from corral._model.manifest import Manifest
+    from corral._model.permissions import Permissions
+    from corral._sandbox.spec import SandboxSpec
+    from corral._sandbox.supervisor import Supervisor
+    from corral._services.context import PluginContext
+    from corral._services.state import StateWatch
+
+__all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "sandboxed_receiver",
+           "spec_for"]
+
+MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
+MAX_OUTPUT_BYTES: Final = 1024 * 1024
+
+
+def sandbox_problem(isolation: str) -> str | None:
+    """Why this machine cannot run ``isolation`` (``None`` when it can)."""
+    if not sys.platform.startswith("linux"):
+        return f"{isolation} isolation needs Linux"
+    try:
+        from corral._sandbox.kernel import probe
+        from corral._sandbox.supervisor import Supervisor  # noqa: F401
+    except ImportError as exc:
+        return f"the sandbox runtime is not available ({exc})"
+    if isolation == "strict":
+        missing = probe().missing_for_strict()
+        if missing:
+            return "missing kernel features: " + ", ".join(missing)
+    return None
+
+
+def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
+    """The sandbox description of a plugin, with placeholders resolved.
+
+    The interpreter's own files are not listed: the fork server adds them to
+    every strict ruleset (``interpreter_read_paths``).
+    """
+    from corral._sandbox.spec import SandboxSpec
+
+    values = dict(ctx.paths)
+    perms = manifest.permissions
+    env = {name: os.environ[name] for name in perms.env if name in os.environ}
+    # PATH is no secret, and what it finds is still limited by Landlock and the spawn grants.
+    env.setdefault("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+    isolation = manifest.sandbox.isolation
+    if isolation == "none":  # pragma: no cover - the host runs these in process
+        raise CorralError(f"{manifest.id} is not sandboxed", plugin_id=manifest.id)
+    return SandboxSpec(
+        plugin_id=manifest.id,
+        isolation=isolation,
+        plugin_dir=Path(values["plugin"]),
+        data_dir=Path(values["data"]),
+        tmp_dir=Path(values["tmp"]),
+        cache_dir=Path(values["cache"]),
+        workspace=Path(values["workspace"]),
+        read_paths=tuple(
+            Path(expand_placeholders(p, values)).resolve() for p in perms.fs_read
+        ),
+        # subprocess.DEVNULL opens /dev/null for writing.
+        write_paths=(
+            *(Path(expand_placeholders(p, values)).resolve() for p in perms.fs_write),
+            Path("/dev/null"),
+        ),
+        net_connect=perms.net_connect,
+        spawn=perms.spawn,
+        env=env,
+        memory_mb=manifest.sandbox.memory_mb,
+        cpu_seconds=manifest.sandbox.cpu_seconds,
+        timeout_ms=manifest.sandbox.timeout_ms,
+        disk_mb=manifest.sandbox.disk_mb,
+        max_processes=manifest.sandbox.max_processes,
+        max_result_bytes=MAX_RESULT_BYTES,
+        max_output_bytes=MAX_OUTPUT_BYTES,
+    )
+
+
+class _PolledWatch:
+    """A sandboxed plugin's ``ctx.state.subscribe``: changes wait here until it polls.
+
+    The host holds the watch (a worker runs only during calls, so nothing can be
+    pushed into it); changes beyond ``max_queue`` are counted in ``dropped``.
+    """
+
+    def __init__(self, plugin_id: str, max_queue: int) -> None:
+        self.plugin_id = plugin_id
+        self.max_queue = max_queue
+        self.changes: collections.deque[Any] = collections.deque()
+        self.dropped = 0
+        self.cond = threading.Condition()
+        self.watch: StateWatch | None = None
+
+    def push(self, change: Any) -> None:
+        with self.cond:
+            if len(self.changes) >= self.max_queue:
+                self.dropped += 1
+                return
+            self.changes.append(change)
+            self.cond.notify()
+
+    def take(self, max_changes: int, timeout: float) -> tuple[list[Any], int]:
+        with self.cond:
+            if not self.changes and timeout > 0:
+                self.cond.wait_for(lambda: bool(self.changes), timeout)
+            n = min(max_changes, len(self.changes))
+            out = [self.changes.popleft() for _ in range(n)]
+            dropped, self.dropped = self.dropped, 0
+        return out, dropped
+
+
+class Broker:
+    """Answers sandboxed plugins' requests to the host, after checking their grants."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._watches: dict[int, _PolledWatch] = {}
+        self._watch_ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self, plugin_id: str, op: str, args: dict[str, Any]) -> Any:
+        # net.connect and spawn.resolve are answered by the supervisor from the spec;
+        # logs arrive as Log messages and config travels with each call.
+        manifest = self._manifest(plugin_id)
+        perms = manifest.permissions
+        if op.startswith("events."):
+            from corral._services.events.plugin import bus_broker_op
+
+            return bus_broker_op(self.host.bus, plugin_id, perms, op, args)
+        if op in ("state.subscribe", "state.poll", "state.unsubscribe"):
+            return self._state_watch(plugin_id, perms, op, args)
+        if op.startswith("state."):
+            from corral._services.state import state_broker_op
+
+            return state_broker_op(self.host.shared_state, plugin_id, perms, op, args)
+        if op == "messages.send":
+            timeout = args.get("timeout", 5.0)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+                timeout = 5.0
+            return self.host.messenger.send(
+                str(args.get("to", "")), args.get("message"),
+                timeout=min(max(float(timeout), 0.0), 60.0), perms=perms, sender=plugin_id)
+        if op == "messages.broadcast":
+            return self.host.messenger.broadcast(args.get("message"), perms=perms,
+                                                 sender=plugin_id)
+        if op == "secrets.get":
+            from corral._services.secrets import secrets_broker_op
+
+            return secrets_broker_op(self.host.secrets, plugin_id, perms, op, args)
+        raise PermissionDenied(
+            f"{plugin_id} asked for an unknown host service {op!r}",
+            permission=f"host-api:{op}",
+            plugin_id=plugin_id,
+        )
+
+    def _state_watch(
+        self, plugin_id: str, perms: Permissions, op: str, args: dict[str, Any]
+    ) -> Any:
+        """``state.subscribe {pattern, max_queue?}`` -> watch id; ``state.poll {watch, max?,
+        timeout?}`` -> ``{"changes": [...], "dropped": n}``; ``state.unsubscribe {watch}``."""
+        import msgspec
+
+        store = self.host.shared_state
+        if op == "state.subscribe":
+            max_queue = args.get("max_queue", 10_000)
+            if type(max_queue) is not int or max_queue < 1:
+                raise UsageError(f"max_queue must be a positive int, got {max_queue!r}",
+                                 plugin_id=plugin_id)
+            polled = _PolledWatch(plugin_id, min(max_queue, 1_000_000))
+            polled.watch = store.subscribe(str(args.get("pattern", "")), polled.push,
+                                           perms=perms, plugin_id=plugin_id)
+            with self._lock:
+                live = set(map(id, store._watches))
+                for old in [w for w, p in self._watches.items() if id(p.watch) not in live]:
+                    del self._watches[old]  # cancelled when their plugin stopped
+                wid = next(self._watch_ids)
+                self._watches[wid] = polled
+            return wid
+        wanted: Any = args.get("watch")
+        with self._lock:
+            found = self._watches.get(wanted) if type(wanted) is int else None
+        if found is None or found.plugin_id != plugin_id:
+            raise NotFoundError(f"{plugin_id} has no state watch {wanted!r}",
+                                plugin_id=plugin_id)
+        watch = found.watch
+        if op == "state.unsubscribe" or watch not in store._watches:
+            with self._lock:
+                self._watches.pop(wanted, None)
+            if watch is not None:
+                watch.cancel()
+            if op == "state.unsubscribe":
+                return None
+            raise NotFoundError(f"state watch {wanted} of {plugin_id} was cancelled "
+                                "(the plugin was stopped)", plugin_id=plugin_id)
+        max_changes = args.get("max", 1000)
+        timeout = args.get("timeout", 0.0)
+        if type(max_changes) is not int or not isinstance(timeout, int | float) or isinstance(
+                timeout, bool):
+            raise UsageError(f"state.poll wants an int max and a number timeout, got "
+                             f"{max_changes!r} and {timeout!r}", plugin_id=plugin_id)
+        changes, dropped = found.take(min(max(max_changes, 1), 10_000),
+                                      min(max(float(timeout), 0.0), 30.0))
+        return {"changes": msgspec.to_builtins(changes), "dropped": dropped}
+
+    def _manifest(self, plugin_id: str) -> Manifest:
+        active = self.host._active.get(plugin_id)
+        if active is None:
+            raise PermissionDenied(
+                f"{plugin_id} is not active in this host",
+                permission="host-api",
+                plugin_id=plugin_id,
+            )
+        return active.manifest
+
+
+def make_supervisor(host: Host) -> Supervisor:
+    """The host's supervisor of sandboxed workers, with its broker.
+
+    A host made with ``shared_fork_server=True`` (the CLI) uses the per-home
+    fork-server daemon, unless ``CORRAL_SHARED_FORKSERVER=0``.
+    """
+    from corral._sandbox.supervisor import Supervisor
+
+    shared = getattr(host, "shared_fork_server", False)
+    if os.environ.get("CORRAL_SHARED_FORKSERVER", "1") == "0":
+        shared = False
+    return Supervisor(broker=Broker(host), fork_server_dir=host.home / "run" if shared else None)
+
+
+def call_sandboxed(
+    host: Host,
+    supervisor: Supervisor,
+    active: _Active,
+    export: str,
+    input: Any,
+    *,
+    target: str | None = None,
+) -> Any:
+    """Run an export, micro handler or hook in the plugin's worker; record the call's metrics.
+
+    ``target`` overrides what ``export`` names (hooks use ``entry#hook``).
+    """
+    manifest, ctx = active.manifest, active.ctx
+    if target is None:
+        target = manifest.exports.get(export)
+    if target is None:
+        target = next(m.handler for m in manifest.micro if m.id == export)
+    if active.spec is None:
+        active.spec = spec_for(manifest, ctx)
+    spec = active.spec
+    start = time.perf_counter()
+    outcome = "ok"
+    try:
+        return supervisor.call(spec, target, input, config=dict(ctx.config))
+    except CorralError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        metrics = supervisor.last_metrics(manifest.id)
+        wall_ms = (time.perf_counter() - start) * 1000
+        host.record_call(
+            (
+                manifest.id,
+                export,
+                manifest.sandbox.isolation,
+                outcome,
+                getattr(metrics, "wall_ms", wall_ms) if metrics else wall_ms,
+                getattr(metrics, "cpu_user_ms", None) if metrics else None,
+                getattr(metrics, "cpu_system_ms", None) if metrics else None,
+                getattr(metrics, "peak_rss_kb", None) if metrics else None,
+                getattr(metrics, "result_bytes", None) if metrics else None,
+                time.time(),
+            )
+        )
+
+
+def sandboxed_receiver(
+    host: Host, active: _Active
+) -> Callable[[Any, str | None, float | None], Any] | None:
+    """The message handler of a sandboxed plugin, or ``None`` if its entry has no ``on_message``.
+
+    Asks the worker which hooks the entry object has (one round trip, at enable).
+    Each message is then one call of ``entry#on_message`` in the worker, under
+    the plugin's ``timeout-ms`` and limits; a crash, a timeout or a limit fails
+    that delivery only (the next one starts a new worker, as a call would).
+    """
+    manifest = active.manifest
+    entry = manifest.entry
+    if entry is None:
+        return None
+    supervisor = host._supervisor_for()
+    hooks = call_sandboxed(host, supervisor, active, "__hooks__", None,
+                           target=f"{entry}#__hooks__")
+    if not isinstance(hooks, list) or "on_message" not in hooks:
+        return None
+    plugin_id = manifest.id
+    target = f"{entry}#on_message"
+
+    def deliver(message: Any, sender: str | None, deadline: float | None) -> Any:
+        from corral._model.lifecycle import State
+
+        if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+            # disabled while the message waited: no worker is started for it
+            raise UsageError(f"plugin {plugin_id} stopped receiving messages",
+                             plugin_id=plugin_id, receiver=plugin_id)
+        value = {"message": message, "sender": sender, "deadline": deadline}
+        try:
+            return call_sandboxed(host, supervisor, active, "on_message", value, target=target)
+        except PluginError as exc:
+            raise PluginError(
+                f"{plugin_id} failed handling a message from {sender or 'the host'}: "
+                f"{exc.message}",
+                plugin_id=plugin_id, receiver=plugin_id,
+                **{k: v for k, v in exc.details.items() if k in ("traceback", "exception")},
+            ) from None
+        except CorralError as exc:
+            exc.details.setdefault("receiver", plugin_id)
+            raise
+        finally:
+            if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+                # Disabled during the delivery: do not leave a worker behind for it.
+                supervisor.stop(plugin_id)
+
+    return deliver
