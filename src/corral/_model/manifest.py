@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
 from corral._disk.layout import MANIFEST_NAME
-from corral._errors import ManifestError
+from corral._errors import ManifestError, UsageError
 from corral._model.permissions import (
     HOST_API_SERVICES,
     PLACEHOLDERS,
@@ -28,6 +28,7 @@ from corral._model.permissions import (
     Permissions,
     valid_pattern,
 )
+from corral._model.pipeline import pipeline_from_dict
 
 __all__ = [
     "ISOLATION_LEVELS",
@@ -752,9 +753,6 @@ class _Reader:
             )
         if not value:
             return ()
-        from corral._errors import UsageError
-        from corral._services.micro.compose import pipeline_from_dict
-
         seen = set(taken)
         out = []
         for i, item in enumerate(value):
