@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 import msgspec
 
 from corral._errors import CorralError, PluginError, UsageError
+from corral._model.events import DEFAULT_MAX_QUEUE, Event, HandlerResult
+from corral._model.state import StateChange, StateValue
 from corral._sandbox import namespaces as _namespaces
 from corral._sandbox import reaper as _reaper
 from corral._sandbox.rpc import (
@@ -58,14 +60,12 @@ from corral._sandbox.rpc import (
     error_from_info,
     info_from_error,
 )
-from corral._services.events.subscriptions import Event, HandlerResult
 
 if TYPE_CHECKING:
     import asyncio
 
+    from corral._model.events import Delivery, Propagation
     from corral._model.topics import EventFilter
-    from corral._services.events.bus import Delivery, Propagation
-    from corral._services.state import StateChange, StateValue
 
 __all__ = [
     "RPC_FD",
@@ -89,8 +89,6 @@ _SOCKET_FILTER: Final = _namespaces.build_socket_filter()
 _OUTPUT_CHUNK: Final = 8192
 _RECV_CHUNK: Final = 1 << 16
 _ANC_SIZE: Final = socket.CMSG_SPACE(4 * array.array("i").itemsize)
-#: ``corral._services.events.bus.DEFAULT_MAX_QUEUE``, without importing the bus into every worker.
-_DEFAULT_MAX_QUEUE: Final = 10_000
 #: Result types that are never awaitable (no ``inspect.isawaitable`` for them).
 _PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 #: Entry-object hooks the host may call in a worker (``entry#hook``).
@@ -305,7 +303,7 @@ class EventsProxy(_Proxy):
         priority: int = 0,
         filter: EventFilter | Mapping[str, Any] | None = None,
         delivery: Delivery | None = None,
-        max_queue: int = _DEFAULT_MAX_QUEUE,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> WorkerSubscription:
         """Subscribe as this plugin (a granted ``events.subscribe`` pattern must cover it).
 
@@ -472,7 +470,6 @@ class WorkerStateWatch:
 
     def poll(self, max_changes: int = 1000, timeout: float = 0.0) -> list[StateChange]:
         """Take up to ``max_changes`` changes, in commit order, waiting up to ``timeout`` s."""
-        from corral._services.state import StateChange
 
         if not self.active:
             raise UsageError(f"state watch {self.id} ({self.pattern}) was cancelled",
@@ -524,7 +521,6 @@ class StateProxy(_Proxy):
         ``updated_at`` and ``updated_by`` do not cross the broker: they read
         ``0.0`` and ``None``.
         """
-        from corral._services.state import StateValue
 
         got = self._ask("state.get_versioned", key=key)
         if got is None:
@@ -548,7 +544,6 @@ class StateProxy(_Proxy):
         ``fn``, write only if nobody wrote in between, else read again and retry.
         ``fn`` may run more than once: keep it free of side effects.
         """
-        from corral._services.state import StateValue
 
         while True:
             got = self.get_versioned(key)
@@ -592,7 +587,7 @@ class StateProxy(_Proxy):
         pattern: str,
         handler: Callable[[StateChange], Any] | None = None,
         *,
-        max_queue: int = _DEFAULT_MAX_QUEUE,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> WorkerStateWatch:
         """Watch writes to keys matching ``pattern`` (``state.read`` must cover it).
 

@@ -24,6 +24,7 @@ import msgspec
 from corral._errors import CorralError, PermissionDenied, UsageError
 from corral._model.jsoncheck import json_problem
 from corral._model.permissions import Permissions, pattern_matches, valid_pattern
+from corral._model.state import StateChange, StateValue
 
 __all__ = ["PluginState", "StateChange", "StateStore", "StateValue", "state_broker_op"]
 
@@ -51,29 +52,6 @@ CREATE TABLE IF NOT EXISTS changes (
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
-
-
-@final
-class StateValue(msgspec.Struct, frozen=True):
-    """A key's value and its version (1 for the first write, +1 for each one after)."""
-
-    key: str
-    value: Any
-    version: int
-    updated_at: float
-    updated_by: str | None
-
-
-@final
-class StateChange(msgspec.Struct, frozen=True):
-    """One write seen by a watcher; ``deleted`` writes carry ``value=None``."""
-
-    key: str
-    value: Any
-    version: int
-    deleted: bool
-    updated_by: str | None
-    at: float
 
 
 def check_key(key: object) -> str:

@@ -35,7 +35,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 import msgspec.structs
@@ -51,6 +51,20 @@ from corral._model.topics import (
     check_subscribe,
     check_topic,
 )
+from corral._services.events.dispatch import (
+    CACHE_MAX,
+    DEFAULT_MAX_QUEUE,
+    MAX_DEAD_LETTERS,
+    PROPAGATIONS,
+    SAMPLE_MASK,
+    Delivery,
+    Dispatch,
+    Propagation,
+    clock,
+    now,
+)
+from corral._services.events.plugin import DurableConsumer, PluginEvents
+from corral._services.events.publisher import TopicPublisher
 from corral._services.events.subscriptions import (
     DeadLetter,
     Event,
@@ -63,30 +77,11 @@ from corral._services.events.subscriptions import (
 
 if TYPE_CHECKING:
     from corral._services.events.durable import DurableLog
-    from corral._services.events.plugin import DurableConsumer, PluginEvents
-    from corral._services.events.publisher import TopicPublisher
 
-__all__ = ["DEFAULT_MAX_QUEUE", "Delivery", "EventBus", "Propagation"]
-
-Propagation = Literal["local", "global", "system"]
-Delivery = Literal["inline", "queued"]
-
-#: Default bound of a queued or polled subscriber's queue.
-DEFAULT_MAX_QUEUE: Final = 10_000
-#: Dead letters kept in memory (the ``on_dead_letter`` callback sees all of them).
-MAX_DEAD_LETTERS: Final = 10_000
-_CACHE_MAX: Final = 10_000
-_PROPAGATIONS: Final = frozenset({"local", "global", "system"})
-_now: Final = time.time
-_clock: Final = time.perf_counter
-#: One publish in 64 times its inline handlers (see ``EventBus.slow_handler``).
-_SAMPLE_MASK: Final = 63
-
+__all__ = ["DEFAULT_MAX_QUEUE", "MAX_DEAD_LETTERS", "Delivery", "EventBus", "Propagation"]
 
 # -- the bus -----------------------------------------------------------------------
 
-
-_Dispatch = tuple[tuple[Callable[[Event], Any], Subscription], ...]
 
 
 @final
@@ -130,7 +125,7 @@ class EventBus:
         self._sub_ids = itertools.count(1)
         self._lock = threading.RLock()
         self._subs: list[Subscription] = []
-        self._cache: dict[str, _Dispatch] = {}
+        self._cache: dict[str, Dispatch] = {}
         self._dead_letters: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
         self._dead_count = 0
         self._on_dead = on_dead_letter
@@ -170,8 +165,8 @@ class EventBus:
                 subs = self._resolve(topic)
             if subs:
                 eid = self._next_id()
-                ev = Event(eid, topic, data, source, _now(), priority, "local", self.origin)
-                if eid & _SAMPLE_MASK:
+                ev = Event(eid, topic, data, source, now(), priority, "local", self.origin)
+                if eid & SAMPLE_MASK:
                     for deliver, sub in subs:
                         try:
                             deliver(ev)
@@ -279,7 +274,7 @@ class EventBus:
         check_topic(topic)
         if type(priority) is not int:
             raise UsageError(f"event priority must be an int, got {priority!r}", topic=topic)
-        if propagation not in _PROPAGATIONS:
+        if propagation not in PROPAGATIONS:
             raise UsageError(
                 f"unknown propagation {propagation!r} (local, global or system)", topic=topic
             )
@@ -301,17 +296,17 @@ class EventBus:
                    self.origin)
         return ev, to_log
 
-    def _dispatch_timed(self, ev: Event, subs: _Dispatch) -> None:
+    def _dispatch_timed(self, ev: Event, subs: Dispatch) -> None:
         """Deliver ``ev`` timing each inline handler; one slower than ``slow_handler``
         seconds is moved to queued delivery, so it stops holding up publishers."""
         limit = self.slow_handler
         for deliver, sub in subs:
-            t0 = _clock()
+            t0 = clock()
             try:
                 deliver(ev)
             except Exception as exc:
                 self._failed(sub, ev, exc)
-            took = _clock() - t0
+            took = clock() - t0
             if took > limit and sub.delivery == "inline":
                 self._demote(sub, took)
 
@@ -334,7 +329,7 @@ class EventBus:
         subs = self._cache.get(ev.topic)
         if subs is None:
             subs = self._resolve(ev.topic)
-        if not ev.id & _SAMPLE_MASK:
+        if not ev.id & SAMPLE_MASK:
             self._dispatch_timed(ev, subs)
             return bool(subs)
         for deliver, sub in subs:
@@ -500,14 +495,14 @@ class EventBus:
             for ev in sub._queue.stop():
                 self._dead(sub, ev, "subscription cancelled with the event still queued")
 
-    def _resolve(self, topic: str) -> _Dispatch:
+    def _resolve(self, topic: str) -> Dispatch:
         """Build (and cache) the ordered deliverers for ``topic``; validates it once."""
         check_topic(topic)
         with self._lock:
             found = tuple(
                 (s._deliverer(), s) for s in self._subs if pattern_matches(s.pattern, topic)
             )
-            if len(self._cache) >= _CACHE_MAX:
+            if len(self._cache) >= CACHE_MAX:
                 self._cache = {}
             self._cache[topic] = found
         return found
@@ -539,14 +534,10 @@ class EventBus:
         The fastest way to publish many events on one topic (what a blinker
         signal is to blinker); it follows subscribe and cancel like ``publish``.
         """
-        from corral._services.events.publisher import TopicPublisher
-
         return TopicPublisher(self, check_topic(topic), source, None)
 
     def for_plugin(self, plugin_id: str, perms: Permissions) -> PluginEvents:
         """``ctx.events`` for one plugin: the bus with its grants checked and cached."""
-        from corral._services.events.plugin import PluginEvents
-
         return PluginEvents(self, plugin_id, perms)
 
     # -- failures ------------------------------------------------------------------
@@ -662,8 +653,6 @@ class EventBus:
             check_subscribe(perms, pattern, plugin_id)
         if not consumer or type(consumer) is not str:
             raise UsageError(f"a durable consumer needs a name, got {consumer!r}")
-        from corral._services.events.plugin import DurableConsumer
-
         durable = DurableConsumer(self, self._log, consumer, pattern, handler, plugin_id,
                                   poll_interval)
         with self._lock:

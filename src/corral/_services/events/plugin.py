@@ -22,20 +22,20 @@ from corral._model.topics import (
     check_subscribe,
     check_topic,
 )
-from corral._services.events.bus import (
-    _CACHE_MAX,
-    _SAMPLE_MASK,
+from corral._services.events.dispatch import (
+    CACHE_MAX,
     DEFAULT_MAX_QUEUE,
+    SAMPLE_MASK,
     Delivery,
-    EventBus,
     Propagation,
-    _now,
+    now,
 )
 from corral._services.events.publisher import TopicPublisher
 from corral._services.events.subscriptions import Event, HandlerResult, Subscription, record_event
 
 if TYPE_CHECKING:
     from corral._model.permissions import Permissions
+    from corral._services.events.bus import EventBus
     from corral._services.events.durable import DurableLog
 
 __all__ = ["DurableConsumer", "PluginEvents", "bus_broker_op"]
@@ -144,9 +144,9 @@ class PluginEvents:
                 subs = bus._resolve(topic)
             if subs:
                 eid = bus._next_id()
-                ev = Event(eid, topic, data, self.plugin_id, _now(), priority, "local",
+                ev = Event(eid, topic, data, self.plugin_id, now(), priority, "local",
                            bus.origin)
-                if eid & _SAMPLE_MASK:
+                if eid & SAMPLE_MASK:
                     for deliver, sub in subs:
                         try:
                             deliver(ev)
@@ -158,7 +158,7 @@ class PluginEvents:
             return None
         published = bus._publish_checked(topic, data, self._perms, self.plugin_id, priority,
                                          propagation)
-        if len(self._allowed) < _CACHE_MAX:
+        if len(self._allowed) < CACHE_MAX:
             self._allowed.add(topic)
         return published
 

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._model.topics import check_payload
-from corral._services.events.bus import _SAMPLE_MASK, _Dispatch, _now
+from corral._services.events.dispatch import (
+    SAMPLE_MASK,
+    Dispatch,
+    now,
+)
 from corral._services.events.subscriptions import Event
 
 if TYPE_CHECKING:
@@ -41,8 +45,8 @@ class TopicPublisher:
         self._max_bytes = max_bytes
         self._next = bus._next_id
         self._origin = bus.origin
-        self._seen: dict[str, _Dispatch] | None = None
-        self._subs: _Dispatch = ()
+        self._seen: dict[str, Dispatch] | None = None
+        self._subs: Dispatch = ()
         #: ``publish(data=None) -> Event | None``: local propagation, priority 0.
         #: Plugin handles check the payload (JSON, size); the host's are trusted.
         self.publish: Callable[..., Event | None] = (
@@ -61,8 +65,8 @@ class TopicPublisher:
         if not subs:
             return None
         eid = self._next()
-        ev = Event(eid, self.topic, data, self.source, _now(), 0, "local", self._origin)
-        if eid & _SAMPLE_MASK:
+        ev = Event(eid, self.topic, data, self.source, now(), 0, "local", self._origin)
+        if eid & SAMPLE_MASK:
             for deliver, sub in subs:
                 try:
                     deliver(ev)

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final, final
 
-import msgspec
-
 from corral._errors import UsageError
+from corral._model.events import DeadLetter, Event, HandlerResult
 
 if TYPE_CHECKING:
     import asyncio
@@ -27,60 +26,6 @@ if TYPE_CHECKING:
     from corral._services.events.durable import LogRecord
 
 __all__ = ["DeadLetter", "Event", "HandlerResult", "Subscription", "record_event"]
-
-
-class Event(msgspec.Struct, frozen=True, gc=False):
-    """One published event, shared read-only by every subscriber.
-
-    ``id`` is unique within the publishing bus (``origin`` names that bus);
-    ``offset`` is the position in the durable log for durable and global events.
-    """
-
-    id: int
-    topic: str
-    data: Any
-    source: str | None
-    timestamp: float
-    priority: int
-    propagation: str
-    origin: str
-    offset: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The event as JSON data (what a sandboxed subscriber receives)."""
-        return {
-            "id": self.id,
-            "topic": self.topic,
-            "data": self.data,
-            "source": self.source,
-            "timestamp": self.timestamp,
-            "priority": self.priority,
-            "propagation": self.propagation,
-            "origin": self.origin,
-            "offset": self.offset,
-        }
-
-
-@final
-class HandlerResult(msgspec.Struct, frozen=True):
-    """What one subscriber returned for an event, attributed to its plugin."""
-
-    plugin_id: str | None
-    subscription_id: int
-    value: Any = None
-    error: str | None = None
-
-
-@final
-class DeadLetter(msgspec.Struct, frozen=True):
-    """An event that could not be delivered to one subscriber, and why."""
-
-    subscription_id: int
-    subscriber: str | None
-    pattern: str
-    reason: str
-    event: Event
-    at: float
 
 
 @final
