@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from corral._disk.files import exclusive
-from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME
+from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME, default_home
 from corral._errors import (
     CorralError,
     InvalidPluginError,
@@ -52,21 +52,12 @@ if TYPE_CHECKING:
     from corral._services.secrets import SecretStore
     from corral._services.state import StateStore
 
-__all__ = ["Host", "default_home"]
+__all__ = ["Host"]
 
 T = TypeVar("T")
 
 HOOKS: Final = ("on_load", "on_enable", "on_disable", "on_unload", "on_error")
 _METRICS_MAX: Final = 100_000
-
-
-def default_home() -> Path:
-    """``$CORRAL_HOME``, else ``$XDG_DATA_HOME/corral``, else ``~/.local/share/corral``."""
-    env = os.environ.get("CORRAL_HOME")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return Path(xdg or Path.home() / ".local" / "share") / "corral"
 
 
 @final
@@ -424,8 +415,8 @@ class Host:
         Returns the manifest, the directory, the source kind and whether the
         directory is a temporary copy owned by this registration.
         """
+        from corral._disk.targets import check_targets
         from corral._model.manifest import load_manifest
-        from corral._runtime.loader import check_targets
 
         source = source.expanduser().absolute()
         plugins = self.home / "plugins"
@@ -789,7 +780,8 @@ class Host:
     def _import_in_process(self, active: _Active, plugin_dir: Path) -> None:
         import inspect
 
-        from corral._runtime.loader import ModuleScope, check_targets, targets_of
+        from corral._disk.targets import check_targets, targets_of
+        from corral._runtime.loader import ModuleScope
 
         manifest = active.manifest
         check_targets(plugin_dir, manifest)

@@ -39,7 +39,7 @@ def _dump(doc: Any) -> None:
 def _home(args: argparse.Namespace) -> Path:
     if getattr(args, "home", None):
         return Path(args.home).expanduser().absolute()
-    from corral._host import default_home
+    from corral._disk.layout import default_home
 
     return default_home().absolute()
 

@@ -46,8 +46,8 @@ def _installer(args: argparse.Namespace) -> Iterator[Installer]:
     """The installer of ``--home`` with the source of ``--source`` or ``$CORRAL_REGISTRY``."""
     from pathlib import Path
 
+    from corral._disk.layout import default_home
     from corral._distribution.installer import Installer, open_source
-    from corral._host import default_home
 
     home = default_home() if args.home is None else Path(args.home)
     # without either, ``update`` uses the source recorded in corral.lock

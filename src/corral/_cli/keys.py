@@ -26,7 +26,7 @@ __all__ = ["add_verbs"]
 def _home(args: argparse.Namespace) -> Path:
     if args.home:
         return Path(args.home).expanduser().absolute()
-    from corral._host import default_home
+    from corral._disk.layout import default_home
 
     return default_home().absolute()
 

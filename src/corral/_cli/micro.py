@@ -55,7 +55,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def _rollout_store(args: argparse.Namespace) -> Any:
-    from corral._host import default_home
+    from corral._disk.layout import default_home
     from corral._services.micro.rollout import ROLLOUTS_DB, RolloutStore
 
     home = Path(args.home).expanduser() if args.home else default_home()

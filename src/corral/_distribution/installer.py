@@ -218,7 +218,7 @@ def open_source(location: str, home: Path | None = None) -> Source:
                 "(not available in this build); use --source DIR", source=location,
             ) from None
         if home is None:
-            from corral._host import default_home
+            from corral._disk.layout import default_home
 
             home = default_home()
         src: Source = RegistrySource(location, Path(home))

@@ -473,7 +473,7 @@ def _targets(manifest: Manifest) -> Iterator[tuple[str, str]]:
 
 def find_definition(plugin_dir: Path, target: str) -> tuple[str, ast.AST | None] | None:
     """``(relative file, top-level node defining the target)``; ``None``: no module file."""
-    from corral._runtime.loader import module_file
+    from corral._disk.targets import module_file
 
     module, _, attr = target.partition(":")
     path = module_file(plugin_dir, module)

@@ -39,7 +39,7 @@ from corral._errors import (
     UsageError,
 )
 from corral._model.manifest import Manifest, load_manifest
-from corral._pdk.validate import validate_plugin
+from corral._pdk.checks import validate_plugin
 from corral._version import __version__
 
 from . import _accounts, _db, _keys

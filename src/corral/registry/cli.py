@@ -166,7 +166,7 @@ def _tuf_main(args: argparse.Namespace) -> int:
         home = args.home or os.environ.get("CORRAL_HOME") or (
             str(Path(args.data).parent) if args.data else None)
         if home is None:
-            from corral._host import default_home
+            from corral._disk.layout import default_home
 
             home = str(default_home())
         try:
@@ -347,8 +347,8 @@ def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
     """
     import tempfile
 
-    from corral._cli.pack import pack_plugin
     from corral._errors import InvalidPluginError
+    from corral._pdk.pack import pack_plugin
 
     with tempfile.TemporaryDirectory(prefix="corral-publish-") as tmp:
         try:
