@@ -17,7 +17,7 @@ import pytest
 import corral
 from corral import Host, PluginError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
 IDS = ("corral.workspace", "corral.git", "corral.updater")
 

@@ -1,0 +1,1 @@
+"""Tests of the corral command line as a user runs it."""

@@ -1,0 +1,1 @@
+"""Tests of corral._disk: archives, trees and file primitives."""

@@ -1,0 +1,1 @@
+"""Tests of corral._distribution: signing, trust, resolution, installs."""

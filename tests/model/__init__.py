@@ -1,0 +1,1 @@
+"""Tests of corral._model: manifests, dependencies, lifecycle, schema."""

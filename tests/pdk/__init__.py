@@ -1,0 +1,1 @@
+"""Tests of corral._pdk: validate, lint, new, pack, docs and corral.testing."""

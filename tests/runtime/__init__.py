@@ -1,0 +1,1 @@
+"""Tests of the host and corral._runtime: registration, persistence, discovery."""

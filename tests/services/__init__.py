@@ -1,0 +1,1 @@
+"""Tests of corral._services: events, state, secrets, config, micro-plugins."""
