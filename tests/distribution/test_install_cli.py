@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from corral_conftest import CliResult, module_name
-from test_installer import publish, versioned
+
+from distribution.test_installer import publish, versioned
 
 Run = Callable[..., CliResult]
 
