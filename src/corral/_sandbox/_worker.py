@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 import msgspec
 
 from corral._errors import CorralError, PluginError, UsageError
+from corral._loader import source_only
 from corral._subscriptions import Event, HandlerResult
 
 from . import _namespaces, _reaper
@@ -1012,6 +1013,7 @@ def _confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | Non
     tempfile.tempdir = init.tmp_dir
     sys.path[:] = [init.plugin_dir, *(p for p in sys.path if p and p != init.plugin_dir)]
     sys.dont_write_bytecode = True
+    source_only(init.plugin_dir)  # the plugin's own byte code never runs
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     signal.signal(signal.SIGPROF, _on_sigxcpu)
     _apply_rlimits(init)
