@@ -758,6 +758,8 @@ class Host:
 
     def _persist(self, plugin_id: str, state: State, error: dict[str, Any] | None = None) -> None:
         if state in DURABLE_STATES:
+            if error is not None:  # a plugin's message or traceback may quote a secret
+                error = self._services.redactor.redact_doc(error)
             self._store.set_state(plugin_id, state.value, error)
 
     def _load_one(self, plugin_id: str, manifest: Manifest) -> None:
@@ -775,6 +777,9 @@ class Host:
                             permissions=manifest.permissions)
         active = _Active(manifest, ctx)
         self._active[plugin_id] = active
+        from ._secrets import watch_plugin_log  # brings logging: not for `corral list`
+
+        watch_plugin_log(plugin_id, self._services.redactor)
         try:
             if manifest.sandbox.isolation == "none":
                 self._import_in_process(active, plugin_dir)

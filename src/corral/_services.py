@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._durable import DurableLog
     from ._messages import Messenger
     from ._permissions import Permissions
-    from ._secrets import SecretStore
+    from ._secrets import SecretRedactor, SecretStore
     from ._state import StateStore
 
 __all__ = ["Services"]
@@ -38,6 +38,7 @@ class Services:
         self._shared_state: StateStore | None = None
         self._messenger: Messenger | None = None
         self._secrets: SecretStore | None = None
+        self._redactor: SecretRedactor | None = None
         self._config_manager: ConfigManager | None = None
         self._config_watcher: ConfigWatcher | None = None
 
@@ -85,6 +86,17 @@ class Services:
 
                 self._messenger = Messenger(status=self._status_of)
             return self._messenger
+
+    @property
+    def redactor(self) -> SecretRedactor:
+        """Scrubs the home's secret values from plugin text the host prints or stores."""
+        store = self.secrets
+        with self._lock:
+            if self._redactor is None:
+                from ._secrets import SecretRedactor
+
+                self._redactor = SecretRedactor(store)
+            return self._redactor
 
     @property
     def secrets(self) -> SecretStore:
