@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .._text import neutralise
 from ._output import dump, table
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         dump(doc)
         return code
     for x in doc["skipped"]:
-        print(f"skipped: {x['id']} {x['version']} failed before ({x['reason']}); "
+        print(f"skipped: {x['id']} {x['version']} failed before "
+              f"({neutralise(x['reason'], one_line=True)}); "
               "run with --retry-failed to try it again", file=sys.stderr)
     if not doc["available"]:
         print("everything is up to date")
@@ -167,7 +169,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         if parts:
             print("       " + ", ".join(parts))
         if g.get("failed") is not None:
-            print(f"       FAILED: {g['failed']}")
+            print(f"       FAILED: {neutralise(g['failed'], one_line=True)}")
     return 0
 
 

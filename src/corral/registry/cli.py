@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from corral._errors import CorralError, UsageError
+from corral._text import neutralise
 
 __all__ = ["client_main", "registry_main"]
 
@@ -42,7 +43,7 @@ def _run(fn: Callable[[], int], as_json: bool) -> int:
         if as_json:
             _dump({"error": exc.to_dict()})
         else:
-            print(f"corral: error: {exc.message}", file=sys.stderr)
+            print(f"corral: error: {neutralise(exc.message, 'registry')}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -51,7 +52,7 @@ def _run(fn: Callable[[], int], as_json: bool) -> int:
         if as_json:
             _dump({"error": {"code": "error", "message": message}})
         else:
-            print(f"corral: error: {message}", file=sys.stderr)
+            print(f"corral: error: {neutralise(message, 'registry')}", file=sys.stderr)
         return 1
 
 
@@ -329,9 +330,10 @@ def _print_results(doc: dict[str, Any]) -> None:
     if not results:
         print("no plugins found")
         return
-    rows = [[r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
-             ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70]]
-            for r in results]
+    rows = [[neutralise(c, one_line=True) for c in (
+                r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
+                ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70])]
+            for r in results]  # what a registry says is as hostile as what a plugin says
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  " + row[3])
@@ -359,8 +361,8 @@ def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
                 for error in exc.details.get("errors") or []:
                     where = error.get("file") or "corral.toml"
                     line = f":{error['line']}" if error.get("line") else ""
-                    print(f"{where}{line}: {error.get('rule', 'error')}: {error['message']}",
-                          file=sys.stderr)
+                    text = f"{where}{line}: {error.get('rule', 'error')}: {error['message']}"
+                    print(neutralise(text, args.archive.name), file=sys.stderr)
             raise
         published: dict[str, Any] = reg.publish(Path(packed["path"]))
     signature = {"state": "signed" if packed["signed"] else "unsigned",
@@ -384,7 +386,7 @@ def _print_published(doc: dict[str, Any]) -> None:
     if doc.get("archive"):
         print(f"  archive kept at {doc['archive']}")
     for w in [*doc.get("validation_warnings", []), *doc.get("warnings", [])]:
-        print(f"  warning: {w.get('message', w)}", file=sys.stderr)
+        print(f"  warning: {neutralise(w.get('message', w), 'registry')}", file=sys.stderr)
 
 
 def client_main(verb: str, argv: Sequence[str]) -> int:
@@ -415,14 +417,17 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
             elif verb == "show":
                 doc = reg.show(args.id)
                 if not args.json:
-                    print(f"{doc['id']} {doc.get('version') or '(all yanked)'} — {doc['name']}")
-                    print(f"  {doc.get('summary', '')}")
-                    print(f"  publisher {doc['publisher']}"
+                    one = {k: neutralise(doc.get(k) or "", one_line=True)
+                           for k in ("id", "version", "name", "summary", "publisher")}
+                    print(f"{one['id']} {one['version'] or '(all yanked)'} — {one['name']}")
+                    print(f"  {one['summary']}")
+                    print(f"  publisher {one['publisher']}"
                           f"{' (verified)' if doc.get('verified') else ''}, "
                           f"{doc['downloads']:,} downloads, rating {doc['rating']}")
                     for v in doc["versions"]:
                         flag = " yanked" if v["yanked"] else ""
-                        print(f"  {v['version']}{flag}  {v['sha256'] or '(no archive)'}")
+                        print(neutralise(f"  {v['version']}{flag}  {v['sha256'] or '(no archive)'}",
+                                         one_line=True))
                     return 0
             elif verb == "publish":
                 if not token:
