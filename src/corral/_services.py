@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, final
 
+from ._budgets import Budgets, RateLimitedLog
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
@@ -41,6 +43,8 @@ class Services:
         self._redactor: SecretRedactor | None = None
         self._config_manager: ConfigManager | None = None
         self._config_watcher: ConfigWatcher | None = None
+        #: Every active plugin's budgets, which the stores below consult.
+        self.budgets = Budgets()
 
     @property
     def bus(self) -> EventBus:
@@ -53,8 +57,9 @@ class Services:
                 from ._durable import DurableLog
 
                 log = logging.getLogger("corral.events")
+                dead_log = RateLimitedLog(log)  # a flood of dead letters must not flood stderr
                 bus = EventBus(
-                    on_dead_letter=lambda d: log.warning(
+                    on_dead_letter=lambda d: dead_log.warning(
                         "event %s on %s not delivered to %s: %s",
                         d.event.id,
                         d.event.topic,
@@ -63,6 +68,8 @@ class Services:
                     )
                 )
                 self._event_log = DurableLog(self.home / "events.db")
+                self._event_log.budgets = self.budgets
+                bus.budgets = self.budgets
                 bus.attach_log(self._event_log)
                 self._bus = bus
             return self._bus
@@ -75,6 +82,7 @@ class Services:
                 from ._state import StateStore
 
                 self._shared_state = StateStore(self.home / "state.db")
+                self._shared_state.budgets = self.budgets
             return self._shared_state
 
     @property
@@ -149,6 +157,12 @@ class Services:
         )
         with self._lock:
             self._config_watcher = watcher
+
+    def events_usage(self, plugin_id: str) -> int:
+        """Bytes of ``plugin_id``'s events kept in the durable log (``events-mb``)."""
+        self.bus  # noqa: B018 - opens the durable log
+        assert self._event_log is not None
+        return self._event_log.usage(plugin_id)
 
     def stop(self, plugin_id: str) -> None:
         """A plugin stopped: end its subscriptions, watches and mailbox."""
