@@ -44,9 +44,10 @@ from corral._version import __version__
 
 from . import _accounts, _db, _keys
 from ._accounts import Principal
+from ._counts import DownloadCounter
 from ._errors import UploadTooLarge, VersionExists
-from ._names import normalise_name, skeleton, words
-from ._search import NameIndex, SearchParams, search
+from ._names import control_char_error, normalise_name, skeleton, words
+from ._search import NameIndex, SearchParams, refold_skeletons, search
 from ._store import ArtifactStore, FilesystemStore
 
 __all__ = [
@@ -135,6 +136,8 @@ class Registry:
         self.tmp_dir = tmp_dir
         self.max_upload_bytes = max_upload_bytes
         self.names = NameIndex()
+        #: Download counts, written in batches off the request path.
+        self.downloads = DownloadCounter(engine)
         #: The data directory (``Registry.open``); TUF metadata lives in ``tuf/`` under it.
         self.data_dir: Path | None = None
         _db.migrate(engine)
@@ -167,7 +170,8 @@ class Registry:
         return reg
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending download counts and release database connections."""
+        self.downloads.close()
         self.engine.dispose()
 
     def __enter__(self) -> Registry:
@@ -259,7 +263,15 @@ class Registry:
     # -- reading ------------------------------------------------------------
 
     def warm(self) -> None:
-        """Load the name index now rather than on the first search (a few seconds at 100k)."""
+        """Load the name index now rather than on the first search (a few seconds at 100k).
+
+        Skeletons stored under an older folding rule are rewritten first.
+        """
+        with self.read() as conn:
+            stale = refold_skeletons(conn, write=False)
+        if stale:
+            with self.write() as conn:
+                refold_skeletons(conn)
         with self.read() as conn:
             self.names.refresh(conn)
 
@@ -310,6 +322,12 @@ class Registry:
             "manifest": manifest,
         }
 
+    def _counted(self, row: Any) -> dict[str, Any]:
+        """:meth:`_version_dict` with the downloads not yet written added in."""
+        out = self._version_dict(row)
+        out["downloads"] += self.downloads.pending_version(row.pk)
+        return out
+
     def _versions(self, conn: Connection, plugin_pk: int) -> list[Any]:
         rows = conn.execute(
             sa.select(_db.versions, _keys.publisher_verified_column())
@@ -334,14 +352,14 @@ class Registry:
             "verified": bool(row.verified),
             "version": row.latest_version,
             "latest_version": row.latest_version,
-            "downloads": int(row.downloads),
+            "downloads": int(row.downloads) + self.downloads.pending_plugin(row.pk),
             "rating": round(float(row.rating), 2),
             "rating_count": int(row.rating_count),
             "confusable_with": row.confusable_with.split() if row.confusable_with else [],
             "source": row.source,
             "created": _iso(row.created_at),
             "updated": _iso(row.updated_at),
-            "versions": [self._version_dict(v) for v in vers],
+            "versions": [self._counted(v) for v in vers],
         }
 
     def version_info(self, plugin_id: str, version: str) -> dict[str, Any]:
@@ -350,7 +368,7 @@ class Registry:
             row = self._plugin_row(conn, plugin_id)
             for v in self._versions(conn, row.pk):
                 if _same_version(v.version, version):
-                    return {"id": row.id, **self._version_dict(v)}
+                    return {"id": row.id, **self._counted(v)}
         raise NotFoundError(f"{plugin_id} has no version {version!r}", plugin_id=plugin_id)
 
     def resolve(self, plugin_id: str, spec: str = "") -> dict[str, Any]:
@@ -383,8 +401,12 @@ class Registry:
         return {"id": row.id, **self._version_dict(chosen)}
 
     def download(self, plugin_id: str, version: str | None = None) -> Download:
-        """Find an artifact and count the download (latest non-yanked if no version)."""
-        with self.write() as conn:
+        """Find an artifact and count the download (latest non-yanked if no version).
+
+        A read: the count is buffered (:class:`~._counts.DownloadCounter`), so
+        downloads neither wait for the write lock nor fail on a full disk.
+        """
+        with self.read() as conn:
             row = self._plugin_row(conn, plugin_id)
             vers = self._versions(conn, row.pk)
             if version is None:
@@ -405,10 +427,7 @@ class Registry:
             if path is None:
                 raise NotFoundError(f"artifact of {row.id} {ver.version} is missing",
                                     plugin_id=row.id)
-            conn.execute(_db.versions.update().where(_db.versions.c.pk == ver.pk)
-                         .values(downloads=_db.versions.c.downloads + 1))
-            conn.execute(_db.plugins.update().where(_db.plugins.c.pk == row.pk)
-                         .values(downloads=_db.plugins.c.downloads + 1))
+        self.downloads.add(int(row.pk), int(ver.pk))
         return Download(row.id, ver.version, ver.sha256, int(ver.size), path)
 
     # -- writing ------------------------------------------------------------
@@ -437,6 +456,9 @@ class Registry:
         namespace = manifest.id.split(".", 1)[0]
         stored_new = False
         try:
+            # copy and fsync the blob before taking the write lock: the lock is held
+            # only for the rows (an unreferenced blob is removed again on failure)
+            stored_new = self.store.put_file(archive, digest)
             with self.write() as conn:
                 if conn.execute(sa.select(_db.namespaces.c.pk)
                                 .where(_db.namespaces.c.name == namespace)).first() is None:
@@ -467,7 +489,6 @@ class Registry:
                             )
                 confusable = self._confusables(conn, manifest.id, principal)
                 _keys.refuse_revoked_signer(conn, principal.publisher_pk, signer, manifest)
-                stored_new = self.store.put_file(archive, digest)
                 self._write_version(
                     conn, manifest, principal, digest, size, existing, confusable
                 )
@@ -512,6 +533,10 @@ class Registry:
                     errors=report["errors"],
                 )
             manifest = load_manifest(plugin_dir)
+            bad = control_char_error(manifest.to_dict(), "manifest", free_text=True)
+            if bad is not None:
+                raise InvalidPluginError(f"the archive's {bad[1]}", plugin_id=manifest.id,
+                                         field=bad[0])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         warnings = [w for w in report["warnings"] if not w["key"].startswith("dependencies.")]
@@ -540,12 +565,13 @@ class Registry:
         local = normalise_name(plugin_id.split(".", 1)[1])
         self.names.refresh(conn)
         local_skel = skeleton(local)
-        for pk in self.names.similar_names(local, limit=10):
+        for pk in self.names.similar_skeletons(local, limit=10):
             other = conn.execute(sa.select(p.c.id, p.c.norm_name).where(p.c.pk == pk)).first()
             if other is None or other.id == plugin_id or other.id in flagged:
                 continue
-            other_skel = skeleton(other.norm_name)
-            if len(local_skel) >= 5 and OSA.distance(local_skel, other_skel) <= 1:
+            # the same skeleton reads alike at any length; one edit apart only when long
+            distance = OSA.distance(local_skel, skeleton(other.norm_name))
+            if (distance == 0 and len(local_skel) >= 3) or (distance == 1 and len(local_skel) >= 5):
                 flagged.append(str(other.id))
         return flagged
 
