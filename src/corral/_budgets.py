@@ -36,6 +36,7 @@ __all__ = [
     "mib",
     "over_budget",
     "tree_bytes",
+    "usage_line",
     "wipe",
 ]
 
@@ -233,6 +234,17 @@ class RateLimitedLog:
             self.logger.warning("%d more like this were not logged in the last %.0f s",
                                 held, self.window)
         self.logger.warning(msg, *args)
+
+
+def usage_line(entry: Mapping[str, Any]) -> str:
+    """One budget of ``Host.budget_usage`` as text: ``1.2 MiB of 10.0 MiB (12 %)``."""
+    cap, used, unit = entry["cap"], entry.get("used"), entry["unit"]
+    if used is None:
+        return f"{entry['limit']} {'KiB per call' if unit == 'bytes per call' else unit}"
+    share = f" ({100 * used / cap:.0f} %)" if cap else ""
+    if unit == "bytes":
+        return f"{mib(used)} of {mib(cap)}{share}"
+    return f"{used} of {cap} {unit}{share}"
 
 
 def dir_usage(home: Path, plugin_id: str) -> dict[str, int]:

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from .._budgets import usage_line
 from .._text import neutralise
 from ._output import VerbAdder, dump, host_for, json_input, print_result, table
 
@@ -73,6 +74,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"({', '.join(f'{k} {v}' for k, v in metrics['outcomes'].items())}); "
             f"wall ms p50 {wall['p50']} p95 {wall['p95']} p99 {wall['p99']} max {wall['max']}"
         )
+    if info.get("budgets"):
+        print("  budgets")
+        for key, entry in info["budgets"].items():
+            print(f"    {key:13s}{usage_line(entry)}")
     if info.get("error"):
         print(f"  error        {neutralise(info['error'].get('message'), info['id'])}")
     return 0
