@@ -114,8 +114,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _show(args, change)
 
 
-def _perms(changes: dict[str, list[str]]) -> str:
-    return "; ".join(f"+{k}: {', '.join(v)}" for k, v in changes.items()) or "-"
+def _perms(changes: dict[str, list[str]], brings: list[str] | None = None) -> str:
+    parts = [f"+{k}: {', '.join(v)}" for k, v in changes.items()]
+    parts += [f"+new plugin: {', '.join(brings)}"] if brings else []
+    return "; ".join(parts) or "-"
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -140,7 +142,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         return 0
     held = {h["id"] for h in doc["held"]}
     rows = [
-        [a["id"], a["installed"] or "-", a["available"], _perms(a["permissions"]),
+        [a["id"], a["installed"] or "-", a["available"],
+         _perms(a["permissions"], a.get("new_dependencies")),
          "held" if a["id"] in held else ("available" if args.check else "applied")]
         for a in doc["available"]
     ]
