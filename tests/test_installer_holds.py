@@ -8,6 +8,7 @@ hosts and sandboxes, the real command line in-process (``corral._cli.main``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from test_installer import publish, rows
 from corral._cli import main
 from corral._errors import PolicyDenied
 from corral._installer import DirectorySource, Installer
+from corral._release import Release
 from corral._sandboxing import sandbox_problem
 
 
@@ -247,3 +249,39 @@ def test_update_never_switches_signing_key_without_the_flag(tmp_path: Path, home
     assert result.change is not None
     lock = json.loads((home / "corral.lock").read_text())
     assert lock["plugins"]["acme.k"]["signature"]["keyid"] == theirs.keyid
+
+
+class _Published:
+    """A folder source whose index also names the publishing account (as a registry does)."""
+
+    def __init__(self, folder: Path, publisher: str) -> None:
+        self.inner = DirectorySource(folder)
+        self.location = self.inner.location
+        self.publisher = publisher
+
+    def releases(self, plugin_id: str) -> list[Release]:
+        return [dataclasses.replace(r, publisher=self.publisher)
+                for r in self.inner.releases(plugin_id)]
+
+    def fetch(self, release: Release, dest_dir: Path, progress: Any = None) -> Path:
+        return self.inner.fetch(release, dest_dir, progress)
+
+
+def test_update_never_switches_publisher_without_the_flag(tmp_path: Path, home: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.m", "1.0.0")
+    Installer(home, _Published(repo, "acme-corp"), allow_unsigned=True).install(["acme.m"])
+    lock = json.loads((home / "corral.lock").read_text())
+    assert lock["plugins"]["acme.m"]["publisher"] == "acme-corp"
+    publish(tmp_path, repo, "acme.m", "1.1.0")
+    assert Installer(home, _Published(repo, "acme-corp"), allow_unsigned=True).update().change
+    publish(tmp_path, repo, "acme.m", "1.2.0")
+    squatter = Installer(home, _Published(repo, "squatter"), allow_unsigned=True)
+    with pytest.raises(PolicyDenied, match=r"it was published by acme-corp, version 1\.2\.0 "
+                       r"by squatter") as info:
+        squatter.update()
+    assert info.value.details["offered_publisher"] == "squatter"
+    assert rows(home)["acme.m"][0] == "1.1.0"
+    assert squatter.update(allow_source_change=True).change is not None
+    lock = json.loads((home / "corral.lock").read_text())
+    assert lock["plugins"]["acme.m"]["publisher"] == "squatter"

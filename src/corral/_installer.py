@@ -673,8 +673,12 @@ class Installer:
             was, now = str(prev.get("source") or ""), str(e.get("source") or "")
             was_sig, now_sig = prev.get("signature") or {}, e.get("signature") or {}
             was_key, now_key = was_sig.get("keyid"), now_sig.get("keyid")
+            was_pub, now_pub = prev.get("publisher"), e.get("publisher")
             if was and not _same_location(was, now):
                 problem = f"it was installed from {was}, version {e['version']} comes from {now}"
+            elif was_pub and now_pub != was_pub:
+                problem = (f"it was published by {was_pub}, version {e['version']} by "
+                           f"{now_pub or 'an unknown publisher'}")
             elif was_key and now_key != was_key:
                 signed = (f"by key {now_key} ({now_sig.get('signer')})" if now_key
                           else "by no key (unsigned)")
@@ -687,7 +691,8 @@ class Installer:
                 "plugin to another source or signing key on its own (a same-named plugin "
                 "elsewhere may be an impostor); run again with --allow-source-change if you "
                 "mean it", plugin_id=pid, installed_source=was, offered_source=now,
-                installed_keyid=was_key, offered_keyid=now_key)
+                installed_keyid=was_key, offered_keyid=now_key, installed_publisher=was_pub,
+                offered_publisher=now_pub)
 
     def _from_lock(self, path: Path, created: list[Path]) -> dict[str, dict[str, Any]]:
         lock = read_lock(path)
@@ -764,6 +769,9 @@ class Installer:
                 "requested": pid in specs,
                 "spec": specs.get(pid, ""),
             }
+            publisher = prev.get("publisher") if same else rel.publisher
+            if publisher:  # the registry account that published it, when the source says
+                out[pid]["publisher"] = publisher
         return out
 
     def _stored(self, rel: Release) -> bool:
