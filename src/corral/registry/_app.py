@@ -593,10 +593,15 @@ def open_server(registry: Registry, host: str = "127.0.0.1", port: int = 0) -> I
 
 
 def app_from_env() -> FastAPI:
-    """An app over ``$CORRAL_REGISTRY_DATA`` / ``$CORRAL_REGISTRY_DB`` (uvicorn workers)."""
+    """An app over ``$CORRAL_REGISTRY_DATA`` / ``$CORRAL_REGISTRY_DB`` (uvicorn workers).
+
+    ``$CORRAL_REGISTRY_MAX_UPLOAD`` (bytes) carries ``serve --max-upload-mb`` to them.
+    """
     data = os.environ.get("CORRAL_REGISTRY_DATA") or None
     db = os.environ.get("CORRAL_REGISTRY_DB") or None
-    registry = Registry.open(data, db)
+    cap = os.environ.get("CORRAL_REGISTRY_MAX_UPLOAD", "")
+    registry = Registry.open(
+        data, db, **({"max_upload_bytes": int(cap)} if cap.isdigit() else {}))
     registry.claim()  # the parent ``serve`` did the start-up repair
     registry.start_housekeeping()
     return create_app(registry)

@@ -76,8 +76,9 @@ def _registry_parser() -> _Parser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8470)
     sp.add_argument("--max-upload-mb", type=int, default=50)
-    sp.add_argument("--workers", type=int, default=1,
-                    help="server processes (PostgreSQL or SQLite; all share the database)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="server processes, all sharing the database "
+                         "(default: one per CPU core)")
     sp = sub.add_parser("seed", help="load a catalogue TSV")
     _storage_args(sp)
     sp.add_argument("--catalogue", required=True, type=Path)
@@ -194,16 +195,19 @@ def _serve(args: argparse.Namespace) -> int:
     registry = _open(args)
     print(f"corral registry on http://{args.host}:{args.port} "
           f"({registry.engine.dialect.name})", file=sys.stderr)
-    if args.workers > 1:
+    workers = args.workers or os.cpu_count() or 1
+    if workers > 1:
         os.environ["CORRAL_REGISTRY_DATA"] = str(Path(args.data).absolute()) if args.data else ""
+        os.environ["CORRAL_REGISTRY_MAX_UPLOAD"] = str(registry.max_upload_bytes)
         if args.db:
             os.environ["CORRAL_REGISTRY_DB"] = args.db
         registry.close()
         uvicorn.run("corral.registry._app:app_from_env", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, log_level="warning",
+                    port=args.port, workers=workers, log_level="warning",
                     http="corral.registry._app:NoDelayH11Protocol")
         return 0
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning",
+                http="corral.registry._app:NoDelayH11Protocol")
     return 0
 
 
