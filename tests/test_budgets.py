@@ -193,6 +193,25 @@ def test_data_total_over_disk_mb_fails_the_call_then_refuses_calls(
 
 
 @needs_limited
+def test_many_fast_small_writes_are_caught_at_the_call_that_crosses(
+    tmp_path: Path, home: Path, make_host: Callable[[], Host]
+) -> None:
+    h = enabled(make_host, hostile(tmp_path, "evil.drip", "limited", **{"disk-mb": 3}))
+    h.call("evil.drip", "noop", 0)  # warm: the next calls are fast
+    crossed = None
+    for i in range(20):
+        try:
+            h.call("evil.drip", "fill", {"dir": "data", "count": 1, "mb": 1, "name": f"d{i}-"})
+        except ResourceLimitExceeded as exc:
+            crossed = (i, exc.details["limit"])
+            break
+    assert crossed is not None
+    assert crossed[0] <= 3, crossed  # never more than one call's write past the budget
+    assert crossed[1] == "disk-mb"
+    assert tree_bytes(home / "data" / "evil.drip") <= 4.1 * MIB
+
+
+@needs_limited
 def test_an_honest_plugin_under_its_budgets_writes_and_reads(
     tmp_path: Path, home: Path, make_host: Callable[[], Host]
 ) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -31,6 +32,7 @@ __all__ = [
     "Budgets",
     "ByteBudget",
     "DirBudget",
+    "DirWatch",
     "RateLimitedLog",
     "dir_usage",
     "mib",
@@ -45,10 +47,18 @@ MIB: Final = 1024 * 1024
 DIR_BUDGETS: Final = (("disk-mb", "data"), ("tmp-mb", "tmp"), ("cache-mb", "cache"))
 #: Every directory entry counts at least this much, so a flood of empty files is not free.
 ENTRY_BYTES: Final = 512
-#: A call that took this long is followed by a measure of the plugin's directories.
+#: Without inotify, a call that took this long is followed by a measure of its directories,
 SLOW_CALL_S: Final = 0.005
-#: Otherwise the directories are measured after a call at most this often.
+#: and otherwise they are measured after a call at most this often.
 CHECK_EVERY_S: Final = 0.25
+# inotify(7): what makes a directory worth measuring again.
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
+_IN_Q_OVERFLOW, _IN_IGNORED = 0x4000, 0x8000
+_IN_MASK: Final = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO
+                   | _IN_CREATE | _IN_DELETE)
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_EVENT_SIZE: Final = 16  # struct inotify_event without its name: int wd; u32 mask, cookie, len
 
 
 def mib(n: float) -> str:
@@ -69,18 +79,22 @@ def over_budget(plugin_id: str | None, key: str, what: str, used: int, cap: int,
     )
 
 
-def tree_bytes(path: str | os.PathLike[str]) -> int:
+def tree_bytes(path: str | os.PathLike[str], on_dir: Callable[[str], None] | None = None) -> int:
     """Bytes under ``path``: the larger of size and allocated blocks, per entry, links not followed.
 
     At least :data:`ENTRY_BYTES` per entry.  A missing ``path`` holds 0.
+    ``on_dir`` is called with ``path`` and every directory below it.
     """
     total = 0
     stack = [os.fspath(path)]
     while stack:
+        top = stack.pop()
         try:
-            it = os.scandir(stack.pop())
+            it = os.scandir(top)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
+        if on_dir is not None:
+            on_dir(top)
         with it:
             for entry in it:
                 try:
@@ -111,33 +125,106 @@ def wipe(path: str | os.PathLike[str]) -> None:
 
 
 @final
+class DirWatch:
+    """One inotify instance per host: whose directories changed since it was last asked.
+
+    Asking costs one ``read`` that finds nothing when nothing was written, so a
+    warm call pays no measure unless the plugin really wrote something.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[int, DirBudget] = {}
+        self._lock = threading.Lock()
+        self._libc: Any = None
+        import ctypes  # only a host that loads a plugin needs it, not `corral list`
+
+        try:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self.fd: int = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        except (OSError, AttributeError):
+            self.fd = -1
+
+    def add(self, path: str, owner: DirBudget) -> bool:
+        """Watch directory ``path`` for ``owner``; False if inotify cannot (no instance or room)."""
+        with self._lock:
+            if self.fd < 0:
+                return False
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MASK)
+            if wd < 0:
+                return False
+            self._owners[wd] = owner
+            return True
+
+    def poll(self) -> None:
+        """Mark the owners of every directory that changed as ``dirty``."""
+        with self._lock:
+            while True:
+                try:
+                    buf = os.read(self.fd, 65536)
+                except (BlockingIOError, OSError):
+                    return
+                offset = 0
+                while offset + _EVENT_SIZE <= len(buf):
+                    wd = int.from_bytes(buf[offset:offset + 4], sys.byteorder, signed=True)
+                    mask = int.from_bytes(buf[offset + 4:offset + 8], sys.byteorder)
+                    length = int.from_bytes(buf[offset + 12:offset + 16], sys.byteorder)
+                    offset += _EVENT_SIZE + length
+                    if mask & _IN_Q_OVERFLOW:
+                        for each in self._owners.values():
+                            each.dirty = True
+                    owner = self._owners.get(wd)
+                    if owner is not None:
+                        owner.dirty = True
+                    if mask & _IN_IGNORED:
+                        self._owners.pop(wd, None)
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+@final
 class DirBudget:
     """Host-side check of one plugin's ``{data}``, ``{tmp}`` and ``{cache}`` totals.
 
-    Measured after a slow call, or at most every :data:`CHECK_EVERY_S` otherwise;
+    Measured after a call that changed one of them (inotify says which), or, where
+    inotify cannot watch, after a slow call or at most every :data:`CHECK_EVERY_S`;
     once over, every call is refused (measuring again first) until it is back under.
     """
 
-    __slots__ = ("caps", "next_check", "over", "paths", "plugin_id")
+    __slots__ = ("caps", "dirty", "next_check", "over", "paths", "plugin_id", "watch")
 
-    def __init__(self, plugin_id: str, paths: Mapping[str, str], sandbox: Sandbox) -> None:
+    def __init__(self, plugin_id: str, paths: Mapping[str, str], sandbox: Sandbox,
+                 watch: DirWatch | None = None) -> None:
         self.plugin_id = plugin_id
         self.paths = {key: paths[name] for key, name in DIR_BUDGETS}
         self.caps = {key: sandbox.limit(key) * MIB for key, _ in DIR_BUDGETS}
         self.next_check = 0.0
         self.over = False
+        self.watch = watch
+        #: Something may have changed since the last measure (always, until watched).
+        self.dirty = True
 
     def usage(self) -> dict[str, int]:
         """Bytes under each directory, by budget key."""
         return {key: tree_bytes(path) for key, path in self.paths.items()}
 
+    def _watch_dir(self, path: str) -> None:
+        if self.watch is not None and not self.watch.add(path, self):
+            self.watch = None  # out of inotify watches: measure by the clock instead
+
     def check(self) -> None:
         """Measure; raise :class:`ResourceLimitExceeded` for the first directory over its cap."""
         self.next_check = time.monotonic() + CHECK_EVERY_S
+        self.dirty = False  # before the walk: a change during it marks it again
+        on_dir = self._watch_dir if self.watch is not None else None
         for key, name in DIR_BUDGETS:
-            used = tree_bytes(self.paths[key])
+            used = tree_bytes(self.paths[key], on_dir)
             if used > self.caps[key]:
-                self.over = True
+                self.over = self.dirty = True
                 raise over_budget(self.plugin_id, key, f"{{{name}}}", used, self.caps[key])
         self.over = False
 
@@ -147,8 +234,13 @@ class DirBudget:
             self.check()
 
     def after_call(self, elapsed: float) -> None:
-        """Measure after a call of ``elapsed`` seconds if it was slow or the last measure is old."""
-        if self.over or elapsed >= SLOW_CALL_S or time.monotonic() >= self.next_check:
+        """Measure after a call of ``elapsed`` seconds if its directories may have changed."""
+        watch = self.watch
+        if watch is not None:
+            watch.poll()
+            if self.dirty:
+                self.check()
+        elif self.over or elapsed >= SLOW_CALL_S or time.monotonic() >= self.next_check:
             self.check()
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-from ._budgets import CHECK_EVERY_S, DirBudget, dir_usage, wipe
+from ._budgets import CHECK_EVERY_S, DirBudget, DirWatch, dir_usage, wipe
 from ._context import PluginContext, plugin_paths
 from ._deps import (
     check_dependencies,
@@ -77,11 +77,11 @@ class _Active:
 
     __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "scope", "spec", "state")
 
-    def __init__(self, manifest: Manifest, ctx: PluginContext) -> None:
+    def __init__(self, manifest: Manifest, ctx: PluginContext, watch: DirWatch | None) -> None:
         self.manifest = manifest
         self.ctx = ctx
         #: The host-side check of its {data}, {tmp} and {cache} totals.
-        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox)
+        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox, watch)
         self.state = State.REGISTERED
         self.scope: ModuleScope | None = None
         self.entry: Any = None
@@ -143,6 +143,7 @@ class Host:
         self._services = Services(self.home, status_of=self._status_of)
         self._budget_thread: threading.Thread | None = None
         self._budget_stop = threading.Event()
+        self._dir_watcher: DirWatch | None = None
 
     # -- context management -------------------------------------------------
 
@@ -166,6 +167,8 @@ class Host:
         self._budget_stop.set()
         if self._budget_thread is not None:
             self._budget_thread.join(timeout=5)
+        if self._dir_watcher is not None:
+            self._dir_watcher.close()
         if self._micro_mgr is not None:
             self._micro_mgr.close()
         with contextlib.suppress(Exception):
@@ -816,7 +819,7 @@ class Host:
         )
         ctx = PluginContext(plugin_id, paths, config, host=self,
                             permissions=manifest.permissions)
-        active = _Active(manifest, ctx)
+        active = _Active(manifest, ctx, self._dir_watch())
         self._active[plugin_id] = active
         self._services.budgets.set(plugin_id, manifest.sandbox)
         from ._secrets import watch_plugin_log  # brings logging: not for `corral list`
@@ -940,13 +943,20 @@ class Host:
             )
             self._budget_thread.start()
 
+    def _dir_watch(self) -> DirWatch:
+        """The inotify instance that tells which plugins' directories changed (made once)."""
+        with self._rlock:
+            if self._dir_watcher is None:
+                self._dir_watcher = DirWatch()
+            return self._dir_watcher
+
     def _budget_loop(self) -> None:
         while not self._budget_stop.wait(CHECK_EVERY_S):
             for pid, active in list(self._active.items()):
                 if active.state is not State.ENABLED or active.manifest.sandbox.isolation != "none":
                     continue
                 try:
-                    active.budget.check()
+                    active.budget.after_call(0.0)
                 except ResourceLimitExceeded:
                     self._fast.pop(pid, None)
 
