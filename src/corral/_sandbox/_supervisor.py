@@ -71,6 +71,7 @@ from ._rpc import (
     Spawned,
     WorkerInit,
     WorkerMessage,
+    decode_result,
     decode_worker,
     encode,
     error_from_info,
@@ -664,10 +665,7 @@ class Supervisor:
                             limit="result-size",
                             measured=size,
                         )
-                    try:
-                        return msgspec.json.decode(msg.value)
-                    except msgspec.MsgspecError as exc:
-                        raise ProtocolError(f"result is not JSON: {exc}") from None
+                    return decode_result(msg.value)
                 if isinstance(msg, Failure):
                     err = error_from_info(_vetted(msg.error, host_errors), pid)
                     if isinstance(err, ResourceLimitExceeded | PluginTimeout | WorkerCrashed):
