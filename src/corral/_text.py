@@ -10,6 +10,7 @@ text under a prefix naming its source.  Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -17,12 +18,16 @@ __all__ = ["UNSAFE", "neutralise"]
 
 #: C0 controls but tab and newline, DEL, C1 controls, the Arabic letter mark,
 #: LRM/RLM, the line and paragraph separators, bidi embeddings, overrides and
-#: isolates, and lone surrogates (which a terminal cannot even encode).
-UNSAFE: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-    "\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_ONE_LINE: Final = re.compile(UNSAFE.pattern[:-1] + "\t\n]")
+#: isolates, and lone surrogates (which a terminal cannot even encode); as a
+#: regular expression.  None of them is printable by :meth:`str.isprintable`.
+UNSAFE: Final = ("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                 "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+@functools.cache
+def _pattern(one_line: bool) -> re.Pattern[str]:
+    """Compiled on first need: most text is printable and never needs it."""
+    return re.compile(UNSAFE[:-1] + "\t\n]" if one_line else UNSAFE)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -41,7 +46,9 @@ def neutralise(text: object, source: str | None = None, *, one_line: bool = Fals
     also valid inside a JSON string, so JSON output stays exact.
     """
     s = text if isinstance(text, str) else str(text)
-    s = (_ONE_LINE if one_line else UNSAFE).sub(_escape, s)
+    if not (s.isprintable() or (not one_line and s.replace("\n", "").replace("\t", "")
+                                                .isprintable())):
+        s = _pattern(one_line).sub(_escape, s)
     if source is not None and not one_line and "\n" in s:
         s = s.replace("\n", f"\n  {neutralise(source, one_line=True)}| ")
     return s
