@@ -390,3 +390,63 @@ def test_the_host_redacts_its_plugin_loggers(
         close_quietly(host)
     assert "token=***" in no_secret_leak_in_host_logs
     assert not any(SECRET in m for m in no_secret_leak_in_host_logs)
+
+
+# -- a hostile registry -------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile_registry() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering search and show with hostile text."""
+    import http.server
+    import threading
+
+    entry = {"id": "acme.evil", "name": f"Evil{HOSTILE}", "version": "1.0.0",
+             "summary": HOSTILE, "downloads": 7, "rating": 5, "verified": False,
+             "publisher": f"mallory{HOSTILE}", "tags": [], "category": None}
+    bodies = {
+        "/v1/search": {"results": [entry], "total": 1},
+        "/v1/plugins/acme.evil": {**entry, "versions": [
+            {"version": f"1.0.0{HOSTILE}", "yanked": False, "sha256": None}]},
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            body = bodies.get(path, {"error": {"code": "not_found", "message": HOSTILE}})
+            data = json.dumps(body).encode()
+            self.send_response(200 if path in bodies else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_registry_search_and_show_are_neutralised(hostile_registry: str, cli: Cli) -> None:
+    found = cli("search", "evil", "--registry", hostile_registry)
+    assert found.code == 0, found.err
+    assert_safe(found.out)
+    assert len(found.out.splitlines()) == 2  # one row and the count: no forged lines
+    shown = cli("show", "acme.evil", "--registry", hostile_registry)
+    assert shown.code == 0, shown.err
+    assert_safe(shown.out)
+    assert not any(line.startswith(b"corral: ") for line in shown.out.splitlines())
+    missing = cli("show", "acme.nope", "--registry", hostile_registry)
+    assert missing.code != 0
+    assert_safe(missing.err)
+    assert missing.err.startswith(b"corral: error: ok\\x1b[2J")
+    assert b"\n  registry| corral: error: forged" in missing.err
+    doc = cli("show", "acme.evil", "--registry", hostile_registry, "--json").json()
+    assert doc["summary"] == HOSTILE
