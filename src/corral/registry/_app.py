@@ -12,6 +12,7 @@ and body field with 400 naming the field.  The OpenAPI document at
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -20,12 +21,14 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -49,6 +52,8 @@ from ._service import Registry
 __all__ = ["API_PREFIX", "app_from_env", "create_app", "open_server"]
 
 API_PREFIX: Final = "/v1"
+#: How long a search answer is reused (seconds).
+SEARCH_TTL: Final = 1.0
 #: Multipart framing allowed on top of the archive itself.
 _FORM_OVERHEAD: Final = 64 * 1024
 
@@ -67,10 +72,27 @@ def _no_controls_text(value: str) -> str:
     return value
 
 
+#: Text without control characters (the OpenAPI document says so, the server enforces it).
+_NO_CONTROLS: Final = r"^[^\x00-\x1f\x7f]*$"
+_FREE_TEXT: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+#: One path segment naming a plugin, a version, a publisher, a key or a TUF file.
+_SEGMENT: Final = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]*$"
+PluginId = Annotated[str, PathParam(pattern=_SEGMENT, max_length=128,
+                                    description="namespace.name")]
+VersionStr = Annotated[str, PathParam(pattern=_SEGMENT, max_length=64,
+                                      description="a PEP 440 version")]
+Publisher = Annotated[str, PathParam(pattern=_SEGMENT, max_length=64)]
+KeyId = Annotated[str, PathParam(pattern=_SEGMENT, max_length=64)]
+TufName = Annotated[str, PathParam(pattern=_SEGMENT, max_length=200)]
+TufPath = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$",
+                                   max_length=400)]
+
+
 class YankRequest(BaseModel):
     """Why a version is yanked (shown to whoever pins it)."""
 
-    reason: Annotated[str, AfterValidator(_no_controls_text)] = Field(default="", max_length=500)
+    reason: Annotated[str, AfterValidator(_no_controls_text)] = Field(
+        default="", max_length=500, json_schema_extra={"pattern": _FREE_TEXT})
 
 
 class RatingRequest(BaseModel):
@@ -83,7 +105,7 @@ class PublisherKeyRequest(BaseModel):
     """A signing key to register: base64 of the raw 32-byte Ed25519 key, or PEM."""
 
     public_key: Annotated[str, AfterValidator(_no_controls_text)] = Field(
-        min_length=1, max_length=1000)
+        min_length=1, max_length=1000, json_schema_extra={"pattern": _FREE_TEXT})
 
 
 class ErrorDetail(BaseModel):
@@ -122,6 +144,40 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 _READ: Final = (400, 404, 503)
 _WRITE: Final = (400, 401, 403, 404, 503, 507)
 _BINARY: Final = {"schema": {"type": "string", "format": "binary"}}
+
+
+class _SearchCache:
+    """Search responses kept for :data:`SEARCH_TTL` seconds (bounded, thread-safe).
+
+    Under load the same popular queries repeat; answering them from memory keeps
+    CPU for the rest.  Any write through this process's registry empties it at
+    once; changes made through another worker or process show within the TTL.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[tuple[Any, ...], tuple[float, bytes]] = (
+            collections.OrderedDict())
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None or time.monotonic() - hit[0] > SEARCH_TTL:
+                return None
+            self._items.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple[Any, ...], body: bytes) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic(), body)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class _TooLarge(MultiPartException):
@@ -229,6 +285,17 @@ def create_app(registry: Registry) -> FastAPI:
         dependencies=[Depends(no_controls)],
     )
     app.add_middleware(_Guard, report=report)
+    searches = _SearchCache()
+    plain_write = registry.write
+
+    @contextlib.contextmanager
+    def write_then_forget() -> Iterator[Any]:
+        """Every committed write through this registry empties the search cache."""
+        with plain_write() as conn:
+            yield conn
+        searches.clear()
+
+    registry.write = write_then_forget  # type: ignore[method-assign]
 
     @app.exception_handler(CorralError)
     async def _corral_error(_request: Request, exc: CorralError) -> JSONResponse:
@@ -263,40 +330,47 @@ def create_app(registry: Registry) -> FastAPI:
     @app.get(f"{API_PREFIX}/search", tags=["catalogue"], response_class=JSONResponse,
              responses=_errors(400, 503))
     def search_plugins(
-        q: str = Query("", max_length=200, description="keywords, a name or an id"),
-        category: str | None = Query(None, max_length=64),
-        tag: str | None = Query(None, max_length=64),
-        author: str | None = Query(None, max_length=200),
+        q: str = Query("", max_length=200, description="keywords, a name or an id",
+                       pattern=_NO_CONTROLS),
+        category: str | None = Query(None, max_length=64, pattern=_NO_CONTROLS),
+        tag: str | None = Query(None, max_length=64, pattern=_NO_CONTROLS),
+        author: str | None = Query(None, max_length=200, pattern=_NO_CONTROLS),
         min_rating: float | None = Query(None, ge=0, le=5),
         verified: bool | None = None,
         sort: Literal[SORTS] = Query("relevance", description="result order"),  # type: ignore[valid-type]
         page: int = Query(1, ge=1, le=10_000),
         per_page: int = Query(20, ge=1, le=100),
-    ) -> JSONResponse:
+    ) -> Response:
         """Search plugins; results in rank order with ``total`` matches."""
-        # a plain JSONResponse: the document is already JSON-ready, skip re-validation
-        return JSONResponse(registry.search(
-            SearchParams(
-                q=q, category=category, tag=tag, author=author, min_rating=min_rating,
-                verified=verified, sort=sort, page=page, per_page=per_page,
-            )
-        ))
+        params = SearchParams(
+            q=q, category=category, tag=tag, author=author, min_rating=min_rating,
+            verified=verified, sort=sort, page=page, per_page=per_page,
+        )
+        key = (q, category, tag, author, min_rating, verified, sort, page, per_page)
+        body = searches.get(key)
+        if body is None:
+            # a plain JSONResponse: the document is already JSON-ready, skip re-validation
+            body = bytes(JSONResponse(registry.search(params)).body)
+            searches.put(key, body)
+        return Response(body, media_type="application/json")
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}", tags=["catalogue"],
              response_class=JSONResponse, responses=_errors(*_READ))
-    def plugin_info(plugin_id: str) -> JSONResponse:
+    def plugin_info(plugin_id: PluginId) -> JSONResponse:
         """A plugin with every version: manifest, permissions, checksum, signature state."""
         return JSONResponse(registry.info(plugin_id))
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}", tags=["catalogue"],
              responses=_errors(*_READ))
-    def version_info(plugin_id: str, version: str) -> dict[str, Any]:
+    def version_info(plugin_id: PluginId, version: VersionStr) -> dict[str, Any]:
         """One version (yanked ones too: an exact pin still sees them)."""
         return registry.version_info(plugin_id, version)
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/resolve", tags=["catalogue"],
              responses=_errors(*_READ))
-    def resolve(plugin_id: str, spec: str = Query("", max_length=200)) -> dict[str, Any]:
+    def resolve(
+        plugin_id: PluginId, spec: str = Query("", max_length=200, pattern=_NO_CONTROLS),
+    ) -> dict[str, Any]:
         """The version to install for a PEP 440 specifier; yanked only when pinned exactly."""
         return registry.resolve(plugin_id, spec)
 
@@ -316,13 +390,13 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/download", tags=["artifacts"],
              response_class=FileResponse, responses=download_responses)
-    def download_latest(plugin_id: str) -> FileResponse:
+    def download_latest(plugin_id: PluginId) -> FileResponse:
         """The newest non-yanked archive (counted as a download)."""
         return _send(plugin_id, None)
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/download",
              tags=["artifacts"], response_class=FileResponse, responses=download_responses)
-    def download_version(plugin_id: str, version: str) -> FileResponse:
+    def download_version(plugin_id: PluginId, version: VersionStr) -> FileResponse:
         """One version's archive, yanked or not (counted as a download)."""
         return _send(plugin_id, version)
 
@@ -407,7 +481,7 @@ def create_app(registry: Registry) -> FastAPI:
     @app.post(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/yank",
               tags=["publishing"], responses=_errors(*_WRITE), openapi_extra=auth)
     def yank(
-        plugin_id: str, version: str, request: Request, body: YankRequest | None = None
+        plugin_id: PluginId, version: VersionStr, request: Request, body: YankRequest | None = None
     ) -> dict[str, Any]:
         """Yank a version: hidden from resolution and ``latest`` unless pinned exactly."""
         return registry.set_yanked(
@@ -417,13 +491,13 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.delete(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/yank",
                 tags=["publishing"], responses=_errors(*_WRITE), openapi_extra=auth)
-    def unyank(plugin_id: str, version: str, request: Request) -> dict[str, Any]:
+    def unyank(plugin_id: PluginId, version: VersionStr, request: Request) -> dict[str, Any]:
         """Undo a yank."""
         return registry.set_yanked(plugin_id, version, principal(request), yanked=False)
 
     @app.post(f"{API_PREFIX}/plugins/{{plugin_id}}/rating", tags=["catalogue"],
               responses=_errors(*_WRITE), openapi_extra=auth)
-    def rate(plugin_id: str, body: RatingRequest, request: Request) -> dict[str, Any]:
+    def rate(plugin_id: PluginId, body: RatingRequest, request: Request) -> dict[str, Any]:
         """Rate a plugin 1-5 (one rating per publisher; a new one replaces it)."""
         return registry.rate(plugin_id, principal(request), body.stars)
 
@@ -439,20 +513,22 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.post(f"{API_PREFIX}/publishers/{{publisher}}/keys", tags=["signing"], status_code=201,
               responses=_errors(*_WRITE), openapi_extra=auth)
-    def add_key(publisher: str, body: PublisherKeyRequest, request: Request) -> dict[str, Any]:
+    def add_key(
+        publisher: Publisher, body: PublisherKeyRequest, request: Request,
+    ) -> dict[str, Any]:
         """Register a signing key (base64 of the raw Ed25519 key, or PEM) for a publisher."""
         key_owner(request, publisher)
         return {"publisher": publisher, **registry.add_publisher_key(publisher, body.public_key)}
 
     @app.get(f"{API_PREFIX}/publishers/{{publisher}}/keys", tags=["signing"],
              responses=_errors(*_READ))
-    def list_keys(publisher: str) -> dict[str, Any]:
+    def list_keys(publisher: Publisher) -> dict[str, Any]:
         """A publisher's signing keys, revoked ones included (public information)."""
         return {"publisher": publisher, "keys": registry.list_publisher_keys(publisher)}
 
     @app.delete(f"{API_PREFIX}/publishers/{{publisher}}/keys/{{keyid}}", tags=["signing"],
                 responses=_errors(*_WRITE), openapi_extra=auth)
-    def revoke_key(publisher: str, keyid: str, request: Request) -> dict[str, Any]:
+    def revoke_key(publisher: Publisher, keyid: KeyId, request: Request) -> dict[str, Any]:
         """Revoke a publisher's key: its signatures no longer count as the publisher's."""
         key_owner(request, publisher)
         return {"publisher": publisher, **registry.revoke_publisher_key(publisher, keyid)}
@@ -485,7 +561,7 @@ def create_app(registry: Registry) -> FastAPI:
         200: {"content": {"application/json": {"schema": {"type": "object"}}},
               "description": "A signed TUF metadata file"},
         **_errors(400, 404)})
-    async def tuf_metadata(name: str) -> Response:
+    async def tuf_metadata(name: TufName) -> Response:
         """TUF metadata: ``N.root.json``, ``timestamp.json``, ``N.snapshot.json``, bins."""
         repo = _tuf()
         if name == "timestamp.json" and repo.refresh_due():
@@ -495,7 +571,7 @@ def create_app(registry: Registry) -> FastAPI:
     @app.get("/tuf/targets/{path:path}", tags=["tuf"], response_class=Response, responses={
         200: {"content": {"application/octet-stream": _BINARY}, "description": "A target"},
         **_errors(400, 404)})
-    async def tuf_target(path: str) -> Response:
+    async def tuf_target(path: TufPath) -> Response:
         """A TUF target by its consistent name ``{dir}/{sha256}.{basename}``."""
         repo = _tuf()
         return _send_tuf(repo, repo.target_path(registry, path), "application/octet-stream",
