@@ -280,6 +280,12 @@ def test_manifest_name_and_description_are_neutralised(tmp_path: Path, cli: Cli)
     assert_safe(listed.out)
     [row] = listed.out.splitlines()[1:]  # one row: the newline became \x0a
     assert b"ok\\x1b[2J" in row
+    info = cli("info", "acme.evil")
+    assert info.code == 0, info.err
+    assert_safe(info.out)
+    name_line = info.out.splitlines()[1]
+    assert name_line.startswith(b"  Evilok\\x1b[2J\\x1b]0;pwned\\x07")
+    assert b"\\x0acorral: error: forged" in name_line
     validated = cli("validate", str(tmp_path / "src" / "acme.evil"), "--no-sandbox")
     assert_safe(validated.out + validated.err)
     doc = cli("list", "--json").json()
@@ -355,8 +361,9 @@ def test_a_secret_in_a_failed_hook_is_neither_printed_nor_stored(
         conn.close()
     assert "token=***" in stored
     assert SECRET not in stored
-    info = cli("list", "--json")
-    assert SECRET.encode() not in info.out
+    info = cli("info", "acme.evil")
+    assert b"token=***" in info.out
+    assert SECRET.encode() not in info.out + info.err
 
 
 @pytest.fixture
