@@ -457,3 +457,14 @@ def test_registry_search_and_show_are_neutralised(hostile_registry: str, cli: Cl
     assert b"\n  registry| corral: error: forged" in missing.err
     doc = cli("show", "acme.evil", "--registry", hostile_registry, "--json").json()
     assert doc["summary"] == HOSTILE
+
+
+def test_a_secret_with_quotes_is_redacted_inside_json_too(tmp_path: Path, cli: Cli) -> None:
+    tricky = 'pa"ss\\word\u202e-1'
+    assert cli("secret", "set", "token", stdin=tricky).code == 0
+    assert cli("add", str(make_evil(tmp_path))).code == 0
+    assert cli("enable", "acme.evil").code == 0
+    res = cli("call", "acme.evil", "leak_return", "--json")
+    assert res.json() == {"result": {"token": "***", "text": "token=***"}}
+    res = cli("call", "acme.evil", "leak_text")
+    assert res.out == b"token=***\n"

@@ -9,7 +9,8 @@ if anyone else can read it.
 
 No value ever reaches a log, an event, an error message, a metric or JSON
 output: errors name the secret, never its content, and :class:`SecretRedactor`
-scrubs known values from log records of code corral does not control.
+scrubs known values from what plugins log (on each plugin's logger), from the
+errors the host stores and from everything the command line prints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._errors import CorralError, NotFoundError, UsageError
+from ._text import neutralise
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -301,8 +303,11 @@ class SecretRedactor(logging.Filter):
                 values = []
                 if self._store.path.exists():
                     with contextlib.suppress(CorralError):
-                        values = sorted((v for v in self._store.values() if len(v) >= 4),
-                                        key=len, reverse=True)
+                        # a value also as it reads in a JSON string and once neutralised
+                        found = {form for v in self._store.values() if len(v) >= 4
+                                 for form in (v, json.dumps(v, ensure_ascii=False)[1:-1],
+                                              neutralise(v), neutralise(v, one_line=True))}
+                        values = sorted(found, key=len, reverse=True)
                 self._values = values
         return values
 
