@@ -21,6 +21,8 @@ from ._output import SafeStream
 
 __all__ = ["LogPrinter", "faces"]
 
+_PLUGIN_LOGGERS = "corral.plugin."
+
 
 class LogPrinter(logging.Handler):
     """Prints warnings and worse on stderr, a plugin's under its id, neutralised."""
@@ -36,7 +38,9 @@ class LogPrinter(logging.Handler):
             if record.exc_text:
                 message = f"{message}\n{record.exc_text}"
             source = getattr(record, "plugin_id", None)
-            source = source if isinstance(source, str) else "corral"
+            if not isinstance(source, str):  # a child of a plugin's logger has no filter
+                plugin = record.name.startswith(_PLUGIN_LOGGERS)
+                source = record.name[len(_PLUGIN_LOGGERS):] if plugin else "corral"
             sys.stderr.write(f"{neutralise(source, one_line=True)}: {record.levelname.lower()}: "
                              f"{neutralise(message, source)}\n")
         except Exception:
