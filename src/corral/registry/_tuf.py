@@ -68,6 +68,7 @@ __all__ = [
     "index_target_path",
     "load_key",
     "run_cli",
+    "sweep_temp",
 ]
 
 #: Days each role's signature lasts by default.
@@ -400,7 +401,7 @@ class TufRepository:
         from corral._release import Release
 
         try:
-            info = registry.info(plugin_id)
+            info = registry.info(plugin_id, include_pending=True)  # signed before shown
         except NotFoundError:
             return {}
         out: dict[str, TargetFile] = {}
@@ -705,12 +706,46 @@ class TufRepository:
         raise NotFoundError(f"no TUF target {path!r}", file=path)
 
 
-def after_change(registry: Registry, plugin_id: str) -> None:
-    """Hook for the service: update TUF targets of ``plugin_id`` if TUF is set up."""
+def after_change(registry: Registry, plugin_ids: list[str]) -> None:
+    """Hook for the service: update TUF targets of ``plugin_ids`` if TUF is set up.
+
+    Set up means ``tuf init`` began (``config.json``): from then on missing or
+    unwritable metadata is an error, never a reason to skip signing.
+    """
     data = getattr(registry, "data_dir", None)
-    if data is None or not TufRepository.exists(data):
+    if data is None or not (Path(data) / "tuf" / "config.json").is_file():
         return
-    TufRepository(data).update_plugins(registry, [plugin_id])
+    TufRepository(data).update_plugins(registry, plugin_ids)
+
+
+_TEMP_NAME: Final = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # corral._files.write_atomic's
+
+
+def sweep_temp(data_dir: Path, older_than: float | None = None) -> int:
+    """Remove temp files an interrupted signing left in ``tuf/`` (older than ``older_than`` s).
+
+    Only the ``write_atomic`` temp names are touched; signed files never match.
+    """
+    import time
+
+    root = Path(data_dir) / "tuf"
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than if older_than is not None else None
+    n = 0
+    for folder in (root, root / "metadata", root / "keys", root / "targets" / "index"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                if cutoff is None or entry.lstat().st_mtime <= cutoff:
+                    entry.unlink()
+                    n += 1
+            except (FileNotFoundError, IsADirectoryError):
+                pass
+    return n
 
 
 def run_cli(args: Any) -> dict[str, Any]:

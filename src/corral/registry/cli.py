@@ -193,6 +193,11 @@ def _serve(args: argparse.Namespace) -> int:
     from ._app import create_app
 
     registry = _open(args)
+    # before any request: sweep crashed uploads' temp files, sign what a crash left unsigned
+    repaired = registry.housekeep()
+    if repaired["signed"] or repaired["swept"]:
+        print(f"corral registry: signed {len(repaired['signed'])} plugin(s) left unsigned, "
+              f"swept {repaired['swept']} temp file(s)", file=sys.stderr)
     print(f"corral registry on http://{args.host}:{args.port} "
           f"({registry.engine.dialect.name})", file=sys.stderr)
     workers = args.workers or os.cpu_count() or 1
@@ -206,6 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
                     port=args.port, workers=workers, log_level="warning",
                     http="corral.registry._app:NoDelayH11Protocol")
         return 0
+    registry.start_housekeeping()
     uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning",
                 http="corral.registry._app:NoDelayH11Protocol")
     return 0
