@@ -335,7 +335,7 @@ class _Zygote:
                             _cgroups.join(procs_fd)
                     except BaseException:
                         os._exit(_EXIT_SPARE)
-                    _worker.spare(theirs.detach())
+                    _worker.spare(theirs.detach(), own_namespaces=True)
                 msg = b"pid %d" % init_pid
             except BaseException as exc:
                 msg = f"error: namespaces: {exc}".encode()
