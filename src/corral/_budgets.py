@@ -207,16 +207,20 @@ class DirBudget:
     once over, every call is refused (measuring again first) until it is back under.
     """
 
-    __slots__ = ("caps", "dirty", "next_check", "over", "paths", "plugin_id", "watch")
+    __slots__ = ("_watch_from", "caps", "dirty", "next_check", "over", "paths", "plugin_id",
+                 "watch")
 
     def __init__(self, plugin_id: str, paths: Mapping[str, str], sandbox: Sandbox,
-                 watch: DirWatch | None = None) -> None:
+                 watch_from: Callable[[], DirWatch] | None = None) -> None:
         self.plugin_id = plugin_id
         self.paths = {key: paths[name] for key, name in DIR_BUDGETS}
         self.caps = {key: sandbox.limit(key) * MIB for key, _ in DIR_BUDGETS}
         self.next_check = 0.0
         self.over = False
-        self.watch = watch
+        #: Where the inotify instance comes from, asked at the first measure (not at load:
+        #: a one-shot ``corral call`` of an in-process plugin never pays for it).
+        self._watch_from = watch_from
+        self.watch: DirWatch | None = None
         #: Something may have changed since the last measure (always, until watched).
         self.dirty = True
 
@@ -231,6 +235,8 @@ class DirBudget:
     def check(self) -> None:
         """Measure; raise :class:`ResourceLimitExceeded` for the first directory over its cap."""
         self.next_check = time.monotonic() + CHECK_EVERY_S
+        if self._watch_from is not None:
+            self.watch, self._watch_from = self._watch_from(), None
         self.dirty = False  # before the walk: a change during it marks it again
         on_dir = self._watch_dir if self.watch is not None else None
         for key, name in DIR_BUDGETS:

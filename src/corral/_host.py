@@ -77,11 +77,12 @@ class _Active:
 
     __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "scope", "spec", "state")
 
-    def __init__(self, manifest: Manifest, ctx: PluginContext, watch: DirWatch | None) -> None:
+    def __init__(self, manifest: Manifest, ctx: PluginContext,
+                 watch_from: Callable[[], DirWatch] | None = None) -> None:
         self.manifest = manifest
         self.ctx = ctx
         #: The host-side check of its {data}, {tmp} and {cache} totals.
-        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox, watch)
+        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox, watch_from)
         self.state = State.REGISTERED
         self.scope: ModuleScope | None = None
         self.entry: Any = None
@@ -819,7 +820,7 @@ class Host:
         )
         ctx = PluginContext(plugin_id, paths, config, host=self,
                             permissions=manifest.permissions)
-        active = _Active(manifest, ctx, self._dir_watch())
+        active = _Active(manifest, ctx, self._dir_watch)
         self._active[plugin_id] = active
         self._services.budgets.set(plugin_id, manifest.sandbox)
         from ._secrets import watch_plugin_log  # brings logging: not for `corral list`
