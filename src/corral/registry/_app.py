@@ -52,6 +52,8 @@ from ._service import Registry
 __all__ = ["API_PREFIX", "app_from_env", "create_app", "open_server"]
 
 API_PREFIX: Final = "/v1"
+#: Archives up to this size are read and sent in one go (bigger ones stream).
+_SEND_INLINE: Final = 1024 * 1024
 #: How long a search answer is reused (seconds).
 SEARCH_TTL: Final = 1.0
 #: Multipart framing allowed on top of the archive itself.
@@ -329,7 +331,7 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.get(f"{API_PREFIX}/search", tags=["catalogue"], response_class=JSONResponse,
              responses=_errors(400, 503))
-    def search_plugins(
+    async def search_plugins(
         q: str = Query("", max_length=200, description="keywords, a name or an id",
                        pattern=_NO_CONTROLS),
         category: str | None = Query(None, max_length=64, pattern=_NO_CONTROLS),
@@ -347,12 +349,16 @@ def create_app(registry: Registry) -> FastAPI:
             verified=verified, sort=sort, page=page, per_page=per_page,
         )
         key = (q, category, tag, author, min_rating, verified, sort, page, per_page)
+        # async on purpose: a cache hit is answered on the event loop, no thread hop
         body = searches.get(key)
         if body is None:
-            # a plain JSONResponse: the document is already JSON-ready, skip re-validation
-            body = bytes(JSONResponse(registry.search(params)).body)
+            body = await run_in_threadpool(search_body, params)
             searches.put(key, body)
         return Response(body, media_type="application/json")
+
+    def search_body(params: SearchParams) -> bytes:
+        # a plain JSONResponse: the document is already JSON-ready, skip re-validation
+        return bytes(JSONResponse(registry.search(params)).body)
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}", tags=["catalogue"],
              response_class=JSONResponse, responses=_errors(*_READ))
@@ -374,14 +380,21 @@ def create_app(registry: Registry) -> FastAPI:
         """The version to install for a PEP 440 specifier; yanked only when pinned exactly."""
         return registry.resolve(plugin_id, spec)
 
-    def _send(plugin_id: str, version: str | None) -> FileResponse:
+    def _send(plugin_id: str, version: str | None) -> Response:
         found = registry.download(plugin_id, version)
-        return FileResponse(
-            found.path,
-            media_type="application/zip",
-            filename=found.filename,
-            headers={"X-Corral-Sha256": found.sha256, "X-Corral-Version": found.version},
-        )
+        headers = {"X-Corral-Sha256": found.sha256, "X-Corral-Version": found.version}
+        if found.size <= _SEND_INLINE:
+            # small archives in this one thread hop: FileResponse's stat, open and
+            # reads are each a hop through the shared thread pool, slow under load
+            try:
+                data = found.path.read_bytes()
+            except FileNotFoundError:
+                raise NotFoundError(f"artifact of {found.plugin_id} {found.version} "
+                                    "is missing", plugin_id=found.plugin_id) from None
+            headers["Content-Disposition"] = f'attachment; filename="{found.filename}"'
+            return Response(data, media_type="application/zip", headers=headers)
+        return FileResponse(found.path, media_type="application/zip",
+                            filename=found.filename, headers=headers)
 
     download_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/zip": _BINARY}, "description": "The archive"},
@@ -390,13 +403,13 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/download", tags=["artifacts"],
              response_class=FileResponse, responses=download_responses)
-    def download_latest(plugin_id: PluginId) -> FileResponse:
+    def download_latest(plugin_id: PluginId) -> Response:
         """The newest non-yanked archive (counted as a download)."""
         return _send(plugin_id, None)
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/download",
              tags=["artifacts"], response_class=FileResponse, responses=download_responses)
-    def download_version(plugin_id: PluginId, version: VersionStr) -> FileResponse:
+    def download_version(plugin_id: PluginId, version: VersionStr) -> Response:
         """One version's archive, yanked or not (counted as a download)."""
         return _send(plugin_id, version)
 
