@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,15 +59,18 @@ class Served:
     url: str = ""
     starts: list[str] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, wrap: list[str] | None = None) -> None:
+        """Start ``serve`` (inside ``wrap`` + a shell command line, if given)."""
         assert self.proc is None, "one server at a time"
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         log = (self.tmp / f"serve-{len(self.starts)}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", "registry", "serve", "--data", str(self.data),
-             "--db", self.db, "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        cmd = [sys.executable, "-m", "corral", "registry", "serve", "--data", str(self.data),
+               "--db", self.db, "--port", str(port)]
+        if wrap:
+            cmd = [*wrap[:-1], f"{wrap[-1]} && exec {' '.join(cmd)}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                     start_new_session=True)
         log.close()
         self.proc_group = self.proc.pid
         deadline = time.monotonic() + 60
@@ -85,7 +89,8 @@ class Served:
     def kill(self) -> None:
         """SIGKILL to the server and its worker processes at once, as a crash would."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         self.proc = None
         deadline = time.monotonic() + 30
@@ -304,6 +309,46 @@ def test_tuf_write_error_leaves_version_absent_then_repaired(
     assert r.json()["sha256"] == sha["1.2.0"]
     attempted[(pid, "1.2.0")] = sha["1.2.0"]
     assert len(check_consistent(served, tmp_path / "home-2", attempted)) == 3
+
+
+def test_full_metadata_disk_leaves_version_absent_then_repaired(
+        served: Served, tmp_path: Path) -> None:
+    """ENOSPC for real: ``serve`` in a user+mount namespace with its metadata on a full tmpfs."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
+                           capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"user+mount namespaces are not permitted here: {probe.stderr!r}")
+    if served.db.startswith("postgresql"):
+        pytest.skip("the test cluster's socket belongs to a user the namespace cannot map")
+    pid = PLUGINS[1]
+    a1, a2 = (make_plugin(tmp_path / "arch", pid, v) for v in ("1.0.0", "2.0.0"))
+    meta = served.data / "tuf" / "metadata"
+    copy = tmp_path / "meta-copy"
+    shutil.copytree(meta, copy)
+    before = {p.name: p.read_bytes() for p in meta.iterdir()}
+    # the namespace sees a 1 MB tmpfs over the metadata, holding a copy of it, filled up
+    fill = (f"mount -t tmpfs -o size=1m tmpfs {meta} && cp -a {copy}/. {meta}/ && "
+            f"(dd if=/dev/zero of={meta}/.fill bs=4k 2>/dev/null || true)")
+    served.start(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", fill])
+    r = served.publish(a1)
+    assert r.status_code == 507, r.text
+    assert r.json()["error"]["reason"] == "no_space"
+    assert httpx.get(f"{served.url}/v1/plugins/{pid}").status_code == 404  # not shown
+    assert httpx.get(f"{served.url}/v1/plugins/{pid}/versions/1.0.0/download"
+                     ).status_code == 404
+    assert served.publish(a1).status_code == 507  # the retry too, while the disk is full
+    served.kill()
+    assert {p.name: p.read_bytes() for p in meta.iterdir()} == before  # tmpfs gone
+    assert served.unsigned() == (1, 1)
+    served.start()  # disk space back: start-up signs and shows it
+    assert served.unsigned() == (0, 0)
+    sha1 = hashlib.sha256(a1.read_bytes()).hexdigest()
+    assert check_consistent(served, tmp_path / "home", {(pid, "1.0.0"): sha1}) == {
+        f"{pid}==1.0.0"}
+    assert served.publish(a1).status_code == 200
+    assert served.publish(a2).status_code == 201
 
 
 def _age(path: Path, seconds: float) -> None:
