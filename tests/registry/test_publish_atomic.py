@@ -33,6 +33,7 @@ from corral._errors import NotFoundError
 from corral._registry_source import RegistrySource, trust_registry
 from corral.registry import _db
 from corral.registry._service import STALE_TEMP_SECONDS, Registry
+from corral.registry._store import StoreError
 from corral.registry._tuf import TufRepository
 
 from .conftest import _accounts, _fresh_pg_db, make_plugin
@@ -404,3 +405,58 @@ def test_start_up_sweeps_temp_files_but_not_another_servers(tmp_path: Path) -> N
     assert sorted(p.name for p in (data / "tuf" / "metadata").iterdir()) == meta_before
     assert alone.info("acme.kept")["versions"][0]["sha256"] == kept["sha256"]
     alone.close()
+
+
+def test_timer_signs_what_a_failed_signing_left(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    reg = Registry.open(data)
+    token, _ = _accounts(reg)
+    TufRepository.initialise(reg, data, tmp_path / "offline", bins=4)
+    who = reg.authenticate(token)
+    archive = make_plugin(tmp_path, "acme.timed", "1.0.0")
+    with broken_metadata(data), pytest.raises(StoreError, match="unpublished until signing"):
+        reg.publish(archive, who)
+    with pytest.raises(NotFoundError):
+        reg.info("acme.timed")
+    assert reg.info("acme.timed", include_pending=True)["versions"][0]["version"] == "1.0.0"
+    reg.start_housekeeping(interval=0.2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(NotFoundError):
+            if reg.info("acme.timed")["versions"]:
+                break
+        time.sleep(0.1)
+    assert reg.info("acme.timed")["latest_version"] == "1.0.0"
+    repo = TufRepository.open(data)
+    path = "plugins/acme.timed/acme.timed-1.0.0.corral"
+    succinct = repo.targets_role("targets").signed.delegations
+    assert succinct is not None
+    assert succinct.succinct_roles is not None
+    bin_name = succinct.succinct_roles.get_role_for_target(path)
+    target = repo.targets_role(bin_name).signed.targets[path]
+    assert target.hashes["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    reg.close()  # stops the timer
+
+
+def test_upgrade_adds_outbox_to_an_existing_database(served: Served, tmp_path: Path) -> None:
+    """A schema-3 database (no ``pending``, no outbox) migrates; its versions stay shown."""
+    reg = Registry.open(served.data, served.db)
+    reg.publish(make_plugin(tmp_path, "acme.old", "1.0.0"), reg.authenticate(served.token))
+    reg.close()
+    engine = _db.open_engine(served.db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE versions DROP COLUMN pending")
+        conn.exec_driver_sql("DROP TABLE tuf_outbox")
+        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 4")
+    engine.dispose()
+    reg = Registry.open(served.data, served.db)
+    try:
+        assert [v["version"] for v in reg.info("acme.old")["versions"]] == ["1.0.0"]
+        assert reg.resolve("acme.old")["version"] == "1.0.0"
+        assert reg.reconcile() == []
+        out = reg.publish(make_plugin(tmp_path, "acme.old", "1.1.0"),
+                          reg.authenticate(served.token))
+        assert out["created"] is True
+        assert reg.info("acme.old")["latest_version"] == "1.1.0"
+    finally:
+        reg.close()
