@@ -356,6 +356,26 @@ def test_global_events_are_bounded_by_events_mb(
     assert h.info("evil.events")["budgets"]["events-mb"]["used"] <= 1 * MIB
 
 
+def test_dead_letters_keep_payloads_only_up_to_events_mb(
+    tmp_path: Path, make_host: Callable[[], Host]
+) -> None:
+    h = enabled(make_host, hostile(tmp_path, "evil.dead", "none", **{"events-mb": 1}))
+
+    def refuse(ev: Any) -> None:
+        raise RuntimeError("no")
+
+    h.bus.subscribe("flood.>", refuse, plugin_id="evil.dead")
+    h.bus.subscribe("flood.>", refuse)  # the host's own subscription: not a plugin's budget
+    for i in range(30):
+        h.bus.publish("flood.x", f"{i:03d}" + "q" * 100_000)
+    mine = h.bus.dead_letters("evil.dead")
+    assert len(mine) == 30
+    kept = [d for d in mine if d.event.data is not None]
+    assert 8 <= len(kept) <= 10
+    assert all("events-mb" in d.reason for d in mine if d.event.data is None)
+    assert all(d.event.data is not None for d in h.bus.dead_letters() if d.subscriber is None)
+
+
 DEAD_LETTER_SCRIPT = """
 import sys
 from corral import Host
