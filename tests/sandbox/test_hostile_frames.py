@@ -149,6 +149,21 @@ def test_decoders_refuse_depth_before_recursing() -> None:
             decode_worker(body)
         with pytest.raises(ProtocolError, match="nested deeper"):
             decode_worker(memoryview(body))
+    # Frames that begin like an honest Result skip the scan: the schema must stop them.
+    deep = b"\x91" * 100_000 + b"\xc0"
+    usage = frame_map(cpu_user_ms=p(0.0), cpu_system_ms=p(0.0), peak_rss_kb=p(0))
+    for body in (
+        frame_map(type=p("result"), id=p(1), value=p(b"1"), junk=deep),
+        frame_map(type=p("result"), id=deep, value=p(b"1"), usage=usage),
+        frame_map(type=p("result"), id=p(1), value=deep, usage=usage),
+        frame_map(type=p("result"), id=p(1), value=p(b"1"), usage=usage[:-1] + b"\x91" + deep),
+        frame_map(type=p("result"), id=p(1), value=p(b"1"), usage=b"\x84" + usage[1:]
+                  + p("junk") + deep),
+        b"\x84" + p("type") + p("result") + p("type") + deep,  # the tag again
+    ):
+        assert body.startswith(b"\x84\xa4type\xa6result")
+        with pytest.raises(ProtocolError, match="malformed worker message"):
+            decode_worker(body)
     with pytest.raises(ProtocolError, match=f"result nested deeper than {MAX_DEPTH} levels"):
         decode_result(b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(ProtocolError, match="result nested deeper"):

@@ -101,7 +101,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     measured: float | None = None
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What one call cost the worker, as its own ``getrusage`` saw it."""
 
     cpu_user_ms: float
@@ -146,7 +146,7 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     pid: int
 
 
-class Result(msgspec.Struct, frozen=True, tag="result"):
+class Result(msgspec.Struct, frozen=True, tag="result", forbid_unknown_fields=True):
     """Call ``id`` returned; ``value`` is the JSON text of the result."""
 
     id: int
@@ -288,7 +288,7 @@ def decode_worker(body: bytes | memoryview) -> WorkerMessage:
     Nothing a worker sends can make this raise anything else: a frame nested
     deeper than :data:`MAX_DEPTH` is refused before msgspec recurses into it.
     """
-    if len(body) > MAX_DEPTH:
+    if len(body) > MAX_DEPTH and body[:_RESULT_HEAD_SIZE] != _RESULT_HEAD:
         raw = bytes(body)
         if len(raw) - len(raw.translate(None, _MSGPACK_OPENERS)) > MAX_DEPTH and (
             _msgpack_too_deep(raw)
@@ -321,6 +321,12 @@ def decode_result(text: bytes) -> Any:
         raise ProtocolError(f"result could not be decoded: {type(exc).__name__}: {exc}") from None
 
 
+#: How every Result frame from an honest worker begins: a 4-entry map, its tag first.
+#: After it, the schema leaves nothing to recurse into: ``id`` and ``value`` are scalars,
+#: ``usage`` a map of scalars, and an unknown field (which msgspec would skip,
+#: recursively) is refused on sight in both.  So the warm path skips the depth scan.
+_RESULT_HEAD: Final = b"\x84\xa4type\xa6result"
+_RESULT_HEAD_SIZE: Final = len(_RESULT_HEAD)
 #: Every byte that opens a msgpack container (fixmap, fixarray, array16/32, map16/32).
 _MSGPACK_OPENERS: Final = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
 
