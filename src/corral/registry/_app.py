@@ -417,7 +417,9 @@ def create_app(registry: Registry) -> FastAPI:
         f"{API_PREFIX}/publish",
         tags=["publishing"],
         status_code=201,
-        responses=_errors(400, 401, 403, 409, 413, 422, 503, 507),
+        responses={200: {"description": "These exact bytes are that version already (a "
+                         "retry): the stored version, `created: false`"},
+                   **_errors(400, 401, 403, 409, 413, 422, 503, 507)},
         openapi_extra={
             "security": [{"bearer": []}],
             "requestBody": {
