@@ -375,10 +375,10 @@ class Host:
 
         for key, used in dir_usage(self.home, plugin_id).items():
             put(key, used, "bytes")
-        state_bytes, state_keys = self.shared_state.usage(plugin_id)
+        state_bytes, state_keys, event_bytes = self._services.usage(plugin_id)
         put("state-mb", state_bytes, "bytes")
         put("state-keys", state_keys, "keys")
-        put("events-mb", self._services.events_usage(plugin_id), "bytes")
+        put("events-mb", event_bytes, "bytes")
         queue = self._services.budgets.queue(plugin_id)
         put("queue-mb", queue.used if queue is not None else 0, "bytes")
         put("log-lines", None, "lines per call")

@@ -158,11 +158,19 @@ class Services:
         with self._lock:
             self._config_watcher = watcher
 
-    def events_usage(self, plugin_id: str) -> int:
-        """Bytes of ``plugin_id``'s events kept in the durable log (``events-mb``)."""
-        self.bus  # noqa: B018 - opens the durable log
-        assert self._event_log is not None
-        return self._event_log.usage(plugin_id)
+    def usage(self, plugin_id: str) -> tuple[int, int, int]:
+        """``plugin_id``'s shared-state bytes and keys, and its bytes in the durable log.
+
+        Read straight from the databases, without starting the stores' threads, so that
+        ``corral info`` stays cheap; a database not made yet holds nothing.
+        """
+        state = _read_only(self.home / "state.db",
+                           "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0), "
+                           "count(*) FROM state WHERE updated_by = ?", plugin_id)
+        events = _read_only(self.home / "events.db",
+                            "SELECT coalesce(sum(length(data)), 0), 0 FROM events "
+                            "WHERE source = ?", plugin_id)
+        return state[0], state[1], events[0]
 
     def stop(self, plugin_id: str) -> None:
         """A plugin stopped: end its subscriptions, watches and mailbox."""
@@ -191,3 +199,19 @@ def _config_refused(plugin_id: str | None, error: ConfigError) -> None:
     import logging
 
     logging.getLogger("corral.config").warning("config change refused: %s", error.message)
+
+
+def _read_only(path: Path, query: str, arg: str) -> tuple[int, int]:
+    """The two numbers ``query`` selects from the SQLite file ``path`` (0, 0 if it is absent)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0, 0
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10.0)
+    try:
+        row = conn.execute(query, (arg,)).fetchone()
+    except sqlite3.OperationalError:  # a store from before its table existed
+        return 0, 0
+    finally:
+        conn.close()
+    return int(row[0]), int(row[1])

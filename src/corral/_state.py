@@ -301,15 +301,6 @@ class StateStore:
         if size + len(key.encode()) + len(blob) > max_bytes:
             raise over_budget(by, "state-mb", "shared state", size, max_bytes)
 
-    def usage(self, plugin_id: str) -> tuple[int, int]:
-        """Bytes (keys and values) and keys that ``plugin_id`` wrote last."""
-        keys, size = self._conn().execute(
-            "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) "
-            "FROM state WHERE updated_by = ?",
-            (plugin_id,),
-        ).fetchone()
-        return int(size), int(keys)
-
     def set(
         self,
         key: str,
