@@ -569,8 +569,10 @@ class Registry:
                 self._drop_if_unreferenced(digest)
             raise
         self.reconcile([manifest.id])  # sign, then reveal (a retry signs what is left)
-        with contextlib.suppress(StoreError):  # intents others' crashes left behind
+        try:  # intents others' crashes or failures left behind; never fails this publish
             self.reconcile(older_than=60.0, limit=20)
+        except Exception as exc:
+            _log.warning("registry housekeeping: %s", exc)
         out = self.version_info(manifest.id, manifest.version)
         out["created"] = created
         if confusable:
