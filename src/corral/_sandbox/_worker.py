@@ -1,9 +1,11 @@
 """The worker runtime: code that runs inside a sandboxed worker process.
 
 The zygote forks a spare that runs :func:`spare` (session, no_new_privs, no
-capabilities, warm caches) and waits for its assignment; then :func:`enter`
-confines it to one plugin (rlimits, environment, descriptors, cwd, then for
-``strict`` Landlock and two seccomp layers), says :class:`~._rpc.Hello` and
+capabilities but, in strict, those of its own namespaces, warm caches) and waits
+for its assignment; then :func:`enter` confines it to one plugin (rlimits,
+environment, descriptors, cwd, then for ``strict`` its writable directories
+mounted ``noexec``, Landlock, no capabilities and two seccomp layers), says
+:class:`~._rpc.Hello` and
 serves calls until the host stops it.  Nothing here trusts the plugin: the host
 checks everything the worker says again.
 """
