@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 import zipfile
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 from corral.registry._app import open_server
 from corral.registry._service import Registry
 
-from .conftest import Api, make_plugin
+from .conftest import Api, _accounts, make_plugin
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLS = ("\x00", "\x01", "\x1b", "\x7f")
@@ -322,3 +323,44 @@ def test_real_typosquats_are_flagged(api: Api, tmp_path: Path) -> None:
     # negative controls: real, different names are not look-alikes of each other
     for name in ("numba", "clicker", "dask", "flask", "pandas"):
         assert api.http.get(f"/v1/plugins/acme.{name}").json()["confusable_with"] == []
+
+
+def test_serve_workers_count_downloads_and_write_them_on_stop(tmp_path: Path) -> None:
+    """``registry serve`` (default workers: one per core) counts downloads and keeps them."""
+    data = tmp_path / "data"
+    with Registry.open(data) as reg:
+        token, _ = _accounts(reg)
+    archive = make_plugin(tmp_path, "acme.counted")
+    log = (tmp_path / "serve.log").open("wb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from corral.registry.cli import registry_main; "
+         "sys.exit(registry_main(sys.argv[1:]))", "serve", "--data", str(data),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/v1/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=30) as http, archive.open("rb") as fp:
+            r = http.post("/v1/publish", files={"archive": fp},
+                          headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 201, r.text
+            for _ in range(7):  # spread over the workers by the kernel
+                with httpx.Client(base_url=url, timeout=30) as fresh:
+                    got = fresh.get("/v1/plugins/acme.counted/download")
+                    assert got.status_code == 200
+                    assert got.content == archive.read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    with Registry.open(data) as reg:
+        assert reg.info("acme.counted")["downloads"] == 7, (tmp_path / "serve.log").read_text()

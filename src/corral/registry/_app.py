@@ -280,11 +280,18 @@ def create_app(registry: Registry) -> FastAPI:
             if bad is not None:
                 raise UsageError(bad[1], field=bad[0])
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncGenerator[None, None]:
+        yield
+        # the server is stopping: write the download counts still in memory
+        await run_in_threadpool(registry.downloads.flush)
+
     app = FastAPI(
         title="corral registry",
         version=__version__,
         description="Publish, find and download corral plugins.",
         dependencies=[Depends(no_controls)],
+        lifespan=lifespan,
     )
     app.add_middleware(_Guard, report=report)
     searches = _SearchCache()
