@@ -106,6 +106,7 @@ class Client(threading.Thread):
         self.ids, self.published = ids, published
         self.lat: dict[str, list[float]] = {k: [] for k, _ in MIX}
         self.errors = 0
+        self.first_error = ""
 
     def path(self, kind: str) -> str:
         if kind == "search":
@@ -128,14 +129,17 @@ class Client(threading.Thread):
                 resp = conn.getresponse()
                 resp.read()
                 ok = resp.status == 200
-            except (OSError, http.client.HTTPException):
+                why = f"{kind} HTTP {resp.status}"
+            except (OSError, http.client.HTTPException) as exc:
                 ok = False
+                why = f"{kind} {type(exc).__name__}: {exc}"
                 conn.close()
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
             if ok:
                 self.lat[kind].append((time.perf_counter() - t0) * 1000)
             else:
                 self.errors += 1
+                self.first_error = self.first_error or why
         conn.close()
 
 
@@ -147,6 +151,7 @@ class Publisher(threading.Thread):
         self.url, self.token, self.tmp, self.deadline = url, token, tmp, deadline
         self.lat: list[float] = []
         self.errors = 0
+        self.first_error = ""
 
     def run(self) -> None:
         import httpx
@@ -166,6 +171,8 @@ class Publisher(threading.Thread):
                     self.lat.append((time.perf_counter() - t0) * 1000)
                 else:
                     self.errors += 1
+                    self.first_error = (self.first_error
+                                        or f"publish HTTP {r.status_code}: {r.text[:200]}")
 
 
 def run_level(url: str, token: str, tmp: Path, clients: int, seconds: float,
@@ -193,6 +200,8 @@ def run_level(url: str, token: str, tmp: Path, clients: int, seconds: float,
         "search95": pct(lat["search"], 95), "download95": pct(lat["download"], 95),
         "published": len(pub.lat), "publish95": pct(pub.lat, 95) if pub.lat else 0.0,
         "errors": sum(t.errors for t in threads) + pub.errors,
+        "first_error": pub.first_error
+        or next((t.first_error for t in threads if t.first_error), ""),
     }
 
 
@@ -205,6 +214,8 @@ def report(name: str, rows: list[dict[str, Any]]) -> None:
         print(f"{r['clients']:>7} {r['rps']:>7.1f} {r['p50']:>8.1f} {r['p95']:>8.1f} "
               f"{r['p99']:>8.1f} {r['search95']:>10.1f} {r['download95']:>12.1f} "
               f"{r['published']:>9} {r['publish95']:>11.1f} {r['errors']:>6}")
+        if r["first_error"]:
+            print(f"        first error: {r['first_error']}")
     by = {r["clients"]: r for r in rows}
     if 1 in by and 32 in by:
         one, many = by[1], by[32]
