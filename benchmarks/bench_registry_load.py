@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import os
 import random
 import shutil
@@ -47,6 +48,8 @@ CATALOGUE = Path("/work/shared/data/catalogue.tsv")
 if not CATALOGUE.is_file():
     CATALOGUE = ROOT.parent / "shared" / "data" / "catalogue.tsv"
 MIX = (("search", 80), ("show", 10), ("versions", 5), ("download", 5))
+#: Publisher versions, unique across levels.
+_VERSIONS = itertools.count(1)
 
 
 def make_plugin(root: Path, plugin_id: str, version: str, size: int) -> Path:
@@ -156,13 +159,11 @@ class Publisher(threading.Thread):
     def run(self) -> None:
         import httpx
 
-        n = 0
         with httpx.Client(base_url=self.url, timeout=120,
                           headers={"Authorization": f"Bearer {self.token}"}) as http:
             while time.monotonic() < self.deadline:
-                n += 1
                 archive = make_plugin(self.tmp, "bench.publisher",
-                                      f"{int(time.time())}.{n}.0", 256 * 1024)
+                                      f"1.{next(_VERSIONS)}.0", 256 * 1024)
                 t0 = time.perf_counter()
                 r = http.post("/v1/publish", files={"archive": (archive.name,
                                                                archive.read_bytes())})
