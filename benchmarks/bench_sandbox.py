@@ -153,6 +153,7 @@ def main() -> None:
                 strict.append(time.perf_counter() - t)
 
         cli, bare = cli_call(root)
+        via_host, via_sup, unbudgeted = host_warm(root, args.rounds)
 
     ms = 1000.0
     warm_med, echo_med = statistics.median(warm), statistics.median(echo)
@@ -170,10 +171,67 @@ def main() -> None:
         f"1 ms CPU export: in-process median {in_med * ms:.3f} ms, strict {st_med * ms:.3f} ms; "
         f"overhead {(st_med / in_med - 1) * 100:.1f} %"
     )
+    host_med, sup_med = statistics.median(via_host), statistics.median(via_sup)
+    free_med = statistics.median(unbudgeted)
+    print(
+        f"warm Host.call strict no-op: median {host_med * 1e6:.1f} us, "
+        f"p99 {pct(via_host, 0.99) * 1e6:.1f} us; same worker by Supervisor.call: median "
+        f"{sup_med * 1e6:.1f} us; host's own share {(host_med - sup_med) * 1e6:.1f} us"
+    )
+    print(
+        f"budget accounting: Host.call {host_med * 1e6:.1f} us, with it stubbed out "
+        f"{free_med * 1e6:.1f} us; cost {(host_med / free_med - 1) * 100:+.1f} % (target <= 3 %)"
+    )
     print(
         f"corral call of a strict no-op, whole process: median {statistics.median(cli) * ms:.1f} "
         f"ms (target <= 100 ms); bare interpreter {statistics.median(bare) * ms:.1f} ms"
     )
+
+
+def host_warm(root: Path, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Warm ``Host.call`` of a strict no-op, interleaved with ``Supervisor.call`` of its worker
+    and with ``Host.call`` whose budget accounting is stubbed out.
+
+    The first difference is what the host adds to each sandboxed call (checks, budgets,
+    metrics); the second is what the directory budgets alone add.
+    """
+    from corral import Host
+    from corral._runtime.budgets import DirBudget
+
+    plugin = root / "hostplug"
+    (plugin / "hostplug").mkdir(parents=True)
+    (plugin / "hostplug" / "__init__.py").write_text("def noop(inp, ctx):\n    return inp\n")
+    (plugin / "corral.toml").write_text(
+        '[plugin]\nid = "bench.host"\nname = "host"\nversion = "1.0.0"\n'
+        '[sandbox]\nisolation = "strict"\n[exports]\nnoop = "hostplug:noop"\n'
+    )
+    payload = {"small": "payload", "n": 1}
+    via_host, via_sup, unbudgeted = [], [], []
+    real = DirBudget.before_call, DirBudget.after_call
+
+    def skip(*args: object) -> None:
+        return None
+
+    with Host(home=root / "hosthome") as host:
+        host.register(plugin)
+        host.enable("bench.host")
+        for _ in range(200):
+            host.call("bench.host", "noop", payload)
+        sup = host._supervisor_for()
+        spec = host._active["bench.host"].spec
+        for _ in range(rounds):
+            t = time.perf_counter()
+            host.call("bench.host", "noop", payload)
+            via_host.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            sup.call(spec, "hostplug:noop", payload, config={})
+            via_sup.append(time.perf_counter() - t)
+            DirBudget.before_call = DirBudget.after_call = skip  # type: ignore[method-assign]
+            t = time.perf_counter()
+            host.call("bench.host", "noop", payload)
+            unbudgeted.append(time.perf_counter() - t)
+            DirBudget.before_call, DirBudget.after_call = real  # type: ignore[method-assign]
+    return via_host, via_sup, unbudgeted
 
 
 def cli_call(root: Path, runs: int = 20) -> tuple[list[float], list[float]]:

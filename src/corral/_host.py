@@ -24,6 +24,7 @@ from corral._errors import (
     PluginError,
     PluginTimeout,
     PolicyDenied,
+    ResourceLimitExceeded,
     UsageError,
 )
 from corral._model.deps import (
@@ -36,6 +37,7 @@ from corral._model.deps import (
 from corral._model.info import PluginInfo
 from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
 from corral._model.lifecycle import DURABLE_STATES, State, check_transition
+from corral._runtime.budgets import CHECK_EVERY_S, DirBudget, DirWatch, dir_usage, wipe
 from corral._runtime.database import PluginRow, Store
 from corral._runtime.runner import Runner
 from corral._services.context import PluginContext, plugin_paths
@@ -64,11 +66,14 @@ _METRICS_MAX: Final = 100_000
 class _Active:
     """A plugin's life in this process: state, imported code, context, entry object."""
 
-    __slots__ = ("ctx", "entry", "exports", "manifest", "scope", "spec", "state")
+    __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "scope", "spec", "state")
 
-    def __init__(self, manifest: Manifest, ctx: PluginContext) -> None:
+    def __init__(self, manifest: Manifest, ctx: PluginContext,
+                 watch_from: Callable[[], DirWatch] | None = None) -> None:
         self.manifest = manifest
         self.ctx = ctx
+        #: The host-side check of its {data}, {tmp} and {cache} totals.
+        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox, watch_from)
         self.state = State.REGISTERED
         self.scope: ModuleScope | None = None
         self.entry: Any = None
@@ -128,6 +133,9 @@ class Host:
         self._micro_mgr: MicroManager | None = None
         self._closed = False
         self._services = Services(self.home, status_of=self._status_of)
+        self._budget_thread: threading.Thread | None = None
+        self._budget_stop = threading.Event()
+        self._dir_watcher: DirWatch | None = None
 
     # -- context management -------------------------------------------------
 
@@ -148,6 +156,11 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        self._budget_stop.set()
+        if self._budget_thread is not None:
+            self._budget_thread.join(timeout=5)
+        if self._dir_watcher is not None:
+            self._dir_watcher.close()
         if self._micro_mgr is not None:
             self._micro_mgr.close()
         with contextlib.suppress(Exception):
@@ -329,6 +342,38 @@ class Host:
         out = info.to_dict(full=True)
         out["metrics"] = self._store.call_summary(plugin_id)
         out["data_dir"] = str(self.home / "data" / plugin_id)
+        out["budgets"] = self.budget_usage(plugin_id)
+        return out
+
+    def budget_usage(self, plugin_id: str) -> dict[str, dict[str, Any]]:
+        """Each budget of a registered plugin: its limit and, where the host keeps it, its use.
+
+        ``{"disk-mb": {"limit": 10, "used": 1234, "cap": 10485760, "unit": "bytes"}, ...}``;
+        ``log-lines`` and ``log-kb`` are per call, so they have no ``used``.
+        """
+        row = self._row(plugin_id)
+        sandbox = self._fresh_manifest(row).sandbox
+        out: dict[str, dict[str, Any]] = {}
+
+        def put(key: str, used: int | None, unit: str) -> None:
+            limit = sandbox.limit(key)
+            cap = limit * (1024 * 1024 if key.endswith("-mb") else 1024 if key.endswith("-kb")
+                           else 1)
+            entry: dict[str, Any] = {"limit": limit, "cap": cap, "unit": unit}
+            if used is not None:
+                entry["used"] = used
+            out[key] = entry
+
+        for key, used in dir_usage(self.home, plugin_id).items():
+            put(key, used, "bytes")
+        state_bytes, state_keys, event_bytes = self._services.usage(plugin_id)
+        put("state-mb", state_bytes, "bytes")
+        put("state-keys", state_keys, "keys")
+        put("events-mb", event_bytes, "bytes")
+        queue = self._services.budgets.queue(plugin_id)
+        put("queue-mb", queue.used if queue is not None else 0, "bytes")
+        put("log-lines", None, "lines per call")
+        put("log-kb", None, "bytes per call")
         return out
 
     # -- registration ---------------------------------------------------------
@@ -749,6 +794,8 @@ class Host:
 
     def _persist(self, plugin_id: str, state: State, error: dict[str, Any] | None = None) -> None:
         if state in DURABLE_STATES:
+            if error is not None:  # a plugin's message or traceback may quote a secret
+                error = self._services.redactor.redact_doc(error)
             self._store.set_state(plugin_id, state.value, error)
 
     def _load_one(self, plugin_id: str, manifest: Manifest) -> None:
@@ -764,8 +811,14 @@ class Host:
         )
         ctx = PluginContext(plugin_id, paths, config, host=self,
                             permissions=manifest.permissions)
-        active = _Active(manifest, ctx)
+        active = _Active(manifest, ctx, self._dir_watch)
         self._active[plugin_id] = active
+        self._services.budgets.set(plugin_id, manifest.sandbox)
+        from corral._services.secrets import (
+            watch_plugin_log,  # brings logging: not for `corral list`
+        )
+
+        watch_plugin_log(plugin_id, self._services.redactor)
         try:
             if manifest.sandbox.isolation == "none":
                 self._import_in_process(active, plugin_dir)
@@ -861,10 +914,46 @@ class Host:
         self._persist(plugin_id, State.ENABLED)
         self._feed_micro(active)
         if active.manifest.sandbox.isolation == "none":
-            self._fast[plugin_id] = {
-                name: (fn, active.ctx, (plugin_id, name) in self._async_exports, (plugin_id, name))
-                for name, fn in active.exports.items()
-            }
+            self._fast[plugin_id] = self._fast_entries(active)
+            self._watch_budgets()
+
+    def _fast_entries(self, active: _Active) -> dict[str, _FastEntry]:
+        plugin_id = active.manifest.id
+        return {
+            name: (fn, active.ctx, (plugin_id, name) in self._async_exports, (plugin_id, name))
+            for name, fn in active.exports.items()
+        }
+
+    def _watch_budgets(self) -> None:
+        """Start the thread that measures in-process plugins' directories (once per host).
+
+        Their calls take the fast path, which measures nothing; a plugin found over
+        a directory budget leaves the fast path, and the slow one refuses its calls.
+        """
+        with self._rlock:
+            if self._budget_thread is not None:
+                return
+            self._budget_thread = threading.Thread(
+                target=self._budget_loop, name="corral-budgets", daemon=True
+            )
+            self._budget_thread.start()
+
+    def _dir_watch(self) -> DirWatch:
+        """The inotify instance that tells which plugins' directories changed (made once)."""
+        with self._rlock:
+            if self._dir_watcher is None:
+                self._dir_watcher = DirWatch()
+            return self._dir_watcher
+
+    def _budget_loop(self) -> None:
+        while not self._budget_stop.wait(CHECK_EVERY_S):
+            for pid, active in list(self._active.items()):
+                if active.state is not State.ENABLED or active.manifest.sandbox.isolation != "none":
+                    continue
+                try:
+                    active.budget.after_call(0.0)
+                except ResourceLimitExceeded:
+                    self._fast.pop(pid, None)
 
     def _disable_one(self, plugin_id: str) -> None:
         self._drop_micro(plugin_id)
@@ -874,6 +963,7 @@ class Host:
             # Enabled by another process; nothing ran here, so only the record changes.
             check_transition(plugin_id, State(self._row(plugin_id).state), "disable")
             self._persist(plugin_id, State.DISABLED)
+            self._wipe_scratch(plugin_id)
             return
         check_transition(plugin_id, active.state, "disable")
         try:
@@ -883,6 +973,7 @@ class Host:
             raise
         finally:
             self._stop_worker(plugin_id)
+            self._wipe_scratch(plugin_id)
         active.state = State.DISABLED
         self._persist(plugin_id, State.DISABLED)
 
@@ -901,6 +992,7 @@ class Host:
                 raise
         finally:
             self._stop_worker(plugin_id)
+            self._wipe_scratch(plugin_id)
             if active.scope is not None:
                 active.scope.release()
                 active.scope = None
@@ -971,6 +1063,11 @@ class Host:
     def _status_of(self, plugin_id: str) -> str | None:
         row = self._store.get(plugin_id)
         return None if row is None else self._state_of(row).value
+
+    def _wipe_scratch(self, plugin_id: str) -> None:
+        """Empty a stopped plugin's ``{tmp}`` and ``{cache}``: none of it outlives the run."""
+        for name in ("tmp", "cache"):
+            wipe(self.home / name / plugin_id)
 
     def _stop_worker(self, plugin_id: str) -> None:
         self._services.stop(plugin_id)
@@ -1197,6 +1294,9 @@ class Host:
                 export=export,
             )
         if manifest.sandbox.isolation == "none":
+            active.budget.before_call()  # refused while {data}, {tmp} or {cache} is over
+            if plugin_id not in self._fast and active.state is State.ENABLED:
+                self._fast[plugin_id] = self._fast_entries(active)
             if self._fast[plugin_id][export][2]:
                 return self._runner.submit(self.acall(plugin_id, export, input)).result()
             return self.call(plugin_id, export, input)

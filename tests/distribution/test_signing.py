@@ -213,51 +213,58 @@ def test_signing_refuses_links(tmp_path: Path, key: SigningKey) -> None:
     assert not (root / SIGNATURE_FILE).exists()
 
 
-def test_directory_ignores_checked_bytecode_but_archive_does_not(signed_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_byte_code_is_never_signed_material(signed_dir: Path, tmp_path: Path) -> None:
+    """A cache whose header matches its source may hold other code: it is an added file."""
     import py_compile
 
     mod = signed_dir / "pkg" / "mod.py"
     cache = signed_dir / "pkg" / "__pycache__"
     mode = py_compile.PycInvalidationMode
-    py_compile.compile(str(mod), cfile=str(cache / "mod.cpython-311.pyc"),
-                       invalidation_mode=mode.TIMESTAMP)
-    py_compile.compile(str(mod), cfile=str(cache / "mod.cpython-312.pyc"),
-                       invalidation_mode=mode.CHECKED_HASH)
     (signed_dir / ".git").mkdir()
     (signed_dir / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    assert verify_directory(signed_dir).state == "signed"  # a loaded plugin grows caches
+    assert verify_directory(signed_dir).state == "signed"  # tool folders are inert
     strict = verify_directory(signed_dir, strict=True)
     assert strict.state == "modified"
     assert "added: .git/HEAD" in strict.problems
+    shutil.rmtree(signed_dir / ".git")
 
-    # byte code Python would run without looking at the source is an added file
-    py_compile.compile(str(mod), cfile=str(cache / "mod.cpython-313.pyc"),
-                       invalidation_mode=mode.UNCHECKED_HASH)
-    py_compile.compile(str(mod), cfile=str(cache / "ghost.cpython-311.pyc"))
-    (cache / "ghost.cpython-311.pyc").rename(signed_dir / "pkg" / "ghost.pyc")
-    status = verify_directory(signed_dir)
-    assert status.state == "modified"
-    assert set(status.problems) == {
-        "added: pkg/__pycache__/mod.cpython-313.pyc (byte code that does not match its source)",
-        "added: pkg/ghost.pyc (byte code that does not match its source)",
-    }
-    (cache / "mod.cpython-313.pyc").unlink()
+    # a timestamp cache whose header matches the signed source, holding other code
+    evil = tmp_path / "evil" / "mod.py"
+    evil.parent.mkdir()
+    evil.write_text("import os\nos.system('id')\n")
+    py_compile.compile(str(evil), cfile=str(cache / "mod.cpython-311.pyc"),
+                       invalidation_mode=mode.TIMESTAMP)
+    pyc = cache / "mod.cpython-311.pyc"
+    st = mod.stat()
+    head = bytearray(pyc.read_bytes())
+    head[8:12] = (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+    head[12:16] = (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    pyc.write_bytes(bytes(head))
+    py_compile.compile(str(mod), cfile=str(cache / "mod.cpython-312.pyc"),
+                       invalidation_mode=mode.CHECKED_HASH)
+    (signed_dir / "pkg" / "ghost.pyc").write_bytes(pyc.read_bytes())
+    for strict_mode in (False, True):
+        status = verify_directory(signed_dir, strict=strict_mode)
+        assert status.state == "modified"
+        assert set(status.problems) == {
+            f"added: pkg/{n} (byte code is never trusted; delete it)"
+            for n in ("__pycache__/mod.cpython-311.pyc", "__pycache__/mod.cpython-312.pyc",
+                      "ghost.pyc")}
     (signed_dir / "pkg" / "ghost.pyc").unlink()
-    # a stale timestamp cache (the source changed) is reported with the source itself
-    mod.write_text(mod.read_text() + "# edited\n")
-    assert "changed: pkg/mod.py" in verify_directory(signed_dir).problems
+    shutil.rmtree(cache)
+    assert verify_directory(signed_dir).state == "signed"  # positive control
 
-    archive = pack_directory(signed_dir, tmp_path / "clean.corral")  # skips caches
+    archive = pack_directory(signed_dir, tmp_path / "clean.corral")
+    assert verify_archive(archive).state == "signed"
     out = tmp_path / "smuggled.corral"
     with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
             dst.writestr(info, src.read(info))
-        dst.writestr("pkg/__pycache__/mod.cpython-311.pyc",
-                     (cache / "mod.cpython-311.pyc").read_bytes())
+        dst.writestr("pkg/__pycache__/mod.cpython-311.pyc", bytes(head))
     status = verify_archive(out)
     assert status.state == "modified"
-    assert "added: pkg/__pycache__/mod.cpython-311.pyc" in status.problems
+    assert ("added: pkg/__pycache__/mod.cpython-311.pyc (byte code is never trusted; delete it)"
+            in status.problems)
 
 
 # -- each kind of tampering, with the problem it reports ------------------------

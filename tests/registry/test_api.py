@@ -144,11 +144,11 @@ def test_oversized_upload_is_413(api: Api, tmp_path: Path) -> None:
     err(api.http.post("/v1/publish", headers={**api.auth(), "content-type": "multipart/form-data"},
                       content=b"garbage"), 400, "usage")
 
-    def chunks() -> Iterator[bytes]:  # no Content-Length: refused before reading
+    def chunks() -> Iterator[bytes]:  # chunked, no Content-Type: not a multipart form
         yield b"x" * 1024
 
     e = err(api.http.post("/v1/publish", headers=api.auth(), content=chunks()), 400, "usage")
-    assert e["field"] == "content-length"
+    assert e["field"] == "content-type"
     # a namespace nobody registered
     e = err(api.publish(make_plugin(tmp_path, "nowhere.thing")), 403, "permission_denied")
     assert "not registered" in str(e["message"])
@@ -300,20 +300,26 @@ def test_two_server_processes_share_one_database(api: Api, tmp_path: Path) -> No
         assert found[0]["id"] == "acme.shared-thing"  # its name index caught up
         assert http2.get("/v1/plugins/acme.shared-thing/download").content == (
             archive.read_bytes())
-        # the same new version published through both at once: one wins, one gets 409
-        race = make_plugin(tmp_path, "acme.shared-thing", "2.0.0")
+        # the same new version published through both at once: one wins; the other gets
+        # 409 with other bytes, 200 (an idempotent retry) with the same bytes
         codes: list[int] = []
 
-        def push(client: httpx.Client) -> None:
+        def push(client: httpx.Client, race: Path) -> None:
             with race.open("rb") as fp:
                 codes.append(client.post("/v1/publish", files={"archive": fp},
                                           headers=api.auth()).status_code)
 
-        threads = [threading.Thread(target=push, args=(c,)) for c in (api.http, http2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(codes) == [201, 409]
+        same = make_plugin(tmp_path, "acme.shared-thing", "2.0.0")
+        other = make_plugin(tmp_path, "acme.shared-thing", "3.0.0")
+        other2 = make_plugin(tmp_path, "acme.shared-thing", "3.0.0", description="other")
+        for pair, want in (((same, same), [200, 201]), ((other, other2), [201, 409])):
+            codes.clear()
+            threads = [threading.Thread(target=push, args=(c, a))
+                       for c, a in zip((api.http, http2), pair, strict=True)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(codes) == want
         versions = http2.get("/v1/plugins/acme.shared-thing").json()["versions"]
-        assert [v["version"] for v in versions] == ["2.0.0", "1.0.0"]
+        assert [v["version"] for v in versions] == ["3.0.0", "2.0.0", "1.0.0"]

@@ -52,8 +52,9 @@ def test_client_round_trip(sqlite_api: Api, tmp_path: Path) -> None:
         assert reg.yank("acme.client-demo", "0.1.0", "oops")["yanked"] is True
         assert reg.resolve("acme.client-demo", "==0.1.0")["yanked"] is True
         assert reg.unyank("acme.client-demo", "0.1.0")["yanked"] is False
-        with pytest.raises(UsageError):
-            reg.publish(archive)  # 409: same version
+        assert reg.publish(archive)["sha256"] == published["sha256"]  # a retry: 200
+        with pytest.raises(UsageError):  # 409: same version, other bytes
+            reg.publish(make_plugin(tmp_path, "acme.client-demo", "0.1.0", description="x"))
         with pytest.raises(NotFoundError):
             reg.show("acme.nothing-here")
     with RegistryClient(sqlite_api.url, sqlite_api.other_token) as reg, \
@@ -73,7 +74,10 @@ def test_client_main_verbs(sqlite_api: Api, tmp_path: Path, capsys: pytest.Captu
     monkeypatch.setenv("CORRAL_TOKEN", sqlite_api.token)
     assert client_main("publish", [str(archive), "--json", *reg]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == "acme.cli-demo"
-    assert client_main("publish", [str(archive), "--json", *reg]) == 2  # duplicate
+    assert client_main("publish", [str(archive), "--json", *reg]) == 0  # a retry: same bytes
+    assert json.loads(capsys.readouterr().out)["created"] is False
+    other = make_plugin(tmp_path, "acme.cli-demo", "1.0.0", description="other bytes")
+    assert client_main("publish", [str(other), "--json", *reg]) == 2  # duplicate
     capsys.readouterr()
     monkeypatch.setenv("CORRAL_TOKEN", sqlite_api.other_token)
     bad = make_plugin(tmp_path, "acme.cli-demo", "2.0.0")

@@ -1,1 +1,1 @@
-"""Tests of corral._services: events, state, secrets, config, micro-plugins."""
+"""Tests of corral._services.hub: events, state, secrets, config, micro-plugins."""

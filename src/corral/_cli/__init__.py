@@ -11,8 +11,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from corral._cli.output import Command, Parser, dump
+from corral._cli.output import Command, Parser, SafeStream, dump
 from corral._errors import CorralError, UsageError
+from corral._model.text import neutralise
 
 if TYPE_CHECKING:
     import argparse
@@ -103,11 +104,34 @@ def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
     return client_main(verb, rest)
 
 
+#: Verbs that run no plugin code: they skip reading the secrets to scrub and the log printer.
+_STATIC_VERBS = frozenset({"list", "schema", "doctor", "secret", "config", "keys", "new", "pack",
+                           "docs", "registry", *_REGISTRY_CLIENT_VERBS})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Everything printed goes through :func:`corral._model.text.neutralise`; the
+    verbs that may run plugin code also scrub the home's secret values.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in argv
     options, verb, rest = _split_global(argv)
+    if verb is None or verb in _STATIC_VERBS:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)
+        try:
+            return _main(argv, options, verb, rest)
+        finally:
+            sys.stdout, sys.stderr = out, err
+    from corral._cli.faces import faces
+
+    with faces(options.get("home") or os.environ.get("CORRAL_HOME")):
+        return _main(argv, options, verb, rest)
+
+
+def _main(argv: list[str], options: dict[str, str], verb: str | None, rest: list[str]) -> int:
+    as_json = "--json" in argv
     if verb == "registry" or verb in _REGISTRY_CLIENT_VERBS:
         return _registry(options, verb, rest)
     try:
@@ -140,8 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(error: dict[str, Any], as_json: bool) -> None:
     if as_json:
         dump({"error": error})
-    else:
-        print(f"corral: error: {error['message']}", file=sys.stderr)
+    else:  # a plugin's words stay under its id: no line of them can pass for the host's
+        source = error.get("plugin") if isinstance(error.get("plugin"), str) else "corral"
+        print(f"corral: error: {neutralise(error['message'], source)}", file=sys.stderr)
         tb = error.get("traceback")
         if tb:
-            print(tb.rstrip(), file=sys.stderr)
+            print(f"  {neutralise(source, one_line=True)}| "
+                  f"{neutralise(str(tb).rstrip(), source)}", file=sys.stderr)

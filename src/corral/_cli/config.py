@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral._errors import CorralError, NotFoundError, UsageError
+from corral._model.text import neutralise
 
 if TYPE_CHECKING:
     from corral._services.config import ConfigManager
@@ -91,8 +92,8 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     if args.json:
         _dump({"plugin": args.id, "key": args.key, "env": manager.env if args.env is None
                else args.env, "value": value})
-    elif isinstance(value, str):
-        print(value)
+    elif isinstance(value, str):  # a default may come from the plugin's schema
+        print(neutralise(value, args.id))
     else:
         print(json.dumps(value, indent=2, ensure_ascii=False))
     return 0
@@ -140,7 +141,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         print(f"config valid ({manager.path}" + (f", env {args.env}" if args.env else "") + ")")
         return 0
     for pid, err in sorted(errors.items()):
-        print(f"{pid}: {err.message}", file=sys.stderr)
+        print(f"{pid}: {neutralise(err.message, pid)}", file=sys.stderr)
     return exit_code
 
 
@@ -160,9 +161,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(f"{pid}")
         for key, source in sorted(entry.get("sources", {}).items()):
             value = _at(entry.get("config", {}), key)
-            print(f"  {key} = {json.dumps(value, ensure_ascii=False)}    # {source}")
+            print(f"  {neutralise(key, one_line=True)} = {json.dumps(value, ensure_ascii=False)}"
+                  f"    # {neutralise(source, one_line=True)}")
         if entry.get("error"):
-            print(f"  error: {entry['error']['message']}")
+            print(f"  error: {neutralise(entry['error']['message'], pid)}")
     return 0
 
 

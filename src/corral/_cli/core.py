@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from corral._cli.output import VerbAdder, dump, host_for, json_input, print_result, table
+from corral._model.text import neutralise
+from corral._runtime.budgets import usage_line
 
 __all__ = ["add_verbs"]
 
@@ -36,13 +38,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         dump(info)
         return 0
+
+    def one(text: str) -> str:  # the manifest's own words, kept to one line
+        return neutralise(text, one_line=True)
+
     print(f"{info['id']} {info['version']}  ({info['state']})")
-    print(f"  {info['name']}: {info['description']}")
+    print(f"  {one(info['name'])}: {one(info['description'])}")
     for key in ("category", "isolation", "source", "path", "license"):
         if info.get(key):
-            print(f"  {key:13s}{info[key]}")
+            print(f"  {key:13s}{one(info[key])}")
     if info["tags"]:
-        print(f"  {'tags':13s}{', '.join(info['tags'])}")
+        print(f"  {'tags':13s}{one(', '.join(info['tags']))}")
     if info["dependencies"]:
         deps = ", ".join(f"{k} {v}".strip() for k, v in info["dependencies"].items())
         print(f"  {'dependencies':13s}{deps}")
@@ -68,8 +74,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"({', '.join(f'{k} {v}' for k, v in metrics['outcomes'].items())}); "
             f"wall ms p50 {wall['p50']} p95 {wall['p95']} p99 {wall['p99']} max {wall['max']}"
         )
+    if info.get("budgets"):
+        print("  budgets")
+        for key, entry in info["budgets"].items():
+            print(f"    {key:13s}{usage_line(entry)}")
     if info.get("error"):
-        print(f"  error        {info['error'].get('message')}")
+        print(f"  error        {neutralise(info['error'].get('message'), info['id'])}")
     return 0
 
 
@@ -108,7 +118,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     value = json_input(args)
     with host_for(args) as host:
         result = host.call(args.id, args.export, value)
-    print_result(args, result)
+    print_result(args, result, args.id)
     return 0
 
 
@@ -144,7 +154,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """The text form of a validate report: one section per kind of issue."""
     status = "ok" if report["ok"] else "invalid"
-    print(f"{report['plugin'] or args.path}: {status}")
+    source = neutralise(report["plugin"] or args.path, one_line=True)
+    print(f"{source}: {status}")
     for section in ("errors", "security", "performance", "warnings", "suggestions"):
         issues = [i for i in report.get(section, ()) if "see" not in i]
         if not issues:
@@ -153,7 +164,8 @@ def _print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         for issue in issues:
             rule = f"{issue['rule']} " if "rule" in issue else ""
             where = f"{issue['key']}: " if section == "warnings" and issue.get("key") else ""
-            print(f"    {issue.get('level', 'error')}: {rule}{where}{issue['message']}")
+            text = f"{issue.get('level', 'error')}: {rule}{where}{issue['message']}"
+            print(f"    {neutralise(text, source)}")
     m = report.get("metrics") or {}
     if m:
         ms = "not measured" if m.get("import_ms") is None else f"{m['import_ms']:.1f} ms"

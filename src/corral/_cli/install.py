@@ -1,8 +1,10 @@
 """The installer's verbs: install, uninstall, update, rollback, history, verify, gc.
 
 Each verb is a thin face over :class:`corral._distribution.installer.Installer`.  ``update``
-exits 4 when an update was held for wider permissions (what could be applied
-still is), so that scripts notice that someone must look.
+exits 4 when an update was held for wider permissions or for a plugin new to
+the home (what could be applied still is), so that scripts notice that someone
+must look; ``install`` and ``update`` exit 4 (``policy_denied``) rather than
+move an installed plugin to another source or signing key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from corral._cli.output import dump, table
+from corral._model.text import neutralise
 
 if TYPE_CHECKING:
     import argparse
@@ -93,7 +96,9 @@ def _show(args: argparse.Namespace, change: Change) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
-        change = inst.install(args.ids, from_lock=args.from_lock, enable=args.enable)
+        change = inst.install(args.ids, from_lock=args.from_lock, enable=args.enable,
+                              accept_permissions=args.accept_permissions,
+                              allow_source_change=args.allow_source_change)
     return _show(args, change)
 
 
@@ -109,15 +114,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _show(args, change)
 
 
-def _perms(changes: dict[str, list[str]]) -> str:
-    return "; ".join(f"+{k}: {', '.join(v)}" for k, v in changes.items()) or "-"
+def _perms(changes: dict[str, list[str]], brings: list[str] | None = None) -> str:
+    parts = [f"+{k}: {', '.join(v)}" for k, v in changes.items()]
+    parts += [f"+new plugin: {', '.join(brings)}"] if brings else []
+    return "; ".join(parts) or "-"
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
         result = inst.update(
             args.ids, check=args.check, accept_permissions=args.accept_permissions,
-            retry_failed=args.retry_failed,
+            retry_failed=args.retry_failed, allow_source_change=args.allow_source_change,
         )
     doc = result.to_dict()
     code = 4 if result.held else 0
@@ -125,25 +132,39 @@ def cmd_update(args: argparse.Namespace) -> int:
         dump(doc)
         return code
     for x in doc["skipped"]:
-        print(f"skipped: {x['id']} {x['version']} failed before ({x['reason']}); "
+        print(f"skipped: {x['id']} {x['version']} failed before "
+              f"({neutralise(x['reason'], one_line=True)}); "
               "run with --retry-failed to try it again", file=sys.stderr)
+    for note in doc["notes"]:
+        print(f"note: {neutralise(note, one_line=True)}", file=sys.stderr)
     if not doc["available"]:
         print("everything is up to date")
         return 0
     held = {h["id"] for h in doc["held"]}
     rows = [
-        [a["id"], a["installed"] or "-", a["available"], _perms(a["permissions"]),
+        [a["id"], a["installed"] or "-", a["available"],
+         _perms(a["permissions"], a.get("new_dependencies")),
          "held" if a["id"] in held else ("available" if args.check else "applied")]
         for a in doc["available"]
     ]
     print(table(rows, ["id", "installed", "available", "new permissions", "status"]))
-    if held:
-        verb = "asks" if len(held) == 1 else "ask"
+    wider = sorted(h["id"] for h in doc["held"] if h["installed"] and h["permissions"])
+    if wider:
+        verb = "asks" if len(wider) == 1 else "ask"
         print(
-            f"held: {', '.join(sorted(held))} {verb} for more permissions; review the "
+            f"held: {', '.join(wider)} {verb} for more permissions; review the "
             "difference above and run again with --accept-permissions to apply",
             file=sys.stderr,
         )
+    for h in doc["held"]:
+        if h.get("new"):
+            print(
+                f"held: {h['id']} {h['available']} is new to this home (required by "
+                f"{', '.join(h['required_by']) or 'the update'}) and asks for "
+                f"{neutralise(_perms(h['permissions']), one_line=True)}; none of its code "
+                "ran: review it and run again with --accept-permissions to apply",
+                file=sys.stderr,
+            )
     if doc["applied"]:
         _print_change(doc["applied"])
     return code
@@ -167,7 +188,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         if parts:
             print("       " + ", ".join(parts))
         if g.get("failed") is not None:
-            print(f"       FAILED: {g['failed']}")
+            print(f"       FAILED: {neutralise(g['failed'], one_line=True)}")
     return 0
 
 
@@ -205,6 +226,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="a folder of .corral archives or a registry URL (default $CORRAL_REGISTRY)")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="accept plugins that carry no signature")
+    p.add_argument("--allow-source-change", action="store_true",
+                   help="let an installed plugin come from another source or signing key")
 
 
 def add_verbs(verb: VerbAdder) -> None:
@@ -216,6 +239,8 @@ def add_verbs(verb: VerbAdder) -> None:
     p.add_argument("--enable", action="store_true",
                    help="also enable what was asked for; a plugin that fails to start "
                    "rolls the install back (exit 5)")
+    p.add_argument("--accept-permissions", action="store_true",
+                   help="install even if a new version brings plugins new to this home")
     _source_args(p)
     p = verb("uninstall", cmd_uninstall, "uninstall plugins (and dependencies nothing needs)")
     p.add_argument("ids", nargs="+", metavar="ID")

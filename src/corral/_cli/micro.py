@@ -8,6 +8,7 @@ from typing import Any
 
 from corral._cli.output import VerbAdder, dump, host_for, json_input, print_result, table
 from corral._errors import UsageError
+from corral._model.text import neutralise
 
 __all__ = ["add_verbs"]
 
@@ -36,7 +37,7 @@ def cmd_micro_run(args: argparse.Namespace) -> int:
             result = host.micro.execute(args.id, value)
         else:
             result = host.run_pipeline(args.id, value)
-    print_result(args, result)
+    print_result(args, result, args.id)
     return 0
 
 
@@ -50,7 +51,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     with host_for(args) as host:
         host.start()
         result = Composition(ids, host.micro).run(value)
-    print_result(args, result)
+    print_result(args, result, ids[-1])
     return 0
 
 
@@ -105,7 +106,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         print(f"{d['id']}: {d['stable']} -> {d['canary']}  {d['status']} at {d['percent']}%  "
               f"(failed checks {d['failed_checks']}/{d['policy']['threshold']})")
         for e in d["events"][-5:]:
-            print(f"  {e['decision']:8s} {e['percent']:3d}%  {e['reason']}")
+            print(f"  {e['decision']:8s} {e['percent']:3d}%  {neutralise(e['reason'], d['id'])}")
     return 0
 
 

@@ -10,12 +10,35 @@ from typing import Final
 
 from corral._errors import InvalidPluginError
 
-__all__ = ["MAX_FILES", "MAX_TOTAL_BYTES", "copy_plugin_dir"]
+__all__ = ["MAX_FILES", "MAX_TOTAL_BYTES", "check_entry", "check_plugin_tree", "copy_plugin_dir"]
 
 MAX_FILES: Final = 10_000
 MAX_TOTAL_BYTES: Final = 200 * 1024 * 1024
 _SKIP: Final = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache",
                           ".ruff_cache"})
+
+
+def check_entry(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular file or a folder (never followed if a link)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidPluginError(
+            f"{path}: symbolic links are not allowed in a plugin", file=str(path)
+        )
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise InvalidPluginError(f"{path}: not a regular file or directory", file=str(path))
+
+
+def check_plugin_tree(src: Path) -> None:
+    """Refuse a plugin directory holding a link or a special file anywhere (as a copy would).
+
+    For readers of a plugin's files that did not copy it first: a link could
+    make them read, and publish, a file outside the plugin.
+    """
+    for root, dirs, names in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+        for name in [*dirs, *names]:
+            check_entry(Path(root) / name)
 
 
 def copy_plugin_dir(src: Path, dest: Path) -> None:
@@ -33,16 +56,7 @@ def copy_plugin_dir(src: Path, dest: Path) -> None:
             rel = Path(root).relative_to(src)
             dirs[:] = sorted(d for d in dirs if d not in _SKIP)
             for name in [*dirs, *names]:
-                path = Path(root) / name
-                st = path.lstat()
-                if stat.S_ISLNK(st.st_mode):
-                    raise InvalidPluginError(
-                        f"{path}: symbolic links are not allowed in a plugin", file=str(path)
-                    )
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                    raise InvalidPluginError(
-                        f"{path}: not a regular file or directory", file=str(path)
-                    )
+                check_entry(Path(root) / name)
             for name in dirs:
                 os.mkdir(dest / rel / name, 0o755)
             for name in sorted(names):

@@ -39,8 +39,11 @@ class Generation:
     """One numbered set of installed plugins.
 
     ``plugins`` maps ids to ``{"version", "sha256", "source", "signature",
-    "requested", "spec"}``: ``requested`` says the user asked for it (else it
-    is there as a dependency), ``spec`` is the range they asked for.
+    "requested", "spec"}`` and ``"publisher"`` when the source names one:
+    ``requested`` says the user asked for it (else it is there as a
+    dependency), ``spec`` is the range they asked for.  ``source``,
+    ``signature.keyid`` and ``publisher`` pin where the plugin may come from
+    on ``update`` (see :meth:`corral._distribution.installer.Installer.update`).
     ``failed`` is set on a generation whose health check failed (it was rolled
     back automatically); ``failed_updates`` lists ``{"id", "version",
     "reason"}`` of versions that failed their self-test or start-up, so that

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._disk.files import exclusive, fsync_dir, sha256_file, write_atomic
 from corral._disk.layout import MANIFEST_NAME
+from corral._disk.tree import copy_plugin_dir
 from corral._distribution.generations import (
     LOCK_NAME,
     Generation,
@@ -50,6 +51,7 @@ from corral._errors import (
     LifecycleError,
     NotFoundError,
     PluginError,
+    PolicyDenied,
     SignatureInvalid,
     TransferError,
     UsageError,
@@ -68,6 +70,7 @@ __all__ = [
     "Installer",
     "Progress",
     "UpdateResult",
+    "full_grants",
     "open_source",
     "permission_changes",
 ]
@@ -253,13 +256,17 @@ class UpdateResult:
     """Updates found (``available``), held for wider permissions (``held``), and the change.
 
     ``skipped`` lists ``{"id", "version", "reason"}`` of versions left out
-    because they failed their self-test or start-up before.
+    because they failed their self-test or start-up before.  A held plugin
+    new to the home has ``"new": true``, its full permissions and isolation,
+    and ``required_by``; an update held for bringing it has ``new_dependencies``.
+    ``notes`` says what else the user should know (a self-test not run).
     """
 
     available: Sequence[Mapping[str, Any]]
     held: Sequence[Mapping[str, Any]]
     change: Change | None
     skipped: Sequence[Mapping[str, str]] = ()
+    notes: Sequence[str] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON data for ``--json``."""
@@ -267,8 +274,19 @@ class UpdateResult:
             "available": [dict(x) for x in self.available],
             "held": [dict(x) for x in self.held],
             "skipped": [dict(x) for x in self.skipped],
+            "notes": list(self.notes),
             "applied": None if self.change is None else self.change.to_dict(),
         }
+
+
+def full_grants(manifest: Manifest) -> dict[str, list[str]]:
+    """Every grant of ``manifest`` and its isolation: what a plugin new to the home asks for."""
+    return {**permission_changes({}, manifest.permissions.to_dict()),
+            "isolation": [manifest.sandbox.isolation]}
+
+
+def _same_location(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def permission_changes(
@@ -541,6 +559,8 @@ class Installer:
         self, requirements: Sequence[str | Requirement] = (), *,
         from_lock: str | os.PathLike[str] | None = None,
         enable: bool = False,
+        accept_permissions: bool = False,
+        allow_source_change: bool = False,
     ) -> Change:
         """Install plugins (``ID``, ``ID@1.2``, ``ID@>=1,<2``) with their dependencies.
 
@@ -548,6 +568,12 @@ class Installer:
         (a different hash at the source raises :class:`SignatureInvalid`).
         ``enable`` also enables what was asked for (dependencies first); a plugin
         that fails to start rolls the install back, as a failed update does.
+
+        Raises:
+            PolicyDenied: a new version of an installed plugin brings a plugin
+                new to the home (unless ``accept_permissions``: review its
+                permissions first), or an installed plugin would change source
+                or signing key (unless ``allow_source_change``).
         """
         reqs = [parse_requirement(r) if isinstance(r, str) else r for r in requirements]
         if not reqs and from_lock is None:
@@ -563,7 +589,11 @@ class Installer:
                 else:
                     wanted = self._plan_install(old, reqs, created)
                     action = "install " + " ".join(str(r) for r in reqs)
+                    if not accept_permissions:
+                        self._hold_new_dependencies(old, reqs, wanted)
                 self._admit(wanted, old)
+                if from_lock is None and not allow_source_change:
+                    self._pin_sources(old, wanted)
                 self._check(host, wanted)
                 change = self._commit(host, cur, wanted, action, created)
             except BaseException:
@@ -595,6 +625,74 @@ class Installer:
         releases = _resolve([Requirement(p, s) for p, s in specs.items()], source,
                             locked=locked, upgrade=sorted(asked))
         return self._materialise(releases, source, old, specs, created)
+
+    def _hold_new_dependencies(
+        self, old: Mapping[str, Mapping[str, Any]], reqs: Sequence[Requirement],
+        wanted: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Refuse an install whose new version of an installed plugin brings a new plugin.
+
+        The user asked for that plugin, not for what its new version pulls in:
+        like an update, it waits until its permissions were seen.
+
+        Raises:
+            PolicyDenied: listing each new plugin, its permissions and isolation.
+        """
+        manifests = self._manifests(wanted)
+        upgraded = [r.id for r in reqs
+                    if r.id in old and old[r.id]["sha256"] != wanted[r.id]["sha256"]]
+        held: list[dict[str, Any]] = []
+        for nid in sorted(p for p in wanted if p not in old and p not in {r.id for r in reqs}):
+            by = sorted(p for p in upgraded if nid in _closure([p], manifests))
+            if by:
+                held.append({"id": nid, "version": str(wanted[nid]["version"]), "new": True,
+                             "required_by": by, "permissions": full_grants(manifests[nid])})
+        if held:
+            listed = "; ".join(f"{h['id']} {h['version']} (required by "
+                               f"{', '.join(h['required_by'])}: {_grants(h['permissions'])})"
+                               for h in held)
+            raise PolicyDenied(
+                f"held: the new version brings plugins new to this home: {listed}; review "
+                "their permissions and run again with --accept-permissions to install",
+                plugin_id=held[0]["id"], held=held)
+
+    def _pin_sources(self, old: Mapping[str, Mapping[str, Any]],
+                     wanted: Mapping[str, Mapping[str, Any]]) -> None:
+        """Refuse to move an installed plugin to another source or signing key.
+
+        A same-named plugin at another source (or signed by another key) is
+        how dependency confusion replaces a plugin; it takes an explicit flag.
+
+        Raises:
+            PolicyDenied: naming the plugin, both sources and both keys.
+        """
+        for pid, e in sorted(wanted.items()):
+            prev = old.get(pid)
+            if prev is None or prev.get("sha256") == e["sha256"]:
+                continue
+            was, now = str(prev.get("source") or ""), str(e.get("source") or "")
+            was_sig, now_sig = prev.get("signature") or {}, e.get("signature") or {}
+            was_key, now_key = was_sig.get("keyid"), now_sig.get("keyid")
+            was_pub, now_pub = prev.get("publisher"), e.get("publisher")
+            if was and not _same_location(was, now):
+                problem = f"it was installed from {was}, version {e['version']} comes from {now}"
+            elif was_pub and now_pub != was_pub:
+                problem = (f"it was published by {was_pub}, version {e['version']} by "
+                           f"{now_pub or 'an unknown publisher'}")
+            elif was_key and now_key != was_key:
+                signed = (f"by key {now_key} ({now_sig.get('signer')})" if now_key
+                          else "by no key (unsigned)")
+                problem = (f"it was signed by key {was_key} ({was_sig.get('signer')}), "
+                           f"version {e['version']} is signed {signed}")
+            else:
+                continue
+            raise PolicyDenied(
+                f"{pid} {prev['version']}: {problem}; corral does not switch an installed "
+                "plugin to another source or signing key on its own (a same-named plugin "
+                "elsewhere may be an impostor); run again with --allow-source-change if you "
+                "mean it", plugin_id=pid, installed_source=was, offered_source=now,
+                installed_keyid=was_key, offered_keyid=now_key, installed_publisher=was_pub,
+                offered_publisher=now_pub)
 
     def _from_lock(self, path: Path, created: list[Path]) -> dict[str, dict[str, Any]]:
         lock = read_lock(path)
@@ -671,6 +769,9 @@ class Installer:
                 "requested": pid in specs,
                 "spec": specs.get(pid, ""),
             }
+            publisher = prev.get("publisher") if same else rel.publisher
+            if publisher:  # the registry account that published it, when the source says
+                out[pid]["publisher"] = publisher
         return out
 
     def _stored(self, rel: Release) -> bool:
@@ -1032,16 +1133,22 @@ class Installer:
 
     def update(
         self, ids: Sequence[str] = (), *, check: bool = False, accept_permissions: bool = False,
-        retry_failed: bool = False,
+        retry_failed: bool = False, allow_source_change: bool = False,
     ) -> UpdateResult:
         """Find newer versions and apply them (all plugins, or ``ids``).
 
         A version whose permissions grant more (a new entry in any list, or a
-        weaker isolation) is held unless ``accept_permissions``.  A version with
-        a ``self-test`` export must pass it in a throwaway host first.  A version
-        that failed its self-test or start-up before is skipped (listed in
-        ``skipped``) unless ``retry_failed``.  Without a source, the one
+        weaker isolation) is held unless ``accept_permissions``; so is a version
+        that brings a plugin new to the home (held with it, its full permissions
+        listed): none of the held code runs.  A version with a ``self-test``
+        export must pass it in a throwaway host first, always in a sandbox.  A
+        version that failed its self-test or start-up before is skipped (listed
+        in ``skipped``) unless ``retry_failed``.  Without a source, the one
         recorded in ``corral.lock`` is used.  ``check`` only lists.
+
+        Raises:
+            PolicyDenied: a plugin would come from another source or signing
+                key than it was installed from (unless ``allow_source_change``).
         """
         with self._operation() as host, contextlib.ExitStack() as stack:
             cur = self.current()
@@ -1079,33 +1186,39 @@ class Installer:
             if check or not available:
                 return UpdateResult(available, [], None, skipped)
             created: list[Path] = []
+            notes: list[str] = []
             try:
                 wanted = self._materialise(releases, source, old, specs, created)
-                new_manifests = self._manifests(wanted)
-                held = []
-                for row in available:
-                    pid = row["id"]
-                    om, nm = old_manifests.get(pid), new_manifests[pid]
-                    wider = permission_changes(
-                        om.permissions.to_dict() if om else {}, nm.permissions.to_dict(),
-                        om.sandbox.isolation if om else None, nm.sandbox.isolation)
-                    row["permissions"] = wider
-                    if om is not None and wider and not accept_permissions:
-                        held.append(row)
-                if held:
+                held: list[dict[str, Any]] = []
+                while True:  # each round holds at least one more plugin, or ends
+                    review = self._review(available, old, old_manifests, wanted)
+                    fresh = [] if accept_permissions else [
+                        r for r in review if r["id"] not in {h["id"] for h in held}]
+                    if not fresh:
+                        break
+                    held += fresh
                     wanted = self._without(held, reqs, locked, upgrade, source, old, specs,
                                            created)
+                if any(h["id"] in wanted and old.get(h["id"], {}).get("sha256")
+                       != wanted[h["id"]]["sha256"] for h in held):
+                    wanted = {p: dict(e) for p, e in old.items()}  # no plan leaves them out
                 self._admit(wanted, old)
+                if not allow_source_change:
+                    self._pin_sources(old, wanted)
                 self._check(host, wanted)
                 for pid, e in wanted.items():
                     if old.get(pid, {}).get("sha256") != e["sha256"]:
                         try:
-                            self._self_test(pid, wanted)
+                            note = self._self_test(pid, wanted)
+                            if note:
+                                notes.append(note)
                         except PluginError as exc:
                             self._remember_failure(cur.number, [(pid, str(e["version"]))],
                                                    exc.message)
                             raise
-                names = [r["id"] for r in available if r not in held]
+                names = [r["id"] for r in available if r not in held
+                         and wanted.get(r["id"], {}).get("sha256") != old.get(r["id"], {})
+                         .get("sha256")]
                 enabled = [i.id for i in host.list(discovered=False) if i.state == "enabled"]
                 try:
                     change = self._commit(host, cur, wanted, "update " + " ".join(names),
@@ -1118,7 +1231,48 @@ class Installer:
                 for path in created:
                     _remove_tree(path)
                 raise
-            return UpdateResult(available, held, change if change.changed else None, skipped)
+            return UpdateResult(available, held, change if change.changed else None, skipped,
+                                notes)
+
+    def _review(
+        self, available: list[dict[str, Any]], old: Mapping[str, Mapping[str, Any]],
+        old_manifests: Mapping[str, Manifest], wanted: Mapping[str, Mapping[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The rows of ``available`` a plan would need reviewed: wider permissions, new plugins.
+
+        Sets each row's ``permissions`` (a new plugin: all it asks for, with its
+        isolation); an update that brings a new plugin is listed with it.  A new
+        plugin missing from ``available`` (another plan found it) gets a row.
+        """
+        manifests = self._manifests(wanted)
+        rows = {r["id"]: r for r in available}
+        changed = [p for p in sorted(wanted)
+                   if old.get(p, {}).get("sha256") != wanted[p]["sha256"]]
+        out: list[dict[str, Any]] = []
+        for pid in changed:
+            om, nm = old_manifests.get(pid), manifests[pid]
+            row = rows.get(pid)
+            if row is None:
+                row = {"id": pid, "installed": old[pid]["version"] if pid in old else None,
+                       "available": str(wanted[pid]["version"])}
+                available.append(row)
+                rows[pid] = row
+            if om is None:
+                row["permissions"] = full_grants(nm)
+                row["new"] = True
+                row["required_by"] = sorted(p for p in changed if p in old
+                                            and pid in _closure([p], manifests))
+                out.append(row)
+                continue
+            row["permissions"] = permission_changes(
+                om.permissions.to_dict(), nm.permissions.to_dict(),
+                om.sandbox.isolation, nm.sandbox.isolation)
+            brings = sorted(p for p in _closure([pid], manifests) if p not in old)
+            if brings:
+                row["new_dependencies"] = brings
+            if row["permissions"] or brings:
+                out.append(row)
+        return out
 
     def _update_source(self, plugins: Mapping[str, Mapping[str, Any]],
                        stack: contextlib.ExitStack) -> Source:
@@ -1236,8 +1390,12 @@ class Installer:
         upgrade: list[str], source: Source, old: Mapping[str, Mapping[str, Any]],
         specs: Mapping[str, str], created: list[Path],
     ) -> dict[str, dict[str, Any]]:
-        """The update plan with ``held`` plugins pinned to their installed versions."""
-        pins = [Requirement(r["id"], f"=={r['installed']}") for r in held]
+        """The update plan with ``held`` plugins pinned to their installed versions.
+
+        A held plugin new to the home has no version to pin: the plan must do
+        without it (the caller checks).
+        """
+        pins = [Requirement(r["id"], f"=={r['installed']}") for r in held if r["installed"]]
         rest = [p for p in upgrade if p not in {r["id"] for r in held}]
         try:
             releases = _resolve([*reqs, *pins], source, locked=locked, upgrade=rest)
@@ -1245,31 +1403,52 @@ class Installer:
             return {p: dict(e) for p, e in old.items()}
         return self._materialise(releases, source, old, specs, created)
 
-    def _self_test(self, plugin_id: str, plugins: Mapping[str, Mapping[str, Any]]) -> None:
-        """Run the ``self-test`` export of a new version in a throwaway host; raise if it fails."""
+    def _self_test(self, plugin_id: str,
+                   plugins: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """Run the ``self-test`` export of a new version in a throwaway host; raise if it fails.
+
+        It never runs in this process: a plugin (or a dependency) of isolation
+        ``none`` is run at ``strict`` for the test (``limited`` where ``strict``
+        cannot be enforced), under its own permissions.  Where neither can, the
+        test is not run and the returned note says so.
+        """
         from corral._host import Host
+        from corral._services.sandboxed import sandbox_problem
 
         manifests = self._manifests(plugins)
         manifest = manifests[plugin_id]
         if "self-test" not in manifest.exports:
-            return
-        trees = [self.tree(plugins[p]["sha256"]) for p in _closure([plugin_id], manifests)]
+            return None
+        closure = sorted(_closure([plugin_id], manifests))
+        lifted = [p for p in closure if manifests[p].sandbox.isolation == "none"]
+        level = next((x for x in ("strict", "limited") if not sandbox_problem(x)), None)
+        if lifted and level is None:
+            return (f"{plugin_id} {manifest.version}: self-test not run: it would run "
+                    f"{', '.join(lifted)} (isolation none) in this process, and this machine "
+                    f"cannot sandbox it ({sandbox_problem('limited')})")
         with tempfile.TemporaryDirectory(prefix="corral-selftest-") as tmp:
+            trees = [self.tree(plugins[p]["sha256"]) if p not in lifted
+                     else _sandboxed_copy(self.tree(plugins[p]["sha256"]),
+                                          Path(tmp) / "lifted" / p, str(level))
+                     for p in closure]
             try:
                 with Host(home=Path(tmp) / "home", workspace=tmp) as throwaway:
                     throwaway.register(*trees)
                     throwaway.enable(plugin_id)
                     result = throwaway.call(plugin_id, "self-test", None)
             except CorralError as exc:
+                how = (f" (run at isolation {level!r} for the test, where "
+                       f"{', '.join(lifted)} asks for 'none')" if lifted else "")
                 raise PluginError(
                     f"{plugin_id} {manifest.version}: self-test failed, the update was not "
-                    f"applied: {exc.message}", plugin_id=plugin_id, cause=exc.to_dict(),
+                    f"applied{how}: {exc.message}", plugin_id=plugin_id, cause=exc.to_dict(),
                 ) from exc
             if result is False or (isinstance(result, dict) and result.get("ok") is False):
                 raise PluginError(
                     f"{plugin_id} {manifest.version}: self-test returned {result!r}, the "
                     "update was not applied", plugin_id=plugin_id,
                 )
+        return None
 
     # -- garbage ----------------------------------------------------------------
 
@@ -1335,6 +1514,24 @@ class _Offline:
     def fetch(self, release: Release, dest_dir: Path,
               progress: Callable[[int, int], None] | None = None) -> Path:
         raise TransferError(f"{release.id}: offline", plugin_id=release.id)
+
+
+def _sandboxed_copy(tree: Path, dest: Path, level: str) -> Path:
+    """A copy of ``tree`` whose manifest asks for ``level`` instead of isolation ``none``."""
+    import tomlkit
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    copy_plugin_dir(tree, dest)
+    doc = tomlkit.parse((dest / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if "sandbox" not in doc:
+        doc["sandbox"] = tomlkit.table()
+    doc["sandbox"]["isolation"] = level
+    (dest / MANIFEST_NAME).write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return dest
+
+
+def _grants(perms: Mapping[str, Sequence[str]]) -> str:
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in perms.items()) or "no permissions"
 
 
 def _closure(roots: Sequence[str], manifests: Mapping[str, Manifest]) -> set[str]:

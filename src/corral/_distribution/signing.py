@@ -17,9 +17,10 @@ signed plugin can change unnoticed:
   base64 and exactly one signature; anything else is ``invalid``;
 - any file missing, added or changed makes the plugin ``modified``; so does a
   ``plugin``/``version`` that disagrees with ``corral.toml``;
-- in a directory, byte code is ignored only in ``__pycache__`` and only when
-  Python checks it against its present source (timestamp or checked hash);
-  an unchecked or sourceless ``.pyc`` is an added file;
+- byte code (``*.pyc``, ``*.pyo``, anything in ``__pycache__``) is never
+  trusted: in a directory or an archive it is an added file, even when its
+  header matches the source (a header says nothing about the code inside),
+  and corral's loaders never read it (see :mod:`corral._runtime.loader`);
 - an archive is checked entry by entry (even ``__pycache__``), and a signed
   archive must be laid out exactly as ``pack_directory`` writes it (fixed
   dates and modes, no extra fields, comments, gaps or trailing bytes), so that
@@ -504,44 +505,12 @@ def _parse_envelope(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
 _INERT_DIRS: Final = _PACK_SKIP_DIRS - {"__pycache__"}
 
 
-def _is_cache_of_source(pyc: Path) -> bool:
-    """True if ``pyc`` is byte code Python would check against its present source.
-
-    Only a ``__pycache__`` entry whose header matches the source next to it
-    (timestamp and size, or the source hash) qualifies; an unchecked hash-based
-    pyc, or one without its source, would run code nobody signed.
-    """
-    import importlib.util
-
-    if pyc.parent.name != "__pycache__" or not pyc.name.endswith(".pyc"):
-        return False
-    source = pyc.parent.parent / (pyc.name.split(".", 1)[0] + ".py")
-    try:
-        if source.is_symlink() or not source.is_file():
-            return False
-        with pyc.open("rb") as fp:
-            head = fp.read(16)
-        if len(head) < 16:
-            return False
-        flags = int.from_bytes(head[4:8], "little")
-        if flags == 0:  # timestamp-based: Python compares source mtime and size
-            st = source.stat()
-            return (int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
-                    and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF)
-        if flags == 3:  # checked hash-based
-            return head[8:16] == importlib.util.source_hash(source.read_bytes())
-    except OSError:
-        return False
-    return False
-
-
 def _listing(root: Path, *, strict: bool) -> tuple[dict[str, Path], list[str]]:
     """Files under ``root`` as ``{posix name: path}`` plus problems (links, special files).
 
     ``strict`` (an extracted archive): every entry counts.  Not ``strict`` (a
-    directory): tool folders (``.git``, ...) are ignored, and so is byte code in
-    ``__pycache__`` that Python checks against its source, since a loaded plugin
-    grows such caches; any other byte code is reported.
+    directory): tool folders (``.git``, ...) are ignored.  Byte code counts
+    everywhere: a cache whose header matches its source may still hold other code.
     """
     found: dict[str, Path] = {}
     problems: list[str] = []
@@ -564,10 +533,8 @@ def _listing(root: Path, *, strict: bool) -> tuple[dict[str, Path], list[str]]:
             if not stat.S_ISREG(mode):
                 problems.append(f"added: {rel} (not a regular file)")
                 continue
-            if not strict and name.endswith(_PACK_SKIP_SUFFIXES):
-                if _is_cache_of_source(path):
-                    continue
-                problems.append(f"added: {rel} (byte code that does not match its source)")
+            if name.endswith(_PACK_SKIP_SUFFIXES) or "__pycache__" in rel.split("/"):
+                problems.append(f"added: {rel} (byte code is never trusted; delete it)")
                 continue
             found[rel] = path
     return found, problems
@@ -635,10 +602,9 @@ def _verify(root: Path, *, strict: bool) -> SignatureStatus:
 def verify_directory(root: Path, *, strict: bool = False) -> SignatureStatus:
     """Check the signature of the plugin directory ``root``; never raises for bad content.
 
-    By default tool folders (``.git``, ``.mypy_cache``) are ignored, and byte code
-    in ``__pycache__`` that matches its source (a loaded plugin grows such
-    caches); other byte code counts as an added file.  With ``strict`` every
-    file counts: use it on a tree freshly extracted from an archive.
+    By default tool folders (``.git``, ``.mypy_cache``) are ignored; byte code
+    (``__pycache__``, ``*.pyc``) always counts as an added file.  With ``strict``
+    every file counts: use it on a tree freshly extracted from an archive.
     """
     root = Path(root)
     if not root.is_dir():

@@ -33,6 +33,7 @@ from corral._model.pipeline import pipeline_from_dict
 __all__ = [
     "ISOLATION_LEVELS",
     "LIMITS",
+    "LIMIT_DESCRIPTIONS",
     "MANIFEST_NAME",
     "MICRO_TYPES",
     "Author",
@@ -62,6 +63,33 @@ LIMITS: Final[Mapping[str, tuple[int, int, int]]] = MappingProxyType(
         "timeout-ms": (1, 3_600_000, 5000),
         "disk-mb": (1, 1_048_576, 100),
         "max-processes": (1, 4096, 8),
+        # Budgets of what the host holds for a plugin (docs/budgets.md).
+        "tmp-mb": (1, 1_048_576, 100),
+        "cache-mb": (1, 1_048_576, 100),
+        "state-mb": (1, 4096, 16),
+        "state-keys": (1, 1_000_000, 10_000),
+        "events-mb": (1, 4096, 64),
+        "queue-mb": (1, 4096, 16),
+        "log-lines": (1, 1_000_000, 1000),
+        "log-kb": (1, 65536, 256),
+    }
+)
+#: What each ``[sandbox]`` limit bounds, for the JSON schema and docs/budgets.md.
+LIMIT_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "memory-mb": "Address space of the plugin's worker, MiB.",
+        "cpu-seconds": "CPU time of the plugin's worker over its life, seconds.",
+        "timeout-ms": "Wall-clock limit of one call, milliseconds.",
+        "disk-mb": "Total size of everything under {data}, MiB (and of any one file written).",
+        "max-processes": "Processes and threads the plugin's worker may run at once.",
+        "tmp-mb": "Total size of everything under {tmp}, MiB; wiped on disable and unload.",
+        "cache-mb": "Total size of everything under {cache}, MiB; wiped on disable and unload.",
+        "state-mb": "Bytes of shared-state keys and values this plugin last wrote, MiB.",
+        "state-keys": "Shared-state keys this plugin last wrote.",
+        "events-mb": "Bytes this plugin keeps in durable topics and the dead-letter store, MiB.",
+        "queue-mb": "Bytes the host holds in memory for this plugin's polled subscriptions, MiB.",
+        "log-lines": "Log lines (ctx.log, stdout, stderr) one call may write.",
+        "log-kb": "Bytes of log (ctx.log, stdout, stderr) one call may write, KiB.",
     }
 )
 MICRO_MAX_MS: Final = (1, 600_000, 100)
@@ -106,6 +134,9 @@ _PERMISSION_KEYS: Final = ("fs-read", "fs-write", "net-connect", "spawn", "env",
 #: ``[permissions.reasons]``: why each permission is needed, keyed by kind or ``kind:entry``.
 REASONS_KEY: Final = "reasons"
 _SANDBOX_KEYS: Final = ("isolation", *LIMITS)
+_BUDGET_KEYS: Final = (
+    "tmp-mb", "cache-mb", "state-mb", "state-keys", "events-mb", "queue-mb", "log-lines", "log-kb"
+)
 _MICRO_KEYS: Final = ("id", "type", "handler", "max-ms", "description")
 _AUTHOR_KEYS: Final = ("name", "email")
 _PIPELINE_KEYS: Final = ("id", "description", "steps")
@@ -135,6 +166,19 @@ class Sandbox:
     timeout_ms: int = LIMITS["timeout-ms"][2]
     disk_mb: int = LIMITS["disk-mb"][2]
     max_processes: int = LIMITS["max-processes"][2]
+    tmp_mb: int = LIMITS["tmp-mb"][2]
+    cache_mb: int = LIMITS["cache-mb"][2]
+    state_mb: int = LIMITS["state-mb"][2]
+    state_keys: int = LIMITS["state-keys"][2]
+    events_mb: int = LIMITS["events-mb"][2]
+    queue_mb: int = LIMITS["queue-mb"][2]
+    log_lines: int = LIMITS["log-lines"][2]
+    log_kb: int = LIMITS["log-kb"][2]
+
+    def limit(self, key: str) -> int:
+        """The value of limit ``key`` in manifest spelling (``disk-mb``)."""
+        value: int = getattr(self, key.replace("-", "_"))
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """The table in manifest spelling."""
@@ -145,6 +189,7 @@ class Sandbox:
             "timeout-ms": self.timeout_ms,
             "disk-mb": self.disk_mb,
             "max-processes": self.max_processes,
+            **{key: self.limit(key) for key in _BUDGET_KEYS},
         }
 
 
@@ -690,6 +735,10 @@ class _Reader:
             max_processes=self.integer(
                 table, "max-processes", "sandbox", LIMITS["max-processes"]
             ),
+            **{
+                key.replace("-", "_"): self.integer(table, key, "sandbox", LIMITS[key])
+                for key in _BUDGET_KEYS
+            },
         )
 
     def _exports(self, value: object) -> Mapping[str, str]:

@@ -11,6 +11,7 @@ from corral._model.manifest import (
     ID_MAX,
     ID_PATTERN,
     ISOLATION_LEVELS,
+    LIMIT_DESCRIPTIONS,
     LIMITS,
     MICRO_MAX_MS,
     MICRO_TYPES,
@@ -58,7 +59,8 @@ def manifest_json_schema() -> dict[str, Any]:
         s.replace(".", r"\.") for s in HOST_API_SERVICES if s != "secrets"
     )
     limits = {
-        key: {"type": "integer", "minimum": low, "maximum": high, "default": default}
+        key: {"type": "integer", "minimum": low, "maximum": high, "default": default,
+              "description": LIMIT_DESCRIPTIONS[key]}
         for key, (low, high, default) in LIMITS.items()
     }
     return {

@@ -5,18 +5,31 @@ docstrings (read with :mod:`ast`; nothing is imported), the config schema
 (``config.schema.json``) and ``[permissions.reasons]``.  Output is
 deterministic (same plugin, same bytes) and the HTML page is self-contained,
 with every piece of text escaped.
+
+The plugin's files are hostile input: a plugin holding a link (or a special
+file) is refused before anything is read, as copying it would be, and a link
+is made only to a safe URL (:func:`safe_url`); a Markdown link or link
+definition in the plugin's prose to any other URL is shown as plain text.
 """
 
 from __future__ import annotations
 
 import ast
 import html
+import re
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["plugin_docs", "to_html", "to_markdown"]
+from corral._disk.tree import check_plugin_tree
+
+__all__ = ["SAFE_SCHEMES", "plugin_docs", "safe_url", "to_html", "to_markdown"]
 
 NO_REASON: Final = "no reason given"
+#: The only schemes a generated page links to; a URL without a scheme is relative.
+SAFE_SCHEMES: Final = frozenset({"http", "https", "mailto"})
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+#: ``](`` of an inline link or image and ``]:`` of a link definition, with the URL after it.
+_MD_LINK: Final = re.compile(r"\](\(|:)[ \t\n]*<?([^ \t\n)>]*)")
 
 _CSS: Final = (
     "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
@@ -26,6 +39,18 @@ _CSS: Final = (
     "th{background:#f6f6f6}.missing{color:#b00}pre{white-space:pre-wrap;background:#fafafa;"
     "padding:.5rem;border-left:3px solid #ddd}"
 )
+
+
+def safe_url(url: object) -> bool:
+    """Whether a page may link to ``url``: ``http``, ``https``, ``mailto`` or relative.
+
+    Browsers ignore control characters and spaces inside a scheme (a tab in
+    ``javascript``) and Markdown drops a backslash before ``:``, so both are
+    dropped before the scheme is read.
+    """
+    cleaned = "".join(ch for ch in str(url) if ch > " " and ch not in "\x7f\\")
+    m = _SCHEME.match(cleaned)
+    return m is None or m.group(1).lower() in SAFE_SCHEMES
 
 
 def _callable_doc(plugin_dir: Path, name: str, target: str) -> dict[str, Any]:
@@ -78,6 +103,7 @@ def plugin_docs(plugin_dir: Path) -> dict[str, Any]:
     from corral._model.config import load_schema
     from corral._model.manifest import load_manifest
 
+    check_plugin_tree(plugin_dir)
     m = load_manifest(plugin_dir)
     reasons = m.permission_reasons
     perms = []
@@ -113,15 +139,32 @@ def plugin_docs(plugin_dir: Path) -> dict[str, Any]:
 # -- Markdown -----------------------------------------------------------------------
 
 
-def _text(value: object) -> str:
-    """Markdown prose with no raw HTML: ``&``, ``<`` and ``>`` become entities."""
+def _inert(m: re.Match[str]) -> str:
+    """A Markdown link to an unsafe URL, its ``(`` or ``:`` escaped so it is no link."""
+    return m.group() if safe_url(m.group(2)) else "]\\" + m.group()[1:]
+
+
+def _no_html(value: object) -> str:
     text = "" if value is None else str(value)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _text(value: object) -> str:
+    """Markdown prose: no raw HTML (``&``, ``<``, ``>`` as entities), links to safe URLs only."""
+    return _MD_LINK.sub(_inert, _no_html(value))
+
+
+def _md_link(url: str) -> str:
+    """``url`` as a Markdown link if it is safe, else as inert text."""
+    if not safe_url(url) or any(c in url for c in "()<> \n"):
+        return _text(url)
+    return f"[{_text(url)}]({url})"
+
+
 def _cell(value: object) -> str:
-    """A Markdown table cell: no raw HTML, pipes or newlines."""
-    return _text(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell: no raw HTML, pipes, newlines or links to unsafe URLs."""
+    text = _no_html(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _MD_LINK.sub(_inert, text)
 
 
 def _code(value: object) -> str:
@@ -164,7 +207,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
     if doc["description"]:
         out += [_text(doc["description"]), ""]
     facts = _facts(doc)
-    listed = [f"- **{k}:** {_text(v)}" for k, v in facts if v]
+    links = {"Homepage", "Repository"}
+    listed = [f"- **{k}:** {_md_link(v) if k in links else _text(v)}" for k, v in facts if v]
     if listed:
         out += [*listed, ""]
     if doc["dependencies"]:
@@ -220,6 +264,11 @@ def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _html_link(url: str) -> str:
+    """``url`` as a link if it is safe, else as plain text."""
+    return f'<a href="{_e(url)}">{_e(url)}</a>' if safe_url(url) else _e(url)
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     """Rows of already-escaped cells."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
@@ -240,7 +289,9 @@ def to_html(doc: dict[str, Any]) -> str:
     if doc["description"]:
         parts.append(f"<p>{_e(doc['description'])}</p>")
     facts = _facts(doc)
-    items = "".join(f"<li><b>{_e(k)}:</b> {_e(v)}</li>" for k, v in facts if v)
+    links = {"Homepage", "Repository"}
+    items = "".join(f"<li><b>{_e(k)}:</b> {_html_link(v) if k in links else _e(v)}</li>"
+                    for k, v in facts if v)
     if items:
         parts.append(f"<ul>{items}</ul>")
     if doc["dependencies"]:

@@ -4,6 +4,9 @@
 export and micro handler names a module inside the plugin directory that
 compiles and defines that name.  :class:`ModuleScope` then imports the code
 with the plugin directory as the only root for its top-level modules.
+:func:`source_only` makes every import from under a plugin directory compile
+from its source (what the signature covers): byte code the plugin shipped
+(``__pycache__``, a sourceless ``.pyc``) is never read, none is written.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._errors import InvalidPluginError, PluginError
 
@@ -22,7 +26,49 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 
-__all__ = ["ModuleScope"]
+__all__ = ["ModuleScope", "source_only"]
+
+
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a plugin module from its source every time; never reads or writes a cache."""
+
+    def get_code(self, fullname: str) -> Any:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)  # and so writes no cache
+
+
+_SOURCE_ROOTS: set[str] = set()
+#: Extension modules and source, as Python's own order; no sourceless byte code.
+_LOADERS: Final = (
+    (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+    (_SourceOnlyLoader, importlib.machinery.SOURCE_SUFFIXES),
+)
+
+
+def _under_roots(path: str) -> bool:
+    return any(path == r or path.startswith(r + os.sep) for r in _SOURCE_ROOTS)
+
+
+def _source_only_hook(entry: str) -> importlib.abc.PathEntryFinder:
+    """A path hook: a source-only finder for a folder under a plugin directory."""
+    full = os.path.abspath(entry or os.getcwd())
+    if not _under_roots(full):
+        raise ImportError("not a plugin directory")
+    return importlib.machinery.FileFinder(full, *_LOADERS)
+
+
+def source_only(plugin_dir: str | os.PathLike[str]) -> None:
+    """Import everything under ``plugin_dir`` from source, ignoring any shipped byte code.
+
+    Python would otherwise run ``__pycache__/m.cpython-3X.pyc`` whenever its
+    header (source mtime and size) matches, whatever code it holds, and a
+    sourceless ``m.pyc`` outright; neither is covered by a signature.
+    """
+    _SOURCE_ROOTS.add(os.path.abspath(plugin_dir))
+    if _source_only_hook not in sys.path_hooks:
+        sys.path_hooks.insert(0, _source_only_hook)
+    for cached in [k for k in sys.path_importer_cache if _under_roots(os.path.abspath(k or "."))]:
+        del sys.path_importer_cache[cached]
 
 
 @final
@@ -94,6 +140,7 @@ class ModuleScope:
         """
         if _FINDER not in sys.meta_path:
             sys.meta_path.append(_FINDER)
+        source_only(self.plugin_dir)
         root = str(self.plugin_dir)
         claimed: set[str] = set()
         shared: set[str] = set()

@@ -9,9 +9,11 @@ the child.
 
 Workers are forked ahead of time: for each isolation level in use the zygote
 keeps one *spare*, already forked, in its namespaces, session and capability-
-less state, waiting on a private socket.  A Spawn hands the spare its
-:class:`~._rpc.Assign` (with the RPC socket and the ruleset via SCM_RIGHTS),
-answers the host, and only then forks the next spare.
+less state (a strict spare keeps those of its own user namespace until its
+assignment says which directories to mount ``noexec``), waiting on a private
+socket.  A Spawn hands the spare its :class:`~._rpc.Assign` (with the RPC
+socket and the ruleset via SCM_RIGHTS), answers the host, and only then forks
+the next spare.
 
 A ``strict`` spare is forked twice: the first child unshares the user, PID,
 network, mount and IPC namespaces, maps its uid/gid, forks PID 1 of the new PID
@@ -338,7 +340,7 @@ class _Zygote:
                             _cgroups.join(procs_fd)
                     except BaseException:
                         os._exit(_EXIT_SPARE)
-                    _worker.spare(theirs.detach())
+                    _worker.spare(theirs.detach(), own_namespaces=True)
                 msg = b"pid %d" % init_pid
             except BaseException as exc:
                 msg = f"error: namespaces: {exc}".encode()

@@ -23,6 +23,7 @@ __all__ = [
     "capabilities_dropped",
     "close_fds_from",
     "drop_capabilities",
+    "remount_noexec",
     "set_child_subreaper",
     "set_no_new_privs",
     "set_pdeathsig",
@@ -74,6 +75,41 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
 def unshare(flags: int) -> None:
     """Move the calling process into new namespaces (``unshare(2)``)."""
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+_MS_RDONLY: Final = 0x1
+_MS_NOSUID: Final = 0x2
+_MS_NODEV: Final = 0x4
+_MS_NOEXEC: Final = 0x8
+_MS_REMOUNT: Final = 0x20
+_MS_NOATIME: Final = 0x400
+_MS_NODIRATIME: Final = 0x800
+_MS_BIND: Final = 0x1000
+_MS_RELATIME: Final = 0x200000
+#: statvfs ``f_flag`` bits and the mount flags they stand for (a remount in a user
+#: namespace must keep the ones the parent namespace set, or it fails with EPERM).
+_KEPT_FLAGS: Final = (
+    (os.ST_RDONLY, _MS_RDONLY), (os.ST_NOSUID, _MS_NOSUID), (os.ST_NODEV, _MS_NODEV),
+    (os.ST_NOATIME, _MS_NOATIME), (os.ST_NODIRATIME, _MS_NODIRATIME),
+    (os.ST_RELATIME, _MS_RELATIME),
+)  # fmt: skip
+
+
+def remount_noexec(path: str) -> None:
+    """Bind ``path`` onto itself with ``noexec`` (also ``nosuid``), in this mount namespace.
+
+    Nothing under it can then be executed or mapped executable, not even by a
+    loader run directly (``ld.so ./payload``), which Landlock cannot see: it
+    governs ``execve`` only, not ``mmap(PROT_EXEC)``.
+    """
+    raw = os.fsencode(path)
+    _check(_libc.mount(raw, raw, None, ctypes.c_ulong(_MS_BIND), None), f"bind {path}")
+    flags = _MS_BIND | _MS_REMOUNT | _MS_NOEXEC | _MS_NOSUID
+    have = os.statvfs(path).f_flag
+    for st, ms in _KEPT_FLAGS:
+        if have & st:
+            flags |= ms
+    _check(_libc.mount(None, raw, None, ctypes.c_ulong(flags), None), f"remount {path}")
 
 
 def write_id_maps(uid: int, gid: int) -> None:

@@ -3,14 +3,24 @@
 Every frame is a 4-byte big-endian length and a msgpack body.  Host messages are
 :data:`HostMessage`, worker messages :data:`WorkerMessage`, both tagged unions of
 msgspec Structs.  Everything a worker sends is untrusted: it is decoded against
-the schema, and anything else (garbage, an oversized frame, an unknown tag) is a
+the schema, and anything else (garbage, an oversized frame, an unknown tag, a
+value of the wrong type, nesting deeper than :data:`MAX_DEPTH`) is a
 :class:`ProtocolError`, after which the host kills that worker.
+
+Depth is checked before any decoder recurses: msgspec recurses once per level
+(also when it skips an unknown field), so a frame of 100 000 nested arrays
+would raise ``RecursionError`` in the host.  A frame with at most
+:data:`MAX_DEPTH` bytes that could open a container cannot be deeper, which
+settles almost every frame with one C-speed ``translate``; the rest are walked
+iteratively (:func:`_msgpack_too_deep`).  A result's JSON text is checked the
+same way (:func:`decode_result`).
 
 The framing here is I/O-free; the supervisor and the worker own the sockets.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any, Final, Literal, final
 
@@ -33,6 +43,7 @@ from corral._errors import (
 __all__ = [
     "Assign",
     "HEADER",
+    "MAX_DEPTH",
     "Call",
     "ErrorInfo",
     "Failure",
@@ -57,6 +68,7 @@ __all__ = [
     "ZygoteReply",
     "ZygoteRequest",
     "decode_host",
+    "decode_result",
     "decode_worker",
     "encode",
     "error_from_info",
@@ -66,6 +78,8 @@ __all__ = [
 
 #: Frame header: the body length, unsigned 32-bit big-endian.
 HEADER: Final = struct.Struct(">I")
+#: How deeply a worker's frame (the message map itself is level 1) or result may nest.
+MAX_DEPTH: Final = 64
 
 
 class ProtocolError(Exception):
@@ -87,7 +101,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     measured: float | None = None
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What one call cost the worker, as its own ``getrusage`` saw it."""
 
     cpu_user_ms: float
@@ -132,7 +146,7 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     pid: int
 
 
-class Result(msgspec.Struct, frozen=True, tag="result"):
+class Result(msgspec.Struct, frozen=True, tag="result", forbid_unknown_fields=True):
     """Call ``id`` returned; ``value`` is the JSON text of the result."""
 
     id: int
@@ -269,12 +283,142 @@ def frame(body: bytes) -> bytes:
 
 
 def decode_worker(body: bytes | memoryview) -> WorkerMessage:
-    """Decode an untrusted worker frame body, or raise :class:`ProtocolError`."""
+    """Decode an untrusted worker frame body, or raise :class:`ProtocolError`.
+
+    Nothing a worker sends can make this raise anything else: a frame nested
+    deeper than :data:`MAX_DEPTH` is refused before msgspec recurses into it.
+    """
+    if len(body) > MAX_DEPTH and body[:_RESULT_HEAD_SIZE] != _RESULT_HEAD:
+        raw = bytes(body)
+        if len(raw) - len(raw.translate(None, _MSGPACK_OPENERS)) > MAX_DEPTH and (
+            _msgpack_too_deep(raw)
+        ):
+            raise ProtocolError(f"worker sent a frame nested deeper than {MAX_DEPTH} levels")
     try:
         msg: WorkerMessage = _worker_decoder.decode(body)
     except msgspec.MsgspecError as exc:
         raise ProtocolError(f"malformed worker message: {exc}") from None
+    except Exception as exc:  # RecursionError on a deep host stack, MemoryError, ...
+        raise ProtocolError(
+            f"worker message could not be decoded: {type(exc).__name__}: {exc}"
+        ) from None
     return msg
+
+
+def decode_result(text: bytes) -> Any:
+    """Decode a worker's result (JSON text), or raise :class:`ProtocolError`."""
+    if (
+        len(text) > MAX_DEPTH
+        and text.count(b"[") + text.count(b"{") > MAX_DEPTH
+        and _json_too_deep(text)
+    ):
+        raise ProtocolError(f"worker sent a result nested deeper than {MAX_DEPTH} levels")
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"result is not JSON: {exc}") from None
+    except Exception as exc:
+        raise ProtocolError(f"result could not be decoded: {type(exc).__name__}: {exc}") from None
+
+
+#: How every Result frame from an honest worker begins: a 4-entry map, its tag first.
+#: After it, the schema leaves nothing to recurse into: ``id`` and ``value`` are scalars,
+#: ``usage`` a map of scalars, and an unknown field (which msgspec would skip,
+#: recursively) is refused on sight in both.  So the warm path skips the depth scan.
+_RESULT_HEAD: Final = b"\x84\xa4type\xa6result"
+_RESULT_HEAD_SIZE: Final = len(_RESULT_HEAD)
+#: Every byte that opens a msgpack container (fixmap, fixarray, array16/32, map16/32).
+_MSGPACK_OPENERS: Final = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+
+
+def _fixed_sizes() -> tuple[int, ...]:
+    """How many bytes follow each msgpack lead byte, for those where that is fixed."""
+    sizes = [0] * 256
+    for b in range(0xA0, 0xC0):  # fixstr
+        sizes[b] = b & 0x1F
+    for b, n in {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2,
+                 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}.items():
+        sizes[b] = n
+    return tuple(sizes)
+
+
+_FIXED: Final = _fixed_sizes()
+#: Lead bytes followed by a big-endian length: (length bytes, extra bytes, is a container).
+_SIZED: Final = {
+    0xC4: (1, 0, 0), 0xC5: (2, 0, 0), 0xC6: (4, 0, 0),  # bin
+    0xC7: (1, 1, 0), 0xC8: (2, 1, 0), 0xC9: (4, 1, 0),  # ext (a type byte)
+    0xD9: (1, 0, 0), 0xDA: (2, 0, 0), 0xDB: (4, 0, 0),  # str
+    0xDC: (2, 0, 1), 0xDD: (4, 0, 1),  # array
+    0xDE: (2, 0, 2), 0xDF: (4, 0, 2),  # map: two items an entry
+}  # fmt: skip
+
+
+def _msgpack_too_deep(buf: bytes) -> bool:
+    """Whether the msgpack value in ``buf`` opens more than :data:`MAX_DEPTH` containers
+    inside one another; iterative, and over malformed input it just stops (the decoder
+    then says what is wrong)."""
+    open_items: list[int] = []  # items still to come in each container entered
+    fixed, sized = _FIXED, _SIZED
+    i, n = 0, len(buf)
+    while i < n:
+        b = buf[i]
+        i += 1
+        items = -1  # not a container
+        if 0x80 <= b <= 0x9F:
+            items = b & 0x0F if b >= 0x90 else (b & 0x0F) * 2
+        elif b in sized:
+            width, extra, kind = sized[b]
+            length = int.from_bytes(buf[i : i + width], "big")
+            i += width
+            if kind:
+                items = length * kind
+            else:
+                i += extra + length
+        else:
+            i += fixed[b]
+        if open_items:
+            open_items[-1] -= 1
+        if items >= 0 and len(open_items) >= MAX_DEPTH:
+            return True  # even an empty container this deep is one level too many
+        if items > 0:
+            open_items.append(items)
+        while open_items and open_items[-1] == 0:
+            open_items.pop()
+        if not open_items and items <= 0:
+            break  # the value is complete
+    return False
+
+
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_INNERMOST: Final = re.compile(rb"\[\]|\{\}|\[\}|\{\]")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _json_too_deep(text: bytes) -> bool:
+    """Whether JSON ``text`` nests deeper than :data:`MAX_DEPTH`, at C speed for honest text:
+    strings dropped, only brackets kept, then innermost pairs removed, one level a pass."""
+    # Without an escaped quote, every other piece between quotes is a string's content.
+    escaped = b'\\"' in text
+    outside = _JSON_STRING.sub(b"", text) if escaped else b"".join(text.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    rest = brackets
+    for _ in range(MAX_DEPTH):
+        if not rest:
+            return False
+        rest = _JSON_INNERMOST.sub(b"", rest)
+    if not rest:
+        return False
+    depth = 0  # deep or unbalanced: count what a recursive decoder would enter
+    for b in brackets:
+        if b in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+            if depth < 0:
+                return False
+    return False
 
 
 def decode_host(body: bytes | memoryview) -> HostMessage:
@@ -306,7 +450,9 @@ class FrameReader:
         while n - pos >= HEADER.size:
             (size,) = HEADER.unpack_from(buf, pos)
             if size > self.max_frame:
-                raise ProtocolError(f"frame of {size} bytes exceeds the {self.max_frame} cap")
+                raise ProtocolError(
+                    f"frame of {size} bytes exceeds the {self.max_frame}-byte frame cap"
+                )
             end = pos + HEADER.size + size
             if end > n:
                 break

@@ -20,7 +20,15 @@ Python (``mmap``, ``futex``, threads, ``fork`` all keep working):
    - ``setrlimit``, and ``prlimit64`` with a new limit (reading still works);
    - ``socket``/``socketpair`` of any family but ``AF_UNIX`` (raw and packet
      sockets included): network access comes as descriptors from the broker;
-   - ``execve``/``execveat`` unless ``allow_exec``;
+   - ``execve`` unless ``allow_exec``, and ``execveat`` always.  With
+     ``allow_exec``, Landlock's execute right lets ``execve`` reach only the
+     granted programs and their loaders; what it cannot govern is closed
+     here: ``execveat`` (``fexecve``: execute a descriptor, whatever its path)
+     and ``memfd_create``/``memfd_secret`` (the files live on an internal
+     mount Landlock never checks, so ``execve("/proc/self/fd/N")`` of a memfd
+     would run any program written into it; see 3.).  Unnamed files on real
+     mounts (``O_TMPFILE``, a file in ``/dev/shm``, an unlinked file) keep
+     their directory, and Landlock refuses to execute them like any path;
    - ``personality`` other than a query or ``PER_LINUX``;
    - metadata changes by path: ``chmod``, ``chown``, ``utime`` and xattr
      writes, in every variant.  Landlock does not check them, and the
@@ -32,7 +40,9 @@ Python (``mmap``, ``futex``, threads, ``fork`` all keep working):
      path fail with ``EPERM`` (``shutil.copyfile`` works);
    - ``ioctl(TIOCSTI)`` and ``ioctl(TIOCLINUX)`` (typing into a terminal).
 3. ``clone3`` fails with ``ENOSYS``: its flags live in memory a filter cannot
-   read, and glibc then falls back to ``clone``, whose flags it can.
+   read, and glibc then falls back to ``clone``, whose flags it can.  So do
+   ``memfd_create`` and ``memfd_secret``, which libraries take for an old
+   kernel and answer with a file; Python and the worker never call them.
 
 Syscalls that are allowed without looking at their arguments hit the kernel's
 seccomp action cache, so on the hot path the filter costs only the seccomp
@@ -124,13 +134,14 @@ _GENERIC: Final = {
     "name_to_handle_at": 264, "open_by_handle_at": 265, "clock_adjtime": 266,
     "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
     "finit_module": 273, "bpf": 280, "execveat": 281, "userfaultfd": 282,
+    "memfd_create": 279,
     "kexec_file_load": 294,
     # The unified range (424+) is the same on every architecture.
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
     "fsmount": 432, "fspick": 433, "clone3": 435, "pidfd_getfd": 438,
     "process_madvise": 440, "mount_setattr": 442, "quotactl_fd": 443,
-    "open_tree_attr": 467,
+    "memfd_secret": 447, "open_tree_attr": 467,
     # Path-based metadata changes.
     "setxattr": 5, "lsetxattr": 6, "removexattr": 14, "lremovexattr": 15,
     "fchmodat": 53, "fchownat": 54, "utimensat": 88, "fchmodat2": 452,
@@ -150,7 +161,7 @@ _X86_64: Final = {
     "prlimit64": 302, "name_to_handle_at": 303, "open_by_handle_at": 304,
     "clock_adjtime": 305, "setns": 308, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "kexec_file_load": 320,
-    "bpf": 321, "execveat": 322, "userfaultfd": 323,
+    "bpf": 321, "execveat": 322, "userfaultfd": 323, "memfd_create": 319,
     "chmod": 90, "chown": 92, "lchown": 94, "utime": 132, "setxattr": 188,
     "lsetxattr": 189, "removexattr": 197, "lremovexattr": 198, "utimes": 235,
     "fchownat": 260, "futimesat": 261, "fchmodat": 268, "utimensat": 280,
@@ -174,6 +185,8 @@ _DENY: Final = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "reboot", "swapon", "swapoff", "acct", "userfaultfd", "open_by_handle_at",
     "name_to_handle_at", "settimeofday", "clock_settime", "adjtimex", "clock_adjtime",
+    # Execution beyond Landlock's reach: a descriptor (fexecve), whatever its path.
+    "execveat",
     "setrlimit", "quotactl", "quotactl_fd", "lookup_dcookie", "syslog", "vhangup",
     "sethostname", "setdomainname",
     # x86_64 only: port I/O, LDT and the long-gone uselib.
@@ -183,6 +196,10 @@ _DENY: Final = (
     "futimesat", "setxattr", "lsetxattr", "removexattr", "lremovexattr", "setxattrat",
     "removexattrat",
 )  # fmt: skip
+
+#: Fail with ENOSYS, as if the kernel lacked them: callers fall back to something we allow
+#: (glibc from ``clone3`` to ``clone``; libraries from a memfd to a file).
+_NO_SUCH_CALL: Final = ("clone3", "memfd_create", "memfd_secret")
 
 
 class _Program:
@@ -256,8 +273,8 @@ def build_filter(*, allow_exec: bool) -> bytes:
     fill its action cache when the filter is installed) nor a syscall that
     has its arguments checked walks the whole deny list.
 
-    :param allow_exec: let ``execve``/``execveat`` through (a ``spawn`` grant);
-        the program then runs under the same filter.
+    :param allow_exec: let ``execve`` through (a ``spawn`` grant); the program
+        then runs under the same filter.  ``execveat`` is refused either way.
     :returns: packed ``struct sock_filter`` instructions for :func:`install_filter`.
     :raises CorralError: the architecture has no syscall table here.
     """
@@ -283,8 +300,9 @@ def _assemble(machine: str, *, allow_exec: bool) -> bytes:
     # that checks its arguments.
     actions: dict[int, int | str] = {nr[name]: _RET_EPERM for name in _DENY if name in nr}
     if not allow_exec:
-        actions[nr["execve"]] = actions[nr["execveat"]] = _RET_EPERM
-    actions[nr["clone3"]] = _RET_ENOSYS
+        actions[nr["execve"]] = _RET_EPERM
+    for name in _NO_SUCH_CALL:
+        actions[nr[name]] = _RET_ENOSYS
     blocks = ("ioctl", "clone", "socket", "socketpair", "prlimit64", "utimensat", "personality")
     for name in blocks:
         actions[nr[name]] = f"check_{name}"

@@ -54,6 +54,10 @@ class SandboxSpec:
     max_processes: int = 8
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    #: ``log-lines``: log records and output lines one call may write.
+    max_log_lines: int = 1000
+    #: ``log-kb`` in bytes: log and output one call may write.
+    max_log_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.isolation not in ("limited", "strict"):

@@ -47,6 +47,7 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._runtime.budgets import over_budget
 from corral._sandbox.forkserver import ZygoteClient
 from corral._sandbox.rpc import HEADER as _HEADER
 from corral._sandbox.rpc import (
@@ -68,6 +69,7 @@ from corral._sandbox.rpc import (
     Spawned,
     WorkerInit,
     WorkerMessage,
+    decode_result,
     decode_worker,
     encode,
     error_from_info,
@@ -628,7 +630,7 @@ class Supervisor:
         deadline = t0 + spec.timeout_ms / 1000.0
         call_id = worker.next_call_id
         worker.next_call_id += 1
-        output = 0
+        output = lines = 0
         host_errors: set[tuple[str, str]] = set()  # errors the host raised into this call
         try:
             call = Call(id=call_id, target=target, input=input, config=config)
@@ -660,10 +662,7 @@ class Supervisor:
                             limit="result-size",
                             measured=size,
                         )
-                    try:
-                        return msgspec.json.decode(msg.value)
-                    except msgspec.MsgspecError as exc:
-                        raise ProtocolError(f"result is not JSON: {exc}") from None
+                    return decode_result(msg.value)
                 if isinstance(msg, Failure):
                     err = error_from_info(_vetted(msg.error, host_errors), pid)
                     if isinstance(err, ResourceLimitExceeded | PluginTimeout | WorkerCrashed):
@@ -674,6 +673,10 @@ class Supervisor:
                 elif isinstance(msg, Log | Output):
                     text = msg.message if isinstance(msg, Log) else msg.text
                     output += len(text.encode("utf-8", "replace"))
+                    lines += 1 if isinstance(msg, Log) else max(1, text.count("\n"))
+                    if lines > spec.max_log_lines or output > spec.max_log_bytes:
+                        self._kill(state)
+                        raise _log_over(spec, lines, output)
                     if output > spec.max_output_bytes:
                         self._kill(state)
                         raise ResourceLimitExceeded(
@@ -877,6 +880,14 @@ def _death_error(spec: SandboxSpec, reaped: Reaped | None) -> CorralError:
         else f"exited with status {details.get('exit_status')}"
     )
     return WorkerCrashed(f"the worker of {pid} {how}", plugin_id=pid, **details)
+
+
+def _log_over(spec: SandboxSpec, lines: int, output: int) -> ResourceLimitExceeded:
+    """The error for a call that logged past ``log-lines`` or ``log-kb``."""
+    if lines > spec.max_log_lines:
+        return over_budget(spec.plugin_id, "log-lines", "the call's log", lines,
+                           spec.max_log_lines, "lines")
+    return over_budget(spec.plugin_id, "log-kb", "the call's log", output, spec.max_log_bytes)
 
 
 def _emit(plugin_id: str, msg: Log | Output) -> None:

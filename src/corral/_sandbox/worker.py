@@ -1,9 +1,11 @@
 """The worker runtime: code that runs inside a sandboxed worker process.
 
 The zygote forks a spare that runs :func:`spare` (session, no_new_privs, no
-capabilities, warm caches) and waits for its assignment; then :func:`enter`
-confines it to one plugin (rlimits, environment, descriptors, cwd, then for
-``strict`` Landlock and two seccomp layers), says :class:`~._rpc.Hello` and
+capabilities but, in strict, those of its own namespaces, warm caches) and waits
+for its assignment; then :func:`enter` confines it to one plugin (rlimits,
+environment, descriptors, cwd, then for ``strict`` its writable directories
+mounted ``noexec``, Landlock, no capabilities and two seccomp layers), says
+:class:`~._rpc.Hello` and
 serves calls until the host stops it.  Nothing here trusts the plugin: the host
 checks everything the worker says again.
 """
@@ -36,6 +38,7 @@ import msgspec
 from corral._errors import CorralError, PluginError, UsageError
 from corral._model.events import DEFAULT_MAX_QUEUE, Event, HandlerResult
 from corral._model.state import StateChange, StateValue
+from corral._runtime.loader import source_only
 from corral._sandbox import namespaces as _namespaces
 from corral._sandbox import reaper as _reaper
 from corral._sandbox.rpc import (
@@ -1007,10 +1010,14 @@ def _confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | Non
     tempfile.tempdir = init.tmp_dir
     sys.path[:] = [init.plugin_dir, *(p for p in sys.path if p and p != init.plugin_dir)]
     sys.dont_write_bytecode = True
+    source_only(init.plugin_dir)  # the plugin's own byte code never runs
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     signal.signal(signal.SIGPROF, _on_sigxcpu)
     _apply_rlimits(init)
     _namespaces.set_no_new_privs()
+    if strict:  # what it can write it cannot execute, by exec or by a loader's mmap
+        for path in _writable_dirs(init):
+            _namespaces.remount_noexec(path)
     if strict and ruleset_fd is None:
         raise OSError("no Landlock ruleset for a strict worker")
     if ruleset_fd is not None:  # strict: the grants; limited: scoping only (ABI 6+)
@@ -1037,15 +1044,28 @@ def _confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | Non
         install_filter(seccomp_prog)
 
 
-def spare(assign_fd: int) -> NoReturn:
+def _writable_dirs(init: WorkerInit) -> list[str]:
+    """The directories a strict worker may write, outermost first, each once (but none
+    holding a granted program: that one must still run)."""
+    paths = [init.tmp_dir, init.data_dir, init.cache_dir, init.workspace, *init.write_paths]
+    dirs = sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
+    dirs = [d for d in dirs if not any(e.startswith(d.rstrip("/") + "/") for e in init.exec_paths)]
+    return [d for i, d in enumerate(dirs) if not any(
+        d.startswith(outer.rstrip("/") + "/") for outer in dirs[:i])]
+
+
+def spare(assign_fd: int, *, own_namespaces: bool = False) -> NoReturn:
     """Wait, forked ahead of time, for an :class:`~._rpc.Assign` on ``assign_fd``; then enter.
 
     Everything that does not depend on the plugin happens here, off the cold-start path.
+    A strict spare (``own_namespaces``: its capabilities reach only its own user and
+    mount namespaces) keeps them until it knows which directories to mount ``noexec``.
     """
     try:
         os.setsid()
         _namespaces.set_no_new_privs()
-        _namespaces.drop_capabilities()
+        if not own_namespaces:
+            _namespaces.drop_capabilities()
         _prewarm()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=assign_fd)
         data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, final
 
+from corral._runtime.budgets import Budgets, RateLimitedLog
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from corral._services.events.bus import EventBus
     from corral._services.events.durable import DurableLog
     from corral._services.messages import Messenger
-    from corral._services.secrets import SecretStore
+    from corral._services.secrets import SecretRedactor, SecretStore
     from corral._services.state import StateStore
 
 __all__ = ["Services"]
@@ -38,8 +40,11 @@ class Services:
         self._shared_state: StateStore | None = None
         self._messenger: Messenger | None = None
         self._secrets: SecretStore | None = None
+        self._redactor: SecretRedactor | None = None
         self._config_manager: ConfigManager | None = None
         self._config_watcher: ConfigWatcher | None = None
+        #: Every active plugin's budgets, which the stores below consult.
+        self.budgets = Budgets()
 
     @property
     def bus(self) -> EventBus:
@@ -52,8 +57,9 @@ class Services:
                 from corral._services.events.durable import DurableLog
 
                 log = logging.getLogger("corral.events")
+                dead_log = RateLimitedLog(log)  # a flood of dead letters must not flood stderr
                 bus = EventBus(
-                    on_dead_letter=lambda d: log.warning(
+                    on_dead_letter=lambda d: dead_log.warning(
                         "event %s on %s not delivered to %s: %s",
                         d.event.id,
                         d.event.topic,
@@ -62,6 +68,8 @@ class Services:
                     )
                 )
                 self._event_log = DurableLog(self.home / "events.db")
+                self._event_log.budgets = self.budgets
+                bus.budgets = self.budgets
                 bus.attach_log(self._event_log)
                 self._bus = bus
             return self._bus
@@ -74,6 +82,7 @@ class Services:
                 from corral._services.state import StateStore
 
                 self._shared_state = StateStore(self.home / "state.db")
+                self._shared_state.budgets = self.budgets
             return self._shared_state
 
     @property
@@ -85,6 +94,17 @@ class Services:
 
                 self._messenger = Messenger(status=self._status_of)
             return self._messenger
+
+    @property
+    def redactor(self) -> SecretRedactor:
+        """Scrubs the home's secret values from plugin text the host prints or stores."""
+        store = self.secrets
+        with self._lock:
+            if self._redactor is None:
+                from corral._services.secrets import SecretRedactor
+
+                self._redactor = SecretRedactor(store)
+            return self._redactor
 
     @property
     def secrets(self) -> SecretStore:
@@ -138,6 +158,20 @@ class Services:
         with self._lock:
             self._config_watcher = watcher
 
+    def usage(self, plugin_id: str) -> tuple[int, int, int]:
+        """``plugin_id``'s shared-state bytes and keys, and its bytes in the durable log.
+
+        Read straight from the databases, without starting the stores' threads, so that
+        ``corral info`` stays cheap; a database not made yet holds nothing.
+        """
+        state = _read_only(self.home / "state.db",
+                           "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0), "
+                           "count(*) FROM state WHERE updated_by = ?", plugin_id)
+        events = _read_only(self.home / "events.db",
+                            "SELECT coalesce(sum(length(data)), 0), 0 FROM events "
+                            "WHERE source = ?", plugin_id)
+        return state[0], state[1], events[0]
+
     def stop(self, plugin_id: str) -> None:
         """A plugin stopped: end its subscriptions, watches and mailbox."""
         if self._messenger is not None:
@@ -165,3 +199,19 @@ def _config_refused(plugin_id: str | None, error: ConfigError) -> None:
     import logging
 
     logging.getLogger("corral.config").warning("config change refused: %s", error.message)
+
+
+def _read_only(path: Path, query: str, arg: str) -> tuple[int, int]:
+    """The two numbers ``query`` selects from the SQLite file ``path`` (0, 0 if it is absent)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0, 0
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10.0)
+    try:
+        row = conn.execute(query, (arg,)).fetchone()
+    except sqlite3.OperationalError:  # a store from before its table existed
+        return 0, 0
+    finally:
+        conn.close()
+    return int(row[0]), int(row[1])

@@ -8,6 +8,7 @@ checked against the plugin's ``[permissions]`` here, before anything is done.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import sys
@@ -17,13 +18,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from corral._errors import CorralError, NotFoundError, PermissionDenied, PluginError, UsageError
+import msgspec
+
+from corral._errors import (
+    CorralError,
+    NotFoundError,
+    PermissionDenied,
+    PluginError,
+    ResourceLimitExceeded,
+    UsageError,
+)
 from corral._model.permissions import expand_placeholders
 
 if TYPE_CHECKING:
     from corral._host import Host, _Active
     from corral._model.manifest import Manifest
     from corral._model.permissions import Permissions
+    from corral._runtime.budgets import ByteBudget
     from corral._sandbox.spec import SandboxSpec
     from corral._sandbox.supervisor import Supervisor
     from corral._services.context import PluginContext
@@ -94,6 +105,8 @@ def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
         max_processes=manifest.sandbox.max_processes,
         max_result_bytes=MAX_RESULT_BYTES,
         max_output_bytes=MAX_OUTPUT_BYTES,
+        max_log_lines=manifest.sandbox.log_lines,
+        max_log_bytes=manifest.sandbox.log_kb * 1024,
     )
 
 
@@ -104,20 +117,30 @@ class _PolledWatch:
     pushed into it); changes beyond ``max_queue`` are counted in ``dropped``.
     """
 
-    def __init__(self, plugin_id: str, max_queue: int) -> None:
+    def __init__(self, plugin_id: str, max_queue: int, budget: ByteBudget | None) -> None:
         self.plugin_id = plugin_id
         self.max_queue = max_queue
+        #: ``queue-mb``: bytes held for the plugin, shared with its event subscriptions.
+        self.budget = budget
         self.changes: collections.deque[Any] = collections.deque()
+        self.sizes: collections.deque[int] = collections.deque()
         self.dropped = 0
         self.cond = threading.Condition()
         self.watch: StateWatch | None = None
 
     def push(self, change: Any) -> None:
+        size = 0
+        if self.budget is not None:
+            size = len(change.key) + 200
+            if change.value is not None:
+                size += len(msgspec.json.encode(change.value))
         with self.cond:
-            if len(self.changes) >= self.max_queue:
+            if len(self.changes) >= self.max_queue or (
+                    self.budget is not None and not self.budget.take(size)):
                 self.dropped += 1
                 return
             self.changes.append(change)
+            self.sizes.append(size)
             self.cond.notify()
 
     def take(self, max_changes: int, timeout: float) -> tuple[list[Any], int]:
@@ -126,8 +149,20 @@ class _PolledWatch:
                 self.cond.wait_for(lambda: bool(self.changes), timeout)
             n = min(max_changes, len(self.changes))
             out = [self.changes.popleft() for _ in range(n)]
+            freed = sum(self.sizes.popleft() for _ in range(n))
             dropped, self.dropped = self.dropped, 0
+        if self.budget is not None:
+            self.budget.give(freed)
         return out, dropped
+
+    def release(self) -> None:
+        """Drop what is still queued and give its bytes back to the plugin's budget."""
+        with self.cond:
+            freed = sum(self.sizes)
+            self.changes.clear()
+            self.sizes.clear()
+        if self.budget is not None:
+            self.budget.give(freed)
 
 
 class Broker:
@@ -179,21 +214,20 @@ class Broker:
     ) -> Any:
         """``state.subscribe {pattern, max_queue?}`` -> watch id; ``state.poll {watch, max?,
         timeout?}`` -> ``{"changes": [...], "dropped": n}``; ``state.unsubscribe {watch}``."""
-        import msgspec
-
         store = self.host.shared_state
         if op == "state.subscribe":
             max_queue = args.get("max_queue", 10_000)
             if type(max_queue) is not int or max_queue < 1:
                 raise UsageError(f"max_queue must be a positive int, got {max_queue!r}",
                                  plugin_id=plugin_id)
-            polled = _PolledWatch(plugin_id, min(max_queue, 1_000_000))
+            polled = _PolledWatch(plugin_id, min(max_queue, 1_000_000),
+                                  self.host._services.budgets.queue(plugin_id))
             polled.watch = store.subscribe(str(args.get("pattern", "")), polled.push,
                                            perms=perms, plugin_id=plugin_id)
             with self._lock:
                 live = set(map(id, store._watches))
                 for old in [w for w, p in self._watches.items() if id(p.watch) not in live]:
-                    del self._watches[old]  # cancelled when their plugin stopped
+                    self._watches.pop(old).release()  # cancelled when their plugin stopped
                 wid = next(self._watch_ids)
                 self._watches[wid] = polled
             return wid
@@ -207,6 +241,7 @@ class Broker:
         if op == "state.unsubscribe" or watch not in store._watches:
             with self._lock:
                 self._watches.pop(wanted, None)
+            found.release()
             if watch is not None:
                 watch.cancel()
             if op == "state.unsubscribe":
@@ -269,12 +304,20 @@ def call_sandboxed(
     if active.spec is None:
         active.spec = spec_for(manifest, ctx)
     spec = active.spec
+    budget = active.budget
+    budget.before_call()  # refused while {data}, {tmp} or {cache} is over its budget
     start = time.perf_counter()
     outcome = "ok"
     try:
-        return supervisor.call(spec, target, input, config=dict(ctx.config))
+        out = supervisor.call(spec, target, input, config=dict(ctx.config))
+        budget.after_call(time.perf_counter() - start)
+        return out
     except CorralError as exc:
         outcome = exc.code
+        if not isinstance(exc, ResourceLimitExceeded) or exc.details.get("limit") not in (
+                "disk-mb", "tmp-mb", "cache-mb"):
+            with contextlib.suppress(ResourceLimitExceeded):  # what it wrote still counts
+                budget.after_call(time.perf_counter() - start)
         raise
     finally:
         metrics = supervisor.last_metrics(manifest.id)

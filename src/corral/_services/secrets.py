@@ -9,7 +9,8 @@ if anyone else can read it.
 
 No value ever reaches a log, an event, an error message, a metric or JSON
 output: errors name the secret, never its content, and :class:`SecretRedactor`
-scrubs known values from log records of code corral does not control.
+scrubs known values from what plugins log (on each plugin's logger), from the
+errors the host stores and from everything the command line prints.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._errors import CorralError, NotFoundError, UsageError
+from corral._model.text import neutralise
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
 
     from corral._model.permissions import Permissions
 
-__all__ = ["PluginSecrets", "SecretRedactor", "SecretStore", "secrets_broker_op"]
+__all__ = [
+    "PluginLogFilter",
+    "PluginSecrets",
+    "SecretRedactor",
+    "SecretStore",
+    "secrets_broker_op",
+    "watch_plugin_log",
+]
 
 SECRETS_NAME: Final = "secrets.json"
 KEY_NAME: Final = "secret.key"
@@ -272,34 +281,90 @@ class PluginSecrets:
 class SecretRedactor(logging.Filter):
     """A logging filter replacing known secret values with ``***`` in records.
 
-    Attach it to the handlers that write plugin logs; :meth:`refresh` after a
-    secret changes.
+    The host attaches it to every plugin's logger and the command line to
+    everything it prints.  Values are read on first need (a home without
+    secrets pays nothing); :meth:`refresh` after a secret changes.
     """
 
     def __init__(self, store: SecretStore) -> None:
         super().__init__()
         self._store = store
-        self._values: list[str] = []
-        self.refresh()
+        self._values: list[str] | None = None
+        self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        """Reload the values to look for (longest first)."""
-        with contextlib.suppress(CorralError):
-            self._values = sorted((v for v in self._store.values() if len(v) >= 4),
-                                  key=len, reverse=True)
+        """Forget the values; they are read again on the next use."""
+        self._values = None
+
+    def _known(self) -> list[str]:
+        values = self._values
+        if values is None:
+            with self._lock:
+                values = []
+                if self._store.path.exists():
+                    with contextlib.suppress(CorralError):
+                        # a value also as it reads in a JSON string and once neutralised
+                        found = {form for v in self._store.values() if len(v) >= 4
+                                 for form in (v, json.dumps(v, ensure_ascii=False)[1:-1],
+                                              neutralise(v), neutralise(v, one_line=True))}
+                        values = sorted(found, key=len, reverse=True)
+                self._values = values
+        return values
+
+    def redact(self, text: str) -> str:
+        """``text`` with every known secret value replaced by ``***``."""
+        for value in self._known():
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+    def redact_doc(self, doc: Any) -> Any:
+        """``doc`` (JSON data) with secret values replaced in every string, keys included."""
+        if not self._known():
+            return doc
+        if isinstance(doc, str):
+            return self.redact(doc)
+        if isinstance(doc, dict):
+            return {self.redact_doc(k): self.redact_doc(v) for k, v in doc.items()}
+        if isinstance(doc, (list, tuple)):
+            return [self.redact_doc(v) for v in doc]
+        return doc
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._values:
+        if not self._known():
             return True
         message = record.getMessage()
-        redacted = message
-        for value in self._values:
-            if value in redacted:
-                redacted = redacted.replace(value, REDACTED)
-        if redacted is not message and redacted != message:
+        redacted = self.redact(message)
+        if redacted != message:
             record.msg = redacted
             record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
         return True
+
+
+@final
+class PluginLogFilter(logging.Filter):
+    """On a plugin's logger: names the plugin in ``record.plugin_id`` and redacts secrets."""
+
+    def __init__(self, plugin_id: str, redactor: SecretRedactor) -> None:
+        super().__init__()
+        self.plugin_id: Final = plugin_id
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.plugin_id = self.plugin_id
+        return self._redactor.filter(record)
+
+
+def watch_plugin_log(plugin_id: str, redactor: SecretRedactor) -> None:
+    """Put a :class:`PluginLogFilter` (only one) on the logger ``corral.plugin.<id>``."""
+    log = logging.getLogger(f"corral.plugin.{plugin_id}")
+    for old in [f for f in log.filters if isinstance(f, PluginLogFilter)]:
+        log.removeFilter(old)
+    log.addFilter(PluginLogFilter(plugin_id, redactor))
 
 
 def secrets_broker_op(

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
@@ -25,6 +25,10 @@ from corral._errors import CorralError, PermissionDenied, UsageError
 from corral._model.jsoncheck import json_problem
 from corral._model.permissions import Permissions, pattern_matches, valid_pattern
 from corral._model.state import StateChange, StateValue
+from corral._runtime.budgets import MIB, over_budget
+
+if TYPE_CHECKING:
+    from corral._runtime.budgets import Budgets
 
 __all__ = ["PluginState", "StateChange", "StateStore", "StateValue", "state_broker_op"]
 
@@ -47,7 +51,9 @@ CREATE TABLE IF NOT EXISTS changes (
     version INTEGER NOT NULL,
     updated_by TEXT,
     at REAL NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS state_by ON state (updated_by);
+CREATE INDEX IF NOT EXISTS changes_by ON changes (updated_by)
 """
 
 _encode = msgspec.json.encode
@@ -133,6 +139,8 @@ class StateStore:
         self._wake = threading.Condition()
         self._watcher: threading.Thread | None = None
         self._writes = 0
+        #: The active plugins' ``state-mb`` and ``state-keys``, set by the host.
+        self.budgets: Budgets | None = None
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -214,6 +222,9 @@ class StateStore:
                 conn.execute("ROLLBACK")
                 return None
             blob, value = decision
+            limits = self.budgets.get(by) if self.budgets is not None else None
+            if limits is not None and blob is not None:
+                self._charge(conn, by, key, blob, limits.state_mb * MIB, limits.state_keys)
             version = (row[1] if row else 0) + 1
             now = time.time()
             if blob is None:
@@ -226,10 +237,19 @@ class StateStore:
                     "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
                     (key, blob, version, now, by),
                 )
-            conn.execute(
+            seq = conn.execute(
                 "INSERT INTO changes (key, value, version, updated_by, at) VALUES (?, ?, ?, ?, ?)",
                 (key, blob, version if blob is not None else 0, by, now),
-            )
+            ).lastrowid
+            if limits is not None:
+                # The change log kept for watchers counts too: past state-mb, drop the oldest.
+                (logged,) = conn.execute(
+                    "SELECT coalesce(sum(length(value)), 0) FROM changes WHERE updated_by = ?",
+                    (by,),
+                ).fetchone()
+                if logged > limits.state_mb * MIB:
+                    conn.execute("DELETE FROM changes WHERE updated_by = ? AND seq < ?",
+                                 (by, seq))
             self._writes += 1
             if self._writes % 1000 == 0:
                 conn.execute(
@@ -244,6 +264,20 @@ class StateStore:
             with self._wake:
                 self._wake.notify_all()
         return version, value
+
+    @staticmethod
+    def _charge(conn: sqlite3.Connection, by: str | None, key: str, blob: bytes,
+                max_bytes: int, max_keys: int) -> None:
+        """Refuse a write that would take ``by`` past its ``state-mb`` or ``state-keys``."""
+        keys, size = conn.execute(
+            "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) "
+            "FROM state WHERE updated_by = ? AND key != ?",
+            (by, key),
+        ).fetchone()
+        if keys + 1 > max_keys:
+            raise over_budget(by, "state-keys", "shared state", keys, max_keys, "keys")
+        if size + len(key.encode()) + len(blob) > max_bytes:
+            raise over_budget(by, "state-mb", "shared state", size, max_bytes)
 
     def set(
         self,

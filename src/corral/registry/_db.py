@@ -34,6 +34,7 @@ __all__ = [
     "publishers",
     "ratings",
     "tokens",
+    "tuf_outbox",
     "utcnow",
     "versions",
 ]
@@ -134,6 +135,8 @@ versions: Final = sa.Table(
     sa.Column("downloads", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    # True until the version's TUF target is signed: hidden from every listing till then
+    sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("plugin_pk", "version", name="uq_versions_plugin_version"),
     sa.Index("ix_versions_sha256", "sha256"),
 )
@@ -156,6 +159,17 @@ ratings: Final = sa.Table(
     sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), primary_key=True),
     sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), primary_key=True),
     sa.Column("stars", sa.Integer, nullable=False),
+)
+
+#: Changes committed but not yet signed into the TUF metadata (publish, yank): written in the
+#: same transaction as the change, deleted once the signed metadata carries it.
+tuf_outbox: Final = sa.Table(
+    "tuf_outbox",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("plugin_id", sa.String(128), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # publish | yank | unyank
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 _migrations_table: Final = sa.Table(
@@ -199,9 +213,17 @@ def _m3_signing(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE versions ADD COLUMN signer VARCHAR(64)")
 
 
+def _m4_outbox(conn: Connection) -> None:
+    """The signing outbox and the ``pending`` flag of versions (no-ops on fresh databases)."""
+    tuf_outbox.create(conn, checkfirst=True)
+    if "pending" not in {c["name"] for c in sa.inspect(conn).get_columns("versions")}:
+        conn.exec_driver_sql(
+            "ALTER TABLE versions ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 #: The migrations, in order; the schema version is the length of this list.
 MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
-    _m1_tables, _m2_search, _m3_signing,
+    _m1_tables, _m2_search, _m3_signing, _m4_outbox,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

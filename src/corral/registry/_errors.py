@@ -10,6 +10,8 @@
     PermissionDenied      403  permission_denied   (wrong namespace, missing scope)
     ├── Unauthenticated   401  permission_denied   (no, bad, expired or revoked token)
     PolicyDenied          403  policy_denied       (confusable with another's id)
+    ServerUnavailable     503  unavailable         (database busy or down: retry later)
+    ├── StorageFull       507  unavailable         (no space left on the data disk)
     CorralError           500  error               (the server's fault)
 
 The JSON error codes stay those of the CLI contract, so that a client maps an
@@ -27,10 +29,13 @@ from corral._errors import (
     PermissionDenied,
     PolicyDenied,
     SignatureInvalid,
+    TransferError,
     UsageError,
 )
 
 __all__ = [
+    "ServerUnavailable",
+    "StorageFull",
     "Unauthenticated",
     "UploadTooLarge",
     "VersionExists",
@@ -60,6 +65,18 @@ class Unauthenticated(PermissionDenied):
         super().__init__(message, permission="token", **details)
 
 
+class ServerUnavailable(TransferError):
+    """The server cannot serve this now (database locked or unreachable): retry later."""
+
+
+class StorageFull(ServerUnavailable):
+    """The registry's data disk (artifacts, temporary files or database) is full."""
+
+    def __init__(self, message: str = "no space left on the registry's data disk",
+                 **details: Any) -> None:
+        super().__init__(message, reason="no_space", **details)
+
+
 _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (VersionExists, 409),
     (UsageError, 400),
@@ -70,6 +87,8 @@ _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (PermissionDenied, 403),
     (PolicyDenied, 403),
     (SignatureInvalid, 403),
+    (StorageFull, 507),
+    (ServerUnavailable, 503),
 )
 
 
@@ -87,6 +106,7 @@ _BY_CODE: dict[str, type[CorralError]] = {
     "invalid": InvalidPluginError,
     "policy_denied": PolicyDenied,
     "signature_invalid": SignatureInvalid,
+    "unavailable": ServerUnavailable,
 }
 
 
@@ -103,6 +123,9 @@ def error_from_dict(error: dict[str, Any], status: int) -> CorralError:
             details.pop("permission", None)
             return Unauthenticated(message, plugin_id=plugin_id, **details)
         return PermissionDenied(message, permission=permission, plugin_id=plugin_id, **details)
+    if status == 507:
+        details.pop("reason", None)
+        return StorageFull(message, plugin_id=plugin_id, **details)
     if status == 409:
         details.pop("reason", None)
         return VersionExists(message, plugin_id=plugin_id, **details)

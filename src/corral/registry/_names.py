@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "ECOSYSTEMS",
+    "control_char_error",
     "ECOSYSTEM_TAGS",
     "ecosystem_of",
     "name_tokens",
@@ -33,24 +34,23 @@ __all__ = [
 _SEP_RE: Final = re.compile(r"[-_.]+")
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
 
-#: Character sequences that read alike, folded left to right (longest first).
-_CONFUSABLE: Final = (
+#: Single glyphs that read alike, folded first (so that ``c1ick`` becomes ``cllck``
+#: before the multi-character folds see it, exactly as ``click`` does).
+_CONFUSABLE_CHARS: Final = str.maketrans({
+    "0": "o", "1": "l", "i": "l", "|": "l", "!": "l", "5": "s", "$": "s", "3": "e",
+    "4": "a", "@": "a", "7": "t", "8": "b", "9": "g", "6": "b", "2": "z",
+})
+#: Character pairs that read as one letter, folded after the single glyphs.
+_CONFUSABLE_SEQS: Final = (
     ("rn", "m"),
     ("vv", "w"),
     ("cl", "d"),
-    ("0", "o"),
-    ("1", "l"),
-    ("i", "l"),
-    ("|", "l"),
-    ("5", "s"),
-    ("$", "s"),
-    ("3", "e"),
-    ("4", "a"),
-    ("@", "a"),
-    ("7", "t"),
-    ("8", "b"),
-    ("9", "g"),
 )
+
+#: C0 controls and DEL: never allowed in a name, an id, a query or a path.
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: The same less tab, newline and carriage return (allowed in free text).
+_CONTROL_TEXT_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 #: Words that carry no meaning in a plugin search.
 STOP_WORDS: Final = frozenset(
@@ -258,12 +258,41 @@ def normalise_name(name: str) -> str:
 def skeleton(text: str) -> str:
     """A look-alike key: lowercase, separators dropped, confusable glyphs folded.
 
-    ``skeleton("pytest-xdist") == skeleton("pytest_xd1st") == skeleton("pytestxdist")``.
+    Single glyphs fold first (``1``/``i`` -> ``l``, ``0`` -> ``o``), then pairs that
+    read as one letter (``rn`` -> ``m``, ``vv`` -> ``w``, ``cl`` -> ``d``), so
+    ``skeleton("c1ick") == skeleton("click")`` and ``skeleton("nurnpy") == skeleton("numpy")``.
     """
-    out = _SEP_RE.sub("", text.lower())
-    for seq, repl in _CONFUSABLE:
+    out = _SEP_RE.sub("", text.lower()).translate(_CONFUSABLE_CHARS)
+    for seq, repl in _CONFUSABLE_SEQS:
         out = out.replace(seq, repl)
     return out
+
+
+def control_char_error(value: Any, where: str, *, free_text: bool = False,
+                       ) -> tuple[str, str] | None:
+    """``(field, message)`` for the first control character in ``value``, else None.
+
+    ``value`` may nest dicts and lists; ``where`` names it (``query.q``,
+    ``manifest``).  ``free_text`` allows tab, newline and carriage return.
+    """
+    if isinstance(value, str):
+        found = (_CONTROL_TEXT_RE if free_text else _CONTROL_RE).search(value)
+        if found is None:
+            return None
+        return where, (f"{where} contains the control character U+{ord(found.group()):04X} "
+                       f"at offset {found.start()}; control characters are not allowed")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            bad = control_char_error(str(key), f"{where} key", free_text=False)
+            bad = bad or control_char_error(item, f"{where}.{key}", free_text=free_text)
+            if bad is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            bad = control_char_error(item, f"{where}[{index}]", free_text=free_text)
+            if bad is not None:
+                return bad
+    return None
 
 
 def words(text: str) -> list[str]:

@@ -26,10 +26,10 @@ from sqlalchemy.engine import Connection
 from corral._errors import UsageError
 
 from . import _db
-from ._names import ECOSYSTEM_TAGS, normalise_name, query_terms, words
+from ._names import ECOSYSTEM_TAGS, normalise_name, query_terms, skeleton, words
 from ._rank import Candidate, rank, stem
 
-__all__ = ["SORTS", "NameIndex", "SearchParams", "search"]
+__all__ = ["SORTS", "NameIndex", "SearchParams", "refold_skeletons", "search"]
 
 SORTS: Final = ("relevance", "downloads", "rating", "updated")
 #: How many of the most downloaded plugins the name index keeps words for, and how
@@ -91,6 +91,8 @@ class NameIndex:
         self._by_len: dict[int, list[str]] = {}
         self.compact: dict[str, list[int]] = {}  # name without separators -> pks
         self._names_by_len: dict[int, tuple[list[str], list[int]]] = {}
+        #: look-alike skeletons of the names by length: candidates are chosen folded
+        self._skels_by_len: dict[int, tuple[list[str], list[int]]] = {}
         #: the most downloaded plugins with their stemmed words, for popular candidates
         self.popular: list[tuple[int, frozenset[str]]] = []
         self._popular_at = 0.0
@@ -114,6 +116,10 @@ class NameIndex:
                 bucket = self._names_by_len.setdefault(len(str(name)), ([], []))
                 bucket[0].append(str(name))
                 bucket[1].append(int(pk))
+                skel = skeleton(str(name))
+                folded = self._skels_by_len.setdefault(len(skel), ([], []))
+                folded[0].append(skel)
+                folded[1].append(int(pk))
                 for word in set(words(f"{name} {summary}")):
                     if word not in self.vocab:
                         self._by_len.setdefault(len(word), []).append(word)
@@ -161,6 +167,27 @@ class NameIndex:
         )
         return [pks[index] for _, _, index in found]
 
+    def similar_skeletons(self, name: str, limit: int = 20) -> list[int]:
+        """Primary keys of names whose skeleton is within one edit of ``name``'s skeleton.
+
+        Folding comes first, so ``nurnpy`` (``numpy``) and ``c1ick`` (``click``)
+        find their targets however far apart the raw spellings are.
+        """
+        skel = skeleton(name)
+        if len(skel) < 3:
+            return []
+        names: list[str] = []
+        pks: list[int] = []
+        for length in range(len(skel) - 1, len(skel) + 2):
+            bucket = self._skels_by_len.get(length)
+            if bucket:
+                names.extend(bucket[0])
+                pks.extend(bucket[1])
+        found = process.extract(
+            skel, names, scorer=OSA.distance, limit=limit, score_cutoff=1, processor=None
+        )
+        return [pks[index] for _, _, index in found]
+
     def idf(self, word: str) -> float:
         """How telling a word is: rare words weigh more (BM25's inverse document frequency)."""
         n = max(len(self.names), 1)
@@ -184,6 +211,19 @@ class NameIndex:
             if best is None or key > best:
                 best = key
         return None if best is None else best[2]
+
+
+def refold_skeletons(conn: Connection, *, write: bool = True) -> int:
+    """Rewrite stored skeletons folded by an older rule set; return how many are stale."""
+    changed = 0
+    for table, key in ((_db.plugins, _db.plugins.c.id), (_db.namespaces, _db.namespaces.c.name)):
+        rows = conn.execute(sa.select(table.c.pk, key, table.c.skeleton)).all()
+        for pk, name, old in rows:
+            new = skeleton(str(name))
+            if new != old and write:
+                conn.execute(table.update().where(table.c.pk == pk).values(skeleton=new))
+            changed += new != old
+    return changed
 
 
 def _filters(params: SearchParams) -> list[sa.ColumnElement[bool]]:

@@ -8,18 +8,29 @@ Publishing is all or nothing: the archive is checked exactly as ``corral
 validate`` checks it, the namespace and version rules are enforced, then the
 blob is stored and the rows written in one transaction; if anything fails after
 the blob was stored, the blob is removed again.
+
+Publish and yank are atomic with the signed TUF metadata through an outbox: the
+transaction that writes a version (``pending``, hidden from every listing and
+download) or a yank also records an intent in ``tuf_outbox``; :meth:`Registry.reconcile`
+then signs the targets and only afterwards reveals the version and deletes the
+intent.  Intents a crash or a failed write left behind are signed at start-up
+(:meth:`Registry.housekeep`), by a timer in ``serve`` and by the publisher's retry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, final
@@ -44,10 +55,11 @@ from corral._version import __version__
 
 from . import _accounts, _db, _keys
 from ._accounts import Principal
+from ._counts import DownloadCounter
 from ._errors import UploadTooLarge, VersionExists
-from ._names import normalise_name, skeleton, words
-from ._search import NameIndex, SearchParams, search
-from ._store import ArtifactStore, FilesystemStore
+from ._names import control_char_error, normalise_name, skeleton, words
+from ._search import NameIndex, SearchParams, refold_skeletons, search
+from ._store import ArtifactStore, FilesystemStore, StoreError
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD",
@@ -59,6 +71,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_UPLOAD: Final = 50 * 1024 * 1024
+#: Temp files at least this old are swept even while another server shares the data dir.
+STALE_TEMP_SECONDS: Final = 3600.0
+_log = logging.getLogger("corral.registry")
 
 
 def default_data_dir() -> Path:
@@ -135,8 +150,13 @@ class Registry:
         self.tmp_dir = tmp_dir
         self.max_upload_bytes = max_upload_bytes
         self.names = NameIndex()
+        #: Download counts, written in batches off the request path.
+        self.downloads = DownloadCounter(engine)
         #: The data directory (``Registry.open``); TUF metadata lives in ``tuf/`` under it.
         self.data_dir: Path | None = None
+        self._claim_fd: int | None = None
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
         _db.migrate(engine)
 
     @classmethod
@@ -167,8 +187,16 @@ class Registry:
         return reg
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending download counts and release database connections."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=30)
+            self._timer = None
+        self.downloads.close()
         self.engine.dispose()
+        if self._claim_fd is not None:
+            os.close(self._claim_fd)
+            self._claim_fd = None
 
     def __enter__(self) -> Registry:
         return self
@@ -259,7 +287,15 @@ class Registry:
     # -- reading ------------------------------------------------------------
 
     def warm(self) -> None:
-        """Load the name index now rather than on the first search (a few seconds at 100k)."""
+        """Load the name index now rather than on the first search (a few seconds at 100k).
+
+        Skeletons stored under an older folding rule are rewritten first.
+        """
+        with self.read() as conn:
+            stale = refold_skeletons(conn, write=False)
+        if stale:
+            with self.write() as conn:
+                refold_skeletons(conn)
         with self.read() as conn:
             self.names.refresh(conn)
 
@@ -268,7 +304,8 @@ class Registry:
         with self.read() as conn:
             return search(conn, self.names, params)
 
-    def _plugin_row(self, conn: Connection, plugin_id: str) -> Any:
+    def _plugin_row(self, conn: Connection, plugin_id: str,
+                    include_pending: bool = False) -> Any:
         p = _db.plugins
         row = conn.execute(
             sa.select(p, _db.publishers.c.name.label("publisher"), _db.publishers.c.verified,
@@ -277,6 +314,12 @@ class Registry:
             .join(_db.namespaces, _db.namespaces.c.pk == p.c.namespace_pk)
             .where(p.c.id == plugin_id.strip().lower())
         ).first()
+        if row is not None and row.latest_version is None and not include_pending:
+            v = _db.versions
+            shown = conn.execute(sa.select(v.c.pk).where(
+                (v.c.plugin_pk == row.pk) & (v.c.pending == sa.false())).limit(1)).first()
+            if shown is None:  # a new plugin whose first version is not signed yet
+                row = None
         if row is None:
             local = normalise_name(plugin_id.rsplit(".", 1)[-1])
             near = conn.execute(
@@ -310,18 +353,31 @@ class Registry:
             "manifest": manifest,
         }
 
-    def _versions(self, conn: Connection, plugin_pk: int) -> list[Any]:
+    def _counted(self, row: Any) -> dict[str, Any]:
+        """:meth:`_version_dict` with the downloads not yet written added in."""
+        out = self._version_dict(row)
+        out["downloads"] += self.downloads.pending_version(row.pk)
+        return out
+
+    def _versions(self, conn: Connection, plugin_pk: int,
+                  include_pending: bool = False) -> list[Any]:
+        """A plugin's versions, newest first; unsigned (pending) ones only if asked."""
+        where = _db.versions.c.plugin_pk == plugin_pk
+        if not include_pending:
+            where = where & (_db.versions.c.pending == sa.false())
         rows = conn.execute(
-            sa.select(_db.versions, _keys.publisher_verified_column())
-            .where(_db.versions.c.plugin_pk == plugin_pk)
+            sa.select(_db.versions, _keys.publisher_verified_column()).where(where)
         ).all()
         return sorted(rows, key=lambda r: Version(r.version), reverse=True)
 
-    def info(self, plugin_id: str) -> dict[str, Any]:
-        """Everything about one plugin, with every version newest first."""
+    def info(self, plugin_id: str, *, include_pending: bool = False) -> dict[str, Any]:
+        """Everything about one plugin, with every version newest first.
+
+        ``include_pending`` adds versions not signed yet (what the TUF signer needs).
+        """
         with self.read() as conn:
-            row = self._plugin_row(conn, plugin_id)
-            vers = self._versions(conn, row.pk)
+            row = self._plugin_row(conn, plugin_id, include_pending)
+            vers = self._versions(conn, row.pk, include_pending)
         return {
             "id": row.id,
             "name": row.name,
@@ -334,14 +390,14 @@ class Registry:
             "verified": bool(row.verified),
             "version": row.latest_version,
             "latest_version": row.latest_version,
-            "downloads": int(row.downloads),
+            "downloads": int(row.downloads) + self.downloads.pending_plugin(row.pk),
             "rating": round(float(row.rating), 2),
             "rating_count": int(row.rating_count),
             "confusable_with": row.confusable_with.split() if row.confusable_with else [],
             "source": row.source,
             "created": _iso(row.created_at),
             "updated": _iso(row.updated_at),
-            "versions": [self._version_dict(v) for v in vers],
+            "versions": [self._counted(v) for v in vers],
         }
 
     def version_info(self, plugin_id: str, version: str) -> dict[str, Any]:
@@ -350,7 +406,7 @@ class Registry:
             row = self._plugin_row(conn, plugin_id)
             for v in self._versions(conn, row.pk):
                 if _same_version(v.version, version):
-                    return {"id": row.id, **self._version_dict(v)}
+                    return {"id": row.id, **self._counted(v)}
         raise NotFoundError(f"{plugin_id} has no version {version!r}", plugin_id=plugin_id)
 
     def resolve(self, plugin_id: str, spec: str = "") -> dict[str, Any]:
@@ -383,8 +439,12 @@ class Registry:
         return {"id": row.id, **self._version_dict(chosen)}
 
     def download(self, plugin_id: str, version: str | None = None) -> Download:
-        """Find an artifact and count the download (latest non-yanked if no version)."""
-        with self.write() as conn:
+        """Find an artifact and count the download (latest non-yanked if no version).
+
+        A read: the count is buffered (:class:`~._counts.DownloadCounter`), so
+        downloads neither wait for the write lock nor fail on a full disk.
+        """
+        with self.read() as conn:
             row = self._plugin_row(conn, plugin_id)
             vers = self._versions(conn, row.pk)
             if version is None:
@@ -405,23 +465,25 @@ class Registry:
             if path is None:
                 raise NotFoundError(f"artifact of {row.id} {ver.version} is missing",
                                     plugin_id=row.id)
-            conn.execute(_db.versions.update().where(_db.versions.c.pk == ver.pk)
-                         .values(downloads=_db.versions.c.downloads + 1))
-            conn.execute(_db.plugins.update().where(_db.plugins.c.pk == row.pk)
-                         .values(downloads=_db.plugins.c.downloads + 1))
+        self.downloads.add(int(row.pk), int(ver.pk))
         return Download(row.id, ver.version, ver.sha256, int(ver.size), path)
 
     # -- writing ------------------------------------------------------------
 
-    def publish(self, archive: Path, principal: Principal) -> dict[str, Any]:
+    def publish(self, archive: Path, principal: Principal, *,
+                _again: bool = False) -> dict[str, Any]:
         """Validate and publish an archive; return the new version's info and warnings.
 
         Raises:
             PermissionDenied: missing scope, or not a member of the id's namespace.
             UploadTooLarge: over :attr:`max_upload_bytes`.
             InvalidPluginError: the archive fails ``corral validate``.
-            VersionExists: that version was published before (yanked or not).
+            VersionExists: that version was published before (yanked or not) with
+                other bytes; the same bytes again are a retry and answer
+                ``created: False`` with the version as stored.
             PolicyDenied: the id reads like another publisher's id.
+            StoreError: the blob or the signed metadata could not be written; the
+                version stays invisible until a retry or start-up signs it.
         """
         principal.require("publish")
         archive = Path(archive)
@@ -436,7 +498,12 @@ class Registry:
         signer = _keys.check_upload_signature(archive, manifest)
         namespace = manifest.id.split(".", 1)[0]
         stored_new = False
+        created = True
+        confusable: list[str] = []
         try:
+            # copy and fsync the blob before taking the write lock: the lock is held
+            # only for the rows (an unreferenced blob is removed again on failure)
+            stored_new = self.store.put_file(archive, digest)
             with self.write() as conn:
                 if conn.execute(sa.select(_db.namespaces.c.pk)
                                 .where(_db.namespaces.c.name == namespace)).first() is None:
@@ -457,7 +524,10 @@ class Registry:
                     sa.select(_db.plugins.c.pk).where(_db.plugins.c.id == manifest.id)
                 ).scalar()
                 if existing is not None:
-                    for v in self._versions(conn, int(existing)):
+                    for v in self._versions(conn, int(existing), include_pending=True):
+                        if _same_version(v.version, manifest.version) and v.sha256 == digest:
+                            created = False  # the same bytes again: a retry, not a change
+                            break
                         if _same_version(v.version, manifest.version):
                             raise VersionExists(
                                 f"{manifest.id} {v.version} is already published; "
@@ -465,29 +535,46 @@ class Registry:
                                 plugin_id=manifest.id,
                                 version=v.version,
                             )
-                confusable = self._confusables(conn, manifest.id, principal)
-                _keys.refuse_revoked_signer(conn, principal.publisher_pk, signer, manifest)
-                stored_new = self.store.put_file(archive, digest)
-                self._write_version(
-                    conn, manifest, principal, digest, size, existing, confusable
-                )
-                _keys.record_signature(conn, manifest.id, manifest.version, signer)
+                if created:
+                    confusable = self._confusables(conn, manifest.id, principal)
+                    _keys.refuse_revoked_signer(conn, principal.publisher_pk, signer, manifest)
+                    self._write_version(
+                        conn, manifest, principal, digest, size, existing, confusable
+                    )
+                    _keys.record_signature(conn, manifest.id, manifest.version, signer)
+                    _enqueue(conn, manifest.id, "publish")
         except sa.exc.IntegrityError as exc:
             # another server process published the same id or version first
-            if stored_new:
-                self._drop_if_unreferenced(digest)
-            raise VersionExists(
-                f"{manifest.id} {manifest.version} was published concurrently; "
-                "versions are never replaced",
-                plugin_id=manifest.id,
-                version=manifest.version,
-            ) from exc
+            stored = self._stored_digest(manifest.id, manifest.version)
+            if stored is None and not _again:
+                # it created the plugin with another version: publish once more into it
+                try:
+                    return self.publish(archive, principal, _again=True)
+                except BaseException:
+                    if stored_new:
+                        self._drop_if_unreferenced(digest)
+                    raise
+            if stored != digest:
+                if stored_new:
+                    self._drop_if_unreferenced(digest)
+                raise VersionExists(
+                    f"{manifest.id} {manifest.version} was published concurrently; "
+                    "versions are never replaced",
+                    plugin_id=manifest.id,
+                    version=manifest.version,
+                ) from exc
+            created = False  # the same bytes won the race: this is a retry
         except BaseException:
             if stored_new:
                 self._drop_if_unreferenced(digest)
             raise
-        self._tuf_changed(manifest.id)
+        self.reconcile([manifest.id])  # sign, then reveal (a retry signs what is left)
+        try:  # intents others' crashes or failures left behind; never fails this publish
+            self.reconcile(older_than=60.0, limit=20)
+        except Exception as exc:
+            _log.warning("registry housekeeping: %s", exc)
         out = self.version_info(manifest.id, manifest.version)
+        out["created"] = created
         if confusable:
             warnings.append({
                 "key": "plugin.id",
@@ -497,6 +584,18 @@ class Registry:
         out["confusable_with"] = confusable
         out["warnings"] = warnings
         return out
+
+    def _stored_digest(self, plugin_id: str, version: str) -> str | None:
+        """The sha256 stored for ``plugin_id`` ``version`` (pending or not), if any."""
+        with self.read() as conn:
+            pk = conn.execute(sa.select(_db.plugins.c.pk)
+                              .where(_db.plugins.c.id == plugin_id)).scalar()
+            if pk is None:
+                return None
+            for v in self._versions(conn, int(pk), include_pending=True):
+                if _same_version(v.version, version):
+                    return str(v.sha256) if v.sha256 else None
+        return None
 
     def _check_archive(self, archive: Path) -> tuple[Manifest, list[dict[str, str]]]:
         """Run ``corral validate``'s checks on an archive; return its manifest."""
@@ -512,6 +611,10 @@ class Registry:
                     errors=report["errors"],
                 )
             manifest = load_manifest(plugin_dir)
+            bad = control_char_error(manifest.to_dict(), "manifest", free_text=True)
+            if bad is not None:
+                raise InvalidPluginError(f"the archive's {bad[1]}", plugin_id=manifest.id,
+                                         field=bad[0])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         warnings = [w for w in report["warnings"] if not w["key"].startswith("dependencies.")]
@@ -540,12 +643,13 @@ class Registry:
         local = normalise_name(plugin_id.split(".", 1)[1])
         self.names.refresh(conn)
         local_skel = skeleton(local)
-        for pk in self.names.similar_names(local, limit=10):
+        for pk in self.names.similar_skeletons(local, limit=10):
             other = conn.execute(sa.select(p.c.id, p.c.norm_name).where(p.c.pk == pk)).first()
             if other is None or other.id == plugin_id or other.id in flagged:
                 continue
-            other_skel = skeleton(other.norm_name)
-            if len(local_skel) >= 5 and OSA.distance(local_skel, other_skel) <= 1:
+            # the same skeleton reads alike at any length; one edit apart only when long
+            distance = OSA.distance(local_skel, skeleton(other.norm_name))
+            if (distance == 0 and len(local_skel) >= 3) or (distance == 1 and len(local_skel) >= 5):
                 flagged.append(str(other.id))
         return flagged
 
@@ -579,19 +683,26 @@ class Registry:
             plugin_pk=plugin_pk, version=manifest.version,
             manifest=json.dumps(manifest.to_dict(), sort_keys=True), sha256=digest, size=size,
             signature="unsigned", publisher_pk=principal.publisher_pk, published_at=now,
+            pending=True,
         ))
-        latest = self._refresh_latest(conn, plugin_pk)
-        if latest == manifest.version:  # the newest release describes the plugin
-            conn.execute(p.update().where(p.c.pk == plugin_pk).values(updated_at=now, **fields))
-            conn.execute(_db.plugin_tags.delete().where(_db.plugin_tags.c.plugin_pk == plugin_pk))
-            for tag in fields["tags"].split():
-                conn.execute(_db.plugin_tags.insert().values(plugin_pk=plugin_pk, tag=tag))
-            index_text(conn, plugin_pk, manifest.id, fields)
+
+    def _describe(self, conn: Connection, plugin_pk: int, plugin_id: str,
+                  manifest_json: str) -> None:
+        """Make the newest release's manifest describe the plugin (fields, tags, text)."""
+        p = _db.plugins
+        fields = plugin_fields(Manifest.from_dict(json.loads(manifest_json)))
+        conn.execute(p.update().where(p.c.pk == plugin_pk).values(updated_at=_db.utcnow(),
+                                                                  **fields))
+        conn.execute(_db.plugin_tags.delete().where(_db.plugin_tags.c.plugin_pk == plugin_pk))
+        for tag in fields["tags"].split():
+            conn.execute(_db.plugin_tags.insert().values(plugin_pk=plugin_pk, tag=tag))
+        index_text(conn, plugin_pk, plugin_id, fields)
 
     def _refresh_latest(self, conn: Connection, plugin_pk: int) -> str | None:
         rows = conn.execute(
             sa.select(_db.versions.c.version, _db.versions.c.yanked)
-            .where(_db.versions.c.plugin_pk == plugin_pk)
+            .where((_db.versions.c.plugin_pk == plugin_pk)
+                   & (_db.versions.c.pending == sa.false()))
         ).all()
         latest = _latest([(str(v), bool(y)) for v, y in rows])
         conn.execute(_db.plugins.update().where(_db.plugins.c.pk == plugin_pk)
@@ -627,15 +738,142 @@ class Registry:
             conn.execute(_db.versions.update().where(_db.versions.c.pk == match[0].pk).values(
                 yanked=yanked, yanked_reason=(reason or "") if yanked else None))
             self._refresh_latest(conn, row.pk)
-        self._tuf_changed(row.id)
+            _enqueue(conn, row.id, "yank" if yanked else "unyank")
+        self.reconcile([row.id])
         return self.version_info(plugin_id, version)
 
-    def _tuf_changed(self, plugin_id: str) -> None:
-        """Re-sign the TUF targets of ``plugin_id`` (committed already) if TUF is set up."""
-        if self.data_dir is not None and (self.data_dir / "tuf").is_dir():
+    def _tuf_changed(self, plugin_ids: list[str]) -> None:
+        """Re-sign the TUF targets of ``plugin_ids`` (committed already) if TUF is set up."""
+        if self.data_dir is not None and (self.data_dir / "tuf" / "config.json").is_file():
             from ._tuf import after_change
 
-            after_change(self, plugin_id)
+            after_change(self, plugin_ids)
+
+    # -- signing outbox and recovery -----------------------------------------
+
+    def reconcile(self, plugin_ids: Sequence[str] | None = None, *,
+                  older_than: float | None = None, limit: int = 1000) -> list[str]:
+        """Sign what ``tuf_outbox`` records, then reveal the versions it signed.
+
+        ``plugin_ids`` limits the pass to those plugins, ``older_than`` (seconds)
+        to intents at least that old.  A pending version whose blob is gone is
+        removed (it was never visible).  Returns the plugin ids handled.
+
+        Raises:
+            StoreError: the TUF metadata could not be written; the intents stay.
+        """
+        o, v, p = _db.tuf_outbox, _db.versions, _db.plugins
+        with self.read() as conn:
+            q = sa.select(o.c.plugin_id, sa.func.max(o.c.pk)).group_by(o.c.plugin_id)
+            if plugin_ids is not None:
+                q = q.where(o.c.plugin_id.in_([i.strip().lower() for i in plugin_ids]))
+            if older_than is not None:
+                q = q.where(o.c.created_at < _db.utcnow() - dt.timedelta(seconds=older_than))
+            upto = {str(pid): int(pk) for pid, pk in conn.execute(q.limit(limit))}
+            if not upto:
+                return []
+            rows = conn.execute(
+                sa.select(v.c.pk, v.c.plugin_pk, v.c.version, v.c.sha256, v.c.manifest)
+                .join(p, p.c.pk == v.c.plugin_pk)
+                .where((v.c.pending == sa.true()) & p.c.id.in_(list(upto)))
+            ).all()
+        lost = [r for r in rows if r.sha256 is not None and not self.store.exists(r.sha256)]
+        if lost:
+            self._drop_pending([int(r.pk) for r in lost])
+        shown = [r for r in rows if r not in lost]
+        try:
+            self._tuf_changed(sorted(upto))
+        except Exception as exc:
+            raise StoreError(
+                f"could not sign the TUF metadata of {', '.join(sorted(upto))}: {exc}; the "
+                "change stays unpublished until signing succeeds (retry, or restart)"
+            ) from exc
+        with self.write() as conn:
+            if shown:
+                conn.execute(v.update().where(v.c.pk.in_([int(r.pk) for r in shown]))
+                             .values(pending=False))
+            for plugin_pk in {int(r.plugin_pk) for r in shown}:
+                latest = self._refresh_latest(conn, plugin_pk)
+                new = [r for r in shown if r.plugin_pk == plugin_pk and r.version == latest]
+                if new:
+                    pid = conn.execute(sa.select(p.c.id).where(p.c.pk == plugin_pk)).scalar_one()
+                    self._describe(conn, plugin_pk, str(pid), str(new[0].manifest))
+            for pid, last in upto.items():
+                conn.execute(o.delete().where((o.c.plugin_id == pid) & (o.c.pk <= last)))
+        return sorted(upto)
+
+    def _drop_pending(self, version_pks: list[int]) -> None:
+        """Remove pending versions (never shown) and plugins left with no version."""
+        v, p = _db.versions, _db.plugins
+        with self.write() as conn:
+            plugin_pks = set(conn.execute(sa.select(v.c.plugin_pk).where(
+                v.c.pk.in_(version_pks) & (v.c.pending == sa.true()))).scalars())
+            conn.execute(v.delete().where(v.c.pk.in_(version_pks) & (v.c.pending == sa.true())))
+            for plugin_pk in plugin_pks:
+                left = conn.execute(sa.select(v.c.pk).where(v.c.plugin_pk == plugin_pk)
+                                    .limit(1)).first()
+                if left is None:
+                    conn.execute(_db.plugin_tags.delete().where(
+                        _db.plugin_tags.c.plugin_pk == plugin_pk))
+                    conn.execute(p.delete().where(p.c.pk == plugin_pk))
+
+    def housekeep(self) -> dict[str, Any]:
+        """Start-up repair for ``serve``: sweep crashed temp files, sign every open intent.
+
+        While no other server holds the data directory, every temp file and
+        every blob no version references is removed; otherwise only temp files
+        older than :data:`STALE_TEMP_SECONDS`.  The directory stays claimed (a
+        shared lock) until :meth:`close`.
+        """
+        sole = self.claim()
+        age = None if sole else STALE_TEMP_SECONDS
+        swept = 0
+        if self.data_dir is not None:
+            from ._tuf import sweep_temp
+
+            swept += _sweep_dir(self.data_dir / "tmp", age)
+            swept += sweep_temp(self.data_dir, age)
+        if isinstance(self.store, FilesystemStore):
+            swept += self.store.sweep_temp(age)
+            if sole:
+                with self.read() as conn:
+                    used = set(conn.execute(sa.select(_db.versions.c.sha256).distinct()
+                                            .where(_db.versions.c.sha256.is_not(None)))
+                               .scalars())
+                swept += self.store.sweep_unreferenced(used)
+        signed = self.reconcile()
+        return {"swept": swept, "signed": signed, "sole": sole}
+
+    def claim(self) -> bool:
+        """Hold a shared lock on the data dir; True if no other server held it first."""
+        if self.data_dir is None:
+            return False
+        if self._claim_fd is None:
+            self._claim_fd = os.open(self.data_dir / ".serve.lock",
+                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sole = True
+        except BlockingIOError:
+            sole = False
+        fcntl.flock(self._claim_fd, fcntl.LOCK_SH)
+        return sole
+
+    def start_housekeeping(self, interval: float = 30.0) -> None:
+        """Sign intents older than ``interval`` every ``interval`` seconds (a daemon thread)."""
+        if self._timer is not None:
+            return
+        stop = self._stop
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.reconcile(older_than=interval)
+                except Exception as exc:  # keep trying: the next pass may succeed
+                    _log.warning("registry housekeeping: %s", exc)
+
+        self._timer = threading.Thread(target=loop, name="registry-housekeeping", daemon=True)
+        self._timer.start()
 
     def rate(self, plugin_id: str, principal: Principal, stars: int) -> dict[str, Any]:
         """Record one publisher's 1-5 star rating (a second one replaces the first)."""
@@ -671,6 +909,32 @@ def index_text(conn: Connection, plugin_pk: int, plugin_id: str, fields: dict[st
                 "VALUES (:pk, :n, :s, :t)"),
         {"pk": plugin_pk, "n": name_words, "s": fields["summary"], "t": fields["tags"]},
     )
+
+
+def _enqueue(conn: Connection, plugin_id: str, kind: str) -> None:
+    """Record, in the caller's transaction, that ``plugin_id``'s signed targets must change."""
+    conn.execute(_db.tuf_outbox.insert().values(plugin_id=plugin_id, kind=kind,
+                                                created_at=_db.utcnow()))
+
+
+def _sweep_dir(folder: Path, older_than: float | None) -> int:
+    """Remove every entry of ``folder`` (only those older than ``older_than`` s, if given)."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than if older_than is not None else None
+    n = 0
+    for entry in folder.iterdir():
+        try:
+            if cutoff is not None and entry.lstat().st_mtime > cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            n += 1
+        except OSError as exc:
+            _log.warning("registry housekeeping: cannot remove %s: %s", entry, exc)
+    return n
 
 
 def _sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Final, final
@@ -132,6 +133,31 @@ class FilesystemStore(ArtifactStore):
     def local_path(self, sha256: str) -> Path | None:
         path = self._path(sha256)
         return path if path.is_file() else None
+
+    def sweep_temp(self, older_than: float | None = None) -> int:
+        """Remove temp files of interrupted writes (only those older than ``older_than`` s)."""
+        cutoff = time.time() - older_than if older_than is not None else None
+        n = 0
+        for tmp in self.root.glob("*/*/.upload.*.tmp"):
+            try:
+                if cutoff is None or tmp.lstat().st_mtime <= cutoff:
+                    tmp.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+    def sweep_unreferenced(self, used: set[str]) -> int:
+        """Remove blobs whose digest is not in ``used`` (left by a publish cut short).
+
+        Only safe while no publish runs: the blob is stored before its row commits.
+        """
+        n = 0
+        for blob in self.files():
+            if blob.name not in used:
+                blob.unlink(missing_ok=True)
+                n += 1
+        return n
 
     def files(self) -> list[Path]:
         """Every stored blob (for checks and tests)."""

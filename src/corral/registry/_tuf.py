@@ -67,7 +67,7 @@ __all__ = [
     "generate_key",
     "index_target_path",
     "load_key",
-    "run_cli",
+    "sweep_temp",
 ]
 
 #: Days each role's signature lasts by default.
@@ -400,7 +400,7 @@ class TufRepository:
         from corral._model.release import Release
 
         try:
-            info = registry.info(plugin_id)
+            info = registry.info(plugin_id, include_pending=True)  # signed before shown
         except NotFoundError:
             return {}
         out: dict[str, TargetFile] = {}
@@ -705,45 +705,43 @@ class TufRepository:
         raise NotFoundError(f"no TUF target {path!r}", file=path)
 
 
-def after_change(registry: Registry, plugin_id: str) -> None:
-    """Hook for the service: update TUF targets of ``plugin_id`` if TUF is set up."""
+def after_change(registry: Registry, plugin_ids: list[str]) -> None:
+    """Hook for the service: update TUF targets of ``plugin_ids`` if TUF is set up.
+
+    Set up means ``tuf init`` began (``config.json``): from then on missing or
+    unwritable metadata is an error, never a reason to skip signing.
+    """
     data = getattr(registry, "data_dir", None)
-    if data is None or not TufRepository.exists(data):
+    if data is None or not (Path(data) / "tuf" / "config.json").is_file():
         return
-    TufRepository(data).update_plugins(registry, [plugin_id])
+    TufRepository(data).update_plugins(registry, plugin_ids)
 
 
-def run_cli(args: Any) -> dict[str, Any]:
-    """``corral registry tuf init|rotate-root|rotate-online|refresh|sync``; a JSON-ready result."""
-    from ._service import Registry, default_data_dir
+_TEMP_NAME: Final = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # corral._disk.files.write_atomic's
 
-    data = Path(args.data).expanduser() if args.data else default_data_dir()
-    what = args.what
-    if what == "init":
-        expiry = {}
-        for item in args.expiry or []:
-            role, eq, days = item.partition("=")
-            if not eq or not days.isdigit():
-                raise UsageError(f"--expiry {item!r}: expected ROLE=DAYS", field="expiry")
-            expiry[role] = int(days)
-        with Registry.open(data, args.db) as reg:
-            repo = TufRepository.initialise(
-                reg, data, Path(args.offline_keys), bins=args.bins, root_keys=args.root_keys,
-                root_threshold=args.root_threshold, expiry=expiry or None)
-            return {"initialised": str(repo.root_dir), "root": repo.root().signed.version,
-                    "offline_keys": str(Path(args.offline_keys).absolute()),
-                    "bins": args.bins}
-    repo = TufRepository.open(data)
-    if what == "rotate-root":
-        return {"root": repo.rotate_root(Path(args.offline_keys), Path(args.new_keys),
-                                         threshold=args.threshold)}
-    if what == "rotate-online":
-        return {"root": repo.rotate_online(Path(args.offline_keys))}
-    if what == "refresh":
-        return {"resigned": repo.refresh(force=args.force)}
-    if what == "sync":
-        with Registry.open(data, args.db) as reg:
-            return {"bins": repo.sync(reg)}
-    raise UsageError("corral registry tuf needs: init, rotate-root, rotate-online, refresh "
-                     "or sync")
 
+def sweep_temp(data_dir: Path, older_than: float | None = None) -> int:
+    """Remove temp files an interrupted signing left in ``tuf/`` (older than ``older_than`` s).
+
+    Only the ``write_atomic`` temp names are touched; signed files never match.
+    """
+    import time
+
+    root = Path(data_dir) / "tuf"
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than if older_than is not None else None
+    n = 0
+    for folder in (root, root / "metadata", root / "keys", root / "targets" / "index"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                if cutoff is None or entry.lstat().st_mtime <= cutoff:
+                    entry.unlink()
+                    n += 1
+            except (FileNotFoundError, IsADirectoryError):
+                pass
+    return n

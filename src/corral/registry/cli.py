@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from corral._errors import CorralError, UsageError
+from corral._model.text import neutralise
 
 __all__ = ["client_main", "registry_main"]
 
@@ -42,7 +43,7 @@ def _run(fn: Callable[[], int], as_json: bool) -> int:
         if as_json:
             _dump({"error": exc.to_dict()})
         else:
-            print(f"corral: error: {exc.message}", file=sys.stderr)
+            print(f"corral: error: {neutralise(exc.message, 'registry')}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -51,7 +52,7 @@ def _run(fn: Callable[[], int], as_json: bool) -> int:
         if as_json:
             _dump({"error": {"code": "error", "message": message}})
         else:
-            print(f"corral: error: {message}", file=sys.stderr)
+            print(f"corral: error: {neutralise(message, 'registry')}", file=sys.stderr)
         return 1
 
 
@@ -75,8 +76,9 @@ def _registry_parser() -> _Parser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8470)
     sp.add_argument("--max-upload-mb", type=int, default=50)
-    sp.add_argument("--workers", type=int, default=1,
-                    help="server processes (PostgreSQL or SQLite; all share the database)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="server processes, all sharing the database "
+                         "(default: one per CPU core)")
     sp = sub.add_parser("seed", help="load a catalogue TSV")
     _storage_args(sp)
     sp.add_argument("--catalogue", required=True, type=Path)
@@ -175,9 +177,8 @@ def _tuf_main(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {args.root}: {exc}", file=str(args.root)) from exc
         doc = trust_registry(Path(home), args.url, root)
     else:
-        from ._tuf import run_cli
 
-        doc = run_cli(args)
+        doc = _tuf_command(args)
     if args.json:
         _dump(doc)
     else:
@@ -191,18 +192,27 @@ def _serve(args: argparse.Namespace) -> int:
     from ._app import create_app
 
     registry = _open(args)
+    # before any request: sweep crashed uploads' temp files, sign what a crash left unsigned
+    repaired = registry.housekeep()
+    if repaired["signed"] or repaired["swept"]:
+        print(f"corral registry: signed {len(repaired['signed'])} plugin(s) left unsigned, "
+              f"swept {repaired['swept']} temp file(s)", file=sys.stderr)
     print(f"corral registry on http://{args.host}:{args.port} "
           f"({registry.engine.dialect.name})", file=sys.stderr)
-    if args.workers > 1:
+    workers = args.workers or os.cpu_count() or 1
+    if workers > 1:
         os.environ["CORRAL_REGISTRY_DATA"] = str(Path(args.data).absolute()) if args.data else ""
+        os.environ["CORRAL_REGISTRY_MAX_UPLOAD"] = str(registry.max_upload_bytes)
         if args.db:
             os.environ["CORRAL_REGISTRY_DB"] = args.db
         registry.close()
         uvicorn.run("corral.registry._app:app_from_env", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, log_level="warning",
+                    port=args.port, workers=workers, log_level="warning",
                     http="corral.registry._app:NoDelayH11Protocol")
         return 0
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
+    registry.start_housekeeping()
+    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning",
+                http="corral.registry._app:NoDelayH11Protocol")
     return 0
 
 
@@ -329,9 +339,10 @@ def _print_results(doc: dict[str, Any]) -> None:
     if not results:
         print("no plugins found")
         return
-    rows = [[r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
-             ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70]]
-            for r in results]
+    rows = [[neutralise(c, one_line=True) for c in (
+                r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
+                ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70])]
+            for r in results]  # what a registry says is as hostile as what a plugin says
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  " + row[3])
@@ -359,8 +370,8 @@ def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
                 for error in exc.details.get("errors") or []:
                     where = error.get("file") or "corral.toml"
                     line = f":{error['line']}" if error.get("line") else ""
-                    print(f"{where}{line}: {error.get('rule', 'error')}: {error['message']}",
-                          file=sys.stderr)
+                    text = f"{where}{line}: {error.get('rule', 'error')}: {error['message']}"
+                    print(neutralise(text, args.archive.name), file=sys.stderr)
             raise
         published: dict[str, Any] = reg.publish(Path(packed["path"]))
     signature = {"state": "signed" if packed["signed"] else "unsigned",
@@ -384,7 +395,7 @@ def _print_published(doc: dict[str, Any]) -> None:
     if doc.get("archive"):
         print(f"  archive kept at {doc['archive']}")
     for w in [*doc.get("validation_warnings", []), *doc.get("warnings", [])]:
-        print(f"  warning: {w.get('message', w)}", file=sys.stderr)
+        print(f"  warning: {neutralise(w.get('message', w), 'registry')}", file=sys.stderr)
 
 
 def client_main(verb: str, argv: Sequence[str]) -> int:
@@ -415,14 +426,17 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
             elif verb == "show":
                 doc = reg.show(args.id)
                 if not args.json:
-                    print(f"{doc['id']} {doc.get('version') or '(all yanked)'} — {doc['name']}")
-                    print(f"  {doc.get('summary', '')}")
-                    print(f"  publisher {doc['publisher']}"
+                    one = {k: neutralise(doc.get(k) or "", one_line=True)
+                           for k in ("id", "version", "name", "summary", "publisher")}
+                    print(f"{one['id']} {one['version'] or '(all yanked)'} — {one['name']}")
+                    print(f"  {one['summary']}")
+                    print(f"  publisher {one['publisher']}"
                           f"{' (verified)' if doc.get('verified') else ''}, "
                           f"{doc['downloads']:,} downloads, rating {doc['rating']}")
                     for v in doc["versions"]:
                         flag = " yanked" if v["yanked"] else ""
-                        print(f"  {v['version']}{flag}  {v['sha256'] or '(no archive)'}")
+                        print(neutralise(f"  {v['version']}{flag}  {v['sha256'] or '(no archive)'}",
+                                         one_line=True))
                     return 0
             elif verb == "publish":
                 if not token:
@@ -452,3 +466,39 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
         return 0
 
     return _run(run, as_json)
+
+
+def _tuf_command(args: Any) -> dict[str, Any]:
+    """``corral registry tuf init|rotate-root|rotate-online|refresh|sync``; a JSON-ready result."""
+    from ._service import Registry, default_data_dir
+    from ._tuf import TufRepository
+
+    data = Path(args.data).expanduser() if args.data else default_data_dir()
+    what = args.what
+    if what == "init":
+        expiry = {}
+        for item in args.expiry or []:
+            role, eq, days = item.partition("=")
+            if not eq or not days.isdigit():
+                raise UsageError(f"--expiry {item!r}: expected ROLE=DAYS", field="expiry")
+            expiry[role] = int(days)
+        with Registry.open(data, args.db) as reg:
+            repo = TufRepository.initialise(
+                reg, data, Path(args.offline_keys), bins=args.bins, root_keys=args.root_keys,
+                root_threshold=args.root_threshold, expiry=expiry or None)
+            return {"initialised": str(repo.root_dir), "root": repo.root().signed.version,
+                    "offline_keys": str(Path(args.offline_keys).absolute()),
+                    "bins": args.bins}
+    repo = TufRepository.open(data)
+    if what == "rotate-root":
+        return {"root": repo.rotate_root(Path(args.offline_keys), Path(args.new_keys),
+                                         threshold=args.threshold)}
+    if what == "rotate-online":
+        return {"root": repo.rotate_online(Path(args.offline_keys))}
+    if what == "refresh":
+        return {"resigned": repo.refresh(force=args.force)}
+    if what == "sync":
+        with Registry.open(data, args.db) as reg:
+            return {"bins": repo.sync(reg)}
+    raise UsageError("corral registry tuf needs: init, rotate-root, rotate-online, refresh "
+                     "or sync")

@@ -51,6 +51,7 @@ from corral._model.topics import (
     check_subscribe,
     check_topic,
 )
+from corral._runtime.budgets import MIB
 from corral._services.events.dispatch import (
     CACHE_MAX,
     DEFAULT_MAX_QUEUE,
@@ -72,11 +73,14 @@ from corral._services.events.subscriptions import (
     Subscription,
     _describe,
     _Queue,
+    event_bytes,
     record_event,
 )
 
 if TYPE_CHECKING:
+    from corral._runtime.budgets import Budgets
     from corral._services.events.durable import DurableLog
+
 
 __all__ = ["DEFAULT_MAX_QUEUE", "MAX_DEAD_LETTERS", "Delivery", "EventBus", "Propagation"]
 
@@ -127,6 +131,11 @@ class EventBus:
         self._subs: list[Subscription] = []
         self._cache: dict[str, Dispatch] = {}
         self._dead_letters: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
+        # bytes of payload each kept dead letter holds, and their sum per subscriber plugin
+        self._dead_sizes: deque[int] = deque(maxlen=MAX_DEAD_LETTERS)
+        self._dead_bytes: dict[str | None, int] = {}
+        #: The active plugins' budgets (``queue-mb``, ``events-mb``), set by the host.
+        self.budgets: Budgets | None = None
         self._dead_count = 0
         self._on_dead = on_dead_letter
         self._log: DurableLog | None = None
@@ -546,9 +555,24 @@ class EventBus:
         self._dead(sub, ev, f"handler raised {_describe(exc)}")
 
     def _dead(self, sub: Subscription, ev: Event, reason: str) -> None:
-        letter = DeadLetter(sub.id, sub.plugin_id, sub.pattern, reason, ev, time.time())
-        self._dead_letters.append(letter)
-        self._dead_count += 1
+        limits = self.budgets.get(sub.plugin_id) if self.budgets is not None else None
+        size = event_bytes(ev) if limits is not None else 0
+        with self._lock:
+            held = self._dead_bytes.get(sub.plugin_id, 0)
+            if limits is not None and held + size > limits.events_mb * MIB:
+                # events-mb bounds the dead-letter store too: keep why, not the payload
+                ev = msgspec.structs.replace(ev, data=None)
+                reason += f"; payload of {size} bytes not kept (events-mb)"
+                size = 0
+            letter = DeadLetter(sub.id, sub.plugin_id, sub.pattern, reason, ev, time.time())
+            if len(self._dead_letters) == MAX_DEAD_LETTERS:
+                gone = self._dead_letters[0].subscriber
+                self._dead_bytes[gone] = self._dead_bytes.get(gone, 0) - self._dead_sizes[0]
+            self._dead_letters.append(letter)
+            self._dead_sizes.append(size)
+            if size:
+                self._dead_bytes[sub.plugin_id] = held + size
+            self._dead_count += 1
         if self._on_dead is not None:
             with contextlib.suppress(Exception):  # a broken sink must not break delivery
                 self._on_dead(letter)

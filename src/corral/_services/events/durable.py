@@ -20,12 +20,16 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
 from corral._errors import CorralError, UsageError
 from corral._model.permissions import pattern_matches
+from corral._runtime.budgets import MIB, over_budget
+
+if TYPE_CHECKING:
+    from corral._runtime.budgets import Budgets
 
 __all__ = ["DurableLog", "LogRecord"]
 
@@ -43,6 +47,7 @@ CREATE TABLE IF NOT EXISTS events (
     durable INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, "offset");
+CREATE INDEX IF NOT EXISTS events_by_source ON events (source);
 CREATE TABLE IF NOT EXISTS durable_topics (
     pattern TEXT PRIMARY KEY,
     max_count INTEGER,
@@ -154,6 +159,10 @@ class DurableLog:
         self._last_retention = time.monotonic()
         self._last_batch = 0
         self.commits = 0
+        #: The active plugins' ``events-mb``, set by the host; bytes each source holds here.
+        self.budgets: Budgets | None = None
+        self._held: dict[str, int] = {}
+        self._held_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name="corral-log-writer",
                                         daemon=True)
         self._writer.start()
@@ -206,6 +215,7 @@ class DurableLog:
         """Append one event; return its offset once it is committed to disk."""
         row = _row(topic, data, source, origin, event_id, timestamp, priority, propagation,
                    durable)
+        self._charge(source, len(row[1]))
         with self._cond:
             if self._closing:
                 raise UsageError("the durable log is closed")
@@ -235,6 +245,7 @@ class DurableLog:
         """Async twin of :meth:`append`: no thread per publisher, the commit wakes the loop."""
         row = _row(topic, data, source, origin, event_id, timestamp, priority, propagation,
                    durable)
+        self._charge(source, len(row[1]))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         with self._cond:
@@ -250,6 +261,32 @@ class DurableLog:
             return await fut
         except Exception as exc:
             raise self._write_error(topic, exc) from exc
+
+    def _charge(self, source: str | None, n: int) -> None:
+        """Refuse an event that would take plugin ``source`` past its ``events-mb``.
+
+        The count is kept in memory and taken again from the log (after retention)
+        whenever it would refuse, so events that expired give their room back.
+        """
+        limits = self.budgets.get(source) if self.budgets is not None else None
+        if limits is None or source is None:
+            return
+        cap = limits.events_mb * MIB
+        with self._held_lock:
+            held = self._held.get(source)
+            if held is None or held + n > cap:
+                held = self.usage(source)
+            if held + n > cap:
+                self._held[source] = held
+                raise over_budget(source, "events-mb", "the durable log", held, cap)
+            self._held[source] = held + n
+
+    def usage(self, source: str) -> int:
+        """Bytes of event data from plugin ``source`` kept in the log."""
+        (n,) = self._reader().execute(
+            "SELECT coalesce(sum(length(data)), 0) FROM events WHERE source = ?", (source,)
+        ).fetchone()
+        return int(n)
 
     def _write_error(self, topic: str, exc: BaseException) -> CorralError:
         return CorralError(f"could not write the event on {topic!r} to {self.path}: {exc}",

@@ -15,8 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final, final
 
+import msgspec
+
 from corral._errors import UsageError
 from corral._model.events import DeadLetter, Event, HandlerResult
+from corral._runtime.budgets import mib
 
 if TYPE_CHECKING:
     import asyncio
@@ -25,15 +28,17 @@ if TYPE_CHECKING:
     from corral._services.events.bus import EventBus
     from corral._services.events.durable import LogRecord
 
-__all__ = ["DeadLetter", "Event", "HandlerResult", "Subscription", "record_event"]
+__all__ = [
+    "DeadLetter", "Event", "HandlerResult", "Subscription", "event_bytes", "record_event"
+]
 
 
 @final
 class _Queue:
     """A bounded, three-level priority FIFO; served by a thread or drained by ``poll``."""
 
-    __slots__ = ("_bus", "_levels", "_lock", "_loop", "_size", "_sleeping", "_stopped",
-                 "_thread", "_wake", "busy_since", "maxsize", "sub")
+    __slots__ = ("_budget", "_bus", "_held", "_levels", "_lock", "_loop", "_size", "_sleeping",
+                 "_stopped", "_thread", "_wake", "busy_since", "maxsize", "sub")
 
     def __init__(self, bus: EventBus, sub: Subscription, maxsize: int, threaded: bool) -> None:
         self._bus = bus
@@ -45,10 +50,14 @@ class _Queue:
         self._wake = threading.Event()
         self._sleeping = False
         # index 0: priority > 0, 1: priority 0, 2: priority < 0
-        self._levels: tuple[deque[tuple[Event, Future[Any] | None]], ...] = (
+        self._levels: tuple[deque[tuple[Event, Future[Any] | None, int]], ...] = (
             deque(), deque(), deque()
         )
         self._size = 0
+        # queue-mb: the bytes queued for the subscriber plugin, shared by all its queues
+        budgets = bus.budgets
+        self._budget = budgets.queue(sub.plugin_id) if budgets is not None else None
+        self._held = 0
         self._stopped = False
         self.busy_since: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,6 +79,8 @@ class _Queue:
             if fut is not None:
                 fut.set_result(None)
             return
+        budget = self._budget
+        size = event_bytes(ev) if budget is not None else 0
         with self._lock:
             if self._stopped:
                 reason = "subscription cancelled"
@@ -77,10 +88,14 @@ class _Queue:
                 reason = f"queue full ({self.maxsize} events)"
                 if self.busy_since is not None:
                     reason += f"; handler busy for {time.time() - self.busy_since:.1f} s"
+            elif budget is not None and not budget.take(size):
+                reason = (f"queue-mb: the host holds {mib(budget.used)} of {mib(budget.cap)} "
+                          f"for {self.sub.plugin_id}'s subscriptions")
             else:
                 p = ev.priority
-                self._levels[0 if p > 0 else 1 if p == 0 else 2].append((ev, fut))
+                self._levels[0 if p > 0 else 1 if p == 0 else 2].append((ev, fut, size))
                 self._size += 1
+                self._held += size
                 if self._sleeping:
                     self._sleeping = False
                     self._wake.set()
@@ -91,7 +106,7 @@ class _Queue:
 
     def _take(self, n: int) -> list[tuple[Event, Future[Any] | None]]:
         """Up to ``n`` queued items, highest priority level first (call with the lock held)."""
-        out: list[tuple[Event, Future[Any] | None]] = []
+        out: list[tuple[Event, Future[Any] | None, int]] = []
         for level in self._levels:
             if not level:
                 continue
@@ -104,7 +119,11 @@ class _Queue:
             else:
                 out.extend(level.popleft() for _ in range(room))
         self._size -= len(out)
-        return out
+        if self._budget is not None and out:
+            freed = sum(item[2] for item in out)
+            self._held -= freed
+            self._budget.give(freed)
+        return [(ev, fut) for ev, fut, _ in out]
 
     def _wait(self, timeout: float | None) -> bool:
         """Sleep until something is queued, the queue stops, or ``timeout`` passes.
@@ -234,6 +253,14 @@ class Subscription:
             return None
 
         return filtered
+
+
+def event_bytes(ev: Event) -> int:
+    """What an event costs a queue: its payload as JSON, its topic, and a fixed overhead."""
+    try:
+        return len(msgspec.json.encode(ev.data)) + len(ev.topic) + 200
+    except (TypeError, ValueError):
+        return len(ev.topic) + 200
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,107 @@
+"""What the worker-frame checks cost the warm strict round trip, A/B in one process.
+
+Run: .venv/bin/python benchmarks/bench_frames.py [--rounds N] [--blocks B]
+
+The supervisor decodes worker frames through ``decode_worker`` and results through
+``decode_result`` (depth, size and type checks).  Here the same warm worker is timed
+in alternating blocks with those two swapped for bare msgspec decoders (what ran
+before the checks), so machine noise hits both sides alike; the medians and their
+ratio are printed, plus the checks' own cost per call on the warm frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import msgspec
+
+from corral._sandbox import rpc as _rpc
+from corral._sandbox import supervisor as _supervisor
+from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.supervisor import Supervisor
+
+PLUGIN = "def noop(inp, ctx):\n    return inp\n"
+
+
+def bare_worker(body: bytes | memoryview) -> Any:
+    """The decoder as it was: schema only, no depth pre-check."""
+    try:
+        return _rpc._worker_decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise _rpc.ProtocolError(f"malformed worker message: {exc}") from None
+
+
+def bare_result(text: bytes) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise _rpc.ProtocolError(f"result is not JSON: {exc}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--blocks", type=int, default=10)
+    args = parser.parse_args()
+    checked = (_supervisor.decode_worker, _supervisor.decode_result)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "code").mkdir()
+        (root / "code" / "benchframes.py").write_text(PLUGIN)
+        dirs = {}
+        for name in ("data", "tmp", "cache"):
+            (root / name).mkdir()
+            dirs[f"{name}_dir"] = root / name
+        spec = SandboxSpec(
+            plugin_id="bench.frames", isolation="strict", plugin_dir=root / "code",
+            data_dir=dirs["data_dir"], tmp_dir=dirs["tmp_dir"], cache_dir=dirs["cache_dir"],
+        )
+        payload = {"n": 1, "s": "hello"}
+        times: dict[str, list[float]] = {"checked": [], "bare": []}
+        with Supervisor() as sup:
+            for _ in range(300):
+                sup.call(spec, "benchframes:noop", payload)
+            for block in range(args.blocks * 2):
+                side = "checked" if block % 2 == 0 else "bare"
+                if side == "checked":
+                    _supervisor.decode_worker, _supervisor.decode_result = checked
+                else:
+                    _supervisor.decode_worker = bare_worker
+                    _supervisor.decode_result = bare_result
+                for _ in range(args.rounds):
+                    t0 = time.perf_counter()
+                    sup.call(spec, "benchframes:noop", payload)
+                    times[side].append(time.perf_counter() - t0)
+            _supervisor.decode_worker, _supervisor.decode_result = checked
+    med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+    print(
+        f"warm strict round trip (A/B, {args.blocks} blocks x {args.rounds} each): "
+        f"checked median {med['checked']:.1f} us, bare msgspec {med['bare']:.1f} us; "
+        f"ratio {med['checked'] / med['bare']:.3f} (target <= 1.03)"
+    )
+    frame = _rpc.encode(
+        _rpc.Result(id=7, value=msgspec.json.encode(payload), usage=_rpc.Usage(1.5, 0.5, 40000))
+    )[4:]
+    view = memoryview(frame)
+    value = msgspec.json.encode(payload)
+
+    def per_call(fn: Any) -> float:
+        return min(timeit.repeat(fn, number=20000, repeat=5)) / 20000 * 1e9
+
+    new = per_call(lambda: (_rpc.decode_worker(view), _rpc.decode_result(value)))
+    old = per_call(lambda: (bare_worker(view), bare_result(value)))
+    print(f"decoding the warm Result frame: checked {new:.0f} ns, bare {old:.0f} ns; "
+          f"checks add {new - old:.0f} ns a call")
+
+
+if __name__ == "__main__":
+    main()
