@@ -264,11 +264,19 @@ def author_walk(root: Path) -> Walk:
         assert entry["signature"] == {"state": "signed", "keyid": key["keyid"],
                                       "signer": "default"}
 
-        # Publishing the same version again is refused by the registry (exit 2); a new
-        # version, unsigned and in text mode, keeping its archive with -o, goes through.
+        # Publishing the same version again is a safe retry: packing is reproducible, so
+        # the registry gives back what it stores. Other bytes under that version are
+        # refused (exit 2); a new version, unsigned and in text mode, keeping its archive
+        # with -o, goes through.
         again = walk.run("check", "publish again", "publish", str(plugin), "--registry", url,
+                         "--json", env={"CORRAL_TOKEN": token}).json
+        assert (again["id"], again["version"]) == (PLUGIN_ID, "0.1.0")
+        assert again["created"] is False
+        (plugin / "CHANGES.md").write_text("an edit without a new version\n")
+        clash = walk.run("check", "publish changed", "publish", str(plugin), "--registry", url,
                          "--json", env={"CORRAL_TOKEN": token}, expect=2).json
-        assert again["error"]["reason"] == "version_exists"
+        assert clash["error"]["reason"] == "version_exists"
+        (plugin / "CHANGES.md").unlink()
         toml = plugin / "corral.toml"
         toml.write_text(toml.read_text().replace('version = "0.1.0"', 'version = "0.1.1"'))
         kept = root / "kept"
