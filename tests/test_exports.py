@@ -15,7 +15,8 @@ Rules enforced here:
   stem on a line that names its folder (```_services/events/` (`bus`, ...)``);
   a package's ``__init__.py`` is covered by its folder;
 * ``docs/contract.md`` names every error code of ``corral._errors`` and every
-  verb of the command line, and holds the manifest example the tests use.
+  verb of the command line (a verb of ``corral --help`` with its help line),
+  and holds the manifest example the tests use.
 """
 
 from __future__ import annotations
@@ -130,10 +131,15 @@ def test_the_architecture_check_catches_a_new_module() -> None:
     assert not _documented("_services/events/nobody.py", doc)
 
 
-def _verbs() -> set[str]:
+def _parser_verbs() -> dict[str, str]:
+    """Each verb of ``corral --help`` and its one-line description."""
     parser: Any = _parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
-    return set(sub.choices) | set(_REGISTRY_CLIENT_VERBS) | {"registry"}
+    return {name: " ".join(sp.description.split()) for name, sp in sub.choices.items()}
+
+
+def _verbs() -> set[str]:
+    return set(_parser_verbs()) | set(_REGISTRY_CLIENT_VERBS) | {"registry"}
 
 
 def _error_codes() -> set[str]:
@@ -148,6 +154,10 @@ def test_contract_names_every_error_code_and_verb() -> None:
     # Each verb has a row of its own in a table: | `VERB ...` | what it does |
     missing = {v for v in _verbs() if not re.search(rf"^\| `{re.escape(v)}[` ]", doc, re.M)}
     assert not missing, f"verbs missing from docs/contract.md: {sorted(missing)}"
+    for verb, description in _parser_verbs().items():
+        row = re.search(rf"^\| `{re.escape(verb)}[` ].*\| (.*) \|$", doc, re.M)
+        assert row, f"{verb}: no row in docs/contract.md"
+        assert row[1] == description, f"{verb}: its row must say {description!r}"
 
 
 def test_contract_holds_the_manifest_example_of_the_tests() -> None:
