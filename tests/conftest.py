@@ -1,252 +1,27 @@
-"""Shared fixtures: real plugin directories, a host on a temporary home, a real CLI.
+"""Shared fixtures: a host on a temporary home, a workspace, a real CLI.
 
-Test modules import the helpers below as ``from corral_conftest import ...``:
-other directories have a ``conftest.py`` of their own, and pytest lets the
-last one loaded own the module name ``conftest``, so this module also
-registers itself under a name nobody else uses.
+Plain helpers (plugin directories, closing hosts, CLI results) live in
+``tests/helpers/``; test modules import them as ``from helpers.plugins import ...``.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.cli import ENV_DROP, CliResult
+from helpers.hosts import close_quietly
 
 from corral._host import Host
-
-sys.modules.setdefault("corral_conftest", sys.modules[__name__])
 
 # CLI processes share a fork-server daemon per home; in tests, let it idle out soon
 # rather than outlive the run by the default ten minutes.
 os.environ.setdefault("CORRAL_FORKSERVER_IDLE", "5")
-
-#: The manifest example of DESIGN.md, verbatim.
-DESIGN_EXAMPLE = """
-[plugin]
-id = "acme.git-stats"          # lowercase dotted id, unique in a registry
-name = "Git Stats"
-version = "1.4.0"              # PEP 440 / semver-compatible
-description = "Commit statistics for the workspace"
-license = "MIT"
-authors = [{ name = "Acme", email = "dev@acme.test" }]
-category = "vcs"
-tags = ["git", "stats"]
-requires-corral = ">=0.1"      # host API compatibility
-entry = "git_stats.plugin:Plugin"   # optional: class with lifecycle hooks
-
-[dependencies]                 # other plugins
-"acme.workspace" = ">=1.0,<2"
-
-[permissions]                  # everything not granted is denied
-fs-read = ["{workspace}"]      # placeholders: {plugin} {data} {cache} {tmp} {workspace}
-fs-write = ["{data}"]
-net-connect = ["api.example.com:443"]
-spawn = ["git"]
-env = ["LANG"]
-host-api = ["events.publish:git.*", "events.subscribe:workspace.*",
-            "state.read:git.*", "state.write:git.*", "secrets:github-token"]
-
-[sandbox]
-isolation = "strict"           # none | limited | strict (default strict)
-memory-mb = 256
-cpu-seconds = 10
-timeout-ms = 5000              # wall clock per call
-disk-mb = 100                  # quota on {data}
-max-processes = 8
-
-[exports]                      # callables the host may call by name
-summary = "git_stats.commands:summary"
-
-[[micro]]                      # micro-plugins
-id = "acme.git-stats.semver"
-type = "validator"             # command-enhancer|validator|transformer|formatter|hook|utility
-handler = "git_stats.micro:is_semver"
-max-ms = 50
-"""
-
-#: An export that returns its input, and a few that misbehave on purpose.
-ECHO_CODE = '''
-import asyncio
-import math
-
-
-def echo(value, ctx):
-    return value
-
-
-def boom(value, ctx):
-    return 1 / 0
-
-
-def nan(value, ctx):
-    return math.nan
-
-
-def a_set(value, ctx):
-    return {1, 2}
-
-
-def where(value, ctx):
-    return {"data_dir": str(ctx.data_dir), "plugin": ctx.plugin_id,
-            "workspace": str(ctx.workspace), "config": dict(ctx.config),
-            "exists": ctx.data_dir.is_dir()}
-
-
-async def aecho(value, ctx):
-    await asyncio.sleep(0)
-    return {"async": value}
-
-
-async def aboom(value, ctx):
-    await asyncio.sleep(0)
-    raise ValueError("async boom")
-
-
-async def anan(value, ctx):
-    return [math.inf]
-'''
-
-ECHO_EXPORTS = ("echo", "boom", "nan", "a_set", "where", "aecho", "aboom", "anan")
-
-#: An entry class logging every hook to ``data_dir/hooks.log`` and ``workspace/order.log``.
-HOOKS_CODE = '''
-from pathlib import Path
-
-
-def _log(ctx, name):
-    line = f"{ctx.plugin_id}:{name}\\n"
-    with open(Path(ctx.data_dir) / "hooks.log", "a") as f:
-        f.write(line)
-    with open(Path(ctx.workspace) / "order.log", "a") as f:
-        f.write(line)
-
-
-class Plugin:
-    ctx = None
-
-    def on_load(self, ctx):
-        self.ctx = ctx
-        _log(ctx, "on_load")
-
-    def on_enable(self, ctx):
-        _log(ctx, "on_enable")
-
-    def on_disable(self, ctx):
-        _log(ctx, "on_disable")
-
-    def on_unload(self, ctx):
-        _log(ctx, "on_unload")
-
-    def on_error(self, exc):
-        _log(self.ctx, "on_error:" + exc.code)
-'''
-
-
-def module_name(plugin_id: str) -> str:
-    """The default top-level module of a test plugin (unique per id)."""
-    return "cp_" + plugin_id.replace(".", "_").replace("-", "_")
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for the small set of values test manifests use."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
-def to_toml(data: Mapping[str, Any]) -> str:
-    """Serialise a manifest-shaped dict (tables of scalars, arrays of tables) to TOML."""
-    lines: list[str] = []
-    for table, body in data.items():
-        if isinstance(body, list):
-            for item in body:
-                lines.append(f"[[{table}]]")
-                lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in item.items())
-                lines.append("")
-            continue
-        lines.append(f"[{table}]")
-        lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in body.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
-def manifest_dict(
-    plugin_id: str = "acme.demo",
-    *,
-    version: str = "1.0.0",
-    isolation: str = "none",
-    exports: Mapping[str, str] | None = None,
-    **extras: Any,
-) -> dict[str, Any]:
-    """A valid manifest table; ``extras`` keys are tables (``plugin`` merges into [plugin])."""
-    mod = module_name(plugin_id)
-    data: dict[str, Any] = {
-        "plugin": {"id": plugin_id, "name": plugin_id.title(), "version": version,
-                   **extras.pop("plugin", {})},
-        "sandbox": {"isolation": isolation, **extras.pop("sandbox", {})},
-    }
-    if exports is None:
-        exports = {name: f"{mod}:{name}" for name in ECHO_EXPORTS}
-    if exports:
-        data["exports"] = dict(exports)
-    for key, value in extras.items():
-        if value is not None:
-            data[key] = value
-    return data
-
-
-def make_plugin(
-    root: Path,
-    id: str = "acme.demo",
-    files: Mapping[str, str] | None = None,
-    *,
-    toml: str | None = None,
-    entry: bool = False,
-    **manifest: Any,
-) -> Path:
-    """Write a real plugin directory ``root/src/<id>`` and return it.
-
-    ``files`` maps relative paths to text (default: the echo module); ``toml``
-    replaces the whole manifest; ``entry=True`` adds the hook-logging class;
-    other keywords go to :func:`manifest_dict`.
-    """
-    plugin_dir = root / "src" / id
-    plugin_dir.mkdir(parents=True, exist_ok=True)
-    mod = module_name(id)
-    if files is None:
-        code = ECHO_CODE + (HOOKS_CODE if entry else "")
-        files = {f"{mod}.py": code}
-    for rel, text in files.items():
-        path = plugin_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    if toml is None:
-        if entry:
-            manifest.setdefault("plugin", {})["entry"] = f"{mod}:Plugin"
-        toml = to_toml(manifest_dict(id, **manifest))
-    (plugin_dir / "corral.toml").write_text(toml)
-    return plugin_dir
-
-
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 @pytest.fixture
@@ -261,20 +36,6 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-def close_quietly(h: Host) -> None:
-    """Close ``h`` so that a leaked event loop cannot fail some unrelated test.
-
-    A Host that leaves its private event loop unclosed makes the garbage
-    collector raise an unraisable ResourceWarning in whatever test runs next.
-    ``test_host.py::test_close_closes_private_event_loop`` checks for that leak
-    on purpose; every other test closes through here so it fails only there.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        h.close()
-        gc.collect()
-
-
 @pytest.fixture
 def host(home: Path, workspace: Path) -> Iterator[Host]:
     h = Host(home=home, workspace=workspace, hook_timeout=1.0)
@@ -282,24 +43,6 @@ def host(home: Path, workspace: Path) -> Iterator[Host]:
         yield h
     finally:
         close_quietly(h)
-
-
-def snapshot(folder: Path) -> set[str]:
-    """Every path under ``folder``, relative, to compare before and after."""
-    if not folder.exists():
-        return set()
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-    json: Any
-
-
-ENV_DROP = ("CORRAL_HOME", "XDG_DATA_HOME")
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import CliResult, make_plugin, module_name, snapshot
+from helpers.cli import CliResult
+from helpers.hosts import snapshot
+from helpers.plugins import make_plugin, module_name
 
 import corral
 from corral import Host

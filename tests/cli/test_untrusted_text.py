@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import close_quietly
+from helpers.hosts import close_quietly
 
 from corral import Host
 from corral._model.text import neutralise

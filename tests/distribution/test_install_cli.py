@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from corral_conftest import CliResult, module_name
-
-from distribution.test_installer import publish, versioned
+from helpers.cli import CliResult
+from helpers.install import publish, versioned
+from helpers.plugins import module_name
 
 Run = Callable[..., CliResult]
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import close_quietly, make_plugin, module_name
+from helpers.hosts import close_quietly
+from helpers.install import publish, rows, snapshot, versioned
+from helpers.plugins import make_plugin, module_name
 
-from corral._disk.archive import pack_directory
 from corral._distribution.installer import DirectorySource, Installer, permission_changes
 from corral._errors import (
     ConflictError,
@@ -32,57 +32,6 @@ from corral._errors import (
 )
 from corral._host import Host
 from corral._model.release import Release
-
-
-def publish(
-    root: Path, repo: Path, pid: str, version: str, deps: Mapping[str, str] | None = None,
-    code: str | None = None, exports: Mapping[str, str] | None = None, key: Any = None,
-    **manifest: Any,
-) -> Path:
-    """Write plugin ``pid`` ``version`` (signed with ``key`` if given) and pack it into ``repo``."""
-    mod = module_name(pid)
-    files = None
-    if code is not None:
-        files = {f"{mod}.py": code}
-    src = make_plugin(root / "work" / f"{pid}-{version}", pid, files=files, version=version,
-                      dependencies=dict(deps) if deps else None,
-                      exports=exports if exports is not None else
-                      ({"version": f"{mod}:version"} if code else None), **manifest)
-    if key is not None:
-        from corral._distribution.signing import sign_directory
-
-        sign_directory(src, key)
-    repo.mkdir(parents=True, exist_ok=True)
-    return pack_directory(src, repo / f"{pid}-{version}.corral")
-
-
-def versioned(v: str, extra: str = "") -> str:
-    return f"def version(value, ctx):\n    return {v!r}\n" + extra
-
-
-def snapshot(home: Path) -> dict[str, Any]:
-    """Files (mode + content hash) under ``home`` and the rows of the host database."""
-    files: dict[str, Any] = {}
-    for p in sorted(home.rglob("*")):
-        rel = p.relative_to(home).as_posix()
-        if ".db" in p.name or p.name in (".lock", "install.lock"):
-            continue
-        st = p.lstat()
-        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-        files[rel] = (stat.S_IMODE(st.st_mode), digest)
-    rows: list[Any] = []
-    db = home / "corral.db"
-    if db.exists():
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        rows = conn.execute(
-            "SELECT id, version, path, source, state, manifest FROM plugins ORDER BY id"
-        ).fetchall()
-        conn.close()
-    return {"files": files, "rows": rows}
-
-
-def rows(home: Path) -> dict[str, tuple[str, str, str, str]]:
-    return {r[0]: (r[1], r[2], r[3], r[4]) for r in snapshot(home)["rows"]}
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.install import publish, rows, snapshot
 
 from corral._distribution.installer import DirectorySource, Installer
-from distribution.test_installer import publish, rows, snapshot
 
 CLI = [sys.executable, "-m", "corral"]
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import module_name
+from helpers.install import publish, rows
+from helpers.plugins import module_name
 
 from corral._cli import main
 from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import PolicyDenied
 from corral._model.release import Release
 from corral._services.sandboxed import sandbox_problem
-from distribution.test_installer import publish, rows
 
 
 def cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, Any, str]:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.install import publish, snapshot
 
 from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import TransferError
 from corral._model.release import Release
-from distribution.test_installer import publish, snapshot
 
 
 class _Parallel:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import close_quietly, module_name
+from helpers.hosts import close_quietly
+from helpers.install import publish, rows, versioned
+from helpers.plugins import module_name
 
 from corral._cli import main
 from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import PluginError, SignatureInvalid, UsageError
 from corral._host import Host
-from distribution.test_installer import publish, rows, versioned
 
 BROKEN_START = """
 class Plugin:

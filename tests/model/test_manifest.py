@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import DESIGN_EXAMPLE, to_toml
+from helpers.plugins import MANIFEST_EXAMPLE, to_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,11 +42,11 @@ def reject(data: dict[str, Any]) -> ManifestError:
     return err
 
 
-# -- the DESIGN.md example ---------------------------------------------------
+# -- the docs/contract.md example -------------------------------------------
 
 
 def test_design_example_parses() -> None:
-    m = parse_manifest(DESIGN_EXAMPLE)
+    m = parse_manifest(MANIFEST_EXAMPLE)
     assert m.id == "acme.git-stats"
     assert m.version == "1.4.0"
     assert m.authors[0].email == "dev@acme.test"
@@ -65,7 +65,7 @@ def test_design_example_parses() -> None:
 
 
 def test_design_example_round_trips() -> None:
-    m = parse_manifest(DESIGN_EXAMPLE)
+    m = parse_manifest(MANIFEST_EXAMPLE)
     again = Manifest.from_dict(m.to_dict())
     assert again == m
     assert again.to_dict() == m.to_dict()
@@ -585,6 +585,6 @@ def test_parse_manifest_on_arbitrary_text(text: str) -> None:
 
 
 def test_to_dict_is_valid_toml_data() -> None:
-    m = parse_manifest(DESIGN_EXAMPLE)
+    m = parse_manifest(MANIFEST_EXAMPLE)
     assert parse_manifest(to_toml(m.to_dict())) == m
     assert tomllib.loads(to_toml(m.to_dict()))["micro"][0]["max-ms"] == 50

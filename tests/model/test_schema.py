@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import pytest
-from corral_conftest import DESIGN_EXAMPLE
+from helpers.plugins import MANIFEST_EXAMPLE
 
 from corral import Manifest, ManifestError, parse_manifest
 from corral._model.schema import manifest_json_schema
@@ -38,7 +38,7 @@ def schema_accepts(validator: Any, data: dict[str, Any]) -> bool:
 
 
 def design() -> dict[str, Any]:
-    return parse_manifest(DESIGN_EXAMPLE).to_dict()
+    return parse_manifest(MANIFEST_EXAMPLE).to_dict()
 
 
 def base() -> dict[str, Any]:
@@ -46,7 +46,7 @@ def base() -> dict[str, Any]:
 
 
 def edit(path: str, value: Any, start: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A copy of ``start`` (the DESIGN.md example) with ``value`` at ``table.key``."""
+    """A copy of ``start`` (the docs/contract.md example) with ``value`` at ``table.key``."""
     data = copy.deepcopy(start if start is not None else design())
     table, _, key = path.partition(".")
     if not key:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from corral_conftest import CliResult, snapshot
+from helpers.cli import CliResult
+from helpers.hosts import snapshot
 
 from corral._errors import UsageError
 from corral._model.manifest import load_manifest

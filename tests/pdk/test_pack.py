@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from corral_conftest import close_quietly, snapshot
+from helpers.hosts import close_quietly, snapshot
 
 from corral._cli import main
 from corral._host import Host

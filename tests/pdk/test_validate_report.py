@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import CliResult, make_plugin
+from helpers.cli import CliResult
+from helpers.plugins import make_plugin
 
 from corral._pdk.lint import RULES
 from corral._pdk.sarif import to_sarif

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import CliResult, close_quietly, make_plugin, module_name
+from helpers.cli import CliResult
+from helpers.hosts import close_quietly
+from helpers.plugins import make_plugin, module_name
 
 from corral import Host
 from corral._errors import ManifestError, ResourceLimitExceeded

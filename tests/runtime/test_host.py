@@ -11,15 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_conftest import (
-    ECHO_CODE,
-    HOOKS_CODE,
-    close_quietly,
-    make_plugin,
-    module_name,
-    read_lines,
-    snapshot,
-)
+from helpers.hosts import close_quietly, read_lines, snapshot
+from helpers.plugins import ECHO_CODE, HOOKS_CODE, make_plugin, module_name
 
 from corral import (
     Host,

@@ -10,7 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from corral_conftest import close_quietly, make_plugin, module_name, read_lines
+from helpers.hosts import close_quietly, read_lines
+from helpers.plugins import make_plugin, module_name
 
 from corral import Host, LifecycleError, PluginError
 

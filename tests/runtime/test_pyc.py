@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from corral_conftest import close_quietly, manifest_dict, to_toml
+from helpers.hosts import close_quietly
+from helpers.plugins import manifest_dict, to_toml
 
 from corral._distribution.signing import generate_key, sign_directory, verify_directory
 from corral._host import Host

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from corral_conftest import close_quietly, make_plugin, module_name
+from helpers.hosts import close_quietly
+from helpers.plugins import make_plugin, module_name
 
 from corral import Host
 from corral._errors import ResourceLimitExceeded

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, final
 
 __all__ = ["PluginInfo"]
 
 
+@final
 class PluginInfo(NamedTuple):
     """A snapshot of one plugin: identity, state and what it offers.
 
