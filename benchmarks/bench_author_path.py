@@ -5,7 +5,7 @@ validate, pack, publish to a TUF registry served on loopback, registry trust,
 install, enable, call, verify, docs; every step checked) in a temporary
 directory, ``--runs`` times, and prints each step's wall time and the totals.
 
-    /work/venv/bin/python benchmarks/bench_author_path.py [--runs N] [--json]
+    .venv/bin/python benchmarks/bench_author_path.py [--runs N] [--json]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``corral call`` of a strict no-op as a whole process: shared fork-server daemon vs private.
 
-Run: ``/work/venv/bin/python benchmarks/bench_cli_call.py [runs]``.  Prints the median
+Run: ``.venv/bin/python benchmarks/bench_cli_call.py [runs]``.  Prints the median
 of ``runs`` (15) whole-process calls with the per-home daemon warm, with
 ``CORRAL_SHARED_FORKSERVER=0`` (a private fork server per process, as before), and a
 bare ``python -c pass`` for reference.

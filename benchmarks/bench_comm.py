@@ -1,6 +1,6 @@
 """Communication benchmarks, side by side with blinker in one run.
 
-    /work/venv/bin/python benchmarks/bench_comm.py [--quick]
+    .venv/bin/python benchmarks/bench_comm.py [--quick]
 
 Prints: in-process publish to 1 and 10 subscribers (host path, plugin path,
 batch path) against blinker's ``send``; queued and polled delivery (what a

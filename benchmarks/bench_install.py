@@ -10,7 +10,7 @@
   command line; target <= 100 ms (in-process).
 
 Run it with the virtualenv's interpreter:
-``/work/venv/bin/python benchmarks/bench_install.py [--runs N]``.
+``.venv/bin/python benchmarks/bench_install.py [--runs N]``.
 """
 
 from __future__ import annotations

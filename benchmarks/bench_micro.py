@@ -9,7 +9,7 @@
 * a parallel fan-out over 8 sandboxed micro-plugins against the slowest one
   (skipped, with the reason, when this machine cannot run the sandbox).
 
-Run: ``/work/venv/bin/python benchmarks/bench_micro.py`` (``BENCH_QUICK=1``
+Run: ``.venv/bin/python benchmarks/bench_micro.py`` (``BENCH_QUICK=1``
 for a shorter run).
 """
 

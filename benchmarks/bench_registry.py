@@ -9,7 +9,7 @@
   loopback; throughput, p50/p99 and the error count.
 
 Run it with the virtualenv's interpreter, e.g.
-``/work/venv/bin/python benchmarks/bench_registry.py [--catalogue FILE] [--no-postgresql]``.
+``.venv/bin/python benchmarks/bench_registry.py [--catalogue FILE] [--no-postgresql]``.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def pg_cluster() -> Iterator[str | None]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalogue", type=Path,
-                        default=Path("/work/shared/data/catalogue.tsv"))
+                        default=Path(__file__).resolve().parents[1] / "examples" / "catalogue.tsv")
     parser.add_argument("--no-postgresql", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))

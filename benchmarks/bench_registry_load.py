@@ -44,9 +44,8 @@ from corral.registry._seed import seed  # noqa: E402
 from corral.registry._service import Registry  # noqa: E402
 
 LEVELS = (1, 8, 32, 128)
-CATALOGUE = Path("/work/shared/data/catalogue.tsv")
-if not CATALOGUE.is_file():
-    CATALOGUE = ROOT.parent / "shared" / "data" / "catalogue.tsv"
+#: The sample catalogue shipped with the project; ``--catalogue`` takes a larger one.
+CATALOGUE = ROOT / "examples" / "catalogue.tsv"
 MIX = (("search", 80), ("show", 10), ("versions", 5), ("download", 5))
 #: Publisher versions, unique across levels.
 _VERSIONS = itertools.count(1)
@@ -77,9 +76,11 @@ def make_plugin(root: Path, plugin_id: str, version: str, size: int) -> Path:
     return out
 
 
-def prepare(reg: Registry, tmp: Path, plugins: int) -> tuple[str, list[str], list[str]]:
+def prepare(
+    reg: Registry, catalogue: Path, tmp: Path, plugins: int
+) -> tuple[str, list[str], list[str]]:
     """Seed ``plugins`` catalogue rows and publish 20 downloadable plugins."""
-    seed(reg, CATALOGUE, limit=plugins)
+    seed(reg, catalogue, limit=plugins)
     reg.create_publisher("bench")
     reg.create_namespace("bench", "bench")
     token = reg.create_token("bench", scopes=("publish", "yank"))
@@ -232,7 +233,7 @@ def report(name: str, rows: list[dict[str, Any]]) -> None:
 def bench(name: str, data: Path, db: str | None, tmp: Path, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     with Registry.open(data, db) as reg:
-        token, ids, published = prepare(reg, tmp, args.plugins)
+        token, ids, published = prepare(reg, args.catalogue, tmp, args.plugins)
     print(f"\n{name}: {args.plugins} catalogue plugins + 20 published, "
           f"prepared in {time.perf_counter() - t0:.1f} s; server workers: default "
           f"({os.cpu_count()} cores)")
@@ -251,9 +252,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per level (default 8)")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--no-postgresql", action="store_true")
+    parser.add_argument("--catalogue", type=Path, default=CATALOGUE,
+                        help="a catalogue TSV (default: the sample in examples/)")
     args = parser.parse_args()
-    if not CATALOGUE.is_file():
-        print(f"{CATALOGUE} is not available", file=sys.stderr)
+    if not args.catalogue.is_file():
+        print(f"{args.catalogue} is not available", file=sys.stderr)
         return 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     try:

@@ -14,7 +14,7 @@ next to two baselines on the same graph: resolvelib with a trivial provider
 that never backtracks (fast, but its answer breaks ranges).  Target: <= 2 s.
 
 Run it with the virtualenv's interpreter, e.g.
-``/work/venv/bin/python benchmarks/bench_resolve.py [--runs N]``.
+``.venv/bin/python benchmarks/bench_resolve.py [--runs N]``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sandbox speed, measured side by side in one run (issue 3 targets).
 
-Run: /work/venv/bin/python benchmarks/bench_sandbox.py [--rounds N]
+Run: .venv/bin/python benchmarks/bench_sandbox.py [--rounds N]
 
 - cold start: a strict no-op export in a running host, from call to first result,
   with the fork server already up (target: median <= 5 ms, p99 <= 10 ms);
