@@ -1,101 +1,73 @@
-"""The fork server: one long-lived process that forks every worker, and its client.
+"""The fork server: one long-lived process that forks every worker.
 
-The host (:class:`ZygoteClient`) starts it once, lazily (``python -I -c ...``),
-with one end of a ``SOCK_SEQPACKET`` socketpair.  It imports the worker runtime
-up front, then answers :class:`~._rpc.Spawn` and :class:`~._rpc.Reap` requests,
-one packet each.  Filters are built here, in the parent, once per worker (the
-Landlock ruleset) or once per kind (the seccomp program), and only applied in
-the child.
+The host (:class:`~.client.ForkServerClient`) starts it once, lazily
+(``python -I -c ...``), with one end of a ``SOCK_SEQPACKET`` socketpair.  It
+imports the worker runtime up front, then answers ``Spawn`` and ``Reap``
+requests (:mod:`corral._sandbox.rpc`), one packet each.  Filters are built
+here, in the parent, once per worker (the Landlock ruleset) or once per kind
+(the seccomp program), and only applied in the child.
 
-Workers are forked ahead of time: for each isolation level in use the zygote
-keeps one *spare*, already forked, in its namespaces, session and capability-
-less state (a strict spare keeps those of its own user namespace until its
-assignment says which directories to mount ``noexec``), waiting on a private
-socket.  A Spawn hands the spare its :class:`~._rpc.Assign` (with the RPC
-socket and the ruleset via SCM_RIGHTS), answers the host, and only then forks
-the next spare.
+Workers are forked ahead of time: for each isolation level in use the fork
+server keeps one *spare*, already forked, in its namespaces, session and
+capability-less state (a strict spare keeps those of its own user namespace
+until its assignment says which directories to mount ``noexec``), waiting on a
+private socket.  A Spawn hands the spare its ``Assign`` (with the RPC socket and
+the ruleset via SCM_RIGHTS), answers the host, and only then forks the next
+spare.
 
 A ``strict`` spare is forked twice: the first child unshares the user, PID,
 network, mount and IPC namespaces, maps its uid/gid, forks PID 1 of the new PID
-namespace and exits.  The zygote is a child subreaper, so it adopts that PID 1
-and is its parent: it alone reaps workers, so it can kill them without racing
-pid reuse, and it kills whatever else it adopts (what a limited worker left
-behind).  Workers die with the zygote (``PR_SET_PDEATHSIG``); when the host goes
-away (EOF on the control socket) the zygote kills and reaps every worker and
-exits.  It never leaves a zombie or an orphan.
+namespace and exits.  The fork server is a child subreaper, so it adopts that
+PID 1 and is its parent: it alone reaps workers, so it can kill them without
+racing pid reuse, and it kills whatever else it adopts (what a limited worker
+left behind).  Workers die with the fork server (``PR_SET_PDEATHSIG``); when the
+host goes away (EOF on the control socket) the fork server kills and reaps every
+worker and exits.  It never leaves a zombie or an orphan.
 
-A one-shot process (the CLI) may share a warm *fork-server daemon* per home
-instead (:func:`daemon_main`, ``<home>/run/forkserver-<key>.sock``): per
-connection it forks a private fork server that serves that connection exactly
-as above, without paying the interpreter start and imports (one is kept on
-standby, its cgroups made and a strict spare forked).  The daemon is exec'd
-cleanly, never forked from the host; it serves only its own uid (SO_PEERCRED),
-reaps its fork servers and what cgroups a killed one left, and exits after
-``CORRAL_FORKSERVER_IDLE`` seconds (600) without a client.  ``<key>`` changes
-with the install (:func:`daemon_key`), and a client falls back to a private
-fork server whenever the daemon cannot serve it.
+A one-shot process (the CLI) may instead get a fork server forked by the shared
+per-home daemon (:mod:`.daemon`), which serves its connection exactly as above.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import os
 import select
 import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Final, final
 
 import msgspec
 
-from corral._disk.files import exclusive
-from corral._errors import CorralError
 from corral._sandbox import cgroups as _cgroups
 from corral._sandbox import namespaces as _namespaces
-from corral._sandbox import worker as _worker
 from corral._sandbox.rpc import (
     Assign,
+    ForkServerRequest,
     Reap,
     Reaped,
     Spawn,
     Spawned,
     WorkerInit,
-    ZygoteReply,
-    ZygoteRequest,
 )
+from corral._sandbox.worker.start import spare as _become_spare
 
-__all__ = ["ZygoteClient", "daemon_key", "daemon_main", "main"]
+__all__ = ["ForkServer", "children_of", "kill", "main", "open_cgroups", "preload", "warm_up"]
 
 _MAX_PACKET: Final = 1 << 20
-_SRC_DIR: Final = str(Path(__file__).resolve().parents[2])
-_ZYGOTE_TIMEOUT: Final = 10.0
-_SWEEP_SECONDS: Final = 1.0
+#: How often the fork server (and the daemon) looks for strays when nothing happens.
+SWEEP_SECONDS: Final = 1.0
 _SWEEP_ROUNDS: Final = 100
 #: Exit status of a spare that could not join its pids cgroup.
 _EXIT_SPARE: Final = 71
-#: How long a client waits for a daemon it started to listen.
-_DAEMON_START_SECONDS: Final = 2.0
-#: Default idle time before the fork-server daemon exits (``CORRAL_FORKSERVER_IDLE``).
-_DAEMON_IDLE_SECONDS: Final = 600.0
-#: First packet a daemon's fork server sends: its pid and the daemon's.
-_HELLO: Final = b"corral-forkserver"
-_LOCK_NAME: Final = "forkserver.lock"
-#: Longest socket path bound or connected directly (``sun_path`` holds 108 bytes).
-_MAX_SUN_PATH: Final = 100
-_ENV: Final = {"LC_ALL": "C.UTF-8", "MALLOC_ARENA_MAX": "2"}
 
-_decoder: Final = msgspec.msgpack.Decoder(ZygoteRequest)
+_decoder: Final = msgspec.msgpack.Decoder(ForkServerRequest)
 _encoder: Final = msgspec.msgpack.Encoder()
 
 
-def _preload() -> None:
+def preload() -> None:
     """Import what a worker may need after it can no longer read the file system."""
     from corral._sandbox import landlock as _landlock
     from corral._sandbox import rlimits as _rlimits
@@ -109,7 +81,8 @@ def _preload() -> None:
     import selectors  # noqa: F401
 
 
-def _interpreter_paths() -> list[str]:
+def interpreter_paths() -> list[str]:
+    """What every strict worker may read: the interpreter's files and ``sys.path``."""
     if _Warm.read_paths is None:  # computed once per process (a daemon's children inherit it)
         from corral._sandbox.landlock import interpreter_read_paths
 
@@ -140,7 +113,9 @@ class _Spare:
         self.cgroup: Final = cgroup
 
 
-class _Zygote:
+class ForkServer:
+    """Forks every worker of one host (or one daemon client) and reaps it."""
+
     def __init__(
         self,
         ctrl: socket.socket,
@@ -156,7 +131,7 @@ class _Zygote:
         self.worker_cgroup: dict[int, str] = {}
         self.spares: dict[str, _Spare] = {}
         self.wanted: set[str] = set()
-        self.read_paths: Final = _interpreter_paths()
+        self.read_paths: Final = interpreter_paths()
         self.seccomp: dict[bool, bytes] = {}
         self.limited_seccomp: bytes | None = None
 
@@ -164,7 +139,7 @@ class _Zygote:
 
     def serve(self) -> None:
         while True:
-            ready, _, _ = select.select([self.ctrl], [], [], _SWEEP_SECONDS)
+            ready, _, _ = select.select([self.ctrl], [], [], SWEEP_SECONDS)
             if not ready:
                 self._sweep()
                 continue
@@ -187,7 +162,7 @@ class _Zygote:
                     for fd in fds:
                         os.close(fd)
                 self._reply(reply)
-                self._replenish()
+                self.replenish()
             else:
                 for fd in fds:
                     os.close(fd)
@@ -262,7 +237,7 @@ class _Zygote:
             if ruleset_fd is not None:
                 os.close(ruleset_fd)
 
-    def _replenish(self) -> None:
+    def replenish(self) -> None:
         """Keep one spare process per isolation level in use, forked ahead of time."""
         for kind in sorted(self.wanted):
             if kind not in self.spares:
@@ -272,7 +247,7 @@ class _Zygote:
                     return
 
     def _discard(self, spare: _Spare, cgroup: str | None = None) -> None:
-        _kill(spare.pid)
+        kill(spare.pid)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(spare.pid, 0)
         self.children.discard(spare.pid)
@@ -281,7 +256,7 @@ class _Zygote:
             _cgroups.WorkerCgroups.remove(cgroup, self._sweep)
 
     def _in_child(self) -> None:
-        """First thing in any forked child: drop the zygote's Python-level descriptors."""
+        """First thing in any forked child: drop the fork server's Python-level descriptors."""
         self.ctrl.close()
         for spare in self.spares.values():
             spare.sock.close()
@@ -306,7 +281,7 @@ class _Zygote:
                             _cgroups.join(procs_fd)
                     except BaseException:
                         os._exit(_EXIT_SPARE)
-                    _worker.spare(theirs.detach())
+                    _become_spare(theirs.detach())
         except BaseException:
             if cgroup is not None:
                 _cgroups.WorkerCgroups.remove(cgroup)
@@ -336,11 +311,11 @@ class _Zygote:
                 if init_pid == 0:
                     try:
                         os.close(w)
-                        if procs_fd is not None:  # it pays for the move, not the zygote
+                        if procs_fd is not None:  # it pays for the move, not the fork server
                             _cgroups.join(procs_fd)
                     except BaseException:
                         os._exit(_EXIT_SPARE)
-                    _worker.spare(theirs.detach(), own_namespaces=True)
+                    _become_spare(theirs.detach(), own_namespaces=True)
                 msg = b"pid %d" % init_pid
             except BaseException as exc:
                 msg = f"error: namespaces: {exc}".encode()
@@ -370,9 +345,9 @@ class _Zygote:
                 cpu_user_ms=0.0,
                 cpu_system_ms=0.0,
                 peak_rss_kb=0,
-                error="not a worker of this zygote",
+                error="not a worker of this fork server",
             )
-        _kill(pid)
+        kill(pid)
         cgroup = self.worker_cgroup.pop(pid, None)
         _pid, status, ru = os.wait4(pid, 0)
         self.children.discard(pid)
@@ -391,17 +366,17 @@ class _Zygote:
     def _sweep(self) -> None:
         """Kill and reap adopted orphans.
 
-        The zygote is a child subreaper, so whatever a limited worker leaves behind
+        The server is a child subreaper, so whatever a limited worker leaves behind
         (children that left its process group, daemons) lands here when its parent
-        dies.  Nothing but workers and spares may run under the zygote: the rest is
+        dies.  Nothing but workers and spares may run under the fork server: the rest is
         killed, round after round, until a fork bomb has nothing left to fork from.
         """
         for _round in range(_SWEEP_ROUNDS):
-            strays = [p for p in _children_of(os.getpid()) if p not in self.children]
+            strays = [p for p in children_of(os.getpid()) if p not in self.children]
             if not strays:
                 return
             for pid in strays:
-                _kill(pid)
+                kill(pid)
             for pid in strays:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
@@ -411,14 +386,14 @@ class _Zygote:
             spare.sock.close()
         self.spares.clear()
         for pid in sorted(self.children):
-            _kill(pid)
+            kill(pid)
         for pid in sorted(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.children.clear()
         # Whatever was adopted: kill it and wait for it too.
-        for pid in _children_of(os.getpid()):
-            _kill(pid)
+        for pid in children_of(os.getpid()):
+            kill(pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.worker_cgroup.clear()
@@ -426,11 +401,11 @@ class _Zygote:
             self.cgroups.close(self._sweep)
 
 
-def _open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
+def open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
     """This fork server's pids cgroups (or None where the kernel offers none), and an error.
 
     Without them, ``max-processes`` is RLIMIT_NPROC only, and the host refuses strict
-    isolation when it runs as root (see :mod:`._kernel`).  When the kernel offers them
+    isolation when it runs as root (see :mod:`corral._sandbox.kernel`).  When the kernel offers them
     but they cannot be set up, a root fork server refuses every worker: the host was
     told fork bombs are contained.
     """
@@ -483,13 +458,15 @@ def _limited_seccomp() -> bytes | None:
     return build_limited_filter()
 
 
-def _kill(pid: int) -> None:
+def kill(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and ``pid`` itself; gone already is fine."""
     for fn in (os.killpg, os.kill):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             fn(pid, signal.SIGKILL)
 
 
-def _children_of(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (its own and adopted ones), from ``/proc``."""
     out: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -504,270 +481,10 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-# -- the shared fork-server daemon ---------------------------------------------
-
-
-def daemon_key(version: str | None = None) -> str:
-    """Names one install's daemon: corral's version, the interpreter, the source and the
-    mtimes of its modules, so a changed install never talks to an old daemon.
-    """
-    if version is None:
-        from corral._version import __version__
-
-        version = __version__
-    try:  # not hashlib: its OpenSSL import costs every CLI call milliseconds
-        from _blake2 import blake2b
-    except ImportError:  # pragma: no cover - CPython always has it
-        from hashlib import blake2b
-    h = blake2b(digest_size=8)
-    for part in (version, sys.executable, _SRC_DIR):
-        h.update(part.encode() + b"\0")
-    here = os.path.dirname(os.path.abspath(__file__))
-    # The sandbox's modules, and corral's own that workers import (_errors, _state, ...).
-    for folder in (here, os.path.dirname(here)):
-        with os.scandir(folder) as entries:
-            stamps = sorted(
-                f"{e.path}:{e.stat().st_mtime_ns}" for e in entries if e.name.endswith(".py")
-            )
-        h.update("\0".join(stamps).encode())
-    return h.hexdigest()
-
-
-def _idle_seconds() -> float:
-    raw = os.environ.get("CORRAL_FORKSERVER_IDLE", "")
-    try:
-        value = float(raw) if raw else _DAEMON_IDLE_SECONDS
-    except ValueError:
-        return _DAEMON_IDLE_SECONDS
-    return value if value > 0 else _DAEMON_IDLE_SECONDS
-
-
-@contextlib.contextmanager
-def _sun_path(path: str) -> Iterator[str]:
-    """``path`` as an ``AF_UNIX`` address: via ``/proc/self/fd`` when it is too long."""
-    if len(os.fsencode(path)) <= _MAX_SUN_PATH:
-        yield path
-        return
-    head, name = os.path.split(path)
-    dirfd = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{dirfd}/{name}"
-    finally:
-        os.close(dirfd)
-
-
-def _private_dir(run_dir: Path) -> None:
-    """Make ``run_dir`` (mode 0700, ours) or refuse one someone else could write to."""
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(run_dir)
-    if st.st_uid != os.getuid() or not os.path.isdir(run_dir) or os.path.islink(run_dir):
-        raise OSError(errno.EPERM, f"{run_dir} is not a directory of this user")
-    if st.st_mode & 0o077:
-        os.chmod(run_dir, 0o700)
-
-
-def _try_connect(path: str) -> socket.socket | None:
-    """A connection to the daemon at ``path``, or None when none listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        with _sun_path(path) as addr:
-            sock.connect(addr)
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-            return None
-        raise
-    return sock
-
-
-def _peer_uid(conn: socket.socket) -> int:
-    import struct
-
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
-
-
-@final
-class _Daemon:
-    """Accepts connections and hands each to a private fork server; exits when idle.
-
-    One fork server is kept on *standby*, forked ahead of time with its cgroups made
-    and a strict spare already forked: a connection is passed to it (SCM_RIGHTS) and
-    the next standby is forked after, so a client waits for neither.
-    """
-
-    def __init__(self, listener: socket.socket, path: str, inode: int, idle: float) -> None:
-        self.listener = listener
-        self.path: Final = path
-        self.inode: Final = inode
-        self.idle: Final = idle
-        #: Fork servers serving a client.
-        self.servers: set[int] = set()
-        self.standby: tuple[int, socket.socket] | None = None
-        self.idle_since = time.monotonic()
-
-    def run(self) -> None:
-        self._fork_standby()
-        while True:
-            timeout = min(_SWEEP_SECONDS, self.idle)
-            ready, _, _ = select.select([self.listener], [], [], timeout)
-            self._reap()
-            if ready:
-                self._accept()
-            if not self.servers and time.monotonic() - self.idle_since >= self.idle:
-                break
-            if not ready and not self._still_named():
-                break  # its home is gone, or its socket was replaced: nobody can reach it
-        self._retire()
-
-    def _still_named(self) -> bool:
-        try:
-            return os.stat(self.path).st_ino == self.inode
-        except OSError:
-            return False
-
-    def _accept(self) -> None:
-        try:
-            conn, _addr = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        conn.setblocking(True)
-        self._hand_over(conn)
-        if self.standby is None:
-            self._fork_standby()
-
-    def _hand_over(self, conn: socket.socket) -> None:
-        """Give ``conn`` to the standby fork server (or a new one), if its peer is us."""
-        try:
-            if _peer_uid(conn) != os.getuid():
-                return
-            if self.standby is not None:
-                pid, sock = self.standby
-                self.standby = None
-                try:
-                    socket.send_fds(sock, [b"c"], [conn.fileno()])
-                    self.servers.add(pid)
-                    return
-                except OSError:
-                    _kill(pid)  # it died or is stuck: it is reaped, and a new one serves
-                finally:
-                    sock.close()
-            pid = os.fork()
-            if pid == 0:
-                self._serve(conn)
-            self.servers.add(pid)
-        except OSError:
-            return
-        finally:
-            conn.close()
-
-    def _fork_standby(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            ours.close()
-            self._serve(None, theirs)
-        theirs.close()
-        self.standby = (pid, ours)
-
-    def _serve(self, conn: socket.socket | None, handoff: socket.socket | None = None) -> None:
-        """In the forked child: today's fork server on ``conn``, or on the connection
-        ``handoff`` brings once it has made ready; never returns.
-        """
-        code = 0
-        try:
-            self.listener.close()
-            if self.standby is not None:
-                self.standby[1].close()
-            os.setsid()
-            _namespaces.set_child_subreaper()  # not inherited across fork
-            ctrl = conn if conn is not None else handoff
-            assert ctrl is not None
-            zygote = _Zygote(ctrl, *_open_cgroups())
-            try:
-                if handoff is not None:
-                    if zygote.cgroup_error is None:
-                        zygote.wanted.add("strict")  # the isolation most plugins use
-                        zygote._replenish()
-                    _data, fds, _flags, _addr = socket.recv_fds(handoff, 16, 1)
-                    handoff.close()
-                    if len(fds) != 1:
-                        return  # the daemon retired it
-                    conn = zygote.ctrl = socket.socket(fileno=fds[0])
-                assert conn is not None
-                conn.sendall(b"%s %d %d" % (_HELLO, os.getpid(), os.getppid()))
-                zygote.serve()
-            finally:
-                zygote.shutdown()
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-
-    def _reap(self) -> None:
-        """Reap exited fork servers (removing what cgroups a killed one left) and strays."""
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if self.standby is not None and pid == self.standby[0]:
-                self.standby[1].close()
-                self.standby = None  # a new one is forked on the next connection
-                _cgroups.remove_parent(os.getpid(), pid)
-            elif pid in self.servers:
-                self.servers.discard(pid)
-                _cgroups.remove_parent(os.getpid(), pid)
-                if not self.servers:
-                    self.idle_since = time.monotonic()
-        # What a killed fork server's workers left is adopted here: nothing else may run.
-        ours = set(self.servers)
-        if self.standby is not None:
-            ours.add(self.standby[0])
-        for pid in _children_of(os.getpid()):
-            if pid not in ours:
-                _kill(pid)
-
-    def _retire(self) -> None:
-        """Stop listening (under the start lock, so no client races it), serve what was
-        already queued, stop the standby, wait for every fork server, and exit.
-        """
-        with (
-            contextlib.suppress(OSError),
-            exclusive(os.path.join(os.path.dirname(self.path), _LOCK_NAME)),
-        ):
-            if os.stat(self.path).st_ino == self.inode:
-                os.unlink(self.path)
-        self.listener.setblocking(False)
-        while True:
-            try:
-                conn, _addr = self.listener.accept()
-            except OSError:
-                break
-            conn.setblocking(True)
-            self._hand_over(conn)
-        self.listener.close()
-        if self.standby is not None:
-            self.servers.add(self.standby[0])
-            self.standby[1].close()  # EOF: it cleans up and exits
-            self.standby = None
-        while self.servers:
-            time.sleep(0.02)
-            self._reap()
-
-
-def _warm_up() -> None:
+def warm_up() -> None:
     """Everything a fork server computes once, done before the daemon forks any."""
     _cgroups.detect()
-    _interpreter_paths()
+    interpreter_paths()
     with contextlib.suppress(Exception):
         from corral._sandbox.kernel import _seccomp_available
         from corral._sandbox.seccomp import build_filter
@@ -777,230 +494,17 @@ def _warm_up() -> None:
                 _Warm.seccomp[allow_exec] = build_filter(allow_exec=allow_exec)
 
 
-def _listen(path: str) -> tuple[socket.socket, int]:
-    """Listen at ``path``: bound under a temporary name, then renamed into place, so a
-    client never finds the name before it accepts connections.
-    """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        with _sun_path(tmp) as addr:
-            listener.bind(addr)
-        os.chmod(tmp, 0o600)
-        listener.listen(64)
-        inode = os.stat(tmp).st_ino
-        os.rename(tmp, path)
-    except BaseException:
-        listener.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return listener, inode
-
-
-def daemon_main(path: str, idle: float) -> None:
-    """Run the fork-server daemon listening at ``path`` (detaching from its starter first)."""
-    if os.fork() != 0:
-        os._exit(0)  # the starter reaps this one at once; the daemon is nobody's child
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    _namespaces.set_child_subreaper()
-    _preload()
-    _warm_up()
-    listener, inode = _listen(path)
-    gc.collect()
-    gc.freeze()
-    _Daemon(listener, path, inode, idle).run()
-    os._exit(0)
-
-
-# -- the host's side ----------------------------------------------------------
-
-
-@final
-class ZygoteClient:
-    """The host's handle on the fork server process; thread-safe, one request at a time.
-
-    :param shared_dir: where a per-home fork-server daemon listens (``<home>/run``):
-        the fork server is then forked by that daemon instead of started here;
-        any failure of that path falls back to a private one.  ``None``: private.
-    :param key: names the daemon (see :func:`daemon_key`); tests pass another.
-    """
-
-    def __init__(self, shared_dir: Path | None = None, *, key: str | None = None) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._ctrl: socket.socket | None = None
-        self._shared_dir = shared_dir
-        self._key = key
-        #: The fork server's and the daemon's pids when it came from the daemon.
-        self._server_pid: int | None = None
-        self.daemon_pid: int | None = None
-        #: Marks the fork server's command line, which every worker inherits (tests look for it).
-        self.tag = f"corral-zygote-{os.getpid()}-{id(self):x}"
-        self._decoder = msgspec.msgpack.Decoder(ZygoteReply)
-        self._encoder = msgspec.msgpack.Encoder()
-
-    def _start(self) -> socket.socket:
-        if self._shared_dir is not None:
-            try:
-                ctrl = self._start_shared(self._shared_dir)
-            except (OSError, ValueError, subprocess.SubprocessError):
-                ctrl = None  # never fail a call because of the daemon
-            if ctrl is not None:
-                self._ctrl = ctrl
-                return ctrl
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from corral._sandbox.forkserver import main; main(int(sys.argv[2]))"
-        )
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", code, _SRC_DIR, str(theirs.fileno()), self.tag],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=dict(_ENV),
-                start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        ours.settimeout(_ZYGOTE_TIMEOUT)
-        self._ctrl = ours
-        return ours
-
-    def _start_shared(self, run_dir: Path) -> socket.socket:
-        """A fork server of the daemon at ``run_dir``, which is started when none runs."""
-        _private_dir(run_dir)
-        key = self._key or daemon_key()
-        path = str(run_dir / f"forkserver-{key}.sock")
-        sock = _try_connect(path)
-        if sock is None:
-            with exclusive(run_dir / _LOCK_NAME):
-                sock = _try_connect(path)  # another client may just have started it
-                if sock is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)  # a dead daemon's
-                    self._spawn_daemon(path, key)
-                    deadline = time.monotonic() + _DAEMON_START_SECONDS
-                    while sock is None:
-                        if time.monotonic() >= deadline:
-                            raise OSError(errno.ETIMEDOUT, f"no fork-server daemon at {path}")
-                        time.sleep(0.002)
-                        sock = _try_connect(path)
-        try:
-            sock.settimeout(_DAEMON_START_SECONDS)  # a stuck daemon: fall back soon
-            hello = sock.recv(256).split()
-            if len(hello) != 3 or hello[0] != _HELLO:
-                raise OSError(errno.ECONNRESET, "the fork-server daemon did not answer")
-            self._server_pid, self.daemon_pid = int(hello[1]), int(hello[2])
-            sock.settimeout(_ZYGOTE_TIMEOUT)
-        except BaseException:
-            sock.close()
-            raise
-        self.tag = _daemon_tag(path)
-        return sock
-
-    @staticmethod
-    def _spawn_daemon(path: str, key: str) -> None:
-        code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from corral._sandbox.forkserver import daemon_main; "
-            "daemon_main(sys.argv[2], float(sys.argv[3]))"
-        )
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-c",
-                code,
-                _SRC_DIR,
-                path,
-                str(_idle_seconds()),
-                _daemon_tag(path),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(_ENV),
-            cwd="/",
-            start_new_session=True,
-        )
-        proc.wait(timeout=_DAEMON_START_SECONDS)  # it forks the daemon and exits
-
-    def start(self) -> None:
-        """Start the fork server now, so that it gets ready while the caller works on."""
-        with self._lock:
-            if self._ctrl is None:
-                self._start()
-
-    def request(self, msg: Spawn | Reap, fds: Sequence[int] = ()) -> ZygoteReply:
-        """Send one request and wait for its reply."""
-        with self._lock:
-            ctrl = self._ctrl or self._start()
-            try:
-                socket.send_fds(ctrl, [self._encoder.encode(msg)], list(fds))
-                data = ctrl.recv(1 << 16)
-            except OSError as exc:
-                self._close_locked()
-                raise CorralError(f"the sandbox fork server failed: {exc}") from exc
-            if not data:
-                self._close_locked()
-                raise CorralError("the sandbox fork server exited")
-            reply: ZygoteReply = self._decoder.decode(data)
-            return reply
-
-    @property
-    def pid(self) -> int | None:
-        """The fork server's pid, when it runs."""
-        if self._proc is not None:
-            return self._proc.pid
-        return self._server_pid if self._ctrl is not None else None
-
-    @property
-    def shared(self) -> bool:
-        """Whether the fork server is a daemon's (it cleans up after a hang-up on its own)."""
-        return self._server_pid is not None
-
-    def close(self) -> None:
-        """Stop the fork server: it kills and reaps whatever it still has."""
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self._ctrl is not None:
-            # A daemon's fork server sees EOF, kills and reaps what it has (every worker
-            # the supervisor reaped before: spares) and exits; the daemon reaps it.
-            self._ctrl.close()
-            self._ctrl = None
-            self._server_pid = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=_ZYGOTE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            # A fork server that was killed could not remove its cgroups: do it for it.
-            _cgroups.remove_parent(os.getpid(), self._proc.pid)
-            self._proc = None
-
-
-def _daemon_tag(path: str) -> str:
-    """Marks the daemon's command line (its fork servers and workers inherit it)."""
-    return f"corral-forkserver:{path}"
-
-
 def main(ctrl_fd: int) -> None:
     """Run the fork server on the inherited control socket ``ctrl_fd``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _namespaces.set_child_subreaper()
-    _preload()
+    preload()
     ctrl = socket.socket(fileno=ctrl_fd)
-    zygote = _Zygote(ctrl, *_open_cgroups())
+    server = ForkServer(ctrl, *open_cgroups())
     gc.collect()
     gc.freeze()
     try:
-        zygote.serve()
+        server.serve()
     finally:
-        zygote.shutdown()
+        server.shutdown()
