@@ -25,7 +25,7 @@ from corral._host import Host
 
 sys.modules.setdefault("corral_conftest", sys.modules[__name__])
 
-# CLI processes share a fork-server daemon per home; in tests, let it idle out soon
+# CLI processes share a fork server daemon per home; in tests, let it idle out soon
 # rather than outlive the run by the default ten minutes.
 os.environ.setdefault("CORRAL_FORKSERVER_IDLE", "5")
 
