@@ -1,8 +1,8 @@
-"""``corral call`` of a strict no-op as a whole process: shared fork-server daemon vs private.
+"""``corral call`` of a strict no-op as a whole process: shared fork server daemon vs private.
 
 Run: ``.venv/bin/python benchmarks/bench_cli_call.py [runs]``.  Prints the median
 of ``runs`` (15) whole-process calls with the per-home daemon warm, with
-``CORRAL_SHARED_FORKSERVER=0`` (a private fork server per process, as before), and a
+``CORRAL_FORKSERVER_SHARED=0`` (a private fork server per process, as before), and a
 bare ``python -c pass`` for reference.
 """
 
@@ -69,14 +69,14 @@ def main() -> None:
         try:
             subprocess.run(cmd, env=env, check=True, capture_output=True)  # starts the daemon
             shared = timed(cmd, env, runs)
-            private = timed(cmd, {**env, "CORRAL_SHARED_FORKSERVER": "0"}, runs)
+            private = timed(cmd, {**env, "CORRAL_FORKSERVER_SHARED": "0"}, runs)
             bare = timed([sys.executable, "-c", "pass"], env, runs)
         finally:
             kill_daemons(home)
     ms = 1000.0
     s, p, b = (statistics.median(x) * ms for x in (shared, private, bare))
     print(f"corral call, strict no-op, whole process, median of {runs}:")
-    print(f"  shared fork-server daemon (warm): {s:.1f} ms (target <= 100 ms)")
+    print(f"  shared fork server daemon (warm): {s:.1f} ms (target <= 100 ms)")
     print(f"  private fork server:              {p:.1f} ms")
     print(f"  bare python -c pass:              {b:.1f} ms")
     print(f"  private / shared: {p / s:.2f}x; shared - bare: {s - b:.1f} ms")

@@ -26,6 +26,7 @@ import msgspec
 
 from corral._sandbox import rpc as _rpc
 from corral._sandbox import supervisor as _supervisor
+from corral._sandbox import workerproc as _workerproc
 from corral._sandbox.spec import SandboxSpec
 from corral._sandbox.supervisor import Supervisor
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--blocks", type=int, default=10)
     args = parser.parse_args()
-    checked = (_supervisor.decode_worker, _supervisor.decode_result)
+    checked = (_workerproc.decode_worker, _supervisor.decode_result)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "code").mkdir()
@@ -73,15 +74,15 @@ def main() -> None:
             for block in range(args.blocks * 2):
                 side = "checked" if block % 2 == 0 else "bare"
                 if side == "checked":
-                    _supervisor.decode_worker, _supervisor.decode_result = checked
+                    _workerproc.decode_worker, _supervisor.decode_result = checked
                 else:
-                    _supervisor.decode_worker = bare_worker
+                    _workerproc.decode_worker = bare_worker
                     _supervisor.decode_result = bare_result
                 for _ in range(args.rounds):
                     t0 = time.perf_counter()
                     sup.call(spec, "benchframes:noop", payload)
                     times[side].append(time.perf_counter() - t0)
-            _supervisor.decode_worker, _supervisor.decode_result = checked
+            _workerproc.decode_worker, _supervisor.decode_result = checked
     med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     print(
         f"warm strict round trip (A/B, {args.blocks} blocks x {args.rounds} each): "

@@ -19,7 +19,7 @@ from helpers.hosts import close_quietly
 
 from corral._host import Host
 
-# CLI processes share a fork-server daemon per home; in tests, let it idle out soon
+# CLI processes share a fork server daemon per home; in tests, let it idle out soon
 # rather than outlive the run by the default ten minutes.
 os.environ.setdefault("CORRAL_FORKSERVER_IDLE", "5")
 

@@ -92,7 +92,7 @@ class Host:
     home.  Use it as a context manager, or call :meth:`close`.
 
     ``shared_fork_server=True`` (what the CLI uses) forks sandboxed workers from
-    a per-home fork-server daemon (``run/``) rather than a fork server of this
+    a per-home fork server daemon (``run/``) rather than a fork server of this
     process: it saves a short-lived process the fork server's start.
 
     Example::
@@ -112,7 +112,7 @@ class Host:
         config: Mapping[str, Mapping[str, Any]] | None = None,
         shared_fork_server: bool = False,
     ) -> None:
-        #: Fork sandboxed workers from the per-home fork-server daemon (one-shot processes).
+        #: Fork sandboxed workers from the per-home fork server daemon (one-shot processes).
         self.shared_fork_server = shared_fork_server
         self.home = Path(home).expanduser().absolute() if home else default_home().absolute()
         self.workspace = Path(workspace).absolute() if workspace else Path.cwd()

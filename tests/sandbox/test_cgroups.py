@@ -236,7 +236,7 @@ def test_every_worker_has_its_own_cgroup_and_all_go_on_close(code: Path) -> None
 
 
 @needs_pids_cgroup
-def test_a_killed_fork_server_leaves_no_cgroups(code: Path) -> None:
+def test_a_killed_forkserver_leaves_no_cgroups(code: Path) -> None:
     sup = Supervisor()
     try:
         spec = make_spec(code, "orphaned", "strict", max_processes=4)
@@ -244,9 +244,9 @@ def test_a_killed_fork_server_leaves_no_cgroups(code: Path) -> None:
         worker = sup.worker_pid(spec.plugin_id)
         assert worker is not None
         tree = descendants(worker)
-        zygote = sup._zygote.pid
-        assert zygote is not None
-        os.kill(zygote, signal.SIGKILL)
+        server = sup._forkserver.pid
+        assert server is not None
+        os.kill(server, signal.SIGKILL)
     finally:
         sup.close()
     assert gone([worker, *tree])

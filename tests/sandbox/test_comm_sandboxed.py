@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from corral import Host, PermissionDenied, PluginError
-from corral._sandbox.worker import (
+from corral._sandbox.worker.context import (
     EventsProxy,
     MessagesProxy,
     SecretsProxy,

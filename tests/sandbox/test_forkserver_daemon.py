@@ -1,4 +1,4 @@
-"""The per-home fork-server daemon shared by one-shot CLI processes, judged from outside.
+"""The per-home fork server daemon shared by one-shot CLI processes, judged from outside.
 
 Real ``corral call`` subprocesses, a real daemon, real sockets and credentials; each
 test kills whatever daemon (and fork servers, workers) it left behind.
@@ -23,7 +23,8 @@ import pytest
 
 from corral import Host
 from corral._sandbox.cgroups import detect
-from corral._sandbox.forkserver import ZygoteClient, daemon_key
+from corral._sandbox.forkserver.client import ForkServerClient
+from corral._sandbox.forkserver.daemon import daemon_key
 from corral._services.sandboxed import sandbox_problem
 
 pytestmark = pytest.mark.skipif(
@@ -262,8 +263,8 @@ def test_concurrent_first_calls_start_one_daemon(home: Path) -> None:
 def test_a_changed_install_starts_another_daemon(home: Path) -> None:
     assert daemon_key("0.0.0-other") != daemon_key()
     run = home / "run"
-    a = ZygoteClient(shared_dir=run)
-    b = ZygoteClient(shared_dir=run, key=daemon_key("0.0.0-other"))
+    a = ForkServerClient(shared_dir=run)
+    b = ForkServerClient(shared_dir=run, key=daemon_key("0.0.0-other"))
     try:
         a.start()
         b.start()
@@ -282,20 +283,20 @@ def test_a_changed_install_starts_another_daemon(home: Path) -> None:
     assert len(list(run.glob("forkserver-*.sock"))) == 2
 
 
-def test_a_failing_shared_path_falls_back_to_a_private_fork_server(tmp_path: Path) -> None:
+def test_a_failing_shared_path_falls_back_to_a_private_forkserver(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    client = ZygoteClient(shared_dir=tmp_path / "file" / "run")  # cannot be a directory
+    client = ForkServerClient(shared_dir=tmp_path / "file" / "run")  # cannot be a directory
     try:
         client.start()
         assert client.daemon_pid is None
         assert client.pid is not None
-        assert client.tag.startswith("corral-zygote-")
+        assert client.tag.startswith("corral-forkserver-")
     finally:
         client.close()
 
 
 def test_disabled_by_env(home: Path) -> None:
-    call_noop(home, CORRAL_SHARED_FORKSERVER="0")
+    call_noop(home, CORRAL_FORKSERVER_SHARED="0")
     assert tagged(home) == set()
 
 
@@ -303,7 +304,7 @@ def test_long_home_path(tmp_path: Path, home: Path) -> None:
     deep = home / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     run = deep / "run"
-    client = ZygoteClient(shared_dir=run)
+    client = ForkServerClient(shared_dir=run)
     try:
         client.start()
         assert client.daemon_pid is not None  # bound and reached through /proc/self/fd
@@ -381,7 +382,7 @@ def test_strict_confinement_is_unchanged(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(detect()[0] is None, reason=f"no pids cgroup: {detect()[1]}")
-def test_fork_server_cgroups_are_removed(home: Path) -> None:
+def test_forkserver_cgroups_are_removed(home: Path) -> None:
     hierarchy = detect()[0]
     assert hierarchy is not None
     for _ in range(3):

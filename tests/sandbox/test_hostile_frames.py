@@ -336,7 +336,7 @@ def test_cli_call_exits_5(tmp_path: Path) -> None:
         host.register(make_plugin(tmp_path))
         host.enable("acme.frames")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env.update(CORRAL_HOME=str(home), CORRAL_SHARED_FORKSERVER="0")
+    env.update(CORRAL_HOME=str(home), CORRAL_FORKSERVER_SHARED="0")
 
     def corral(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from corral._sandbox.spec import SandboxSpec
-from corral._sandbox.supervisor import Supervisor, _init_for
+from corral._sandbox.supervisor import Supervisor
+from corral._sandbox.workerinit import init_for
 from corral._services.sandboxed import sandbox_problem
 
 pytestmark = [
@@ -194,7 +195,7 @@ def with_git(sup: Supervisor, root: Path) -> dict[str, Any]:
     git = shutil.which("git")
     assert git is not None
     spec = spec_for(root, "exec.git", ("git",))
-    loaders = [p for p in _init_for(spec).exec_paths if "/ld-" in p]
+    loaders = [p for p in init_for(spec).exec_paths if "/ld-" in p]
     assert loaders, "git has no ELF loader to test with"
     got: dict[str, Any] = sup.call(
         spec, "exec_probe:attempts", {"git": git, "granted": True, "loader": loaders[0]}

@@ -876,15 +876,15 @@ def test_stop_and_close_leave_no_zombies_or_orphans(root: Path) -> None:
     sup.stop("zombies.limited")
     assert not alive(pids[0])
     assert sup.worker_pid("zombies.limited") is None
-    zygote = sup._zygote.pid
-    assert zygote is not None
-    assert alive(zygote)
-    tag = sup._zygote.tag
-    assert zygote in tagged(tag)
+    server = sup._forkserver.pid
+    assert server is not None
+    assert alive(server)
+    tag = sup._forkserver.tag
+    assert server in tagged(tag)
     assert pids[1] in tagged(tag)
     sup.close()
     assert children_of(os.getpid()) == before
-    for pid in [*pids, zygote]:
+    for pid in [*pids, server]:
         assert not Path(f"/proc/{pid}").exists()
     assert tagged(tag) == []  # no worker, spare or fork server left anywhere, not even orphaned
     with pytest.raises(CorralError, match="closed"):
@@ -911,7 +911,7 @@ def test_idle_workers_are_stopped(root: Path) -> None:
         assert sup.call(idle, "hostile.plug:noop", None) is None
 
 
-def test_workers_die_with_the_fork_server(root: Path) -> None:
+def test_workers_die_with_the_forkserver(root: Path) -> None:
     with Supervisor() as sup:
         pids = []
         for level in LEVELS:
@@ -920,9 +920,9 @@ def test_workers_die_with_the_fork_server(root: Path) -> None:
             pid = sup.worker_pid(spec.plugin_id)
             assert pid is not None
             pids.append(pid)
-        zygote = sup._zygote.pid
-        assert zygote is not None
-        os.kill(zygote, signal.SIGKILL)
+        server = sup._forkserver.pid
+        assert server is not None
+        os.kill(server, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -931,7 +931,7 @@ def test_workers_die_with_the_fork_server(root: Path) -> None:
         with pytest.raises(CorralError):
             sup.call(spec, "hostile.plug:noop", None)
         assert sup.call(spec, "hostile.plug:noop", None) is None  # a new fork server
-        tag = sup._zygote.tag
+        tag = sup._forkserver.tag
     assert tagged(tag) == []
 
 
@@ -942,20 +942,20 @@ def test_workers_die_with_the_fork_server(root: Path) -> None:
 def test_cannot_signal_outside_processes(sup: Supervisor, root: Path, level: str) -> None:
     spec = make_spec(root, f"signals.{level}", level)
     sup.call(spec, "hostile.plug:noop", None)
-    zygote = sup._zygote.pid
-    assert zygote is not None
-    targets = [os.getpid(), zygote]
+    server = sup._forkserver.pid
+    assert server is not None
+    targets = [os.getpid(), server]
     got = sup.call(spec, "hostile.plug:signal_others", {"pids": targets})
     assert all(v != "sent" for v in got.values()), got
-    assert alive(zygote)
+    assert alive(server)
 
 
 def test_strict_cannot_peek_at_outside_processes(sup: Supervisor, root: Path) -> None:
     spec = make_spec(root, "peek.strict", "strict")
     sup.call(spec, "hostile.plug:noop", None)
-    zygote = sup._zygote.pid
-    assert zygote is not None
-    paths = [f"/proc/{os.getpid()}/environ", f"/proc/{zygote}/cmdline", "/proc/1/environ"]
+    server = sup._forkserver.pid
+    assert server is not None
+    paths = [f"/proc/{os.getpid()}/environ", f"/proc/{server}/cmdline", "/proc/1/environ"]
     got = sup.call(spec, "hostile.plug:proc_peek", {"paths": paths})
     assert all(v != "read" for v in got.values()), got
 
@@ -965,7 +965,7 @@ def test_forked_children_die_with_their_worker(root: Path, level: str) -> None:
     with Supervisor() as sup:
         spec = make_spec(root, f"forker.{level}", level)
         assert sup.call(spec, "hostile.plug:forker", {"n": 5}) == 5
-        tag = sup._zygote.tag
+        tag = sup._forkserver.tag
         assert len(tagged(tag)) >= 1 + 1 + 5  # fork server, worker, children
         sup.stop(spec.plugin_id)
         deadline = time.monotonic() + 5
@@ -1011,7 +1011,7 @@ def test_strict_refuses_when_the_kernel_lacks_a_feature(root: Path) -> None:
         assert not isinstance(info.value, WorkerCrashed)
         assert info.value.details["missing"] == ["landlock"]
         assert sup.worker_pid(spec.plugin_id) is None
-        assert sup._zygote.pid is None  # nothing was even forked
+        assert sup._forkserver.pid is None  # nothing was even forked
         limited = make_spec(root, "refuse.limited", "limited")
         assert sup.call(limited, "hostile.plug:noop", None) is None
 

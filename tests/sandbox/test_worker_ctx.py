@@ -19,7 +19,7 @@ import pytest
 
 from corral import Host
 from corral._errors import PluginError
-from corral._sandbox.worker import EventsProxy, StateProxy, WorkerDurableConsumer
+from corral._sandbox.worker.context import EventsProxy, StateProxy, WorkerDurableConsumer
 from corral._services.events.plugin import PluginEvents
 from corral._services.sandboxed import sandbox_problem
 from corral._services.state import PluginState

@@ -19,11 +19,11 @@ assignment sets ``pids.max`` (a plain write) and, on v1, renames the cgroup
 after the plugin, all before any plugin code runs.  When the worker is reaped,
 what is left in its cgroup is killed and the cgroup removed; the parent goes
 when the fork server exits, and the host removes whatever a killed fork server
-left behind.  A fork server forked by the per-home daemon (see :mod:`._zygote`)
-is named after the daemon (``corral-<daemon pid>-<fork server pid>``), and the
-daemon, its parent, removes what a killed one left.  cgroup v2 is used when its
-``pids`` controller is available and delegable here, else the v1 ``pids``
-hierarchy; :func:`detect` finds out once, by reading ``/proc`` and checking access.
+left behind.  A fork server forked by the per-home daemon (see
+:mod:`.forkserver.daemon`) is named after the daemon (``corral-<daemon pid>-<fork
+server pid>``), and the daemon, its parent, removes what a killed one left.  cgroup
+v2 is used when its ``pids`` controller is available and delegable here, else the
+v1 ``pids`` hierarchy; :func:`detect` finds out once, by reading ``/proc`` and checking access.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Python 3.11 has no ``os.unshare``; these call libc through ctypes.  Each raises
 ``OSError`` with the kernel's errno on failure.  They are called only in forked
-children (and ``set_child_subreaper`` in the zygote), never in the host.
+children (and ``set_child_subreaper`` in the fork server), never in the host.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ __all__ = [
     "Call",
     "ErrorInfo",
     "Failure",
+    "ForkServerReply",
+    "ForkServerRequest",
     "FrameReader",
     "Hello",
     "HostMessage",
@@ -65,8 +67,6 @@ __all__ = [
     "Usage",
     "WorkerInit",
     "WorkerMessage",
-    "ZygoteReply",
-    "ZygoteRequest",
     "decode_host",
     "decode_result",
     "decode_worker",
@@ -195,7 +195,7 @@ class Refused(msgspec.Struct, frozen=True, tag="refused"):
 WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused
 
 
-# -- host <-> zygote (control channel, SOCK_SEQPACKET, one message per packet) ---
+# -- host <-> fork server (control channel, SOCK_SEQPACKET, one message per packet)
 
 
 class WorkerInit(msgspec.Struct, frozen=True):
@@ -230,7 +230,7 @@ class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
 
 
 class Assign(msgspec.Struct, frozen=True, tag="assign"):
-    """Zygote to a spare process: become this worker (RPC and ruleset fds ride along)."""
+    """Fork server to a spare process: become this worker (RPC and ruleset fds ride along)."""
 
     init: WorkerInit
     seccomp: bytes | None = None
@@ -242,7 +242,7 @@ class Reap(msgspec.Struct, frozen=True, tag="reap"):
     pid: int
 
 
-ZygoteRequest = Spawn | Reap
+ForkServerRequest = Spawn | Reap
 
 
 class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
@@ -264,7 +264,7 @@ class Reaped(msgspec.Struct, frozen=True, tag="reaped"):
     error: str | None = None
 
 
-ZygoteReply = Spawned | Reaped
+ForkServerReply = Spawned | Reaped
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _host_decoder: Final = msgspec.msgpack.Decoder(HostMessage)

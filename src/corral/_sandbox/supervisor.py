@@ -23,16 +23,12 @@ Every message from a worker is untrusted; any violation kills that worker only.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import shutil
-import signal
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, final
@@ -47,14 +43,12 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
-from corral._runtime.budgets import over_budget
-from corral._sandbox.forkserver import ZygoteClient
-from corral._sandbox.rpc import HEADER as _HEADER
+from corral._sandbox.failures import death_details, death_error, log_over, vetted
+from corral._sandbox.forkserver.client import ForkServerClient
 from corral._sandbox.rpc import (
     Call,
     ErrorInfo,
     Failure,
-    FrameReader,
     Hello,
     Log,
     Output,
@@ -67,15 +61,13 @@ from corral._sandbox.rpc import (
     Result,
     Spawn,
     Spawned,
-    WorkerInit,
-    WorkerMessage,
     decode_result,
-    decode_worker,
-    encode,
     error_from_info,
     info_from_error,
 )
 from corral._sandbox.spec import SandboxSpec
+from corral._sandbox.workerinit import CPU_BUDGET_FACTOR, init_for, resolve_program
+from corral._sandbox.workerproc import WorkerGone, WorkerProcess
 
 __all__ = ["BrokerHandler", "CallMetrics", "Supervisor"]
 
@@ -83,15 +75,7 @@ __all__ = ["BrokerHandler", "CallMetrics", "Supervisor"]
 BrokerHandler = Callable[[str, str, dict[str, Any]], Any]
 
 _log: Final = logging.getLogger("corral.sandbox")
-_FRAME_OVERHEAD: Final = 64 * 1024
-_RECV_CHUNK: Final = 1 << 18
-_HEADER_SIZE: Final = _HEADER.size
-#: How long one blocking send or recv may wait before the deadline is looked at again.
-_SLICE_US: Final = 20_000
-#: A worker's lifetime CPU budget (RLIMIT_CPU) in multiples of its per-call ``cpu-seconds``.
-_CPU_BUDGET_FACTOR: Final = 4
 _NET_CONNECT_TIMEOUT: Final = 10.0
-_SIGNAL_NAMES: Final = {int(s): s.name for s in signal.Signals}
 
 
 @final
@@ -121,201 +105,16 @@ class _Usage:
         self.cpu_user_ms, self.cpu_system_ms, self.peak_rss_kb = user_ms, system_ms, rss_kb
 
 
-class _Dead(Exception):
-    """The worker's socket closed: it exited or was killed."""
-
-
-# -- one worker ------------------------------------------------------------------------
-
-
-@final
-class _Worker:
-    """The host's end of one worker: its socket, framing and lifetime accounting."""
-
-    def __init__(self, spec: SandboxSpec, pid: int, sock: socket.socket) -> None:
-        self.spec: Final = spec
-        self.pid: Final = pid
-        self.sock: Final = sock
-        _set_slices(sock)
-        # A preallocated buffer: a fresh 256 KiB one per recv would be an mmap each time.
-        self._buf = bytearray(_RECV_CHUNK)
-        self._view = memoryview(self._buf)
-        self.reader: Final = FrameReader(spec.max_result_bytes + _FRAME_OVERHEAD)
-        self.frames: collections.deque[bytes] = collections.deque()
-        self.cpu_ms = 0.0
-        self.last_used = time.monotonic()
-        self.next_call_id = 1
-        #: Whether its Hello arrived (the first call is sent before, to save a round trip).
-        self.greeted = False
-
-    def send(self, msg: msgspec.Struct, deadline: float, fds: Sequence[int] = ()) -> None:
-        """Send one frame (with ``fds`` via SCM_RIGHTS); raises TimeoutError or _Dead."""
-        view = memoryview(encode(msg))
-        try:
-            if fds:
-                while True:
-                    try:
-                        sent = socket.send_fds(self.sock, [view], list(fds))
-                        break
-                    except BlockingIOError:
-                        _check_deadline(deadline)
-                view = view[sent:]
-            while view:  # usually once: the whole frame fits the socket buffer
-                try:
-                    view = view[self.sock.send(view) :]
-                except BlockingIOError:
-                    _check_deadline(deadline)
-        except OSError as exc:
-            if isinstance(exc, TimeoutError):
-                raise
-            raise _Dead(str(exc)) from exc
-
-    def recv(self, deadline: float) -> WorkerMessage:
-        """The next message; raises TimeoutError, _Dead or ProtocolError."""
-        if not self.frames and not self.reader.pending:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except BlockingIOError:
-                n = -1  # SO_RCVTIMEO slice over: the loop below looks at the clock
-            except OSError as exc:
-                raise _Dead(str(exc)) from exc
-            if not n:
-                raise _Dead("EOF")
-            if n >= _HEADER_SIZE:
-                (size,) = _HEADER.unpack_from(self._buf)
-                if size + _HEADER_SIZE == n and size <= self.reader.max_frame:
-                    # The common case: exactly one frame, decoded from the buffer (no copy).
-                    return decode_worker(self._view[_HEADER_SIZE:n])
-            if n > 0:
-                self.frames.extend(self.reader.feed(self._view[:n]))
-            else:
-                _check_deadline(deadline)
-        while not self.frames:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except BlockingIOError:  # SO_RCVTIMEO slice over: look at the clock, go on
-                _check_deadline(deadline)
-                continue
-            except OSError as exc:
-                raise _Dead(str(exc)) from exc
-            if not n:
-                raise _Dead("EOF")
-            self.frames.extend(self.reader.feed(self._view[:n]))
-        return decode_worker(self.frames.popleft())
-
-
-def _check_deadline(deadline: float) -> None:
-    if time.monotonic() >= deadline:
-        raise TimeoutError
-
-
-def _set_slices(sock: socket.socket) -> None:
-    """Block in the kernel, but never longer than one slice, so deadlines cost no syscall."""
-    sock.setblocking(True)
-    tv = struct.pack("ll", 0, _SLICE_US)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-
-
 @final
 class _Plugin:
     """Per-plugin supervisor state: the worker, the crash history, the last metrics."""
 
     def __init__(self) -> None:
         self.lock: Final = threading.Lock()
-        self.worker: _Worker | None = None
+        self.worker: WorkerProcess | None = None
         self.crashes: list[float] = []
         self.circuit_open = False
         self.metrics: CallMetrics | None = None
-
-
-def _init_for(spec: SandboxSpec) -> WorkerInit:
-    reads = [str(p) for p in spec.read_paths]
-    execs: list[str] = []
-    for program in spec.spawn:  # the granted programs themselves, and what links point at
-        path = _resolve_program(program)
-        if path is not None:
-            execs.extend(_executables(path))
-    execs = list(dict.fromkeys(execs))
-    return WorkerInit(
-        exec_paths=execs,
-        plugin_id=spec.plugin_id,
-        isolation=spec.isolation,
-        plugin_dir=str(spec.plugin_dir),
-        data_dir=str(spec.data_dir),
-        tmp_dir=str(spec.tmp_dir),
-        cache_dir=str(spec.cache_dir),
-        workspace=str(spec.workspace or ""),
-        read_paths=reads,
-        write_paths=[str(p) for p in spec.write_paths],
-        env=dict(spec.env),
-        allow_exec=bool(spec.spawn),
-        memory_mb=spec.memory_mb,
-        cpu_seconds=spec.cpu_seconds,
-        cpu_budget_seconds=spec.cpu_seconds * _CPU_BUDGET_FACTOR,
-        disk_mb=spec.disk_mb,
-        max_processes=spec.max_processes,
-        max_result_bytes=spec.max_result_bytes,
-        max_output_bytes=spec.max_output_bytes,
-    )
-
-
-def _executables(path: str) -> list[str]:
-    """What running ``path`` executes: the file (and its link target), and its loader.
-
-    The loader is an ELF program's ``PT_INTERP`` (``ld-linux``), which the kernel
-    opens for execution too, or a script's ``#!`` interpreter, followed in turn.
-    """
-    out: list[str] = []
-    seen: set[str] = set()
-    todo = [path]
-    while todo and len(seen) < 8:
-        current = todo.pop()
-        real = os.path.realpath(current)
-        if real in seen:
-            continue
-        seen.add(real)
-        out.extend((current, real))
-        interp = _loader_of(real)
-        if interp is not None:
-            todo.append(interp)
-    return out
-
-
-def _loader_of(path: str) -> str | None:
-    """The ELF interpreter or ``#!`` interpreter of ``path``, if it has one."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head.startswith(b"#!"):
-                line = (head + f.read(192)).split(b"\n", 1)[0][2:].strip()
-                return line.split()[0].decode() if line else None
-            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
-                return None
-            phoff, = struct.unpack_from("<Q", head, 32)
-            phentsize, phnum = struct.unpack_from("<HH", head, 54)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-            for i in range(phnum):
-                p_type, = struct.unpack_from("<I", table, i * phentsize)
-                if p_type == 3:  # PT_INTERP
-                    offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
-                    size, = struct.unpack_from("<Q", table, i * phentsize + 32)
-                    f.seek(offset)
-                    return f.read(size).rstrip(b"\0").decode()
-    except (OSError, struct.error, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _resolve_program(program: str) -> str | None:
-    """The absolute path a granted program runs from, looked up on the host's PATH."""
-    if os.path.isabs(program):
-        return program if os.access(program, os.X_OK) else None
-    found = shutil.which(program)
-    return os.path.abspath(found) if found else None
 
 
 @final
@@ -326,7 +125,7 @@ class Supervisor:
         denies them all.
     :param idle_seconds: a worker unused this long is stopped (checked on each call).
     :param max_crashes: consecutive crashes within ``crash_window`` that open the circuit.
-    :param fork_server_dir: share the per-home fork-server daemon listening there
+    :param forkserver_dir: share the per-home fork server daemon listening there
         (``<home>/run``; pays off for one-shot processes) instead of a private fork server.
     """
 
@@ -338,14 +137,14 @@ class Supervisor:
         max_crashes: int = 3,
         crash_window: float = 60.0,
         start_timeout: float = 10.0,
-        fork_server_dir: Path | None = None,
+        forkserver_dir: Path | None = None,
     ) -> None:
         self._broker = broker
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
         self._start_timeout = start_timeout
-        self._zygote = ZygoteClient(shared_dir=fork_server_dir)
+        self._forkserver = ForkServerClient(shared_dir=forkserver_dir)
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._missing_for_strict: list[str] | None = None
@@ -389,7 +188,7 @@ class Supervisor:
 
     def prestart(self) -> None:
         """Start the fork server in the background; the first worker then starts sooner."""
-        self._zygote.start()
+        self._forkserver.start()
 
     def last_metrics(self, plugin_id: str) -> CallMetrics | None:
         """The metrics of the plugin's most recent call, if any."""
@@ -422,7 +221,7 @@ class Supervisor:
         server does it on its own once we hang up, without keeping a one-shot process).
         """
         self._closed = True
-        shared = self._zygote.shared
+        shared = self._forkserver.shared
         for state in list(self._plugins.values()):
             with state.lock:
                 if shared:  # its fork server kills and reaps them all when we hang up
@@ -431,7 +230,7 @@ class Supervisor:
                         worker.sock.close()
                 else:
                     self._kill(state)
-        self._zygote.close()
+        self._forkserver.close()
 
     def __enter__(self) -> Supervisor:
         return self
@@ -488,7 +287,7 @@ class Supervisor:
             return None
         worker.sock.close()
         try:
-            reply = self._zygote.request(Reap(pid=worker.pid))
+            reply = self._forkserver.request(Reap(pid=worker.pid))
         except CorralError as exc:  # the fork server is gone, and its workers with it
             _log.warning(
                 "could not reap worker %d of %s: %s", worker.pid, worker.spec.plugin_id, exc
@@ -501,7 +300,7 @@ class Supervisor:
             return None
         return reply
 
-    def _start(self, state: _Plugin, spec: SandboxSpec) -> _Worker:
+    def _start(self, state: _Plugin, spec: SandboxSpec) -> WorkerProcess:
         """Have the fork server start a worker; :meth:`_greet` waits for it to be ready."""
         if spec.isolation == "strict":
             self._check_strict(spec)
@@ -512,7 +311,7 @@ class Supervisor:
                 time.sleep(wait)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            reply = self._zygote.request(Spawn(init=_init_for(spec)), [theirs.fileno()])
+            reply = self._forkserver.request(Spawn(init=init_for(spec)), [theirs.fileno()])
         except BaseException:
             ours.close()
             raise
@@ -525,21 +324,21 @@ class Supervisor:
                 f"could not start a {spec.isolation} worker for {spec.plugin_id}: {error}",
                 plugin_id=spec.plugin_id,
             )
-        worker = _Worker(spec, reply.pid, ours)
+        worker = WorkerProcess(spec, reply.pid, ours)
         state.worker = worker
         return worker
 
-    def _greet(self, state: _Plugin, worker: _Worker, deadline: float) -> None:
+    def _greet(self, state: _Plugin, worker: WorkerProcess, deadline: float) -> None:
         """Wait for the worker's Hello (it answers the first call right after it)."""
         spec = worker.spec
         try:
             msg = worker.recv(deadline)
-        except (TimeoutError, _Dead, ProtocolError) as exc:
+        except (TimeoutError, WorkerGone, ProtocolError) as exc:
             reaped = self._kill(state)
             raise WorkerCrashed(
                 f"the worker of {spec.plugin_id} died while starting ({exc or 'timeout'})",
                 plugin_id=spec.plugin_id,
-                **_death_details(reaped),
+                **death_details(reaped),
             ) from None
         if isinstance(msg, Refused):
             self._kill(state)
@@ -573,7 +372,7 @@ class Supervisor:
         if worker is not None and (
             (worker.spec is not spec and worker.spec != spec)
             or worker.cpu_ms + spec.cpu_seconds * 1000.0
-            > spec.cpu_seconds * _CPU_BUDGET_FACTOR * 1000.0
+            > spec.cpu_seconds * CPU_BUDGET_FACTOR * 1000.0
         ):
             self._kill(state)  # a new spec, or a worker near its lifetime CPU budget
             worker = None
@@ -618,7 +417,7 @@ class Supervisor:
     def _round_trip(
         self,
         state: _Plugin,
-        worker: _Worker,
+        worker: WorkerProcess,
         spec: SandboxSpec,
         target: str,
         input: Any,
@@ -636,7 +435,7 @@ class Supervisor:
             call = Call(id=call_id, target=target, input=input, config=config)
             try:
                 worker.send(call, deadline)
-            except _Dead:
+            except WorkerGone:
                 if not worker.greeted:  # it may have refused and left: read why first
                     self._greet(state, worker, t0 + self._start_timeout)
                 raise
@@ -664,7 +463,7 @@ class Supervisor:
                         )
                     return decode_result(msg.value)
                 if isinstance(msg, Failure):
-                    err = error_from_info(_vetted(msg.error, host_errors), pid)
+                    err = error_from_info(vetted(msg.error, host_errors), pid)
                     if isinstance(err, ResourceLimitExceeded | PluginTimeout | WorkerCrashed):
                         self._kill(state)  # the worker is not to be trusted after a limit
                     raise err
@@ -676,7 +475,7 @@ class Supervisor:
                     lines += 1 if isinstance(msg, Log) else max(1, text.count("\n"))
                     if lines > spec.max_log_lines or output > spec.max_log_bytes:
                         self._kill(state)
-                        raise _log_over(spec, lines, output)
+                        raise log_over(spec, lines, output)
                     if output > spec.max_output_bytes:
                         self._kill(state)
                         raise ResourceLimitExceeded(
@@ -705,16 +504,16 @@ class Supervisor:
                 f"the worker of {pid} broke the RPC protocol and was killed: {exc}",
                 plugin_id=pid,
                 protocol=str(exc),
-                **_death_details(reaped),
+                **death_details(reaped),
             ) from None
-        except _Dead:
+        except WorkerGone:
             reaped = self._kill(state)
             _set_reaped(usage, reaped)
-            raise _death_error(spec, reaped) from None
+            raise death_error(spec, reaped) from None
 
     def _serve_request(
         self,
-        worker: _Worker,
+        worker: WorkerProcess,
         spec: SandboxSpec,
         req: Request,
         deadline: float,
@@ -792,9 +591,9 @@ class Supervisor:
             program = "?"
         for granted in spec.spawn:
             if program == granted or (
-                os.path.isabs(program) and program == _resolve_program(granted)
+                os.path.isabs(program) and program == resolve_program(granted)
             ):
-                path = _resolve_program(granted)
+                path = resolve_program(granted)
                 if path is None:
                     raise CorralError(
                         f"{spec.plugin_id}: granted program {granted!r} is not installed",
@@ -811,83 +610,11 @@ class Supervisor:
 # -- errors ------------------------------------------------------------------------------
 
 
-#: Limits a worker detects itself and may report.
-_WORKER_LIMITS: Final = frozenset({"cpu-seconds", "memory-mb", "output-size", "result-size"})
-
-
-def _vetted(info: ErrorInfo, host_errors: set[tuple[str, str]]) -> ErrorInfo:
-    """A worker's failure report, believed only as far as the host can check it.
-
-    A plugin may fail with its own exception or a limit the worker detects; any
-    other corral error (a denial, ``not_found``...) must be one the host itself
-    raised into this call, or a plugin could forge a ``permission_denied``.
-    """
-    if info.code == "plugin_error":
-        return info
-    if info.code == "resource_limit" and info.limit in _WORKER_LIMITS:
-        return info
-    if (info.code, info.message) in host_errors:
-        return info
-    return ErrorInfo(
-        code="plugin_error",
-        message=f"the plugin raised a corral error of its own ({info.code}): {info.message}",
-        type=info.type or info.code,
-        traceback=info.traceback,
-    )
-
-
 def _set_reaped(usage: _Usage, reaped: Reaped | None) -> None:
     """A killed worker's lifetime usage stands in for the unfinished call's (an upper bound)."""
     if reaped is not None:
         usage.set(reaped.cpu_user_ms, reaped.cpu_system_ms, reaped.peak_rss_kb)
 
-
-def _death_details(reaped: Reaped | None) -> dict[str, Any]:
-    if reaped is None:
-        return {}
-    if reaped.signal is not None:
-        return {"signal": _SIGNAL_NAMES.get(reaped.signal, str(reaped.signal))}
-    return {"exit_status": reaped.exit_code}
-
-
-def _death_error(spec: SandboxSpec, reaped: Reaped | None) -> CorralError:
-    pid = spec.plugin_id
-    details = _death_details(reaped)
-    if reaped is not None:
-        cpu_ms = reaped.cpu_user_ms + reaped.cpu_system_ms
-        if reaped.signal in (signal.SIGXCPU, signal.SIGKILL) and (
-            cpu_ms >= spec.cpu_seconds * _CPU_BUDGET_FACTOR * 1000.0 - 50.0
-        ):
-            return ResourceLimitExceeded(
-                f"{pid}: the worker used up its CPU time",
-                plugin_id=pid,
-                limit="cpu-seconds",
-                measured=round(cpu_ms / 1000.0, 3),
-                **details,
-            )
-        rss_mb = reaped.peak_rss_kb / 1024.0
-        if reaped.signal is not None and rss_mb >= 0.9 * spec.memory_mb:
-            return ResourceLimitExceeded(
-                f"{pid}: the worker ran out of its {spec.memory_mb} MB of memory",
-                plugin_id=pid,
-                limit="memory-mb",
-                measured=round(rss_mb, 1),
-                **details,
-            )
-    how = (
-        f"was killed by {details['signal']}"
-        if "signal" in details
-        else f"exited with status {details.get('exit_status')}"
-    )
-    return WorkerCrashed(f"the worker of {pid} {how}", plugin_id=pid, **details)
-
-
-def _log_over(spec: SandboxSpec, lines: int, output: int) -> ResourceLimitExceeded:
-    """The error for a call that logged past ``log-lines`` or ``log-kb``."""
-    if lines > spec.max_log_lines:
-        return over_budget(spec.plugin_id, "log-lines", "the call's log", lines,
-                           spec.max_log_lines, "lines")
-    return over_budget(spec.plugin_id, "log-kb", "the call's log", output, spec.max_log_bytes)
 
 
 def _emit(plugin_id: str, msg: Log | Output) -> None:

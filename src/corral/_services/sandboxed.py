@@ -273,14 +273,15 @@ def make_supervisor(host: Host) -> Supervisor:
     """The host's supervisor of sandboxed workers, with its broker.
 
     A host made with ``shared_fork_server=True`` (the CLI) uses the per-home
-    fork-server daemon, unless ``CORRAL_SHARED_FORKSERVER=0``.
+    fork server daemon, unless ``CORRAL_FORKSERVER_SHARED=0``.
     """
+    from corral._sandbox.forkserver.settings import forkserver_env
     from corral._sandbox.supervisor import Supervisor
 
     shared = getattr(host, "shared_fork_server", False)
-    if os.environ.get("CORRAL_SHARED_FORKSERVER", "1") == "0":
+    if forkserver_env("SHARED") == "0":
         shared = False
-    return Supervisor(broker=Broker(host), fork_server_dir=host.home / "run" if shared else None)
+    return Supervisor(broker=Broker(host), forkserver_dir=host.home / "run" if shared else None)
 
 
 def call_sandboxed(
