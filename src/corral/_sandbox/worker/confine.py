@@ -75,12 +75,30 @@ def confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | None
         install_filter(seccomp_prog)
 
 
+#: System folders whose programs and shared libraries every worker runs.
+_SYSTEM_CODE: Final = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
+
+
+def _runs_from(init: WorkerInit) -> list[str]:
+    """Where the worker itself loads code: the interpreter, its libraries, the granted programs.
+
+    The plugin's own folder is not among them: code the plugin could write must not run.
+    """
+    places = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
+              *_SYSTEM_CODE, *init.exec_paths,
+              *(p for p in sys.path if p and p != init.plugin_dir)]
+    return sorted({os.path.realpath(p) for p in places if os.path.exists(p)})
+
+
 def _writable_dirs(init: WorkerInit) -> list[str]:
-    """The directories a strict worker may write, outermost first, each once (but none
-    holding a granted program: that one must still run)."""
+    """The directories a strict worker may write, outermost first, each once, to mount
+    ``noexec``; none holding code the worker runs (the interpreter, its libraries, a
+    granted program): Landlock alone keeps those from being executed as written."""
     paths = [init.tmp_dir, init.data_dir, init.cache_dir, init.workspace, *init.write_paths]
     dirs = sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
-    dirs = [d for d in dirs if not any(e.startswith(d.rstrip("/") + "/") for e in init.exec_paths)]
+    runs = _runs_from(init)
+    dirs = [d for d in dirs
+            if not any(r == d or r.startswith(d.rstrip("/") + "/") for r in runs)]
     return [d for i, d in enumerate(dirs) if not any(
         d.startswith(outer.rstrip("/") + "/") for outer in dirs[:i])]
 
