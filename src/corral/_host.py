@@ -38,7 +38,7 @@ from corral._model.info import PluginInfo
 from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
 from corral._model.lifecycle import DURABLE_STATES, State, check_transition
 from corral._runtime.budgets import CHECK_EVERY_S, DirBudget, DirWatch, dir_usage, wipe
-from corral._runtime.database import PluginRow, Store
+from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.runner import Runner
 from corral._services.context import PluginContext, plugin_paths
 from corral._services.hub import Services
@@ -120,7 +120,7 @@ class Host:
         self._config = {k: dict(v) for k, v in (config or {}).items()}
         for sub in HOME_DIRS:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        self._store = Store(self.home / DB_NAME)
+        self._store = HostDatabase(self.home / DB_NAME)
         self._active: dict[str, _Active] = {}
         # plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
         self._fast: dict[str, dict[str, _FastEntry]] = {}
