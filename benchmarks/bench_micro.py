@@ -245,7 +245,7 @@ def bench_sandboxed_fan_out() -> None:
                 """))
                 host.register(d)
                 host.enable(f"bench.nap{i}")
-                manifest = host._known()[f"bench.nap{i}"]
+                manifest = host.catalog.known()[f"bench.nap{i}"]
 
                 def invoke(micro_id: str, value: Any, pid: str = f"bench.nap{i}") -> Any:
                     return host.call(pid, micro_id, value)

@@ -217,8 +217,10 @@ def host_warm(root: Path, rounds: int) -> tuple[list[float], list[float], list[f
         host.enable("bench.host")
         for _ in range(200):
             host.call("bench.host", "noop", payload)
-        sup = host._supervisor_for()
-        spec = host._active["bench.host"].spec
+        sup = host.attachments.supervisor()
+        active = host.lifecycle.active("bench.host")
+        assert active is not None
+        spec = active.spec
         for _ in range(rounds):
             t = time.perf_counter()
             host.call("bench.host", "noop", payload)

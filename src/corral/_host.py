@@ -1,4 +1,9 @@
-"""``Host``: the object an application embeds to register, run and manage plugins."""
+"""``Host``: the object an application embeds to register, run and manage plugins.
+
+It registers and unregisters plugins itself and composes the rest: the catalog
+(reading), the lifecycle (``_runtime/lifecycle.py``), the services and the
+sandbox (``_services/attachments.py``), the call metrics; ``call`` runs inline.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +13,37 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from corral._disk.files import exclusive
 from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME, default_home
-from corral._errors import (
-    CorralError,
-    InvalidPluginError,
-    LifecycleError,
-    ManifestError,
-    NotFoundError,
-    PluginError,
-    PluginTimeout,
-    PolicyDenied,
-    ResourceLimitExceeded,
-    UsageError,
-)
-from corral._model.deps import (
-    check_dependencies,
-    check_requires_corral,
-    dependency_order,
-    dependents_of,
-    find_cycle,
-)
+from corral._errors import InvalidPluginError, LifecycleError, NotFoundError, UsageError
+from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
 from corral._model.info import PluginInfo
-from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
-from corral._model.lifecycle import DURABLE_STATES, State, check_transition
-from corral._runtime.budgets import CHECK_EVERY_S, DirBudget, DirWatch, dir_usage, wipe
-from corral._runtime.database import PluginRow, Store
+from corral._model.lifecycle import State, check_transition
+from corral._runtime.activation import Active, HookRunner
+from corral._runtime.budgets import dir_usage
+from corral._runtime.calls import (
+    SIMPLE,
+    FastTable,
+    check_input,
+    checked_output,
+    now,
+    plugin_error,
+)
+from corral._runtime.catalog import Catalog
+from corral._runtime.database import HostDatabase, PluginRow
+from corral._runtime.lifecycle import Lifecycle
+from corral._runtime.metrics import CallMetrics
 from corral._runtime.runner import Runner
-from corral._services.context import PluginContext, plugin_paths
+from corral._services.attachments import HostAttachments
 from corral._services.hub import Services
 from corral._version import __version__
 
 if TYPE_CHECKING:
     from corral._model.manifest import Manifest
-    from corral._runtime.loader import ModuleScope
     from corral._services.config import ConfigManager
     from corral._services.events.bus import EventBus
     from corral._services.messages import Messenger
@@ -57,29 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Host"]
 
 T = TypeVar("T")
-
-HOOKS: Final = ("on_load", "on_enable", "on_disable", "on_unload", "on_error")
-_METRICS_MAX: Final = 100_000
-
-
-@final
-class _Active:
-    """A plugin's life in this process: state, imported code, context, entry object."""
-
-    __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "scope", "spec", "state")
-
-    def __init__(self, manifest: Manifest, ctx: PluginContext,
-                 watch_from: Callable[[], DirWatch] | None = None) -> None:
-        self.manifest = manifest
-        self.ctx = ctx
-        #: The host-side check of its {data}, {tmp} and {cache} totals.
-        self.budget = DirBudget(manifest.id, ctx.paths, manifest.sandbox, watch_from)
-        self.state = State.REGISTERED
-        self.scope: ModuleScope | None = None
-        self.entry: Any = None
-        self.exports: dict[str, Callable[..., Any]] = {}
-        #: A sandboxed plugin's SandboxSpec, built on its first call in this activation.
-        self.spec: Any = None
 
 
 @final
@@ -117,25 +91,34 @@ class Host:
         self.home = Path(home).expanduser().absolute() if home else default_home().absolute()
         self.workspace = Path(workspace).absolute() if workspace else Path.cwd()
         self.hook_timeout = hook_timeout
-        self._config = {k: dict(v) for k, v in (config or {}).items()}
         for sub in HOME_DIRS:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        self._store = Store(self.home / DB_NAME)
-        self._active: dict[str, _Active] = {}
-        # plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
-        self._fast: dict[str, dict[str, _FastEntry]] = {}
+        self._db = HostDatabase(self.home / DB_NAME)
         self._rlock = threading.RLock()
-        self._metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
-        self._sandboxed_metrics: deque[tuple[Any, ...]] = deque(maxlen=_METRICS_MAX)
-        self._runner = Runner()
-        self._supervisor: Any = None
-        self._async_exports: set[tuple[str, str]] = set()
-        self._micro_mgr: MicroManager | None = None
         self._closed = False
+        self._runner = Runner()
+        hooks = HookRunner(self._runner, hook_timeout)
+        #: Reading what is registered (for corral's own tooling; not exported).
+        self.catalog = Catalog(self._db, self.home)
+        metrics = CallMetrics(self._db)
         self._services = Services(self.home, status_of=self._status_of)
-        self._budget_thread: threading.Thread | None = None
-        self._budget_stop = threading.Event()
-        self._dir_watcher: DirWatch | None = None
+        self._active: dict[str, Active] = {}
+        #: plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
+        self._fast: FastTable = {}
+        self._call_metrics = metrics
+        self._metrics = metrics.in_process
+        #: The services and sandbox as plugins see them: ``supervisor()``, ``config_overrides``.
+        self.attachments = HostAttachments(
+            self._services, self._active, home=self.home, workspace=self.workspace,
+            hooks=hooks, record=metrics.record, call=self.call, lock=self._rlock,
+            config=config, shared_fork_server=shared_fork_server,
+        )
+        #: The active plugins and their transitions (``active(id)`` for corral's own tooling).
+        self.lifecycle = Lifecycle(
+            self._db, self.catalog, home=self.home, workspace=self.workspace, hooks=hooks,
+            attachments=self.attachments, actives=self._active, fast=self._fast,
+            lock=self._rlock,
+        )
 
     # -- context management -------------------------------------------------
 
@@ -156,23 +139,14 @@ class Host:
         if self._closed:
             return
         self._closed = True
-        self._budget_stop.set()
-        if self._budget_thread is not None:
-            self._budget_thread.join(timeout=5)
-        if self._dir_watcher is not None:
-            self._dir_watcher.close()
-        if self._micro_mgr is not None:
-            self._micro_mgr.close()
+        self.lifecycle.stop_watching()
+        self.attachments.close()
         with contextlib.suppress(Exception):
             self.flush_metrics()
-        if self._supervisor is not None:
-            self._supervisor.close()
         self._runner.close()
-        for active in list(self._active.values()):
-            if active.scope is not None:
-                active.scope.release()
+        self.lifecycle.release()
         self._services.close()
-        self._store.close()
+        self._db.close()
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
@@ -187,76 +161,6 @@ class Host:
             yield
 
     # -- reading what is registered ------------------------------------------
-
-    def _row(self, plugin_id: str) -> PluginRow:
-        row = self._store.get(plugin_id)
-        if row is None:
-            raise NotFoundError(f"no plugin {plugin_id!r} is registered", plugin_id=plugin_id)
-        return row
-
-    def _fresh_manifest(self, row: PluginRow) -> Manifest:
-        """The row's manifest, re-read from disk if ``corral.toml`` changed since it was stored."""
-        from corral._model.manifest import Manifest, load_manifest
-
-        path = Path(row.path) / MANIFEST_NAME
-        try:
-            st = path.stat()
-        except OSError:
-            raise InvalidPluginError(
-                f"{row.id}: {path} is gone; remove and register the plugin again",
-                plugin_id=row.id,
-                file=str(path),
-            ) from None
-        if (st.st_mtime_ns, st.st_size) == (row.manifest_mtime_ns, row.manifest_size):
-            return Manifest.from_dict(row.manifest, file=str(path))
-        manifest = load_manifest(Path(row.path))
-        if manifest.id != row.id:
-            raise ManifestError(
-                f"id changed from {row.id!r} to {manifest.id!r}; remove and register again",
-                file=str(path),
-                key="plugin.id",
-                plugin_id=row.id,
-            )
-        self._store.refresh_manifest(
-            row.id, manifest.version, manifest.to_dict(), st.st_mtime_ns, st.st_size
-        )
-        return manifest
-
-    def _known(self) -> dict[str, Manifest]:
-        """Every registered plugin whose manifest is readable now."""
-        return self._read_all()[0]
-
-    def _read_all(self) -> tuple[dict[str, Manifest], dict[str, CorralError]]:
-        known: dict[str, Manifest] = {}
-        broken: dict[str, CorralError] = {}
-        for row in self._store.all():
-            try:
-                known[row.id] = self._fresh_manifest(row)
-            except CorralError as exc:
-                broken[row.id] = exc
-        return known, broken
-
-    def _plan(self, plugin_id: str) -> tuple[dict[str, Manifest], builtins.list[str]]:
-        """The known manifests and ``plugin_id`` with its dependencies, dependencies first.
-
-        A plugin in that chain whose manifest no longer reads raises its own error
-        (naming the file and key), not a confusing "not registered".
-        """
-        known, broken = self._read_all()
-        if plugin_id in broken:
-            raise broken[plugin_id]
-        self._row(plugin_id)
-        try:
-            return known, dependency_order([plugin_id], known)
-        except InvalidPluginError as exc:
-            dep = exc.details.get("dependency")
-            if isinstance(dep, str) and dep in broken:
-                raise broken[dep] from exc
-            raise
-
-    def _state_of(self, row: PluginRow) -> State:
-        active = self._active.get(row.id)
-        return active.state if active is not None else State(row.state)
 
     def list(
         self,
@@ -273,32 +177,9 @@ class Host:
         export name.  ``discovered`` adds unregistered plugin directories under the
         home and pip-installed plugins (entry point group ``corral.plugins``).
         """
-        infos: builtins.list[PluginInfo] = []
-        registered: set[str] = set()
-        for row in self._store.all():
-            registered.add(row.path)
-            manifest = row.manifest
-            error = row.error
-            path = Path(row.path) / MANIFEST_NAME
-            try:
-                st = path.stat()
-                if (st.st_mtime_ns, st.st_size) != (row.manifest_mtime_ns, row.manifest_size):
-                    manifest = self._fresh_manifest(row).to_dict()
-            except OSError:
-                error = {"code": "invalid", "message": f"{path} is gone"}
-            except CorralError as exc:
-                error = exc.to_dict()
-            infos.append(
-                PluginInfo.from_manifest_dict(
-                    manifest,
-                    state=self._state_of(row).value,
-                    source=row.source,
-                    path=row.path,
-                    error=error,
-                )
-            )
+        infos, registered = self.catalog.infos(self.lifecycle.state_of)
         if discovered:
-            infos.extend(self._discovered(registered))
+            infos.extend(self.catalog.discovered(registered))
         infos.sort(key=lambda i: i.id)
         out = []
         for info in infos:
@@ -315,32 +196,22 @@ class Host:
             out.append(info)
         return out
 
-    def _discovered(self, registered: set[str]) -> builtins.list[PluginInfo]:
-        from corral._runtime.discovery import discover
-
-        return discover(self._store, self.home / "plugins", registered)
-
-    def _entry_point_dirs(self) -> builtins.list[Path]:
-        from corral._runtime.discovery import entry_point_dirs
-
-        return entry_point_dirs(self._store)
-
     def info(self, plugin_id: str) -> dict[str, Any]:
         """Everything known about one plugin, with its call metrics, as JSON data."""
         self.flush_metrics()
-        row = self._store.get(plugin_id)
+        row = self._db.get(plugin_id)
         if row is None:
-            for info in self._discovered(set()):
+            for info in self.catalog.discovered(set()):
                 if info.id == plugin_id:
                     return info.to_dict(full=True)
             raise NotFoundError(f"no plugin {plugin_id!r} is registered", plugin_id=plugin_id)
-        manifest = self._fresh_manifest(row).to_dict()
+        manifest = self.catalog.fresh_manifest(row).to_dict()
         info = PluginInfo.from_manifest_dict(
-            manifest, state=self._state_of(row).value, source=row.source, path=row.path,
-            error=row.error,
+            manifest, state=self.lifecycle.state_of(row).value, source=row.source,
+            path=row.path, error=row.error,
         )
         out = info.to_dict(full=True)
-        out["metrics"] = self._store.call_summary(plugin_id)
+        out["metrics"] = self._db.call_summary(plugin_id)
         out["data_dir"] = str(self.home / "data" / plugin_id)
         out["budgets"] = self.budget_usage(plugin_id)
         return out
@@ -351,8 +222,8 @@ class Host:
         ``{"disk-mb": {"limit": 10, "used": 1234, "cap": 10485760, "unit": "bytes"}, ...}``;
         ``log-lines`` and ``log-kb`` are per call, so they have no ``used``.
         """
-        row = self._row(plugin_id)
-        sandbox = self._fresh_manifest(row).sandbox
+        row = self.catalog.row(plugin_id)
+        sandbox = self.catalog.fresh_manifest(row).sandbox
         out: dict[str, dict[str, Any]] = {}
 
         def put(key: str, used: int | None, unit: str) -> None:
@@ -376,6 +247,10 @@ class Host:
         put("log-kb", None, "bytes per call")
         return out
 
+    def _status_of(self, plugin_id: str) -> str | None:
+        row = self._db.get(plugin_id)
+        return None if row is None else self.lifecycle.state_of(row).value
+
     # -- registration ---------------------------------------------------------
 
     def register(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
@@ -394,11 +269,11 @@ class Host:
             try:
                 for source in sources:
                     staged.append(self._stage(Path(source)))
-                known = self._known()
+                known = self.catalog.known()
                 batch: dict[str, Manifest] = {}
                 for manifest, _, _, _ in staged:
                     if manifest.id in known or manifest.id in batch:
-                        where = self._store.get(manifest.id)
+                        where = self._db.get(manifest.id)
                         raise InvalidPluginError(
                             f"a plugin with id {manifest.id!r} is already registered"
                             + (f" (version {where.version} from {where.path})" if where else ""),
@@ -426,10 +301,10 @@ class Host:
                 raise
             now = time.time()
             try:
-                with self._store.transaction() as conn:
+                with self._db.transaction() as conn:
                     for (manifest, _, source_kind, _), path in zip(staged, placed, strict=True):
                         st = (path / MANIFEST_NAME).stat()
-                        self._store.insert(
+                        self._db.insert(
                             conn,
                             PluginRow(
                                 id=manifest.id,
@@ -511,7 +386,7 @@ class Host:
         error, after the others were re-enabled (the installer then rolls back).
         """
         with self._locked():
-            rows = {r.id: r for r in self._store.all()}
+            rows = {r.id: r for r in self._db.all()}
             wanted = {pid: Path(p).absolute() for pid, p in plugins.items()}
             for pid in wanted:
                 row = rows.get(pid)
@@ -527,22 +402,11 @@ class Host:
             if not (gone or moved or new):
                 return
             staged = {p: self._stage(wanted[p])[0] for p in [*moved, *new]}
-            again: builtins.list[str] = []
-            for pid in [*gone, *moved]:
-                active = self._active.get(pid)
-                if active is None:
-                    continue
-                if active.state is State.ENABLED:
-                    again.append(pid)
-                    with contextlib.suppress(CorralError):
-                        self._disable_one(pid)
-                with contextlib.suppress(CorralError):
-                    self._unload_one(pid, quiet=True)
-                self._active.pop(pid, None)
+            again = [pid for pid in [*gone, *moved] if self.lifecycle.stop(pid)]
             now = time.time()
-            with self._store.transaction() as conn:
+            with self._db.transaction() as conn:
                 for pid in gone:
-                    self._store.delete(conn, pid)
+                    self._db.delete(conn, pid)
                 for pid in [*moved, *new]:
                     manifest, path = staged[pid], wanted[pid]
                     st = (path / MANIFEST_NAME).stat()
@@ -560,7 +424,7 @@ class Host:
                              st.st_size, now, pid),
                         )
                         continue
-                    self._store.insert(
+                    self._db.insert(
                         conn,
                         PluginRow(
                             id=pid, version=manifest.version, path=str(path),
@@ -571,24 +435,11 @@ class Host:
                         ),
                     )
             again = [p for p in again if p in wanted]
-            if not again:
-                return
-            known = self._known()
-            failed: builtins.list[CorralError] = []
-            for pid in dependency_order(again, known):
-                if self._current(pid) is State.ENABLED and pid in self._active:
-                    continue
-                try:
-                    if self._current(pid) not in (State.LOADED, State.DISABLED):
-                        self._load_one(pid, known[pid])
-                    self._enable_one(pid)
-                except CorralError as exc:  # the others still come back
-                    failed.append(exc)
-            if failed:
-                raise failed[0]
+            if again:
+                self.lifecycle.restart(again)
 
     def _is_entry_point_dir(self, path: Path) -> bool:
-        return path in self._entry_point_dirs()
+        return path in self.catalog.entry_point_dirs()
 
     def _place(self, manifest: Manifest, path: Path, temp: bool) -> Path:
         if not temp:
@@ -612,10 +463,10 @@ class Host:
                 _rmtree(path)
 
     def _info_of(self, plugin_id: str) -> PluginInfo:
-        row = self._row(plugin_id)
+        row = self.catalog.row(plugin_id)
         return PluginInfo.from_manifest_dict(
-            row.manifest, state=self._state_of(row).value, source=row.source, path=row.path,
-            error=row.error,
+            row.manifest, state=self.lifecycle.state_of(row).value, source=row.source,
+            path=row.path, error=row.error,
         )
 
     def unregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
@@ -625,8 +476,8 @@ class Host:
         also deletes its data directory.
         """
         with self._locked():
-            row = self._row(plugin_id)
-            known = self._known()
+            row = self.catalog.row(plugin_id)
+            known = self.catalog.known()
             needed_by = [p for p in dependents_of(plugin_id, known) if p != plugin_id]
             if needed_by:
                 raise LifecycleError(
@@ -634,15 +485,16 @@ class Host:
                     plugin_id=plugin_id,
                     dependents=needed_by,
                 )
-            state = self._state_of(row)
+            state = self.lifecycle.state_of(row)
             if state is State.ENABLED:
-                self._disable_one(plugin_id)
+                self.lifecycle.disable_one(plugin_id)
             active = self._active.get(plugin_id)
             if active is not None and active.state in (State.LOADED, State.DISABLED):
-                self._unload_one(plugin_id)
-            check_transition(plugin_id, self._state_of(self._row(plugin_id)), "unregister")
-            with self._store.transaction() as conn:
-                self._store.delete(conn, plugin_id)
+                self.lifecycle.unload_one(plugin_id)
+            now_state = self.lifecycle.state_of(self.catalog.row(plugin_id))
+            check_transition(plugin_id, now_state, "unregister")
+            with self._db.transaction() as conn:
+                self._db.delete(conn, plugin_id)
             self._active.pop(plugin_id, None)
             path = Path(row.path)
             if row.source != "entry-point" and path.parent == self.home / "plugins":
@@ -663,13 +515,7 @@ class Host:
     def load(self, plugin_id: str) -> PluginInfo:
         """Load a plugin and its dependencies (import code, run ``on_load``)."""
         with self._locked():
-            known, order = self._plan(plugin_id)
-            for pid in order:
-                state = self._current(pid)
-                if pid != plugin_id and state in (State.ENABLED, State.LOADED):
-                    continue
-                if pid == plugin_id or state not in (State.LOADED, State.ENABLED):
-                    self._load_one(pid, known[pid])
+            self.lifecycle.load(plugin_id)
         return self._info_of(plugin_id)
 
     def enable(self, plugin_id: str) -> PluginInfo:
@@ -678,18 +524,7 @@ class Host:
         A plugin in ``failed`` is unloaded and tried again: that is how it recovers.
         """
         with self._locked():
-            known, order = self._plan(plugin_id)
-            for pid in order:
-                state = self._current(pid)
-                if state is State.ENABLED:
-                    if pid == plugin_id:
-                        check_transition(pid, state, "enable")
-                    continue
-                if state is State.FAILED and pid in self._active:
-                    self._unload_one(pid, quiet=True)
-                if self._current(pid) not in (State.LOADED, State.DISABLED):
-                    self._load_one(pid, known[pid])
-                self._enable_one(pid)
+            self.lifecycle.enable(plugin_id)
         return self._info_of(plugin_id)
 
     def disable(self, plugin_id: str, *, cascade: bool = False) -> builtins.list[str]:
@@ -698,33 +533,12 @@ class Host:
         Returns the ids disabled, dependents first.
         """
         with self._locked():
-            known = self._known()
-            self._row(plugin_id)
-            check_transition(plugin_id, self._recorded(plugin_id), "disable")
-            enabled_dependents = [
-                p for p in dependents_of(plugin_id, known) if self._recorded(p) is State.ENABLED
-            ]
-            if enabled_dependents and not cascade:
-                raise LifecycleError(
-                    f"cannot disable {plugin_id}: enabled plugins need it: "
-                    f"{', '.join(enabled_dependents)} (disable them first, or cascade)",
-                    plugin_id=plugin_id,
-                    dependents=enabled_dependents,
-                )
-            done = []
-            for pid in reversed(enabled_dependents):
-                self._disable_one(pid)
-                done.append(pid)
-            self._disable_one(plugin_id)
-            done.append(plugin_id)
-            return done
+            return self.lifecycle.disable(plugin_id, cascade=cascade)
 
     def unload(self, plugin_id: str) -> PluginInfo:
         """Unload a loaded or disabled plugin (run ``on_unload``, release its code)."""
         with self._locked():
-            self._row(plugin_id)
-            check_transition(plugin_id, self._current(plugin_id), "unload")
-            self._unload_one(plugin_id)
+            self.lifecycle.unload(plugin_id)
         return self._info_of(plugin_id)
 
     def start(self) -> builtins.list[str]:
@@ -734,23 +548,7 @@ class Host:
         Returns the ids now enabled.
         """
         with self._locked():
-            known = self._known()
-            wanted = [r.id for r in self._store.all() if r.state == State.ENABLED.value]
-            started = []
-            for pid in wanted:
-                try:
-                    for dep in dependency_order([pid], known):
-                        if self._current(dep) is State.ENABLED and dep in self._active:
-                            continue
-                        if self._current(dep) not in (State.LOADED, State.DISABLED) or (
-                            dep not in self._active
-                        ):
-                            self._load_one(dep, known[dep])
-                        self._enable_one(dep)
-                    started.append(pid)
-                except CorralError:
-                    continue
-            return started
+            return self.lifecycle.start()
 
     async def aload(self, plugin_id: str) -> PluginInfo:
         """Async twin of :meth:`load`."""
@@ -772,377 +570,16 @@ class Host:
         """Async twin of :meth:`start`."""
         return await _to_thread(self.start)
 
-    def _current(self, plugin_id: str) -> State:
-        active = self._active.get(plugin_id)
-        if active is not None:
-            return active.state
-        row = self._store.get(plugin_id)
-        if row is None:
-            return State.DISCOVERED
-        # In a process that has not loaded it, a plugin recorded as enabled or
-        # disabled is, for this process, registered: its code has not run here.
-        state = State(row.state)
-        return State.FAILED if state is State.FAILED else State.REGISTERED
-
-    def _recorded(self, plugin_id: str) -> State:
-        """The state in this process if the plugin is active here, else the recorded one."""
-        active = self._active.get(plugin_id)
-        if active is not None:
-            return active.state
-        row = self._store.get(plugin_id)
-        return State.DISCOVERED if row is None else State(row.state)
-
-    def _persist(self, plugin_id: str, state: State, error: dict[str, Any] | None = None) -> None:
-        if state in DURABLE_STATES:
-            if error is not None:  # a plugin's message or traceback may quote a secret
-                error = self._services.redactor.redact_doc(error)
-            self._store.set_state(plugin_id, state.value, error)
-
-    def _load_one(self, plugin_id: str, manifest: Manifest) -> None:
-        check_transition(plugin_id, self._current(plugin_id), "load")
-        row = self._row(plugin_id)
-        check_requires_corral(manifest, __version__)
-        plugin_dir = Path(row.path)
-        paths = plugin_paths(self.home, self.workspace, plugin_id, plugin_dir)
-        for key in ("data", "cache", "tmp"):
-            Path(paths[key]).mkdir(parents=True, exist_ok=True)
-        config = self._services.plugin_config(
-            plugin_id, manifest.permissions, plugin_dir, overrides=self._config.get(plugin_id)
-        )
-        ctx = PluginContext(plugin_id, paths, config, host=self,
-                            permissions=manifest.permissions)
-        active = _Active(manifest, ctx, self._dir_watch)
-        self._active[plugin_id] = active
-        self._services.budgets.set(plugin_id, manifest.sandbox)
-        from corral._services.secrets import (
-            watch_plugin_log,  # brings logging: not for `corral list`
-        )
-
-        watch_plugin_log(plugin_id, self._services.redactor)
-        try:
-            if manifest.sandbox.isolation == "none":
-                self._import_in_process(active, plugin_dir)
-            else:
-                self._sandbox_ready(manifest)
-            self._run_hook(active, "on_load")
-        except CorralError as exc:
-            self._fail(active, exc)
-            raise
-        active.state = State.LOADED
-
-    def _import_in_process(self, active: _Active, plugin_dir: Path) -> None:
-        import inspect
-
-        from corral._disk.targets import check_targets, targets_of
-        from corral._runtime.loader import ModuleScope
-
-        manifest = active.manifest
-        check_targets(plugin_dir, manifest)
-        scope = ModuleScope(manifest.id, manifest.version, plugin_dir)
-        scope.claim({t.partition(":")[0].split(".")[0] for _, t in targets_of(manifest)})
-        active.scope = scope
-        if manifest.entry:
-            entry = scope.resolve(manifest.entry)
-            if isinstance(entry, type):
-                try:
-                    entry = entry()
-                except Exception as exc:
-                    raise PluginError(
-                        f"{manifest.id}: creating {manifest.entry} raised "
-                        f"{type(exc).__name__}: {exc}",
-                        plugin_id=manifest.id,
-                        traceback=_format_tb(exc),
-                    ) from exc
-            active.entry = entry
-        for name, target in manifest.exports.items():
-            fn = scope.resolve(target)
-            if not callable(fn):
-                raise InvalidPluginError(
-                    f"{manifest.id}: exports.{name}: {target} is not callable",
-                    plugin_id=manifest.id,
-                    key=f"exports.{name}",
-                )
-            active.exports[name] = fn
-        for micro in manifest.micro:
-            fn = scope.resolve(micro.handler)
-            if not callable(fn):
-                raise InvalidPluginError(
-                    f"{manifest.id}: micro {micro.id}: {micro.handler} is not callable",
-                    plugin_id=manifest.id,
-                    key="micro",
-                )
-            active.exports[micro.id] = fn
-        for name, fn in active.exports.items():
-            if inspect.iscoroutinefunction(fn):
-                self._async_exports.add((manifest.id, name))
-
-    def _sandbox_ready(self, manifest: Manifest) -> None:
-        """Refuse a sandboxed plugin unless this machine can enforce its isolation level."""
-        from corral._services.sandboxed import sandbox_problem
-
-        problem = sandbox_problem(manifest.sandbox.isolation)
-        if problem:
-            raise PolicyDenied(
-                f"{manifest.id} asks for isolation {manifest.sandbox.isolation!r}, which this "
-                f"machine cannot enforce: {problem}; it will not run with less",
-                plugin_id=manifest.id,
-                isolation=manifest.sandbox.isolation,
-            )
-
-    def _enable_one(self, plugin_id: str) -> None:
-        active = self._active[plugin_id]
-        check_transition(plugin_id, active.state, "enable")
-        receiver = None
-        try:
-            self._run_hook(active, "on_enable")
-            if self._sandboxed_entry(active):  # its on_message runs in its worker
-                from corral._services.sandboxed import sandboxed_receiver
-
-                receiver = sandboxed_receiver(self, active)
-        except CorralError as exc:
-            self._fail(active, exc)
-            raise
-        active.state = State.ENABLED
-        on_message = getattr(active.entry, "on_message", None) if active.entry else None
-        if on_message is not None:
-            ctx = active.ctx
-            self.messenger.serve(
-                plugin_id, lambda message, sender: on_message(message, sender, ctx)
-            )
-        elif receiver is not None:
-            self.messenger.serve(plugin_id, receiver, remote=True)
-        self._persist(plugin_id, State.ENABLED)
-        self._feed_micro(active)
-        if active.manifest.sandbox.isolation == "none":
-            self._fast[plugin_id] = self._fast_entries(active)
-            self._watch_budgets()
-
-    def _fast_entries(self, active: _Active) -> dict[str, _FastEntry]:
-        plugin_id = active.manifest.id
-        return {
-            name: (fn, active.ctx, (plugin_id, name) in self._async_exports, (plugin_id, name))
-            for name, fn in active.exports.items()
-        }
-
-    def _watch_budgets(self) -> None:
-        """Start the thread that measures in-process plugins' directories (once per host).
-
-        Their calls take the fast path, which measures nothing; a plugin found over
-        a directory budget leaves the fast path, and the slow one refuses its calls.
-        """
-        with self._rlock:
-            if self._budget_thread is not None:
-                return
-            self._budget_thread = threading.Thread(
-                target=self._budget_loop, name="corral-budgets", daemon=True
-            )
-            self._budget_thread.start()
-
-    def _dir_watch(self) -> DirWatch:
-        """The inotify instance that tells which plugins' directories changed (made once)."""
-        with self._rlock:
-            if self._dir_watcher is None:
-                self._dir_watcher = DirWatch()
-            return self._dir_watcher
-
-    def _budget_loop(self) -> None:
-        while not self._budget_stop.wait(CHECK_EVERY_S):
-            for pid, active in list(self._active.items()):
-                if active.state is not State.ENABLED or active.manifest.sandbox.isolation != "none":
-                    continue
-                try:
-                    active.budget.after_call(0.0)
-                except ResourceLimitExceeded:
-                    self._fast.pop(pid, None)
-
-    def _disable_one(self, plugin_id: str) -> None:
-        self._drop_micro(plugin_id)
-        active = self._active.get(plugin_id)
-        self._fast.pop(plugin_id, None)
-        if active is None:
-            # Enabled by another process; nothing ran here, so only the record changes.
-            check_transition(plugin_id, State(self._row(plugin_id).state), "disable")
-            self._persist(plugin_id, State.DISABLED)
-            self._wipe_scratch(plugin_id)
-            return
-        check_transition(plugin_id, active.state, "disable")
-        try:
-            self._run_hook(active, "on_disable")
-        except CorralError as exc:
-            self._fail(active, exc)
-            raise
-        finally:
-            self._stop_worker(plugin_id)
-            self._wipe_scratch(plugin_id)
-        active.state = State.DISABLED
-        self._persist(plugin_id, State.DISABLED)
-
-    def _unload_one(self, plugin_id: str, *, quiet: bool = False) -> None:
-        self._drop_micro(plugin_id)
-        active = self._active.get(plugin_id)
-        if active is None:
-            return
-        self._fast.pop(plugin_id, None)
-        try:
-            if active.state is not State.FAILED or active.scope is not None:
-                self._run_hook(active, "on_unload")
-        except CorralError as exc:
-            if not quiet:
-                self._fail(active, exc)
-                raise
-        finally:
-            self._stop_worker(plugin_id)
-            self._wipe_scratch(plugin_id)
-            if active.scope is not None:
-                active.scope.release()
-                active.scope = None
-        active.state = State.UNLOADED
-        row = self._store.get(plugin_id)
-        if row is not None and row.state != State.REGISTERED.value:
-            self._persist(plugin_id, State.REGISTERED)
-
     # -- micro-plugins --------------------------------------------------------
 
     @property
     def micro(self) -> MicroManager:
         """The micro-plugins of the enabled plugins, ready to run and compose."""
-        with self._rlock:
-            if self._micro_mgr is None:
-                from corral._services.micro.manager import MicroManager
-
-                self._micro_mgr = MicroManager()
-                for active in self._active.values():
-                    if active.state is State.ENABLED:
-                        self._feed_micro(active)
-            return self._micro_mgr
-
-    def _feed_micro(self, active: _Active) -> None:
-        """Offer an enabled plugin's ``[[micro]]`` handlers at its isolation level."""
-        mgr = self._micro_mgr
-        manifest = active.manifest
-        if mgr is None or not manifest.micro:
-            return
-        pid = manifest.id
-        if manifest.sandbox.isolation == "none":
-            mgr.register_plugin(
-                pid,
-                manifest.micro,
-                ctx=active.ctx,
-                version=manifest.version,
-                functions={m.id: active.exports[m.id] for m in manifest.micro},
-            )
-        else:
-
-            def invoke(micro_id: str, value: Any) -> Any:
-                return self.call(pid, micro_id, value)
-
-            mgr.register_plugin(pid, manifest.micro, invoke=invoke, version=manifest.version)
+        return self.attachments.micro
 
     def run_pipeline(self, pipeline_id: str, input: Any = None) -> Any:
         """Run a ``[[pipeline]]`` of an enabled plugin over :attr:`micro`."""
-        from corral._services.micro.compose import Composition, pipeline_from_dict
-
-        with self._rlock:
-            pipelines = {
-                decl.id: pipeline_from_dict(decl.to_dict())
-                for active in self._active.values()
-                if active.state is State.ENABLED
-                for decl in active.manifest.pipelines
-            }
-        pipeline = pipelines.get(pipeline_id)
-        if pipeline is None:
-            raise NotFoundError(
-                f"no enabled plugin declares a pipeline {pipeline_id!r}", pipeline=pipeline_id
-            )
-        return Composition(pipeline, self.micro, pipelines).run(input)
-
-    def _drop_micro(self, plugin_id: str) -> None:
-        if self._micro_mgr is not None:
-            self._micro_mgr.unregister_plugin(plugin_id)
-
-    def _status_of(self, plugin_id: str) -> str | None:
-        row = self._store.get(plugin_id)
-        return None if row is None else self._state_of(row).value
-
-    def _wipe_scratch(self, plugin_id: str) -> None:
-        """Empty a stopped plugin's ``{tmp}`` and ``{cache}``: none of it outlives the run."""
-        for name in ("tmp", "cache"):
-            wipe(self.home / name / plugin_id)
-
-    def _stop_worker(self, plugin_id: str) -> None:
-        self._services.stop(plugin_id)
-        if self._supervisor is not None:
-            with contextlib.suppress(Exception):
-                self._supervisor.stop(plugin_id)
-
-    def _fail(self, active: _Active, exc: CorralError) -> None:
-        """Move a plugin to ``failed``, record the error, give ``on_error`` a chance."""
-        active.state = State.FAILED
-        self._fast.pop(active.manifest.id, None)
-        self._persist(active.manifest.id, State.FAILED, exc.to_dict())
-        if self._sandboxed_entry(active):
-            with contextlib.suppress(CorralError):
-                self._sandbox_hook(active, "on_error", exc.to_dict())
-            return
-        hook = getattr(active.entry, "on_error", None) if active.entry is not None else None
-        if hook is not None:
-            with contextlib.suppress(CorralError):
-                self._call_with_timeout(active, "on_error", hook, exc)
-
-    @staticmethod
-    def _sandboxed_entry(active: _Active) -> bool:
-        manifest = active.manifest
-        return manifest.entry is not None and manifest.sandbox.isolation != "none"
-
-    def _sandbox_hook(self, active: _Active, name: str, value: Any) -> None:
-        """Run a lifecycle hook of a sandboxed plugin's entry object inside its worker."""
-        from corral._services.sandboxed import call_sandboxed
-
-        call_sandboxed(
-            self, self._supervisor_for(), active, name, value,
-            target=f"{active.manifest.entry}#{name}",
-        )
-
-    def _run_hook(self, active: _Active, name: str) -> None:
-        if self._sandboxed_entry(active):
-            self._sandbox_hook(active, name, None)
-            return
-        if active.entry is None:
-            return
-        hook = getattr(active.entry, name, None)
-        if hook is None:
-            return
-        self._call_with_timeout(active, name, hook, active.ctx)
-
-    def _call_with_timeout(
-        self, active: _Active, name: str, fn: Callable[..., Any], arg: Any
-    ) -> Any:
-        """Run a hook under ``hook_timeout``; a hang or an exception is the plugin's error."""
-        import inspect
-
-        plugin_id = active.manifest.id
-        timeout = self.hook_timeout
-        try:
-            if inspect.iscoroutinefunction(fn):
-                return self._runner.run_async(fn, arg, timeout)
-            return self._runner.run_sync(fn, arg, timeout, f"corral-hook-{plugin_id}-{name}")
-        except TimeoutError:
-            raise PluginTimeout(
-                f"{plugin_id}: {name} did not finish within {timeout:g} s",
-                plugin_id=plugin_id,
-                hook=name,
-                limit="hook-timeout",
-                limit_seconds=timeout,
-            ) from None
-        except CorralError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"{plugin_id}: {name} raised {type(exc).__name__}: {exc}",
-                plugin_id=plugin_id,
-                hook=name,
-                traceback=_format_tb(exc),
-            ) from exc
+        return self.attachments.run_pipeline(pipeline_id, input)
 
     # -- services offered to plugins (layer 3) ---------------------------------
 
@@ -1173,21 +610,7 @@ class Host:
 
     def watch_config(self) -> None:
         """Follow ``config.toml``: valid changes reach plugins' ``on_config_change``."""
-        self._services.watch_config(self._config_changed)
-
-    def _config_changed(self, plugin_id: str, new: dict[str, Any]) -> None:
-        from types import MappingProxyType
-
-        active = self._active.get(plugin_id)
-        if active is None:
-            return
-        resolved = self.secrets.resolve_config(
-            new, perms=active.manifest.permissions, plugin_id=plugin_id
-        )
-        active.ctx.config = MappingProxyType(resolved)
-        hook = getattr(active.entry, "on_config_change", None) if active.entry else None
-        if hook is not None and active.state is State.ENABLED:
-            self._call_with_timeout(active, "on_config_change", hook, active.ctx)
+        self._services.watch_config(self.attachments.config_changed)
 
     # -- calling --------------------------------------------------------------
 
@@ -1197,6 +620,7 @@ class Host:
         Input and output must be JSON data.  An exception in the plugin becomes
         :class:`PluginError` carrying the traceback; the host carries on.
         """
+        # The benchmarked fast path, inline: a delegation would cost a frame per call.
         exports = self._fast.get(plugin_id)
         fast = exports.get(export) if exports is not None else None
         if fast is None or fast[2]:
@@ -1205,25 +629,25 @@ class Host:
         t = type(input)
         if t is dict:
             for k, v in input.items():
-                if type(k) is not str or type(v) not in _SIMPLE:
-                    _check_input(plugin_id, export, input)
+                if type(k) is not str or type(v) not in SIMPLE:
+                    check_input(plugin_id, export, input)
                     break
-        elif t not in _SIMPLE:
-            _check_input(plugin_id, export, input)
-        start = _now()
+        elif t not in SIMPLE:
+            check_input(plugin_id, export, input)
+        start = now()
         try:
             out = fn(input, ctx)
         except Exception as exc:
-            self._metrics.append((key, start, _now(), "plugin_error"))
-            raise _plugin_error(plugin_id, export, exc) from exc
-        self._metrics.append((key, start, _now(), "ok"))
+            self._metrics.append((key, start, now(), "plugin_error"))
+            raise plugin_error(plugin_id, export, exc) from exc
+        self._metrics.append((key, start, now(), "ok"))
         t = type(out)
         if t is dict:
             for k, v in out.items():
-                if type(k) is not str or type(v) not in _SIMPLE:
-                    return self._checked_output(plugin_id, export, out)
-        elif t not in _SIMPLE:
-            return self._checked_output(plugin_id, export, out)
+                if type(k) is not str or type(v) not in SIMPLE:
+                    return checked_output(plugin_id, export, out)
+        elif t not in SIMPLE:
+            return checked_output(plugin_id, export, out)
         return out
 
     async def acall(self, plugin_id: str, export: str, input: Any = None) -> Any:
@@ -1231,118 +655,42 @@ class Host:
         exports = self._fast.get(plugin_id)
         fast = exports.get(export) if exports is not None else None
         if fast is not None and fast[2]:
-            _check_input(plugin_id, export, input)
+            check_input(plugin_id, export, input)
             fn, ctx, _, key = fast
-            start = _now()
+            start = now()
             try:
                 out = await fn(input, ctx)
             except Exception as exc:
-                self._metrics.append((key, start, _now(), "plugin_error"))
-                raise _plugin_error(plugin_id, export, exc) from exc
-            self._metrics.append((key, start, _now(), "ok"))
-            return self._checked_output(plugin_id, export, out)
+                self._metrics.append((key, start, now(), "plugin_error"))
+                raise plugin_error(plugin_id, export, exc) from exc
+            self._metrics.append((key, start, now(), "ok"))
+            return checked_output(plugin_id, export, out)
         if fast is not None:
             return self.call(plugin_id, export, input)
         return await _to_thread(self._call_slow, plugin_id, export, input)
 
-    def _checked_output(self, plugin_id: str, export: str, out: Any) -> Any:
-        problem = json_problem(out)
-        if problem:
-            raise PluginError(
-                f"{plugin_id} {export} returned something that is not JSON data: "
-                + problem.replace("$", "result", 1),
-                plugin_id=plugin_id,
-                export=export,
-            )
-        return out
-
     def _call_slow(self, plugin_id: str, export: str, input: Any) -> Any:
         """Activate on demand (a plugin enabled by another process), then call."""
-        _check_input(plugin_id, export, input)
+        check_input(plugin_id, export, input)
         with self._locked():
-            row = self._row(plugin_id)
-            active = self._active.get(plugin_id)
-            if active is None or active.state is not State.ENABLED:
-                if active is None and row.state == State.ENABLED.value:
-                    if row.manifest.get("sandbox", {}).get("isolation", "strict") != "none":
-                        # Let the fork server start while this process loads the plugin.
-                        self._prestart_sandbox()
-                    known, order = self._plan(plugin_id)
-                    for pid in order:
-                        if pid in self._active and self._active[pid].state is State.ENABLED:
-                            continue
-                        if pid not in self._active:
-                            self._load_one(pid, known[pid])
-                        self._enable_one(pid)
-                    active = self._active[plugin_id]
-                else:
-                    state = active.state if active is not None else State(row.state)
-                    raise LifecycleError(
-                        f"cannot call {plugin_id} {export}: the plugin is {state.value}"
-                        + (" (enable it first)" if state is not State.FAILED else
-                           " (enable it again to recover)"),
-                        plugin_id=plugin_id,
-                        state=state.value,
-                    )
-        manifest = active.manifest
-        names = [*manifest.exports, *(m.id for m in manifest.micro)]
-        if export not in names:
-            raise NotFoundError(
-                f"{plugin_id} has no export or micro-plugin {export!r}; it offers: "
-                + (", ".join(names) or "nothing"),
-                plugin_id=plugin_id,
-                export=export,
-            )
-        if manifest.sandbox.isolation == "none":
+            active = self.lifecycle.ready_for_call(plugin_id, export)
+        if active.manifest.sandbox.isolation == "none":
             active.budget.before_call()  # refused while {data}, {tmp} or {cache} is over
-            if plugin_id not in self._fast and active.state is State.ENABLED:
-                self._fast[plugin_id] = self._fast_entries(active)
+            self.lifecycle.refresh_fast(active)
             if self._fast[plugin_id][export][2]:
                 return self._runner.submit(self.acall(plugin_id, export, input)).result()
             return self.call(plugin_id, export, input)
-        return self._call_sandboxed(active, export, input)
-
-    def _call_sandboxed(self, active: _Active, export: str, input: Any) -> Any:
-        from corral._services.sandboxed import call_sandboxed
-
-        return call_sandboxed(self, self._supervisor_for(), active, export, input)
-
-    def _prestart_sandbox(self) -> None:
-        from corral._services.sandboxed import sandbox_problem
-
-        if sandbox_problem("limited") is None:
-            self._supervisor_for().prestart()
-
-    def _supervisor_for(self) -> Any:
-        """The supervisor of this host's sandboxed workers (started on first use)."""
-        with self._rlock:
-            if self._supervisor is None:
-                from corral._services.sandboxed import make_supervisor
-
-                self._supervisor = make_supervisor(self)
-            return self._supervisor
+        return self.attachments.call_sandboxed(active, export, input)
 
     # -- metrics --------------------------------------------------------------
 
     def record_call(self, row: tuple[Any, ...]) -> None:
         """Record one finished sandboxed call's metrics; written with the next flush."""
-        self._sandboxed_metrics.append(row)
+        self._call_metrics.record(row)
 
     def flush_metrics(self) -> None:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
-        if not self._metrics and not self._sandboxed_metrics:
-            return
-        rows = []
-        while self._sandboxed_metrics:
-            rows.append(self._sandboxed_metrics.popleft())
-        now = time.time()
-        while self._metrics:
-            (plugin_id, export), start, end, outcome = self._metrics.popleft()
-            rows.append(
-                (plugin_id, export, "none", outcome, (end - start) / 1e6, None, None, None, None,
-                 now)
-            )
-        self._store.record_calls(rows)
+        self._call_metrics.flush()
 
     # -- validation -----------------------------------------------------------
 
@@ -1354,13 +702,8 @@ class Host:
         from corral._pdk.validate import validate_plugin
 
         return validate_plugin(
-            Path(path), host_version=__version__, known=self._known(), sandbox=sandbox
+            Path(path), host_version=__version__, known=self.catalog.known(), sandbox=sandbox
         )
-
-
-_SIMPLE: Final = SIMPLE_TYPES
-_now: Final = time.perf_counter_ns
-_FastEntry = tuple[Callable[..., Any], PluginContext, bool, tuple[str, str]]
 
 
 async def _to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -1374,29 +717,3 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _format_tb(exc: BaseException) -> str:
-    import traceback
-
-    return "".join(traceback.format_exception(exc))
-
-
-def _check_input(plugin_id: str, export: str, value: Any) -> None:
-    problem = json_problem(value)
-    if problem:
-        raise UsageError(
-            f"input to {plugin_id} {export}: " + problem.replace("$", "input", 1),
-            plugin_id=plugin_id,
-            export=export,
-        )
-
-
-def _plugin_error(plugin_id: str, export: str, exc: BaseException) -> PluginError:
-    return PluginError(
-        f"{plugin_id} {export} raised {type(exc).__name__}: {exc}",
-        plugin_id=plugin_id,
-        export=export,
-        exception=type(exc).__name__,
-        traceback=_format_tb(exc),
-    )

@@ -398,7 +398,7 @@ def load_plugin(corral_host: Host, request: pytest.FixtureRequest) -> LoadPlugin
         manifest = load_manifest(source)
         if config is not None:
             # Host(config=...) overrides, set before the plugin loads (the host reads them then).
-            corral_host._config[manifest.id] = dict(config)
+            corral_host.attachments.config_overrides[manifest.id] = dict(config)
         corral_host.register(source)
         corral_host.enable(manifest.id)
         return PluginHandle(corral_host, manifest, source)

@@ -252,7 +252,7 @@ def test_a_message_whose_sender_gave_up_is_never_handled(host: Host) -> None:
 
 
 def test_a_worker_crash_fails_that_delivery_only(host: Host) -> None:
-    before = host._supervisor_for().worker_pid(RECV)
+    before = host.attachments.supervisor().worker_pid(RECV)
     assert before is not None
     with pytest.raises(WorkerCrashed) as info:
         host.call(SSEND, "send", {"to": RECV, "message": {"tag": "crash", "crash": True}})
@@ -260,7 +260,7 @@ def test_a_worker_crash_fails_that_delivery_only(host: Host) -> None:
     # the next message starts a new worker; the other plugins never noticed
     reply = host.call(SSEND, "send", {"to": RECV, "message": {"tag": "revived"}})
     assert reply["echo"] == {"tag": "revived"}
-    assert host._supervisor_for().worker_pid(RECV) not in (None, before)
+    assert host.attachments.supervisor().worker_pid(RECV) not in (None, before)
     assert host.call(MUTE, "ping") == "pong"
     assert host.call(LOCAL, "send", {"to": RECV, "message": "x"})["from"] == LOCAL
     with pytest.raises(WorkerCrashed) as direct:
@@ -284,8 +284,8 @@ def test_disable_stops_delivery_and_enable_restores_it(host: Host) -> None:
             host.messenger.send(RECV, "while disabled")
         with pytest.raises(UsageError, match=f"plugin {RECV} is disabled"):
             host.call(SSEND, "send", {"to": RECV, "message": "while disabled"})
-        assert host._supervisor_for().worker_pid(RECV) is None
+        assert host.attachments.supervisor().worker_pid(RECV) is None
     finally:
         host.enable(RECV)
     assert host.messenger.send(RECV, "back")["echo"] == "back"
-    assert os.getpid() != host._supervisor_for().worker_pid(RECV)
+    assert os.getpid() != host.attachments.supervisor().worker_pid(RECV)

@@ -221,7 +221,7 @@ def test_a_durable_consumer_resumes_from_its_committed_offset_in_a_new_worker(
     committed = host.bus._log.consumers()[f"{STRICT}:c1"]  # type: ignore[union-attr]
     assert committed > 0
     # A new worker (the old one's memory is gone) picks up after the committed offset.
-    host._supervisor_for().stop(STRICT)
+    host.attachments.supervisor().stop(STRICT)
     host.bus.publish("wc.d.y", "after restart")
     _, offset = host.call(STRICT, "durable_open", "c1")
     assert offset == committed

@@ -51,14 +51,14 @@ def _manager(args: argparse.Namespace) -> tuple[ConfigManager, dict[str, CorralE
     A plugin whose schema is broken is reported, not fatal: the others still work.
     """
     from corral._disk.layout import DB_NAME
-    from corral._runtime.database import Store
+    from corral._runtime.database import HostDatabase
     from corral._services.config import ConfigManager, load_schema
 
     home = _home(args)
     manager = ConfigManager(home, env=getattr(args, "env", None))
     broken: dict[str, CorralError] = {}
     if (home / DB_NAME).exists():
-        store = Store(home / DB_NAME)
+        store = HostDatabase(home / DB_NAME)
         try:
             rows = store.all()
         finally:

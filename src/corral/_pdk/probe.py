@@ -129,7 +129,7 @@ def _probe_sandboxed(plugin_dir: Path, manifest: Manifest) -> dict[str, Any]:
             for key in ("data", "cache", "tmp"):
                 Path(paths[key]).mkdir(parents=True, exist_ok=True)
             spec = spec_for(manifest, cast("PluginContext", SimpleNamespace(paths=paths)))
-            probe: dict[str, Any] = host._supervisor_for().call(
+            probe: dict[str, Any] = host.attachments.supervisor().call(
                 spec, PROBE_TARGET, _modules(manifest), config={}
             )
             if probe["failed"] is None and manifest.entry and not manifest.dependencies:

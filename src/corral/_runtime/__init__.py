@@ -1,1 +1,1 @@
-"""The host's machinery: the host database, discovery, loading and running plugin code."""
+"""The host's machinery: the host database, discovery, loading, the lifecycle and the call path."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, final
 
-__all__ = ["PluginRow", "Store"]
+__all__ = ["HostDatabase", "PluginRow"]
 
 SCHEMA_VERSION: Final = 1
 
@@ -93,7 +93,7 @@ _COLUMNS: Final = (
 
 
 @final
-class Store:
+class HostDatabase:
     """Access to ``<home>/corral.db``; one connection per host, safe across processes."""
 
     __slots__ = ("_conn", "_lock", "path")

@@ -17,12 +17,12 @@ from corral._model.info import PluginInfo
 from corral._model.lifecycle import State
 
 if TYPE_CHECKING:
-    from corral._runtime.database import Store
+    from corral._runtime.database import HostDatabase
 
 __all__ = ["discover", "entry_point_dirs"]
 
 
-def discover(store: Store, plugins_dir: Path, registered: set[str]) -> list[PluginInfo]:
+def discover(store: HostDatabase, plugins_dir: Path, registered: set[str]) -> list[PluginInfo]:
     """Plugin directories under ``plugins/`` and entry-point plugins not yet registered.
 
     Parsed manifests are cached in the database, keyed by each ``corral.toml``'s
@@ -64,7 +64,7 @@ def discover(store: Store, plugins_dir: Path, registered: set[str]) -> list[Plug
         store.set_meta("discovered", json.dumps(fresh))
     return out
 
-def entry_point_dirs(store: Store) -> list[Path]:
+def entry_point_dirs(store: HostDatabase) -> list[Path]:
     """Directories of pip-installed plugins, cached until a ``sys.path`` folder changes."""
     from corral._runtime.entrypoints import sys_path_fingerprint
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, final
 if TYPE_CHECKING:
     import logging
 
-    from corral._host import Host
     from corral._model.permissions import Permissions
     from corral._services.events.plugin import PluginEvents
+    from corral._services.hub import Services
     from corral._services.messages import PluginMessages
     from corral._services.secrets import PluginSecrets
     from corral._services.state import PluginState
@@ -39,7 +39,7 @@ class PluginContext:
     created on first load; ``log`` is a standard logger named ``corral.plugin.<id>``.
     """
 
-    __slots__ = ("_events", "_host", "_log", "_messages", "_secrets", "_state", "cache_dir",
+    __slots__ = ("_events", "_hub", "_log", "_messages", "_secrets", "_state", "cache_dir",
                  "config", "data_dir", "paths", "permissions", "plugin_dir", "plugin_id",
                  "tmp_dir", "workspace")
 
@@ -49,7 +49,7 @@ class PluginContext:
         paths: Mapping[str, str],
         config: Mapping[str, Any] | None = None,
         *,
-        host: Host | None = None,
+        services: Services | None = None,
         permissions: Permissions | None = None,
     ) -> None:
         self.plugin_id = plugin_id
@@ -61,50 +61,50 @@ class PluginContext:
         self.workspace = Path(paths["workspace"])
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self._log: logging.Logger | None = None
-        self._host = host
+        self._hub = services
         self.permissions = permissions
         self._events: PluginEvents | None = None
         self._state: PluginState | None = None
         self._secrets: PluginSecrets | None = None
         self._messages: PluginMessages | None = None
 
-    def _services(self) -> tuple[Host, Permissions]:
-        if self._host is None or self.permissions is None:
+    def _services(self) -> tuple[Services, Permissions]:
+        if self._hub is None or self.permissions is None:
             from corral._errors import UsageError
 
             raise UsageError(f"{self.plugin_id}: this context has no host services")
-        return self._host, self.permissions
+        return self._hub, self.permissions
 
     @property
     def events(self) -> PluginEvents:
         """The event bus under this plugin's grants (made on first use)."""
         if self._events is None:
-            host, perms = self._services()
-            self._events = host.bus.for_plugin(self.plugin_id, perms)
+            hub, perms = self._services()
+            self._events = hub.bus.for_plugin(self.plugin_id, perms)
         return self._events
 
     @property
     def state(self) -> PluginState:
         """Shared state under this plugin's ``state.read``/``state.write`` grants."""
         if self._state is None:
-            host, perms = self._services()
-            self._state = host.shared_state.for_plugin(self.plugin_id, perms)
+            hub, perms = self._services()
+            self._state = hub.shared_state.for_plugin(self.plugin_id, perms)
         return self._state
 
     @property
     def secrets(self) -> PluginSecrets:
         """The secrets this plugin was granted (``secrets:NAME``)."""
         if self._secrets is None:
-            host, perms = self._services()
-            self._secrets = host.secrets.for_plugin(self.plugin_id, perms)
+            hub, perms = self._services()
+            self._secrets = hub.secrets.for_plugin(self.plugin_id, perms)
         return self._secrets
 
     @property
     def messages(self) -> PluginMessages:
         """Send and broadcast to other plugins (``messages.send:ID``)."""
         if self._messages is None:
-            host, perms = self._services()
-            self._messages = host.messenger.for_plugin(self.plugin_id, perms)
+            hub, perms = self._services()
+            self._messages = hub.messenger.for_plugin(self.plugin_id, perms)
         return self._messages
 
     @property

@@ -29,15 +29,16 @@ from corral._errors import (
     UsageError,
 )
 from corral._model.permissions import expand_placeholders
+from corral._runtime.activation import Active, Context
 
 if TYPE_CHECKING:
-    from corral._host import Host, _Active
     from corral._model.manifest import Manifest
     from corral._model.permissions import Permissions
     from corral._runtime.budgets import ByteBudget
     from corral._sandbox.spec import SandboxSpec
     from corral._sandbox.supervisor import Supervisor
-    from corral._services.context import PluginContext
+    from corral._services.hub import Services
+    from corral._services.messages import Messenger
     from corral._services.state import StateWatch
 
 __all__ = ["call_sandboxed", "make_supervisor", "sandbox_problem", "sandboxed_receiver",
@@ -63,7 +64,7 @@ def sandbox_problem(isolation: str) -> str | None:
     return None
 
 
-def spec_for(manifest: Manifest, ctx: PluginContext) -> SandboxSpec:
+def spec_for(manifest: Manifest, ctx: Context) -> SandboxSpec:
     """The sandbox description of a plugin, with placeholders resolved.
 
     The interpreter's own files are not listed: the fork server adds them to
@@ -168,8 +169,9 @@ class _PolledWatch:
 class Broker:
     """Answers sandboxed plugins' requests to the host, after checking their grants."""
 
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    def __init__(self, services: Services, active_of: Callable[[str], Active | None]) -> None:
+        self.services = services
+        self.active_of = active_of
         self._watches: dict[int, _PolledWatch] = {}
         self._watch_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -182,27 +184,27 @@ class Broker:
         if op.startswith("events."):
             from corral._services.events.plugin import bus_broker_op
 
-            return bus_broker_op(self.host.bus, plugin_id, perms, op, args)
+            return bus_broker_op(self.services.bus, plugin_id, perms, op, args)
         if op in ("state.subscribe", "state.poll", "state.unsubscribe"):
             return self._state_watch(plugin_id, perms, op, args)
         if op.startswith("state."):
             from corral._services.state import state_broker_op
 
-            return state_broker_op(self.host.shared_state, plugin_id, perms, op, args)
+            return state_broker_op(self.services.shared_state, plugin_id, perms, op, args)
         if op == "messages.send":
             timeout = args.get("timeout", 5.0)
             if not isinstance(timeout, int | float) or isinstance(timeout, bool):
                 timeout = 5.0
-            return self.host.messenger.send(
+            return self.services.messenger.send(
                 str(args.get("to", "")), args.get("message"),
                 timeout=min(max(float(timeout), 0.0), 60.0), perms=perms, sender=plugin_id)
         if op == "messages.broadcast":
-            return self.host.messenger.broadcast(args.get("message"), perms=perms,
+            return self.services.messenger.broadcast(args.get("message"), perms=perms,
                                                  sender=plugin_id)
         if op == "secrets.get":
             from corral._services.secrets import secrets_broker_op
 
-            return secrets_broker_op(self.host.secrets, plugin_id, perms, op, args)
+            return secrets_broker_op(self.services.secrets, plugin_id, perms, op, args)
         raise PermissionDenied(
             f"{plugin_id} asked for an unknown host service {op!r}",
             permission=f"host-api:{op}",
@@ -214,14 +216,14 @@ class Broker:
     ) -> Any:
         """``state.subscribe {pattern, max_queue?}`` -> watch id; ``state.poll {watch, max?,
         timeout?}`` -> ``{"changes": [...], "dropped": n}``; ``state.unsubscribe {watch}``."""
-        store = self.host.shared_state
+        store = self.services.shared_state
         if op == "state.subscribe":
             max_queue = args.get("max_queue", 10_000)
             if type(max_queue) is not int or max_queue < 1:
                 raise UsageError(f"max_queue must be a positive int, got {max_queue!r}",
                                  plugin_id=plugin_id)
             polled = _PolledWatch(plugin_id, min(max_queue, 1_000_000),
-                                  self.host._services.budgets.queue(plugin_id))
+                                  self.services.budgets.queue(plugin_id))
             polled.watch = store.subscribe(str(args.get("pattern", "")), polled.push,
                                            perms=perms, plugin_id=plugin_id)
             with self._lock:
@@ -259,7 +261,7 @@ class Broker:
         return {"changes": msgspec.to_builtins(changes), "dropped": dropped}
 
     def _manifest(self, plugin_id: str) -> Manifest:
-        active = self.host._active.get(plugin_id)
+        active = self.active_of(plugin_id)
         if active is None:
             raise PermissionDenied(
                 f"{plugin_id} is not active in this host",
@@ -269,8 +271,8 @@ class Broker:
         return active.manifest
 
 
-def make_supervisor(host: Host) -> Supervisor:
-    """The host's supervisor of sandboxed workers, with its broker.
+def make_supervisor(broker: Broker, home: Path, *, shared: bool) -> Supervisor:
+    """A host's supervisor of sandboxed workers, with its broker.
 
     A host made with ``shared_fork_server=True`` (the CLI) uses the per-home
     fork server daemon, unless ``CORRAL_FORKSERVER_SHARED=0``.
@@ -278,16 +280,15 @@ def make_supervisor(host: Host) -> Supervisor:
     from corral._sandbox.forkserver.settings import forkserver_env
     from corral._sandbox.supervisor import Supervisor
 
-    shared = getattr(host, "shared_fork_server", False)
     if forkserver_env("SHARED") == "0":
         shared = False
-    return Supervisor(broker=Broker(host), forkserver_dir=host.home / "run" if shared else None)
+    return Supervisor(broker=broker, forkserver_dir=home / "run" if shared else None)
 
 
 def call_sandboxed(
-    host: Host,
+    record: Callable[[tuple[Any, ...]], None],
     supervisor: Supervisor,
-    active: _Active,
+    active: Active,
     export: str,
     input: Any,
     *,
@@ -295,7 +296,8 @@ def call_sandboxed(
 ) -> Any:
     """Run an export, micro handler or hook in the plugin's worker; record the call's metrics.
 
-    ``target`` overrides what ``export`` names (hooks use ``entry#hook``).
+    ``target`` overrides what ``export`` names (hooks use ``entry#hook``); ``record``
+    takes the call's metrics row.
     """
     manifest, ctx = active.manifest, active.ctx
     if target is None:
@@ -323,7 +325,7 @@ def call_sandboxed(
     finally:
         metrics = supervisor.last_metrics(manifest.id)
         wall_ms = (time.perf_counter() - start) * 1000
-        host.record_call(
+        record(
             (
                 manifest.id,
                 export,
@@ -340,7 +342,8 @@ def call_sandboxed(
 
 
 def sandboxed_receiver(
-    host: Host, active: _Active
+    record: Callable[[tuple[Any, ...]], None], supervisor: Supervisor, messenger: Messenger,
+    active: Active,
 ) -> Callable[[Any, str | None, float | None], Any] | None:
     """The message handler of a sandboxed plugin, or ``None`` if its entry has no ``on_message``.
 
@@ -353,8 +356,7 @@ def sandboxed_receiver(
     entry = manifest.entry
     if entry is None:
         return None
-    supervisor = host._supervisor_for()
-    hooks = call_sandboxed(host, supervisor, active, "__hooks__", None,
+    hooks = call_sandboxed(record, supervisor, active, "__hooks__", None,
                            target=f"{entry}#__hooks__")
     if not isinstance(hooks, list) or "on_message" not in hooks:
         return None
@@ -364,13 +366,13 @@ def sandboxed_receiver(
     def deliver(message: Any, sender: str | None, deadline: float | None) -> Any:
         from corral._model.lifecycle import State
 
-        if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+        if active.state is not State.ENABLED or not messenger.serving(plugin_id):
             # disabled while the message waited: no worker is started for it
             raise UsageError(f"plugin {plugin_id} stopped receiving messages",
                              plugin_id=plugin_id, receiver=plugin_id)
         value = {"message": message, "sender": sender, "deadline": deadline}
         try:
-            return call_sandboxed(host, supervisor, active, "on_message", value, target=target)
+            return call_sandboxed(record, supervisor, active, "on_message", value, target=target)
         except PluginError as exc:
             raise PluginError(
                 f"{plugin_id} failed handling a message from {sender or 'the host'}: "
@@ -382,7 +384,7 @@ def sandboxed_receiver(
             exc.details.setdefault("receiver", plugin_id)
             raise
         finally:
-            if active.state is not State.ENABLED or not host.messenger.serving(plugin_id):
+            if active.state is not State.ENABLED or not messenger.serving(plugin_id):
                 # Disabled during the delivery: do not leave a worker behind for it.
                 supervisor.stop(plugin_id)
 

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from corral._runtime.database import PluginRow, Store
+from corral._runtime.database import HostDatabase, PluginRow
 
 
 def _row(plugin_id: str) -> PluginRow:
@@ -19,7 +19,7 @@ def _row(plugin_id: str) -> PluginRow:
 
 
 def test_threads_sharing_one_store_never_nest_transactions(tmp_path: Path) -> None:
-    store = Store(tmp_path / "corral.db")
+    store = HostDatabase(tmp_path / "corral.db")
     with store.transaction() as conn:
         store.insert(conn, _row("acme.a"))
     errors: list[BaseException] = []
