@@ -19,7 +19,7 @@ import pytest
 from corral_conftest import close_quietly, make_plugin, module_name
 
 from corral._disk.archive import pack_directory
-from corral._distribution.installer import DirectorySource, Installer, permission_changes
+from corral._distribution.install import DirectorySource, Installer, permission_changes
 from corral._errors import (
     ConflictError,
     InvalidPluginError,

@@ -18,7 +18,7 @@ import pytest
 from corral_conftest import module_name
 
 from corral._cli import main
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 from corral._errors import PolicyDenied
 from corral._model.release import Release
 from corral._services.sandboxed import sandbox_problem

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 from corral._errors import TransferError
 from corral._model.release import Release
 from distribution.test_installer import publish, snapshot

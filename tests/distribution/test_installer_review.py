@@ -15,7 +15,7 @@ import pytest
 from corral_conftest import close_quietly, module_name
 
 from corral._cli import main
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 from corral._errors import PluginError, SignatureInvalid, UsageError
 from corral._host import Host
 from distribution.test_installer import publish, rows, versioned

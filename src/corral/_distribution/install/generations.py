@@ -43,7 +43,7 @@ class Generation:
     ``requested`` says the user asked for it (else it is there as a
     dependency), ``spec`` is the range they asked for.  ``source``,
     ``signature.keyid`` and ``publisher`` pin where the plugin may come from
-    on ``update`` (see :meth:`corral._distribution.installer.Installer.update`).
+    on ``update`` (see :meth:`corral._distribution.install.installer.Installer.update`).
     ``failed`` is set on a generation whose health check failed (it was rolled
     back automatically); ``failed_updates`` lists ``{"id", "version",
     "reason"}`` of versions that failed their self-test or start-up, so that

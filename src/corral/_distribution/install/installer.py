@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from corral._disk.files import exclusive, fsync_dir, sha256_file, write_atomic
 from corral._disk.layout import MANIFEST_NAME
 from corral._disk.tree import copy_plugin_dir
-from corral._distribution.generations import (
+from corral._distribution.install.generations import (
     LOCK_NAME,
     Generation,
     diff_plugins,
