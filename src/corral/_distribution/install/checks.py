@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._distribution.install.store import Store, tree_files
 from corral._distribution.signing import verify_directory
@@ -158,6 +158,7 @@ def pin_sources(old: Mapping[str, Mapping[str, Any]],
             offered_publisher=now_pub)
 
 
+@final
 class SignatureGate:
     """Checks trees against the trust store and policy of a home, each digest once.
 

@@ -27,6 +27,7 @@ __all__ = [
     "LOCK_VERSION",
     "Generation",
     "Generations",
+    "Plugins",
     "diff_plugins",
     "read_lock",
     "sync_filesystem",
@@ -36,6 +37,9 @@ __all__ = [
 LOCK_NAME: Final = "corral.lock"
 #: Format version of ``corral.lock``.
 LOCK_VERSION: Final = 1
+
+#: The plugin entries of a generation, by id (see :class:`Generation`).
+Plugins = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)

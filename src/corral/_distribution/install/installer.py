@@ -39,6 +39,7 @@ from corral._distribution.install.checks import (
 from corral._distribution.install.generations import (
     Generation,
     Generations,
+    Plugins,
     diff_plugins,
     read_lock,
     sync_filesystem,
@@ -83,10 +84,6 @@ __all__ = [
     "open_source",
     "permission_changes",
 ]
-
-#: Plugin entries of a generation, by id.
-_Plugins = Mapping[str, Mapping[str, Any]]
-
 
 @final
 class Installer:
@@ -237,7 +234,7 @@ class Installer:
                           {**change.changes, "repaired": list(self._store.repairs)})
 
     def _plan_install(
-        self, old: _Plugins, reqs: Sequence[Requirement], created: list[Path],
+        self, old: Plugins, reqs: Sequence[Requirement], created: list[Path],
     ) -> dict[str, dict[str, Any]]:
         source = need_source(self.source)
         specs = {pid: str(e.get("spec", "")) for pid, e in old.items() if e.get("requested")}
@@ -294,7 +291,7 @@ class Installer:
         self,
         releases: Mapping[str, Release],
         source: Source,
-        old: _Plugins,
+        old: Plugins,
         specs: Mapping[str, str],
         created: list[Path],
     ) -> dict[str, dict[str, Any]]:
@@ -327,7 +324,7 @@ class Installer:
         self,
         host: Host,
         cur: Generation | None,
-        plugins: _Plugins,
+        plugins: Plugins,
         action: str,
         created: list[Path],
         *,
@@ -541,7 +538,7 @@ class Installer:
                                 notes)
 
     def _health(
-        self, host: Host, old: _Plugins, new: _Plugins, enabled: Sequence[str],
+        self, host: Host, old: Plugins, new: Plugins, enabled: Sequence[str],
     ) -> None:
         """Start, on its new version, every updated plugin that was enabled (the health check).
 
@@ -556,7 +553,7 @@ class Installer:
 
     def _roll_back_failed(
         self, host: Host, cur: Generation | None, enabled: Sequence[str], exc: CorralError,
-        old: _Plugins, new: _Plugins,
+        old: Plugins, new: Plugins,
     ) -> None:
         """After a switch whose health check failed: mark it failed, back to ``cur``, raise.
 
@@ -567,7 +564,7 @@ class Installer:
         if now is None or (cur is not None and now.number == cur.number):
             return  # not switched: nothing to undo
         back_to = cur.number if cur is not None else 0  # 0: the empty generation
-        back_plugins: _Plugins = cur.plugins if cur is not None else {}
+        back_plugins: Plugins = cur.plugins if cur is not None else {}
         updated = [p for p in sorted(new) if old.get(p, {}).get("sha256") != new[p]["sha256"]]
         culprits = [exc.plugin_id] if exc.plugin_id in updated else updated
         self._generations.remember_failure(
@@ -612,5 +609,5 @@ class Installer:
             return self._store.collect(self._generations.used_digests())
 
 
-def _same(a: _Plugins, b: _Plugins) -> bool:
+def _same(a: Plugins, b: Plugins) -> bool:
     return {k: dict(v) for k, v in a.items()} == {k: dict(v) for k, v in b.items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corral._distribution.install.checks import closure, full_grants, permission_changes
+from corral._distribution.install.generations import Plugins
 from corral._distribution.install.sources import need_source, open_source
 from corral._distribution.resolver import resolve
 from corral._errors import ConflictError, UsageError
@@ -21,7 +22,6 @@ from corral._model.release import Release, Requirement, Source
 from corral._version import __version__
 
 __all__ = [
-    "Plugins",
     "avoid_failed",
     "available_updates",
     "hold_back",
@@ -30,10 +30,6 @@ __all__ = [
     "resolve_plan",
     "skipped_versions",
 ]
-
-#: Plugin entries of a generation, by id.
-Plugins = Mapping[str, Mapping[str, Any]]
-
 
 def resolve_plan(requirements: Sequence[Requirement], source: Source, *,
                  locked: Mapping[str, str], upgrade: Sequence[str]) -> dict[str, Release]:
