@@ -14,6 +14,8 @@ An operation (install, uninstall, update, rollback) runs under ``<home>/install.
 
 Any failure before step 5 leaves the previous generation exactly as it was:
 new store trees are removed, the lock and the database are untouched.
+This module orchestrates; the sibling modules do the work of each step:
+``store`` (3), ``checks`` (3, 4), ``update`` and ``selftest`` (2, 4), ``generations`` (5).
 """
 
 from __future__ import annotations
