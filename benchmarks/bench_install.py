@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from corral._disk.archive import pack_directory  # noqa: E402
-from corral._distribution.installer import DirectorySource, Installer  # noqa: E402
+from corral._distribution.install import DirectorySource, Installer  # noqa: E402
 
 
 def write_plugin(root: Path, pid: str, version: str, deps: dict[str, str]) -> Path:

@@ -19,7 +19,7 @@ from helpers.hosts import close_quietly
 from helpers.install import publish, rows, snapshot, versioned
 from helpers.plugins import make_plugin, module_name
 
-from corral._distribution.installer import DirectorySource, Installer, permission_changes
+from corral._distribution.install import DirectorySource, Installer, permission_changes
 from corral._errors import (
     ConflictError,
     InvalidPluginError,

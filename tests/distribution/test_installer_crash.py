@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers.install import publish, rows, snapshot
 
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 
 CLI = [sys.executable, "-m", "corral"]
 
@@ -110,7 +110,7 @@ import hashlib, json, sqlite3, stat
 from pathlib import Path
 from typing import Any
 from corral._errors import CorralError
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 {snapshot}
 home, repo = Path({home!r}), Path({repo!r})
 inst = Installer(home, DirectorySource(repo), allow_unsigned=True)

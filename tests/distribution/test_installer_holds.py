@@ -19,7 +19,7 @@ from helpers.install import publish, rows
 from helpers.plugins import module_name
 
 from corral._cli import main
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 from corral._errors import PolicyDenied
 from corral._model.release import Release
 from corral._services.sandboxed import sandbox_problem

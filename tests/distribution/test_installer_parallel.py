@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from helpers.install import publish, snapshot
 
-from corral._distribution.installer import DirectorySource, Installer
+from corral._distribution.install import DirectorySource, Installer
 from corral._errors import TransferError
 from corral._model.release import Release
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral._distribution.installer import Installer
+from corral._distribution.install import Installer
 from corral._distribution.registry_source import RegistrySource, cache_dir, trust_registry
 from corral._errors import NotFoundError, SignatureInvalid, TransferError
 from corral.registry._tuf import FileCache

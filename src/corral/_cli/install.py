@@ -1,6 +1,6 @@
 """The installer's verbs: install, uninstall, update, rollback, history, verify, gc.
 
-Each verb is a thin face over :class:`corral._distribution.installer.Installer`.  ``update``
+Each verb is a thin face over :class:`corral._distribution.install.Installer`.  ``update``
 exits 4 when an update was held for wider permissions or for a plugin new to
 the home (what could be applied still is), so that scripts notice that someone
 must look; ``install`` and ``update`` exit 4 (``policy_denied``) rather than
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import argparse
 
     from corral._cli.output import VerbAdder
-    from corral._distribution.installer import Change, Installer
+    from corral._distribution.install import Change, Installer
 
 __all__ = ["add_verbs"]
 
@@ -50,7 +50,7 @@ def _installer(args: argparse.Namespace) -> Iterator[Installer]:
     from pathlib import Path
 
     from corral._disk.layout import default_home
-    from corral._distribution.installer import Installer, open_source
+    from corral._distribution.install import Installer, open_source
 
     home = default_home() if args.home is None else Path(args.home)
     # without either, ``update`` uses the source recorded in corral.lock

@@ -10,19 +10,24 @@ one.  Both files are written to a temporary sibling, fsynced, then renamed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, final
 
-from corral._errors import InvalidPluginError
+from corral._disk.files import fsync_dir, write_atomic
+from corral._errors import CorralError, InvalidPluginError, NotFoundError
 
 __all__ = [
     "LOCK_NAME",
     "LOCK_VERSION",
     "Generation",
+    "Generations",
+    "Plugins",
     "diff_plugins",
     "read_lock",
     "sync_filesystem",
@@ -32,6 +37,9 @@ __all__ = [
 LOCK_NAME: Final = "corral.lock"
 #: Format version of ``corral.lock``.
 LOCK_VERSION: Final = 1
+
+#: The plugin entries of a generation, by id (see :class:`Generation`).
+Plugins = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Generation:
     ``requested`` says the user asked for it (else it is there as a
     dependency), ``spec`` is the range they asked for.  ``source``,
     ``signature.keyid`` and ``publisher`` pin where the plugin may come from
-    on ``update`` (see :meth:`corral._distribution.installer.Installer.update`).
+    on ``update`` (see :meth:`corral._distribution.install.installer.Installer.update`).
     ``failed`` is set on a generation whose health check failed (it was rolled
     back automatically); ``failed_updates`` lists ``{"id", "version",
     "reason"}`` of versions that failed their self-test or start-up, so that
@@ -114,6 +122,127 @@ class Generation:
             doc.pop("failed-updates", None)
             doc["lock-version"] = LOCK_VERSION
         return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+
+
+@final
+class Generations:
+    """The generation files of one home (``generations/<N>.json``) and its ``corral.lock``.
+
+    Callers hold ``install.lock`` while they change anything here.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.dir = home / "generations"
+        self.lock_path = home / LOCK_NAME
+
+    def current(self) -> Generation | None:
+        """The current generation (what ``corral.lock`` says), or ``None``."""
+        return read_lock(self.lock_path)
+
+    def get(self, number: int) -> Generation:
+        """Generation ``number`` from ``generations/<N>.json``."""
+        path = self.dir / f"{number}.json"
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFoundError(f"no generation {number} ({path})", generation=number) from None
+        except json.JSONDecodeError as exc:
+            raise InvalidPluginError(f"{path}: not JSON ({exc})", file=str(path)) from None
+        return Generation.from_dict(data, file=str(path))
+
+    def drop_after(self, number: int) -> None:
+        """Delete generation files numbered above ``number`` (left by a crash before the switch)."""
+        for extra in self.dir.glob("*.json"):
+            if extra.stem.isdigit() and int(extra.stem) > number:
+                extra.unlink()
+
+    def switch(self, gen: Generation) -> None:
+        """Write ``gen``'s file, then make it current by replacing ``corral.lock``.
+
+        On failure the new generation file is removed again and the lock is untouched.
+        """
+        path = self.dir / f"{gen.number}.json"
+        try:
+            write_atomic(path, gen.encode())
+            write_atomic(self.lock_path, gen.encode(lock=True))  # the switch
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+
+    def history(self) -> list[dict[str, Any]]:
+        """Generations newest first, each with what changed from its parent."""
+        cur = self.current()
+        if cur is None:
+            return []
+        out = []
+        for n in range(cur.number, 0, -1):
+            try:
+                gen = self.get(n)
+            except NotFoundError:
+                continue
+            parent: Mapping[str, Mapping[str, Any]] = {}
+            if gen.parent is not None:
+                with contextlib.suppress(NotFoundError):
+                    parent = self.get(gen.parent).plugins
+            out.append({
+                "generation": gen.number, "created": gen.created, "action": gen.action,
+                "parent": gen.parent, "current": gen.number == cur.number,
+                "plugins": {k: v["version"] for k, v in sorted(gen.plugins.items())},
+                "failed": gen.failed,
+                "failed_updates": [dict(x) for x in gen.failed_updates],
+                **diff_plugins(parent, gen.plugins),
+            })
+        return out
+
+    def failed_versions(self) -> dict[tuple[str, str], str]:
+        """``(id, version) -> reason`` of every version a generation file says failed."""
+        out: dict[tuple[str, str], str] = {}
+        for path in self.dir.glob("*.json"):
+            if not path.stem.isdigit():
+                continue
+            with contextlib.suppress(CorralError):
+                for x in self.get(int(path.stem)).failed_updates:
+                    out[(x.get("id", ""), x.get("version", ""))] = x.get("reason", "")
+        return out
+
+    def remember_failure(self, number: int, pairs: Sequence[tuple[str, str]], reason: str,
+                         *, failed: bool = False) -> None:
+        """Record in ``generations/<number>.json`` versions that failed (and the generation)."""
+        with contextlib.suppress(CorralError, OSError):
+            gen = self.get(number)
+            seen = {(x.get("id"), x.get("version")) for x in gen.failed_updates}
+            extra = tuple({"id": p, "version": v, "reason": reason} for p, v in pairs
+                          if (p, v) not in seen)
+            gen = dataclasses.replace(gen, failed_updates=(*gen.failed_updates, *extra),
+                                      failed=reason if failed else gen.failed)
+            write_atomic(self.dir / f"{number}.json", gen.encode())
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete generation files but the current one and the ``keep`` most recent others.
+
+        Returns the numbers deleted, oldest first.
+        """
+        cur = self.current()
+        current = None if cur is None else cur.number
+        others = sorted(int(p.stem) for p in self.dir.glob("*.json")
+                        if p.stem.isdigit() and int(p.stem) != current)
+        gone = []
+        for n in others[:max(0, len(others) - keep)]:
+            (self.dir / f"{n}.json").unlink()
+            gone.append(n)
+        if gone:
+            fsync_dir(self.dir)
+        return gone
+
+    def used_digests(self) -> set[str]:
+        """The store digests the current generation and every generation file refer to."""
+        cur = self.current()
+        used: set[str] = {str(e["sha256"]) for e in (cur.plugins if cur else {}).values()}
+        for path in self.dir.glob("*.json"):
+            with contextlib.suppress(CorralError, ValueError):
+                used.update(e["sha256"] for e in self.get(int(path.stem)).plugins.values())
+        return used
 
 
 def read_lock(path: Path) -> Generation | None:
