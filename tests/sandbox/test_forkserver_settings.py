@@ -10,7 +10,6 @@ import pytest
 from corral import Host
 from corral._sandbox.forkserver.daemon import idle_seconds
 from corral._sandbox.forkserver.settings import forkserver_env
-from corral._services.sandboxed import make_supervisor
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +54,5 @@ def test_a_cli_host_honours_the_old_name(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CORRAL_SHARED_FORKSERVER", "0")
     with Host(home=tmp_path / "home", shared_fork_server=True) as host:
         with pytest.warns(DeprecationWarning, match="CORRAL_SHARED_FORKSERVER"):
-            sup = make_supervisor(host)
-        try:
-            assert sup._forkserver._shared_dir is None  # a private fork server
-        finally:
-            sup.close()
+            sup = host.attachments.supervisor()
+        assert sup._forkserver._shared_dir is None  # a private fork server
