@@ -576,13 +576,18 @@ class MicroManager:
                     running.add(f)
                     local = f.f_locals
                     mid = local.get("micro_id")
-                    entry = entries.get(mid) if isinstance(mid, str) else None
-                    if entry is not None and entry[3].mode == "inline":
+                    # The call's own version (its ``info`` local, once looked up), not the
+                    # table's: a call started before a swap keeps its old limit.
+                    own = local.get("info")
+                    if not (isinstance(own, MicroInfo) and own.id == mid):
+                        entry = entries.get(mid) if isinstance(mid, str) else None
+                        own = entry[3] if entry is not None else None
+                    if own is not None and own.mode == "inline":
                         key = (f, mid, local.get("where"))
                         live.add(key)
                         state = seen.get(key)
                         if state is None:
-                            state = seen[key] = _Seen(-credit, entry[3])
+                            state = seen[key] = _Seen(-credit, own)
                         state.elapsed += credit
                         info = state.info
                         if state.elapsed >= 0 and state.elapsed * 1000 > info.max_ms:
