@@ -11,12 +11,12 @@ import sqlalchemy as sa
 
 from corral._errors import NotFoundError, PermissionDenied, UsageError
 from corral.registry import _db
+from corral.registry._artifacts import FilesystemArtifactStore
 from corral.registry._errors import Unauthenticated, error_from_dict, http_status
 from corral.registry._names import ecosystem_of, normalise_name, query_terms, skeleton
 from corral.registry._rank import Candidate, rank
 from corral.registry._seed import downloads_for_rank, seed
 from corral.registry._service import Registry
-from corral.registry._store import FilesystemStore
 
 
 def test_names() -> None:
@@ -96,7 +96,7 @@ def test_tokens_are_hashed_scoped_and_expire(tmp_path: Path) -> None:
 
 
 def test_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:
-    store = FilesystemStore(tmp_path / "a")
+    store = FilesystemArtifactStore(tmp_path / "a")
     blob = tmp_path / "blob"
     blob.write_bytes(b"hello")
     digest = hashlib.sha256(b"hello").hexdigest()

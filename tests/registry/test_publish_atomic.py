@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from corral._distribution.registry_source import RegistrySource, trust_registry
 from corral._errors import NotFoundError
 from corral.registry import _db
+from corral.registry._artifacts import ArtifactError
 from corral.registry._service import STALE_TEMP_SECONDS, Registry
-from corral.registry._store import StoreError
 from corral.registry._tuf import TufRepository
 
 from .conftest import _accounts, _fresh_pg_db, make_plugin
@@ -414,7 +414,7 @@ def test_timer_signs_what_a_failed_signing_left(tmp_path: Path) -> None:
     TufRepository.initialise(reg, data, tmp_path / "offline", bins=4)
     who = reg.authenticate(token)
     archive = make_plugin(tmp_path, "acme.timed", "1.0.0")
-    with broken_metadata(data), pytest.raises(StoreError, match="unpublished until signing"):
+    with broken_metadata(data), pytest.raises(ArtifactError, match="unpublished until signing"):
         reg.publish(archive, who)
     with pytest.raises(NotFoundError):
         reg.info("acme.timed")

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, final
 
 from corral._disk.layout import MANIFEST_NAME
 from corral._errors import ManifestError, UsageError
+from corral._model.micro import KINDS, MICRO_MAX_MS
 from corral._model.permissions import (
     HOST_API_SERVICES,
     PLACEHOLDERS,
@@ -47,14 +48,8 @@ __all__ = [
 ]
 
 ISOLATION_LEVELS: Final = ("none", "limited", "strict")
-MICRO_TYPES: Final = (
-    "command-enhancer",
-    "validator",
-    "transformer",
-    "formatter",
-    "hook",
-    "utility",
-)
+#: The ``[[micro]]`` types: the micro-plugin kinds.
+MICRO_TYPES: Final = KINDS
 #: ``[sandbox]`` limits: key -> (minimum, maximum, default).
 LIMITS: Final[Mapping[str, tuple[int, int, int]]] = MappingProxyType(
     {
@@ -92,7 +87,6 @@ LIMIT_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "log-kb": "Bytes of log (ctx.log, stdout, stderr) one call may write, KiB.",
     }
 )
-MICRO_MAX_MS: Final = (1, 600_000, 100)
 
 ID_MAX: Final = 128
 _ID_SEGMENT = r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?"

@@ -13,11 +13,11 @@ from corral._model.manifest import (
     ISOLATION_LEVELS,
     LIMIT_DESCRIPTIONS,
     LIMITS,
-    MICRO_MAX_MS,
     MICRO_TYPES,
     PROGRAM_PATTERN,
     TARGET_PATTERN,
 )
+from corral._model.micro import MICRO_MAX_MS
 from corral._model.permissions import (
     HOST_API_SERVICES,
     NAME_PATTERN,

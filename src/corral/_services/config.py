@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
+from corral._disk.files import exclusive, write_atomic
 from corral._errors import NotFoundError
 from corral._model.config import (
     SCHEMA_NAME,
@@ -257,8 +258,6 @@ class ConfigManager:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
-        from corral._disk.files import exclusive
-
         self.home.mkdir(parents=True, exist_ok=True)
         with exclusive(self.home / ".config.lock"):
             yield
@@ -556,6 +555,4 @@ def edit_toml(
 
 def _write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` all at once, keeping its mode."""
-    from corral._disk.files import write_atomic
-
     write_atomic(path, text.encode("utf-8"))

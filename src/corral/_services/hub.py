@@ -1,8 +1,10 @@
 """The services a host offers its plugins (layer 3), each made on first use.
 
 Event bus with its durable log, shared state, messages, secrets and layered
-configuration.  Nothing here is imported or opened until a plugin (or the
-application) first uses it, so hosts that never need a service never pay for it.
+configuration.  Nothing here is opened until a plugin (or the application) first
+uses it, so hosts that never need a service never pay for it.  This module is on
+the path of ``corral list``, so each service's module is imported on first use
+too: they pull in msgspec, asyncio or logging, or (config) cost milliseconds.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Services:
         """The event bus, with the durable log ``<home>/events.db`` attached."""
         with self._lock:
             if self._bus is None:
+                # Deferred (start-up): the bus and its log pull msgspec and logging.
                 import logging
 
                 from corral._services.events.bus import EventBus
@@ -79,7 +82,7 @@ class Services:
         """Versioned shared state in ``<home>/state.db``."""
         with self._lock:
             if self._shared_state is None:
-                from corral._services.state import StateStore
+                from corral._services.state import StateStore  # deferred: msgspec
 
                 self._shared_state = StateStore(self.home / "state.db")
                 self._shared_state.budgets = self.budgets
@@ -90,7 +93,7 @@ class Services:
         """Request/response and broadcast between plugins."""
         with self._lock:
             if self._messenger is None:
-                from corral._services.messages import Messenger
+                from corral._services.messages import Messenger  # deferred: asyncio, msgspec
 
                 self._messenger = Messenger(status=self._status_of)
             return self._messenger
@@ -101,7 +104,7 @@ class Services:
         store = self.secrets
         with self._lock:
             if self._redactor is None:
-                from corral._services.secrets import SecretRedactor
+                from corral._services.secrets import SecretRedactor  # deferred: logging
 
                 self._redactor = SecretRedactor(store)
             return self._redactor
@@ -111,7 +114,7 @@ class Services:
         """The home's encrypted secrets."""
         with self._lock:
             if self._secrets is None:
-                from corral._services.secrets import SecretStore
+                from corral._services.secrets import SecretStore  # deferred: logging
 
                 self._secrets = SecretStore(self.home)
             return self._secrets
@@ -121,7 +124,7 @@ class Services:
         """Layered, validated plugin configuration from ``<home>/config.toml``."""
         with self._lock:
             if self._config_manager is None:
-                from corral._services.config import ConfigManager
+                from corral._services.config import ConfigManager  # deferred: ~9 ms to import
 
                 self._config_manager = ConfigManager(self.home)
             return self._config_manager
@@ -135,7 +138,7 @@ class Services:
         overrides: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         """A plugin's effective configuration, validated, secrets resolved per its grants."""
-        from corral._services.config import plugin_config
+        from corral._services.config import plugin_config  # deferred: ~9 ms to import
 
         def resolve(config: dict[str, Any]) -> dict[str, Any]:
             out: dict[str, Any] = self.secrets.resolve_config(

@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
+from corral._disk.files import exclusive, write_atomic
 from corral._errors import CorralError, NotFoundError, UsageError
+from corral._model.config import resolve_secret_refs
 from corral._model.text import neutralise
 
 if TYPE_CHECKING:
@@ -157,8 +159,6 @@ class SecretStore:
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
-        from corral._disk.files import exclusive, write_atomic
-
         self.home.mkdir(parents=True, exist_ok=True)
         with self._lock, exclusive(self.home / ".secrets.lock"):
             secrets = self._read()
@@ -236,8 +236,6 @@ class SecretStore:
         A missing secret raises :class:`NotFoundError` naming the secret and the
         config key that refers to it.
         """
-        from corral._model.config import resolve_secret_refs
-
         def get(name: str, key: str) -> str:
             try:
                 return self.get(name, perms=perms, plugin_id=plugin_id)

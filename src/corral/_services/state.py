@@ -25,6 +25,7 @@ from corral._errors import CorralError, PermissionDenied, UsageError
 from corral._model.jsoncheck import json_problem
 from corral._model.permissions import Permissions, pattern_matches, valid_pattern
 from corral._model.state import StateChange, StateValue
+from corral._model.topics import pattern_covers
 from corral._runtime.budgets import MIB, over_budget
 
 if TYPE_CHECKING:
@@ -378,8 +379,6 @@ class StateStore:
         if not valid_pattern(pattern):
             raise UsageError(f"malformed key pattern {pattern!r}", pattern=pattern)
         if perms is not None:
-            from corral._model.topics import pattern_covers
-
             granted = [g.partition(":")[2] for g in perms.host_api
                        if g.partition(":")[0] == "state.read"]
             if not any(pattern_covers(g, pattern) for g in granted):

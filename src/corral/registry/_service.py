@@ -1,7 +1,7 @@
 """The registry itself: accounts, publish, yank, info, resolve, download, search.
 
 :class:`Registry` is what the HTTP layer and the admin CLI call; it owns a
-database engine and an :class:`~._store.ArtifactStore`.  It imports only
+database engine and an :class:`~._artifacts.ArtifactStore`.  It imports only
 corral's model layer (manifest, archive, validation), never the host runtime.
 
 Publishing is all or nothing: the archive is checked exactly as ``corral
@@ -55,11 +55,11 @@ from corral._version import __version__
 
 from . import _accounts, _db, _keys
 from ._accounts import Principal
+from ._artifacts import ArtifactError, ArtifactStore, FilesystemArtifactStore
 from ._counts import DownloadCounter
 from ._errors import UploadTooLarge, VersionExists
 from ._names import control_char_error, normalise_name, skeleton, words
 from ._search import NameIndex, SearchParams, refold_skeletons, search
-from ._store import ArtifactStore, FilesystemStore, StoreError
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD",
@@ -179,7 +179,7 @@ class Registry:
         url = db or f"sqlite:///{(root / 'registry.db').absolute()}"
         reg = cls(
             _db.open_engine(url),
-            FilesystemStore(root / "artifacts"),
+            FilesystemArtifactStore(root / "artifacts"),
             tmp_dir=tmp,
             max_upload_bytes=max_upload_bytes,
         )
@@ -482,7 +482,7 @@ class Registry:
                 other bytes; the same bytes again are a retry and answer
                 ``created: False`` with the version as stored.
             PolicyDenied: the id reads like another publisher's id.
-            StoreError: the blob or the signed metadata could not be written; the
+            ArtifactError: the blob or the signed metadata could not be written; the
                 version stays invisible until a retry or start-up signs it.
         """
         principal.require("publish")
@@ -760,7 +760,7 @@ class Registry:
         removed (it was never visible).  Returns the plugin ids handled.
 
         Raises:
-            StoreError: the TUF metadata could not be written; the intents stay.
+            ArtifactError: the TUF metadata could not be written; the intents stay.
         """
         o, v, p = _db.tuf_outbox, _db.versions, _db.plugins
         with self.read() as conn:
@@ -784,7 +784,7 @@ class Registry:
         try:
             self._tuf_changed(sorted(upto))
         except Exception as exc:
-            raise StoreError(
+            raise ArtifactError(
                 f"could not sign the TUF metadata of {', '.join(sorted(upto))}: {exc}; the "
                 "change stays unpublished until signing succeeds (retry, or restart)"
             ) from exc
@@ -833,7 +833,7 @@ class Registry:
 
             swept += _sweep_dir(self.data_dir / "tmp", age)
             swept += sweep_temp(self.data_dir, age)
-        if isinstance(self.store, FilesystemStore):
+        if isinstance(self.store, FilesystemArtifactStore):
             swept += self.store.sweep_temp(age)
             if sole:
                 with self.read() as conn:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import msgspec
 
 from corral._errors import NotFoundError, UsageError
+from corral._model.jsoncheck import json_problem
 from corral._model.topics import (
     EventFilter,
     check_pattern,
@@ -296,8 +297,6 @@ def _wait_arg(args: Mapping[str, Any], plugin_id: str, *, default: float = 0.0) 
 
 def _wire_result(result: HandlerResult) -> dict[str, Any]:
     """A handler's answer as JSON for a worker; a value that is not JSON becomes an error."""
-    from corral._model.jsoncheck import json_problem
-
     out: dict[str, Any] = msgspec.to_builtins(result)
     if result.error is None and json_problem(result.value) is not None:
         out["value"] = None

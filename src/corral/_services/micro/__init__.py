@@ -1,1 +1,1 @@
-"""Micro-plugins: kinds and the manager, hot swap, composition, A/B tests and rollouts."""
+"""Micro-plugins: the manager, hot swap, composition, A/B tests and rollouts."""

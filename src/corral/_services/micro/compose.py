@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._errors import CorralError, NotFoundError, PluginError, PluginFailedError, UsageError
+from corral._model.micro import MicroInfo, fits, shape_problem
 from corral._model.pipeline import (
     Chain,
     FanOut,
@@ -48,8 +49,7 @@ from corral._model.pipeline import (
     compile_expression,
     pipeline_from_dict,
 )
-from corral._services.micro import manager as _micro
-from corral._services.micro.manager import MicroInfo, MicroManager, _shape_problem, fits
+from corral._services.micro.manager import MicroManager, call_error, watch_code
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -125,7 +125,7 @@ class _Checker:
                             "skipped its input passes on unchanged; give it a step that keeps "
                             "the type")
         if node.on_error == "default":
-            problem = _shape_problem(out, node.default)
+            problem = shape_problem(out, node.default)
             if problem is not None:
                 raise self.fail(where, node, f"its default does not fit its output: {problem}")
         return out
@@ -197,7 +197,7 @@ def validate_chain(
         node = chain_of(*node)
     infos: Mapping[str, MicroInfo]
     if isinstance(micros, MicroManager):
-        infos = {e[3].id: e[3] for e in micros._entries.values()}
+        infos = {info.id: info for info in micros.list()}
     else:
         infos = micros
     return _Checker(infos, pipelines or {}, title).node(node, input, "", stack)
@@ -281,7 +281,7 @@ class Composition:
             isinstance(s, Step) and s.when is None and s.if_valid is None
             and s.on_error == "fail" for s in node.steps
         ) and node.when is None and node.if_valid is None and node.on_error == "fail"
-        self._compile(manager._state)
+        self._compile(manager.snapshot)
 
     def _compile(self, st: tuple[int, dict[str, Any]]) -> tuple[int, tuple[Any, ...] | None,
                                                                   _Run | None]:
@@ -310,7 +310,7 @@ class Composition:
         :raises PluginFailedError: a link failed and its policy is ``fail``;
             the message and the ``link`` detail name it.
         """
-        st = self._mgr._state
+        st = self._mgr.snapshot
         cache = self._cache
         if cache[0] != st[0]:
             cache = self._compile(st)
@@ -324,13 +324,13 @@ class Composition:
                 x = fn(x) if ctx is None else fn(x, ctx)
             except Exception as exc:
                 st = None  # type: ignore[assignment]  # a traceback must not pin the table
-                raise _link_error(self.title, where, micro_id, _micro._raised(info, exc)) \
+                raise _link_error(self.title, where, micro_id, call_error(info, exc)) \
                     from exc
             try:
-                if mgr._overran:
-                    mgr._check_overran(info)
+                if mgr.overran:
+                    mgr.check_overran(info)
                 if out_cls is not type(x) and out_cls is not None:
-                    x = mgr._checked(info, x)
+                    x = mgr.check_output(info, x)
             except CorralError as exc:
                 st = None  # type: ignore[assignment]
                 raise _link_error(self.title, where, micro_id, exc) from None
@@ -353,7 +353,7 @@ class Composition:
                 return value
             if validator is not None:
                 try:
-                    verdict = mgr._execute_in(entries, validator, value)
+                    verdict = mgr.execute_in(entries, validator, value)
                 except CorralError as exc:
                     raise _link_error(title, where, validator, exc) from None
                 if not verdict["valid"]:
@@ -376,7 +376,7 @@ class Composition:
 
             def step(value: Any, entries: Mapping[str, Any]) -> Any:
                 try:
-                    return mgr._execute_in(entries, micro_id, value)
+                    return mgr.execute_in(entries, micro_id, value)
                 except CorralError as exc:
                     entries = None  # type: ignore[assignment]  # do not pin the table
                     raise _link_error(title, where, micro_id, exc) from None
@@ -453,5 +453,5 @@ def _fan_out(branches: tuple[_Run, ...], keys: tuple[str, ...], merge: str, para
     return run
 
 
-_micro._WATCHED_CODES.add(Composition.run.__code__)
+watch_code(Composition.run.__code__)
 

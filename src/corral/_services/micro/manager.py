@@ -1,20 +1,7 @@
-"""Micro-plugins: tiny typed handlers, their kinds and shapes, and the manager that runs them.
+"""The micro-plugin manager: registration, introspection, calling, and the janitor thread.
 
-A micro-plugin is one function of one of six kinds.  Each kind fixes a shape,
-checked when the handler is registered (from its annotations, resolved with
-:func:`typing.get_type_hints`, or from a declared ``input``/``output`` type),
-never discovered while serving:
-
-================  ====================  =========================================
-kind              input                 output
-================  ====================  =========================================
-validator         any                   ``{"valid": bool, "reasons": [str]}``
-formatter         any                   ``str``
-transformer       declared (or any)     a value of the declared type (or any)
-command-enhancer  the command ``dict``  the command ``dict``
-hook              any                   ``None`` or anything (ignored)
-utility           declared (or any)     declared (or any)
-================  ====================  =========================================
+The kinds and shapes it checks handlers against are pure data in
+:mod:`corral._model.micro` (re-exported here: ``micro``, ``MicroInfo``, ``Verdict``...).
 
 Rules of the hot path (:meth:`MicroManager.execute`):
 
@@ -38,16 +25,16 @@ Rules of the hot path (:meth:`MicroManager.execute`):
 from __future__ import annotations
 
 import builtins
+import difflib
 import inspect
 import sys
 import threading
 import time
 import traceback
 import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol, TypedDict, TypeVar, final
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Protocol, final
 
 from corral._errors import (
     CorralError,
@@ -57,276 +44,43 @@ from corral._errors import (
     PluginTimeout,
     UsageError,
 )
+from corral._model.micro import (
+    EXACT_CLASS,
+    JSON_TYPES,
+    KINDS,
+    MARK,
+    MICRO_MAX_MS,
+    F,
+    MicroInfo,
+    Verdict,
+    annotated_types,
+    declared_type,
+    fits,
+    kind_shape,
+    micro,
+    shape_problem,
+)
 from corral._services.micro.swap import Drains, SwapTicket
 
 __all__ = [
     "JSON_TYPES",
     "KINDS",
+    "Entry",
+    "Invoke",
     "MicroInfo",
     "MicroManager",
     "SwapTicket",
     "Verdict",
+    "call_error",
     "fits",
     "micro",
+    "timeout_error",
+    "watch_code",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: The type names a micro-plugin's input and output may declare.
-JSON_TYPES: Final = ("any", "null", "bool", "int", "number", "str", "list", "dict", "verdict")
-#: The six kinds, as spelled in ``[[micro]]`` ``type``.
-KINDS: Final = ("command-enhancer", "validator", "transformer", "formatter", "hook", "utility")
-
-MICRO_MAX_MS: Final = (1, 600_000, 100)
-_ATTR: Final = "__corral_micro__"
-
-
-class Verdict(TypedDict):
-    """What a validator returns."""
-
-    valid: bool
-    reasons: list[str]
-
-
-#: kind -> (fixed input type or None if declarable, fixed output type or None if declarable)
-_KIND_SHAPES: Final[Mapping[str, tuple[str | None, str | None]]] = types.MappingProxyType(
-    {
-        "validator": ("any", "verdict"),
-        "formatter": ("any", "str"),
-        "transformer": (None, None),
-        "command-enhancer": ("dict", "dict"),
-        "hook": ("any", "any"),
-        "utility": (None, None),
-    }
-)
-
-
-def fits(out: str, into: str) -> bool:
-    """Whether a value declared ``out`` may be passed where ``into`` is expected.
-
-    ``any`` on either side fits (it cannot be proved wrong before running);
-    ``int`` fits ``number``; a ``verdict`` is a ``dict``.
-    """
-    if out == into or "any" in (out, into):
-        return True
-    if into == "number" and out == "int":
-        return True
-    return into == "dict" and out == "verdict"
-
-
-def _py_type_name(hint: Any, where: str, micro_id: str) -> str:
-    """Map an annotation to one of :data:`JSON_TYPES`."""
-    if hint is Any or hint is inspect.Parameter.empty or hint is object:
-        return "any"
-    if hint is None or hint is type(None):
-        return "null"
-    if hint is Verdict:
-        return "verdict"
-    simple = {bool: "bool", int: "int", float: "number", str: "str"}
-    if hint in simple:
-        return simple[hint]
-    origin = typing.get_origin(hint) or hint
-    if origin in (typing.Union, types.UnionType):
-        names = {_py_type_name(a, where, micro_id) for a in typing.get_args(hint)}
-        names.discard("null")
-        if len(names) == 1:
-            return "any"  # Optional[X]: may be null, so nothing narrower can be promised
-        return "any"
-    if isinstance(origin, type):
-        if typing.is_typeddict(origin):
-            return "dict"
-        if issubclass(origin, (dict, Mapping)):
-            return "dict"
-        if issubclass(origin, (list, tuple)) or origin is Sequence:
-            return "list"
-    if origin is Mapping or origin is Sequence:
-        return "dict" if origin is Mapping else "list"
-    raise InvalidPluginError(
-        f"micro-plugin {micro_id}: the {where} annotation {hint!r} is not JSON data "
-        f"(use one of {', '.join(JSON_TYPES)})",
-        key=where,
-        micro=micro_id,
-    )
-
-
-def _declared(value: str | type | Any, where: str, micro_id: str) -> str:
-    if isinstance(value, str):
-        if value not in JSON_TYPES:
-            raise InvalidPluginError(
-                f"micro-plugin {micro_id}: {where} type {value!r} is not one of "
-                f"{', '.join(JSON_TYPES)}",
-                key=where,
-                micro=micro_id,
-            )
-        return value
-    return _py_type_name(value, where, micro_id)
-
-
-def _annotations(fn: Callable[..., Any], micro_id: str) -> tuple[str, str]:
-    """The (input, output) type names from ``fn``'s annotations, ``any`` where missing."""
-    target = fn
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(fn, "__call__", fn)  # noqa: B004 - a callable object's signature
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception as exc:
-        raise InvalidPluginError(
-            f"micro-plugin {micro_id}: cannot resolve its annotations: {exc}", micro=micro_id
-        ) from exc
-    try:
-        params = [
-            p for p in inspect.signature(target).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    in_hint = hints.get(params[0].name, Any) if params else Any
-    out_hint = hints.get("return", Any)
-    return _py_type_name(in_hint, "input", micro_id), _py_type_name(out_hint, "output", micro_id)
-
-
-def _shape(kind: str, micro_id: str, declared_in: str, declared_out: str) -> tuple[str, str]:
-    """Check declared types against the kind; return the (input, output) shape."""
-    if kind not in _KIND_SHAPES:
-        raise InvalidPluginError(
-            f"micro-plugin {micro_id}: type must be one of {', '.join(KINDS)}, got {kind!r}",
-            key="type",
-            micro=micro_id,
-        )
-    fixed_in, fixed_out = _KIND_SHAPES[kind]
-    shape_in, shape_out = declared_in, declared_out
-    if fixed_in is not None:
-        if not fits(fixed_in, declared_in) or (fixed_in != "any" and declared_in not in
-                                                (fixed_in, "any")):
-            raise InvalidPluginError(
-                f"micro-plugin {micro_id} ({kind}) takes {fixed_in}, but its input is "
-                f"declared {declared_in}",
-                key="input",
-                micro=micro_id,
-            )
-        shape_in = fixed_in if declared_in == "any" else declared_in
-    if fixed_out is not None and fixed_out != "any":
-        ok = declared_out in ("any", fixed_out) or (
-            fixed_out == "verdict" and declared_out == "dict"
-        )
-        if not ok:
-            what = {"verdict": 'a verdict {"valid": bool, "reasons": [str]}'}.get(
-                fixed_out, fixed_out
-            )
-            raise InvalidPluginError(
-                f"micro-plugin {micro_id} ({kind}) must return {what}, but its output is "
-                f"declared {declared_out}",
-                key="output",
-                micro=micro_id,
-            )
-        shape_out = fixed_out
-    elif fixed_out == "any":
-        shape_out = "any"
-    return shape_in, shape_out
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class MicroInfo:
-    """What the manager knows of one registered micro-plugin (no function inside)."""
-
-    #: dotted id, unique in the manager
-    id: str
-    #: one of :data:`KINDS`
-    type: str
-    #: declared input type name (one of :data:`JSON_TYPES`)
-    input: str
-    #: declared output type name (one of :data:`JSON_TYPES`)
-    output: str
-    #: wall-clock limit per call, in milliseconds
-    max_ms: int = MICRO_MAX_MS[2]
-    #: a label for the implementation (a plugin version, "v2", ...)
-    version: str = "1"
-    #: the plugin it belongs to, if any
-    plugin_id: str | None = None
-    #: "inline" (caller's thread), "thread" (worker thread), "invoke" (host's isolation)
-    mode: str = "inline"
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, manifest spelling."""
-        return {
-            "id": self.id, "type": self.type, "input": self.input, "output": self.output,
-            "max-ms": self.max_ms, "version": self.version, "plugin": self.plugin_id,
-            "mode": self.mode, "description": self.description,
-        }
-
-
-def micro(
-    *,
-    id: str,
-    type: str,
-    max_ms: int = MICRO_MAX_MS[2],
-    input: str | Any = None,
-    output: str | Any = None,
-    version: str = "1",
-    blocking: bool = False,
-    description: str = "",
-) -> Callable[[F], F]:
-    """Mark a function as a micro-plugin; :meth:`MicroManager.register` reads the mark.
-
-    Example::
-
-        @micro(id="acme.text.upper", type="transformer")
-        def upper(s: str) -> str:
-            return s.upper()
-
-        manager.register(upper)
-    """
-    options = {"id": id, "type": type, "max_ms": max_ms, "input": input, "output": output,
-               "version": version, "blocking": blocking, "description": description}
-
-    def mark(fn: F) -> F:
-        setattr(fn, _ATTR, options)
-        return fn
-
-    return mark
-
-
-# One table entry: (handler, ctx or None, exact output class or None, info).
-# ``ctx`` None means ``handler(input)``; otherwise ``handler(input, ctx)``.
-_Entry = tuple[Callable[..., Any], Any, "builtins.type | None", MicroInfo]
-
-
-class _Deep:
-    """Never the type of a value: forces the slow output check (verdicts, numbers)."""
-
-
-_EXACT: Final[Mapping[str, builtins.type | None]] = types.MappingProxyType(
-    {"any": None, "null": builtins.type(None), "bool": bool, "int": int, "number": _Deep,
-     "str": str, "list": list, "dict": dict, "verdict": _Deep}
-)
-
-
-def _shape_problem(shape: str, out: Any) -> str | None:
-    """Why ``out`` is not of ``shape``, or None."""
-    t = builtins.type(out)
-    if shape == "any":
-        return None
-    if shape == "number":
-        return None if t in (int, float) else f"a number expected, got {t.__name__}"
-    if shape == "int":
-        return None if t is int else f"an int expected, got {t.__name__}"
-    if shape == "verdict":
-        if t is not dict:
-            return f'a verdict {{"valid": bool, "reasons": [str]}} expected, got {t.__name__}'
-        if builtins.type(out.get("valid")) is not bool:
-            return "a verdict needs 'valid': a bool"
-        reasons = out.get("reasons", [])
-        if builtins.type(reasons) is not list or any(
-            builtins.type(r) is not str for r in reasons
-        ):
-            return "a verdict's 'reasons' must be a list of strings"
-        return None
-    cls = _EXACT[shape]
-    if t is not cls:
-        return f"{shape} expected, got {t.__name__}"
-    return None
+#: One table entry: (handler, ctx or None, exact output class or None, info).
+#: ``ctx`` None means ``handler(input)``; otherwise ``handler(input, ctx)``.
+Entry = tuple[Callable[..., Any], Any, "builtins.type | None", MicroInfo]
 
 
 class Invoke(Protocol):
@@ -357,7 +111,7 @@ class _Threaded:
             try:
                 out = fn(value) if ctx is None else fn(value, ctx)
                 if is_async:
-                    import asyncio
+                    import asyncio  # deferred: ~100 ms to import, needed only by async handlers
 
                     out = asyncio.run(out)
                 result.append(out)
@@ -368,7 +122,7 @@ class _Threaded:
         thread.start()
         thread.join(self.info.max_ms / 1000)
         if thread.is_alive():
-            raise _timeout(self.info)
+            raise timeout_error(self.info)
         if error:
             raise error[0]
         return result[0]
@@ -392,7 +146,8 @@ def _with_none(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     return call
 
 
-def _timeout(info: MicroInfo) -> PluginTimeout:
+def timeout_error(info: MicroInfo) -> PluginTimeout:
+    """The error of a call to ``info`` abandoned after its ``max-ms``."""
     return PluginTimeout(
         f"micro-plugin {info.id} did not finish within its limit of {info.max_ms} ms; "
         "the result is abandoned",
@@ -403,7 +158,8 @@ def _timeout(info: MicroInfo) -> PluginTimeout:
     )
 
 
-def _raised(info: MicroInfo, exc: BaseException) -> CorralError:
+def call_error(info: MicroInfo, exc: BaseException) -> CorralError:
+    """The error a call to ``info`` fails with when its handler raised ``exc``."""
     if isinstance(exc, CorralError):
         return exc
     return PluginError(
@@ -426,11 +182,13 @@ class MicroManager:
     def __init__(self, *, watch_interval: float | None = None) -> None:
         """:param watch_interval: seconds between janitor ticks (default: from the limits)."""
         self._lock = threading.RLock()
-        self._entries: dict[str, _Entry] = {}
-        # (version number, entries): read as one attribute by compositions
-        self._state: tuple[int, dict[str, _Entry]] = (0, self._entries)
-        # (thread id, micro id) -> info, set by the janitor for calls past their limit
-        self._overran: dict[tuple[int, str], tuple[types.FrameType, MicroInfo]] = {}
+        self._entries: dict[str, Entry] = {}
+        #: (version number, table): replaced as a whole on every change, never mutated;
+        #: compositions read it once per run.  Read-only outside the manager.
+        self.snapshot: tuple[int, dict[str, Entry]] = (0, self._entries)
+        #: (thread id, micro id) -> (frame, info), set by the janitor for calls past their
+        #: limit; empty almost always, so a caller tests it before :meth:`check_overran`.
+        self.overran: dict[tuple[int, str], tuple[types.FrameType, MicroInfo]] = {}
         self._drains = Drains()
         self._watch_interval = watch_interval
         self._janitor: threading.Thread | None = None
@@ -464,9 +222,9 @@ class MicroManager:
         invoke: Invoke | None = None,
         plugin_id: str | None = None,
         description: str | None = None,
-    ) -> _Entry:
+    ) -> Entry:
         """Check a handler and build its table entry without installing it."""
-        marked: dict[str, Any] = dict(getattr(handler, _ATTR, None) or {})
+        marked: dict[str, Any] = dict(getattr(handler, MARK, None) or {})
 
         def pick(name: str, given: Any, default: Any) -> Any:
             if given is not None:
@@ -495,13 +253,13 @@ class MicroManager:
             if not callable(handler):
                 raise InvalidPluginError(f"micro-plugin {micro_id}: handler is not callable",
                                          micro=micro_id)
-            decl_in, decl_out = _annotations(handler, micro_id)
+            decl_in, decl_out = annotated_types(handler, micro_id)
         d_in, d_out = pick("input", input, None), pick("output", output, None)
         if d_in is not None:
-            decl_in = _declared(d_in, "input", micro_id)
+            decl_in = declared_type(d_in, "input", micro_id)
         if d_out is not None:
-            decl_out = _declared(d_out, "output", micro_id)
-        shape_in, shape_out = _shape(kind, micro_id, decl_in, decl_out)
+            decl_out = declared_type(d_out, "output", micro_id)
+        shape_in, shape_out = kind_shape(kind, micro_id, decl_in, decl_out)
         is_blocking = bool(pick("blocking", blocking, False))
         if invoke is not None:
             mode = "invoke"
@@ -520,11 +278,11 @@ class MicroManager:
             def via_host(value: Any) -> Any:
                 return inv(micro_id, value)
 
-            return (via_host, None, _EXACT[shape_out], info)
+            return (via_host, None, EXACT_CLASS[shape_out], info)
         assert handler is not None
         if mode == "thread":
-            return (_Threaded(handler, ctx, info), None, _EXACT[shape_out], info)
-        return (handler, ctx, _EXACT[shape_out], info)
+            return (_Threaded(handler, ctx, info), None, EXACT_CLASS[shape_out], info)
+        return (handler, ctx, EXACT_CLASS[shape_out], info)
 
     def register(self, handler: Callable[..., Any] | None = None, **options: Any) -> MicroInfo:
         """Add one micro-plugin; an id already registered is refused (use :meth:`swap`).
@@ -560,7 +318,7 @@ class MicroManager:
         ``functions`` (by micro id) and their ``ctx``; sandboxed ones pass the
         host's ``invoke``.  Micro-plugins the plugin no longer declares are removed.
         """
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, Entry] = {}
         for m in micros:
             if invoke is not None:
                 entry = self.prepare(None, id=m.id, type=m.type, max_ms=m.max_ms, invoke=invoke,
@@ -589,7 +347,7 @@ class MicroManager:
 
     def swap(
         self,
-        *handlers: Callable[..., Any] | _Entry,
+        *handlers: Callable[..., Any] | Entry,
         on_drained: Callable[[tuple[MicroInfo, ...]], None] | None = None,
         **options: Any,
     ) -> SwapTicket:
@@ -603,7 +361,7 @@ class MicroManager:
 
         :raises NotFoundError: an id that is not registered.
         """
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, Entry] = {}
         for h in handlers:
             entry = h if isinstance(h, tuple) else self.prepare(h, **options)
             entries[entry[3].id] = entry
@@ -637,7 +395,7 @@ class MicroManager:
 
     def _install(
         self,
-        new: Mapping[str, _Entry],
+        new: Mapping[str, Entry],
         gone: Iterable[str],
         on_drained: Callable[[tuple[MicroInfo, ...]], None] | None,
     ) -> SwapTicket:
@@ -650,7 +408,7 @@ class MicroManager:
         for mid in gone:
             replaced.append(table.pop(mid)[3])
         table.update(new)
-        self._state = (self._state[0] + 1, table)
+        self.snapshot = (self.snapshot[0] + 1, table)
         self._entries = table
         ticket = self._drains.retire(old, tuple(replaced), on_drained)
         del old
@@ -684,12 +442,10 @@ class MicroManager:
     @property
     def version(self) -> int:
         """Bumped on every change to the table."""
-        return self._state[0]
+        return self.snapshot[0]
 
     def _not_found(self, micro_id: str) -> NotFoundError:
         known = sorted(self._entries)
-        import difflib
-
         close = difflib.get_close_matches(micro_id, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return NotFoundError(f"no micro-plugin {micro_id!r}{hint}", micro=micro_id)
@@ -703,7 +459,7 @@ class MicroManager:
         :raises PluginError: it raised, or returned the wrong shape (named).
         :raises PluginTimeout: it ran past ``max-ms``.
         """
-        # The body of _execute_in, inlined: one frame is half the dispatch budget.
+        # The body of execute_in, inlined: one frame is half the dispatch budget.
         entries = self._entries  # held while running: marks this call in flight
         try:
             fn, ctx, out_cls, info = entries[micro_id]
@@ -713,14 +469,14 @@ class MicroManager:
             out = fn(input) if ctx is None else fn(input, ctx)
         except Exception as exc:
             entries = None  # type: ignore[assignment]  # a traceback must not pin the table
-            raise _raised(info, exc) from exc
-        if self._overran:
-            self._check_overran(info)
+            raise call_error(info, exc) from exc
+        if self.overran:
+            self.check_overran(info)
         if out_cls is not type(out) and out_cls is not None:
-            return self._checked(info, out)
+            return self.check_output(info, out)
         return out
 
-    def _execute_in(self, entries: Mapping[str, _Entry], micro_id: str, value: Any) -> Any:
+    def execute_in(self, entries: Mapping[str, Entry], micro_id: str, value: Any) -> Any:
         """Run one micro-plugin from a given snapshot (compositions)."""
         try:
             fn, ctx, out_cls, info = entries[micro_id]
@@ -730,14 +486,14 @@ class MicroManager:
             out = fn(value) if ctx is None else fn(value, ctx)
         except Exception as exc:
             entries = None  # type: ignore[assignment]  # a traceback must not pin the table
-            raise _raised(info, exc) from exc
-        if self._overran:
-            self._check_overran(info)
+            raise call_error(info, exc) from exc
+        if self.overran:
+            self.check_overran(info)
         if out_cls is not type(out) and out_cls is not None:
-            return self._checked(info, out)
+            return self.check_output(info, out)
         return out
 
-    def _checked(self, info: MicroInfo, out: Any) -> Any:
+    def check_output(self, info: MicroInfo, out: Any) -> Any:
         """Slow output check: ``out`` did not match the exact class of its shape."""
         if info.output == "verdict" and type(out) is dict:
             reasons = out.get("reasons")
@@ -747,7 +503,7 @@ class MicroManager:
                         break
                 else:
                     return out
-        problem = _shape_problem(info.output, out)
+        problem = shape_problem(info.output, out)
         if problem is None:
             return out
         raise PluginError(
@@ -757,13 +513,13 @@ class MicroManager:
             expected=info.output,
         )
 
-    def _check_overran(self, info: MicroInfo) -> None:
+    def check_overran(self, info: MicroInfo) -> None:
         """Raise if the janitor flagged the calling frame's call as past its limit."""
         key = (threading.get_ident(), info.id)
-        hit = self._overran.get(key)
+        hit = self.overran.get(key)
         if hit is not None and hit[0] is sys._getframe(1):
-            del self._overran[key]
-            raise _timeout(hit[1])
+            del self.overran[key]
+            raise timeout_error(hit[1])
 
     # -- janitor: limits and draining -------------------------------------------
 
@@ -820,17 +576,22 @@ class MicroManager:
                     running.add(f)
                     local = f.f_locals
                     mid = local.get("micro_id")
-                    entry = entries.get(mid) if isinstance(mid, str) else None
-                    if entry is not None and entry[3].mode == "inline":
+                    # The call's own version (its ``info`` local, once looked up), not the
+                    # table's: a call started before a swap keeps its old limit.
+                    own = local.get("info")
+                    if not (isinstance(own, MicroInfo) and own.id == mid):
+                        entry = entries.get(mid) if isinstance(mid, str) else None
+                        own = entry[3] if entry is not None else None
+                    if own is not None and own.mode == "inline":
                         key = (f, mid, local.get("where"))
                         live.add(key)
                         state = seen.get(key)
                         if state is None:
-                            state = seen[key] = _Seen(-credit, entry[3])
+                            state = seen[key] = _Seen(-credit, own)
                         state.elapsed += credit
                         info = state.info
                         if state.elapsed >= 0 and state.elapsed * 1000 > info.max_ms:
-                            self._overran[(tid, info.id)] = (f, info)
+                            self.overran[(tid, info.id)] = (f, info)
                             state.elapsed = -1e9  # flagged once
                             self._demote(info)
                     del local
@@ -838,9 +599,9 @@ class MicroManager:
             del top
         for key in [k for k in seen if k not in live]:
             del seen[key]
-        for flag, (frame, _) in list(self._overran.items()):
+        for flag, (frame, _) in list(self.overran.items()):
             if frame not in running:  # that call has already returned
-                self._overran.pop(flag, None)
+                self.overran.pop(flag, None)
 
     def _demote(self, info: MicroInfo) -> None:
         """Move a slow inline handler to a worker thread so callers return on time."""
@@ -852,7 +613,7 @@ class MicroManager:
             slow = replace(info, mode="thread")
             table = dict(self._entries)
             table[info.id] = (_Threaded(fn, ctx, slow), None, out_cls, slow)
-            self._state = (self._state[0] + 1, table)
+            self.snapshot = (self.snapshot[0] + 1, table)
             self._entries = table
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -874,8 +635,16 @@ class MicroManager:
         self.close()
 
 
-#: Code objects of the frames that run handlers inline (compositions add theirs); the
-#: janitor reads ``micro_id`` from these frames' locals.
+#: Code objects of the frames that run handlers inline (compositions add theirs with
+#: :func:`watch_code`); the janitor reads ``micro_id`` from these frames' locals.
 _WATCHED_CODES: set[types.CodeType] = {MicroManager.execute.__code__,
-                                       MicroManager._execute_in.__code__}
+                                       MicroManager.execute_in.__code__}
 
+
+def watch_code(code: types.CodeType) -> None:
+    """Have the janitor watch frames of ``code`` for ``max-ms``.
+
+    Such a frame runs handlers inline and keeps the running handler's id in a
+    local named ``micro_id`` (and, in a chain, the step in ``where``).
+    """
+    _WATCHED_CODES.add(code)

@@ -23,14 +23,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, final
 
-if TYPE_CHECKING:
-    from corral._services.micro.manager import MicroInfo
+from corral._model.micro import MicroInfo
 
 __all__ = ["Drains", "SwapTicket"]
 
-OnDrained = Callable[[tuple["MicroInfo", ...]], None]
+OnDrained = Callable[[tuple[MicroInfo, ...]], None]
 
 
 @final

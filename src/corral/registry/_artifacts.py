@@ -1,7 +1,7 @@
 """Artifact storage: where published ``.corral`` archives live.
 
 :class:`ArtifactStore` is the plug point (an S3-compatible store would be a
-second implementation); :class:`FilesystemStore` keeps archives under
+second implementation); :class:`FilesystemArtifactStore` keeps archives under
 ``artifacts/ab/cd/<sha256>``, content-addressed, each written to a temporary
 file in the same directory tree and renamed into place so that a reader never
 sees half a file.
@@ -19,12 +19,12 @@ from typing import IO, Final, final
 
 from corral._errors import CorralError, NotFoundError
 
-__all__ = ["ArtifactStore", "FilesystemStore", "StoreError"]
+__all__ = ["ArtifactError", "ArtifactStore", "FilesystemArtifactStore"]
 
 _CHUNK: Final = 1024 * 1024
 
 
-class StoreError(CorralError):
+class ArtifactError(CorralError):
     """The artifact store failed (disk full, permissions): the server's fault."""
 
 
@@ -35,19 +35,19 @@ class ArtifactStore(ABC):
         """Store the file at ``path`` under ``sha256``; return True if it was new.
 
         Raises:
-            StoreError: the store could not write it.
+            ArtifactError: the store could not write it.
         """
         try:
             return self._put_file(path, sha256)
         except OSError as exc:
-            raise StoreError(f"artifact store: cannot write {sha256}: {exc}") from exc
+            raise ArtifactError(f"artifact store: cannot write {sha256}: {exc}") from exc
 
     def delete(self, sha256: str) -> None:
         """Remove a blob (used to undo a failed publish); missing is fine."""
         try:
             self._delete(sha256)
         except OSError as exc:
-            raise StoreError(f"artifact store: cannot delete {sha256}: {exc}") from exc
+            raise ArtifactError(f"artifact store: cannot delete {sha256}: {exc}") from exc
 
     @abstractmethod
     def _put_file(self, path: Path, sha256: str) -> bool: ...
@@ -79,7 +79,7 @@ def _check_digest(sha256: str) -> str:
 
 
 @final
-class FilesystemStore(ArtifactStore):
+class FilesystemArtifactStore(ArtifactStore):
     """Blobs as files under ``root/ab/cd/<sha256>``."""
 
     __slots__ = ("root",)
