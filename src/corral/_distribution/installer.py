@@ -54,6 +54,7 @@ from corral._errors import (
     PolicyDenied,
     SignatureInvalid,
     TransferError,
+    UnavailableError,
     UsageError,
 )
 from corral._model.release import Release, Requirement, Source, parse_requirement
@@ -919,7 +920,7 @@ class Installer:
             _remove_tree(tmp)
 
     def _no_space_error(self, rel: Release, exc: OSError) -> CorralError:
-        return CorralError(
+        return UnavailableError(
             f"{rel.id} {rel.version}: no space left on the device of {self.home} "
             f"(nothing was changed): {exc}", plugin_id=rel.id, reason="no_space")
 
@@ -1034,8 +1035,8 @@ class Installer:
             with contextlib.suppress(OSError):
                 (self.generations_dir / f"{number}.json").unlink()
             if _no_space(exc):
-                raise CorralError(f"no space left on the device of {self.home} "
-                                  "(nothing was changed)", reason="no_space") from exc
+                raise UnavailableError(f"no space left on the device of {self.home} "
+                                       "(nothing was changed)", reason="no_space") from exc
             raise
         created.clear()  # from here on the new trees belong to a generation
         self._reconcile(host, gen)

@@ -554,7 +554,7 @@ class StateProxy(_Proxy):
             try:
                 new = fn(current)
             except Exception as exc:
-                raise CorralError(
+                raise PluginError(
                     f"the update function for state key {key!r} raised "
                     f"{type(exc).__name__}: {exc}", key=key, plugin_id=self.plugin_id,
                 ) from exc
