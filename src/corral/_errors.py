@@ -208,7 +208,7 @@ class UnavailableError(CorralError):
 class TransferError(UnavailableError):
     """A registry could not be reached, was too slow, or cut the transfer short."""
 
-    reason = "transfer"
+    reason: ClassVar[str | None] = "transfer"  # a subclass may say it by other means
 
 
 class UnsupportedError(CorralError):

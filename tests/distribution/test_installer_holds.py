@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from corral_conftest import module_name
 
-from corral._cli import main
+from corral._cli.main import main
 from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import PolicyDenied
 from corral._model.release import Release

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from corral_conftest import close_quietly, module_name
 
-from corral._cli import main
+from corral._cli.main import main
 from corral._distribution.installer import DirectorySource, Installer
 from corral._errors import PluginError, SignatureInvalid, UsageError
 from corral._host import Host

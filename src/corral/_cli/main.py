@@ -1,8 +1,8 @@
-"""The ``corral`` command line: a thin face over the library.
+"""``corral``'s entry point: builds the parser (only the verb asked for) and runs the verb.
 
-Each module here registers the verbs of one area.  Exit codes and JSON errors
-come from the error tree in ``_errors``; this package only maps them.
-``--json`` after a verb prints exactly one JSON document.
+Each ``_cli`` module registers the verbs of one area; output, exit codes and
+JSON errors come from :mod:`corral._cli.output`, which only maps the error tree
+of ``_errors``.  ``--json`` after a verb prints exactly one JSON document.
 """
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from corral._cli.output import Command, Parser, SafeStream, dump
-from corral._errors import CorralError, UsageError
-from corral._model.text import neutralise
+from corral._cli import core as _core
+from corral._cli import docs as _docs
+from corral._cli import install as _install
+from corral._cli import keys as _keys
+from corral._cli import micro as _micro
+from corral._cli import pack as _pack
+from corral._cli import pdk as _pdk
+from corral._cli.output import Command, Parser, SafeStream, run
+from corral._errors import UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -31,14 +37,6 @@ class _Skipped:
 
 def _parser(only: str | None = None) -> Parser:
     """The command line; with ``only``, just that verb's parser is really built."""
-    from corral._cli import core as _core
-    from corral._cli import docs as _docs
-    from corral._cli import install as _install
-    from corral._cli import keys as _keys
-    from corral._cli import micro as _micro
-    from corral._cli import pack as _pack
-    from corral._cli import pdk as _pdk
-
     p = Parser(prog="corral", description="A secure plugin platform for Python applications.")
     p.add_argument("--home", default=os.environ.get("CORRAL_HOME"), help="the host's home")
     p.add_argument("--workspace", default=None, help="what {workspace} means (default: .)")
@@ -62,9 +60,10 @@ def _parser(only: str | None = None) -> Parser:
     _pack.add_verbs(verb)
     _docs.add_verbs(verb)
     if only in (None, "config", "secret"):
-        from corral._cli.config import register as register_config_verbs
+        # deferred, like faces and registry below: ~10 ms each that `corral list` need not pay
+        from corral._cli import config as _config
 
-        register_config_verbs(sub, Parser)
+        _config.register(sub, Parser)
     return p
 
 
@@ -95,13 +94,13 @@ def _split_global(argv: list[str]) -> tuple[dict[str, str], str | None, list[str
 
 
 def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
-    from corral.registry.cli import client_main, registry_main
+    from corral._cli import registry as _registry_cli
 
     if verb == "registry":
         if "home" in options and not any(a.split("=")[0] == "--data" for a in rest):
             rest = [*rest, "--data", os.path.join(options["home"], "registry")]
-        return registry_main(rest)
-    return client_main(verb, rest)
+        return _registry_cli.registry_main(rest)
+    return _registry_cli.client_main(verb, rest)
 
 
 #: Verbs that run no plugin code: they skip reading the secrets to scrub and the log printer.
@@ -124,17 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _main(argv, options, verb, rest)
         finally:
             sys.stdout, sys.stderr = out, err
-    from corral._cli.faces import faces
+    from corral._cli import faces as _faces
 
-    with faces(options.get("home") or os.environ.get("CORRAL_HOME")):
+    with _faces.faces(options.get("home") or os.environ.get("CORRAL_HOME")):
         return _main(argv, options, verb, rest)
 
 
 def _main(argv: list[str], options: dict[str, str], verb: str | None, rest: list[str]) -> int:
-    as_json = "--json" in argv
     if verb == "registry" or verb in _REGISTRY_CLIENT_VERBS:
         return _registry(options, verb, rest)
-    try:
+
+    def verb_run() -> int:
         try:
             args = _parser(verb).parse_args(argv)
         except UsageError:
@@ -149,25 +148,5 @@ def _main(argv: list[str], options: dict[str, str], verb: str | None, rest: list
         if not getattr(args, "fn", None):
             raise UsageError("a verb is needed; see corral --help")
         return int(args.fn(args))
-    except CorralError as exc:
-        _report(exc.to_dict(), as_json)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
-    except Exception as exc:  # the host must say what broke, not dump a traceback
-        _report({"code": "error", "message": f"{type(exc).__name__}: {exc}"}, as_json)
-        return 1
 
-
-def _report(error: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        dump({"error": error})
-    else:  # a plugin's words stay under its id: no line of them can pass for the host's
-        source = error.get("plugin") if isinstance(error.get("plugin"), str) else "corral"
-        print(f"corral: error: {neutralise(error['message'], source)}", file=sys.stderr)
-        tb = error.get("traceback")
-        if tb:
-            print(f"  {neutralise(source, one_line=True)}| "
-                  f"{neutralise(str(tb).rstrip(), source)}", file=sys.stderr)
+    return run(verb_run, "--json" in argv)
