@@ -52,7 +52,8 @@ def test_reader_gone_after_the_first_line(home: Path) -> None:
     env = {**os.environ, "CORRAL_HOME": str(home)}
     with subprocess.Popen([sys.executable, "-m", "corral", "schema"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         assert proc.stdout.readline()  # the rest may or may not be written yet: both are fine
         proc.stdout.close()
         err = proc.stderr.read()
@@ -100,7 +101,8 @@ def test_no_doubled_prefix_on_the_command_line(run_cli: Run) -> None:
         res = run_cli(*args)
         assert res.code != 0, args
         lines = res.err.splitlines()
-        assert lines and lines[0].startswith(PREFIX), (args, res.err)
+        assert lines, (args, res.err)
+        assert lines[0].startswith(PREFIX), (args, res.err)
         assert res.err.count("corral: error:") == 1, (args, res.err)
         assert "corral: error: corral:" not in res.err, (args, res.err)
         assert "Traceback" not in res.err
@@ -121,7 +123,9 @@ def test_json_error_shape(run_cli: Run, args: tuple[str, ...], exit_code: int,
     assert set(res.json) == {"error"}
     error = res.json["error"]
     assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     assert not error["message"].startswith(PREFIX)
     again = CorralError.from_dict(error)
-    assert again.code == code and again.exit_code == exit_code
+    assert again.code == code
+    assert again.exit_code == exit_code
