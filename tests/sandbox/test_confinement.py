@@ -315,7 +315,7 @@ def test_landlock_refuses_a_threaded_process(ruleset: int) -> None:
             thread.join()
 
     out = in_child(child)
-    assert out.report["raised"] == "UnsupportedError"  # the kernel cannot enforce it: code unsupported
+    assert out.report["raised"] == "UnsupportedError"
     assert "single-threaded" in out.report["message"]
 
 
