@@ -110,7 +110,7 @@ def cpu_ms(pid: int) -> float:
 def server(data: Path, db: str | None = None, workers: int = 1) -> Iterator[str]:
     """``corral registry serve`` in a subprocess; yields its URL once healthy."""
     port = free_port()
-    cmd = [sys.executable, "-c", "import sys; from corral.registry.cli import registry_main; "
+    cmd = [sys.executable, "-c", "import sys; from corral.registry import registry_main; "
            "sys.exit(registry_main(sys.argv[1:]))", "serve", "--data", str(data),
            "--port", str(port)]
     if db:

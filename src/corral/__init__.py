@@ -57,6 +57,8 @@ __all__ = [
     "ResourceLimitExceeded",
     "SignatureInvalid",
     "State",
+    "UnavailableError",
+    "UnsupportedError",
     "UsageError",
     "WorkerCrashed",
     "__version__",

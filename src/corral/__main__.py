@@ -1,5 +1,5 @@
 """``python -m corral``: the command line."""
 
-from corral._cli import main
+from corral._cli.main import main
 
 raise SystemExit(main())

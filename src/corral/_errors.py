@@ -6,7 +6,9 @@
     ├── UsageError                   usage             exit 2
     │   └── LifecycleError           usage             exit 2  (illegal transition)
     ├── NotFoundError                not_found         exit 1
-    ├── TransferError                unavailable       exit 1  (registry down, slow, cut off)
+    ├── UnavailableError             unavailable       exit 1  (disk full, a service gone)
+    │   └── TransferError            unavailable       exit 1  (registry down, slow, cut off)
+    ├── UnsupportedError             unsupported       exit 1  (the kernel cannot enforce it)
     ├── InvalidPluginError           invalid           exit 3
     │   ├── ManifestError            invalid           exit 3  (file, key path)
     │   └── ConflictError            invalid           exit 3  (unsatisfiable dependencies)
@@ -22,6 +24,8 @@
 
 The CLI maps these to exit codes and ``{"error": {...}}`` documents; it never
 invents codes of its own.  Foreign errors are chained with ``raise ... from``.
+A class that shares its parent's code has a ``reason`` (written into the
+document), so that :meth:`CorralError.from_dict` rebuilds the same class.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ __all__ = [
     "ResourceLimitExceeded",
     "SignatureInvalid",
     "TransferError",
+    "UnavailableError",
+    "UnsupportedError",
     "UsageError",
     "WorkerCrashed",
 ]
@@ -59,6 +65,10 @@ class CorralError(Exception):
 
     code: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 1
+    #: Tells this class from its parent of the same code in the JSON form.
+    reason: ClassVar[str | None] = None
+    #: Detail fields that are also attributes of the exception (restored by ``from_dict``).
+    _attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, message: str, *, plugin_id: str | None = None, **details: Any
@@ -76,7 +86,51 @@ class CorralError(Exception):
         for key, value in self.details.items():
             if value is not None:
                 out[key] = value
+        if self.reason is not None:
+            out.setdefault("reason", self.reason)
         return out
+
+    @classmethod
+    def from_dict(cls, error: dict[str, Any]) -> CorralError:
+        """The exception an ``error`` object reports: the class of its code and reason.
+
+        The message is taken as it is (no prefix added again); an unknown code
+        gives a plain :class:`CorralError` that keeps it.
+        """
+        code = str(error.get("code", "error"))
+        reason = error.get("reason")
+        chosen = _class_for(code, reason if isinstance(reason, str) else None)
+        details = {k: v for k, v in error.items() if k not in ("code", "message", "plugin")}
+        if chosen.reason is not None and details.get("reason") == chosen.reason:
+            del details["reason"]
+        plugin = error.get("plugin")
+        exc = chosen.__new__(chosen)
+        CorralError.__init__(exc, str(error.get("message", "")),
+                             plugin_id=None if plugin is None else str(plugin), **details)
+        for name in chosen._attributes:
+            setattr(exc, name, details.get(name))
+        if chosen is CorralError and code != CorralError.code:
+            exc.details = {"code": code, **details}  # an unknown code is kept, not lost
+        return exc
+
+
+def _family(cls: type[CorralError]) -> list[type[CorralError]]:
+    """``cls`` and every subclass loaded so far, parents before children."""
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(c for c in _family(sub) if c not in out)
+    return out
+
+
+def _class_for(code: str, reason: str | None) -> type[CorralError]:
+    """The shallowest class of ``code`` with ``reason`` (or with none), core classes first."""
+    candidates = [c for c in _family(CorralError) if c.code == code]
+    candidates.sort(key=lambda c: (c.__module__ != __name__, len(c.__mro__)))
+    for wanted in (reason, None):
+        for c in candidates:
+            if c.reason == wanted:
+                return c
+    return CorralError
 
 
 class UsageError(CorralError):
@@ -88,6 +142,8 @@ class UsageError(CorralError):
 
 class LifecycleError(UsageError):
     """An illegal lifecycle transition (enable a removed plugin, disable a needed one)."""
+
+    reason = "lifecycle"
 
 
 class NotFoundError(CorralError):
@@ -110,6 +166,9 @@ class ManifestError(InvalidPluginError):
     The message reads ``FILE: KEY.PATH: what was expected, got what`` so that the
     author can go straight to the line.
     """
+
+    reason = "manifest"
+    _attributes = ("file", "key")
 
     def __init__(
         self,
@@ -137,11 +196,28 @@ class ConflictError(InvalidPluginError):
     the chain of requirers back to what the user asked for.
     """
 
+    reason = "conflict"
 
-class TransferError(CorralError):
-    """A registry could not be reached, was too slow, or cut the transfer short."""
+
+class UnavailableError(CorralError):
+    """Something corral needs is full, gone or unreadable now: a disk, a server, a store."""
 
     code = "unavailable"
+
+
+class TransferError(UnavailableError):
+    """A registry could not be reached, was too slow, or cut the transfer short."""
+
+    reason: ClassVar[str | None] = "transfer"  # a subclass may say it by other means
+
+
+class UnsupportedError(CorralError):
+    """This machine cannot do what was asked: the kernel cannot enforce a sandbox feature.
+
+    ``feature`` names it (``landlock``, ``seccomp-bpf``) or ``missing`` lists them.
+    """
+
+    code = "unsupported"
 
 
 class DeniedError(CorralError):
@@ -158,6 +234,7 @@ class PermissionDenied(DeniedError):
     """
 
     code = "permission_denied"
+    _attributes = ("permission",)
 
     def __init__(
         self, message: str, *, permission: str, plugin_id: str | None = None, **details: Any

@@ -18,7 +18,7 @@ import pytest
 from helpers.install import publish, rows
 from helpers.plugins import module_name
 
-from corral._cli import main
+from corral._cli.main import main
 from corral._distribution.install import DirectorySource, Installer
 from corral._errors import PolicyDenied
 from corral._model.release import Release

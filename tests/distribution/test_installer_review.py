@@ -16,7 +16,7 @@ from helpers.hosts import close_quietly
 from helpers.install import publish, rows, versioned
 from helpers.plugins import module_name
 
-from corral._cli import main
+from corral._cli.main import main
 from corral._distribution.install import DirectorySource, Installer
 from corral._errors import PluginError, SignatureInvalid, UsageError
 from corral._host import Host

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.hosts import close_quietly, snapshot
 
-from corral._cli import main
+from corral._cli.main import main
 from corral._host import Host
 from corral._pdk.new import create_plugin
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
+from corral.registry import client_main, registry_main
 from corral.registry._app import open_server
 from corral.registry._seed import seed
 from corral.registry._service import Registry
-from corral.registry.cli import client_main, registry_main
 from corral.registry.client import RegistryClient
 
 from .conftest import CATALOGUE, Api, make_plugin
@@ -147,7 +147,7 @@ def test_serve_command_in_a_subprocess(tmp_path: Path) -> None:
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from corral.registry.cli import registry_main; "
+        [sys.executable, "-c", "import sys; from corral.registry import registry_main; "
          "sys.exit(registry_main(sys.argv[1:]))", "serve", "--data", str(data),
          "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

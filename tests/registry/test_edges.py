@@ -336,7 +336,7 @@ def test_serve_workers_count_downloads_and_write_them_on_stop(tmp_path: Path) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from corral.registry.cli import registry_main; "
+        [sys.executable, "-c", "import sys; from corral.registry import registry_main; "
          "sys.exit(registry_main(sys.argv[1:]))", "serve", "--data", str(data),
          "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=log)

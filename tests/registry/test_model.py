@@ -147,14 +147,14 @@ def test_registry_never_imports_the_host_runtime() -> None:
     import sys
 
     code = ("import sys; import corral.registry._app, corral.registry._seed, "
-            "corral.registry.cli, corral.registry.client; "
+            "corral._cli.registry, corral.registry.client; "
             "bad = [m for m in sys.modules if m.startswith(('corral._host', 'corral._sandbox'))]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
     light = subprocess.run(
-        [sys.executable, "-c", "import sys, corral.registry, corral.registry.cli; "
+        [sys.executable, "-c", "import sys, corral.registry, corral._cli.registry; "
          "print(any(m in sys.modules for m in ('fastapi', 'sqlalchemy', 'httpx')))"],
         capture_output=True, text=True, check=True)
     assert light.stdout.strip() == "False"

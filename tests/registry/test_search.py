@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from corral.registry.cli import client_main
+from corral.registry import client_main
 
 from .conftest import CATALOGUE
 

@@ -15,8 +15,8 @@ import pytest
 from corral._disk.archive import pack_directory
 from corral._distribution.signing import SigningKey, generate_key, signature_envelope
 from corral._errors import PermissionDenied, SignatureInvalid
+from corral.registry import registry_main
 from corral.registry._service import Registry
-from corral.registry.cli import registry_main
 from corral.registry.client import RegistryClient
 
 from .conftest import Api, make_plugin

@@ -15,10 +15,10 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
 from corral._errors import NotFoundError, SignatureInvalid, UsageError
+from corral.registry import registry_main
 from corral.registry._app import open_server
 from corral.registry._service import Registry
 from corral.registry._tuf import TufRepository, load_key
-from corral.registry.cli import registry_main
 
 from .conftest import _accounts, make_plugin
 from .tuf_fixtures import TufApi, tuf_api_fixture  # noqa: F401

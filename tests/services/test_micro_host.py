@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral import Host
-from corral._cli import main
+from corral._cli.main import main
 from corral._errors import NotFoundError, PluginError
 from corral._services.micro.compose import Composition
 

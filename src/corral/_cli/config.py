@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral._cli.output import Parser, dump
 from corral._errors import CorralError, NotFoundError, UsageError
 from corral._model.text import neutralise
 
@@ -31,10 +32,6 @@ __all__ = [
     "cmd_secret_set",
     "register",
 ]
-
-
-def _dump(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -90,8 +87,8 @@ def cmd_config_get(args: argparse.Namespace) -> int:
         raise broken[args.id]
     value = manager.get(args.id, args.key, env=args.env)
     if args.json:
-        _dump({"plugin": args.id, "key": args.key, "env": manager.env if args.env is None
-               else args.env, "value": value})
+        dump({"plugin": args.id, "key": args.key, "env": manager.env if args.env is None
+               else args.env, "value": value}, indent=2)
     elif isinstance(value, str):  # a default may come from the plugin's schema
         print(neutralise(value, args.id))
     else:
@@ -107,8 +104,8 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     manager.set(args.id, args.key, _parse_value(args.value, args.string), env=args.env)
     where = f"env.{args.env}.plugins" if args.env else "plugins"
     if args.json:
-        _dump({"set": {"plugin": args.id, "key": args.key, "env": args.env,
-                       "file": str(manager.path)}})
+        dump({"set": {"plugin": args.id, "key": args.key, "env": args.env,
+                       "file": str(manager.path)}}, indent=2)
     else:
         print(f'set {where}."{args.id}".{args.key} in {manager.path}')
     return 0
@@ -121,7 +118,7 @@ def cmd_config_unset(args: argparse.Namespace) -> int:
         raise NotFoundError(f'{args.key} is not set for {args.id} in {manager.path}',
                             plugin_id=args.id, key=args.key)
     if args.json:
-        _dump({"unset": {"plugin": args.id, "key": args.key, "env": args.env}})
+        dump({"unset": {"plugin": args.id, "key": args.key, "env": args.env}}, indent=2)
     else:
         print(f"unset {args.key} of {args.id}")
     return 0
@@ -134,8 +131,8 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     errors.update(manager.validate(env=args.env))
     exit_code = max((e.exit_code for e in errors.values()), default=0)
     if args.json:
-        _dump({"valid": not errors, "env": args.env or manager.env,
-               "errors": {pid: e.to_dict() for pid, e in sorted(errors.items())}})
+        dump({"valid": not errors, "env": args.env or manager.env,
+               "errors": {pid: e.to_dict() for pid, e in sorted(errors.items())}}, indent=2)
         return exit_code
     if not errors:
         print(f"config valid ({manager.path}" + (f", env {args.env}" if args.env else "") + ")")
@@ -152,7 +149,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     for pid, err in broken.items():
         shown["plugins"].setdefault(pid, {})["error"] = err.to_dict()
     if args.json:
-        _dump(shown)
+        dump(shown, indent=2)
         return 0
     print(f"# {shown['file']}" + (f"  (env {shown['env']})" if shown["env"] else ""))
     if not shown["plugins"]:
@@ -204,7 +201,7 @@ def cmd_secret_set(args: argparse.Namespace) -> int:
         value = getpass.getpass(f"value of secret {args.name}: ")
     _secrets(args).set(args.name, value)
     if args.json:
-        _dump({"secret": {"name": args.name, "set": True}})
+        dump({"secret": {"name": args.name, "set": True}}, indent=2)
     else:
         print(f"secret {args.name} set")
     return 0
@@ -214,7 +211,7 @@ def cmd_secret_list(args: argparse.Namespace) -> int:
     """``corral secret list``: names and update times, never values."""
     info = _secrets(args).info()
     if args.json:
-        _dump({"secrets": info})
+        dump({"secrets": info}, indent=2)
     elif not info:
         print("no secrets")
     else:
@@ -228,7 +225,7 @@ def cmd_secret_rm(args: argparse.Namespace) -> int:
     if not _secrets(args).remove(args.name):
         raise NotFoundError(f"no secret {args.name!r} is set", secret=args.name)
     if args.json:
-        _dump({"removed": {"name": args.name}})
+        dump({"removed": {"name": args.name}}, indent=2)
     else:
         print(f"secret {args.name} removed")
     return 0
@@ -237,7 +234,7 @@ def cmd_secret_rm(args: argparse.Namespace) -> int:
 # -- registration ---------------------------------------------------------------------
 
 
-def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+def register(sub: Any, parser_class: type[argparse.ArgumentParser] = Parser) -> None:
     """Add ``config`` and ``secret`` to the main parser's subparsers action ``sub``."""
 
     def verb(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:

@@ -1,33 +1,47 @@
-"""Output helpers shared by the verbs: one JSON document, aligned tables, inputs.
+"""The one output module of every command line: parser, JSON, errors, exit codes, tables.
 
-Every byte the command line prints goes through :class:`SafeStream`, which
-applies :func:`corral._model.text.neutralise` (and scrubs the home's secret values);
+Every verb (the host's, config/secret, the registry's) parses with :class:`Parser`,
+prints JSON with :func:`dump` and runs under :func:`run`, which maps a
+:class:`CorralError` to its exit code and ``{"error": {...}}`` document, prints
+errors with one ``corral: error:`` prefix and leaves quietly on a broken pipe.
+Every byte printed goes through :class:`SafeStream`, which applies
+:func:`corral._model.text.neutralise` (and scrubs the home's secret values);
 plugin text that may span lines is also given its source's prefix here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
 
-from corral._errors import UsageError
+from corral._errors import CorralError, UsageError
 from corral._model.text import neutralise
 
 if TYPE_CHECKING:
     from corral._host import Host
 
 __all__ = [
+    "PREFIX",
+    "Command",
     "Parser",
     "SafeStream",
     "VerbAdder",
     "dump",
+    "error_document",
+    "exit_code",
     "host_for",
     "json_input",
     "print_result",
+    "report",
+    "run",
     "table",
 ]
+
+#: What every error line of the command line starts with, exactly once.
+PREFIX = "corral: error: "
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -39,10 +53,14 @@ class VerbAdder(Protocol):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` instead of exiting."""
+    """argparse that raises :class:`UsageError` instead of exiting.
+
+    The message names the verb (``corral info: ...``); the bare command adds
+    nothing, as :func:`report` already starts the line with ``corral: error:``.
+    """
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message if self.prog == "corral" else f"{self.prog}: {message}")
 
 
 def dump(doc: Any, *, indent: int | None = None) -> None:
@@ -50,6 +68,82 @@ def dump(doc: Any, *, indent: int | None = None) -> None:
     import json
 
     sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=indent) + "\n")
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code that reports ``exc``: its class's for a :class:`CorralError`, else 1."""
+    return exc.exit_code if isinstance(exc, CorralError) else 1
+
+
+def error_document(exc: BaseException) -> dict[str, Any]:
+    """``{"error": {...}}`` for ``exc``; a foreign exception is code ``error``, named by type."""
+    if isinstance(exc, CorralError):
+        return {"error": exc.to_dict()}
+    return {"error": {"code": CorralError.code, "message": f"{type(exc).__name__}: {exc}"}}
+
+
+def report(exc: BaseException, as_json: bool, *, source: str = "corral",
+           indent: int | None = None) -> None:
+    """Say what went wrong: the JSON error document, or one ``corral: error:`` line on stderr.
+
+    A plugin's words stay under its id (``source`` otherwise), so no line of
+    them can pass for the host's; a message that already starts with the
+    prefix does not get it twice.
+    """
+    doc = error_document(exc)
+    if as_json:
+        dump(doc, indent=indent)
+        return
+    error = doc["error"]
+    if isinstance(error.get("plugin"), str):
+        source = error["plugin"]
+    message = str(error.get("message", ""))
+    while message.startswith(PREFIX):
+        message = message[len(PREFIX):]
+    print(PREFIX + neutralise(message, source), file=sys.stderr)
+    tb = error.get("traceback")
+    if tb:
+        print(f"  {neutralise(source, one_line=True)}| {neutralise(str(tb).rstrip(), source)}",
+              file=sys.stderr)
+
+
+def run(fn: Callable[[], int], as_json: bool, *, source: str = "corral",
+        indent: int | None = None) -> int:
+    """Run a verb; returns its exit code, or the one of the error it raised.
+
+    Output is flushed here, so that a reader that went away (``corral search x
+    | head -1``) ends the command quietly, with the exit code it had so far
+    (0 when the verb itself did not fail), rather than with a traceback.
+    """
+    code = 0
+    try:
+        try:
+            code = fn()
+        except CorralError as exc:
+            code = exc.exit_code
+            report(exc, as_json, source=source, indent=indent)
+        except KeyboardInterrupt:
+            code = 130
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # the host must say what broke, not dump a traceback
+            code = exit_code(exc)
+            report(exc, as_json, source=source, indent=indent)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_gone()
+    return code
+
+
+def _reader_gone() -> None:
+    """stdout's reader closed the pipe: what is left unwritten goes nowhere, quietly."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)  # the interpreter's last flush must not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 class SafeStream:

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final, NamedTuple, final
 
-from corral._errors import CorralError
+from corral._errors import UnsupportedError
 from corral._sandbox.cgroups import detect as detect_pids_cgroup
 from corral._sandbox.landlock import landlock_abi
 from corral._sandbox.libc import libc, syscall
@@ -287,7 +287,7 @@ def require_strict() -> KernelFeatures:
     features = probe()
     missing = features.missing_for_strict()
     if missing:
-        raise CorralError(
+        raise UnsupportedError(
             "strict isolation cannot run on this kernel: missing "
             + ", ".join(missing)
             + " (see `corral doctor`)",

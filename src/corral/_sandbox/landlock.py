@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from corral._errors import CorralError
+from corral._errors import UnsupportedError
 from corral._sandbox.libc import prctl, syscall
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ class _NetPortAttr(ctypes.Structure):
     _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
 
 
-def _fail(what: str, err: int) -> CorralError:
-    return CorralError(
+def _fail(what: str, err: int) -> UnsupportedError:
+    return UnsupportedError(
         f"landlock: {what} failed: {os.strerror(err)}", feature="landlock", errno=err
     )
 
@@ -144,7 +144,7 @@ def handled_access_fs(abi: int) -> int:
 def _require_abi() -> int:
     abi = landlock_abi()
     if abi < 1:
-        raise CorralError(
+        raise UnsupportedError(
             "landlock is not available on this kernel (needs Linux 5.13+ with "
             "landlock in the lsm= boot list); strict isolation cannot run",
             feature="landlock",
@@ -251,7 +251,7 @@ def _add_path_rule(ruleset_fd: int, path: str | os.PathLike[str], access: int) -
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise CorralError(
+        raise UnsupportedError(
             f"landlock: cannot open granted path {os.fspath(path)!r}: {exc.strerror}",
             feature="landlock",
         ) from exc
@@ -288,7 +288,7 @@ def restrict_self(ruleset_fd: int) -> None:
     """
     _require_abi()
     if _thread_count() > 1:
-        raise CorralError(
+        raise UnsupportedError(
             "landlock: restrict_self needs a single-threaded process; other threads "
             "would stay unconfined",
             feature="landlock",

@@ -33,7 +33,7 @@ import resource
 import sys
 from typing import Any, Final
 
-from corral._errors import CorralError, ResourceLimitExceeded
+from corral._errors import ResourceLimitExceeded, UnsupportedError
 
 __all__ = ["MAX_OPEN_FILES", "apply_rlimits"]
 
@@ -53,7 +53,7 @@ def _set(which: int, name: str, soft: int, hard: int | None = None) -> None:
     try:
         resource.setrlimit(which, (soft, hard))
     except (OSError, ValueError) as exc:
-        raise CorralError(f"cannot set {name} to {soft}/{hard}: {exc}", limit=name) from exc
+        raise UnsupportedError(f"cannot set {name} to {soft}/{hard}: {exc}", limit=name) from exc
 
 
 def _find_mallopt() -> Any:

@@ -59,7 +59,7 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
-from corral._errors import CorralError
+from corral._errors import UnsupportedError
 from corral._sandbox.libc import libc, prctl, syscall
 
 __all__ = ["SUPPORTED_MACHINES", "build_filter", "build_limited_filter", "install_filter"]
@@ -257,7 +257,7 @@ class _Program:
 def _machine() -> str:
     machine = os.uname().machine
     if sys.platform != "linux" or machine not in _ARCHES:
-        raise CorralError(
+        raise UnsupportedError(
             f"seccomp: no syscall table for CPU architecture {machine!r} "
             f"(supported: {', '.join(sorted(_ARCHES))})",
             feature="seccomp-bpf",
@@ -419,7 +419,7 @@ def install_filter(prog: bytes) -> None:
     arch = _ARCHES[_machine()]
     if prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
         err = ctypes.get_errno()
-        raise CorralError(
+        raise UnsupportedError(
             f"seccomp: prctl(PR_SET_NO_NEW_PRIVS) failed: {errno.errorcode.get(err, err)}",
             feature="seccomp-bpf",
         )
@@ -435,13 +435,13 @@ def install_filter(prog: bytes) -> None:
     )
     if ret < 0:
         err = ctypes.get_errno()
-        raise CorralError(
+        raise UnsupportedError(
             f"seccomp: installing the filter failed: {errno.errorcode.get(err, err)}",
             feature="seccomp-bpf",
             errno=err,
         )
     if ret > 0:
-        raise CorralError(
+        raise UnsupportedError(
             f"seccomp: thread {ret} could not be synchronised to the filter",
             feature="seccomp-bpf",
         )

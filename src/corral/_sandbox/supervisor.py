@@ -37,9 +37,12 @@ import msgspec
 
 from corral._errors import (
     CorralError,
+    NotFoundError,
     PermissionDenied,
     PluginTimeout,
     ResourceLimitExceeded,
+    UnavailableError,
+    UnsupportedError,
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
@@ -167,7 +170,7 @@ class Supervisor:
         :raises CorralError: see the module docstring for which.
         """
         if self._closed:
-            raise CorralError("the supervisor is closed", plugin_id=spec.plugin_id)
+            raise UnavailableError("the supervisor is closed", plugin_id=spec.plugin_id)
         self._stop_idle(spec.plugin_id)
         state = self._state(spec.plugin_id)
         with state.lock:
@@ -273,7 +276,7 @@ class Supervisor:
             self._missing_for_strict = list(probe().missing_for_strict())
         if self._missing_for_strict:
             missing = ", ".join(self._missing_for_strict)
-            raise CorralError(
+            raise UnsupportedError(
                 f"strict isolation needs {missing}, which this kernel does not offer; "
                 f"refusing to run {spec.plugin_id} with less",
                 plugin_id=spec.plugin_id,
@@ -320,7 +323,7 @@ class Supervisor:
         if not isinstance(reply, Spawned) or reply.error is not None:
             ours.close()
             error = reply.error if isinstance(reply, Spawned) else repr(reply)
-            raise CorralError(
+            raise UnavailableError(
                 f"could not start a {spec.isolation} worker for {spec.plugin_id}: {error}",
                 plugin_id=spec.plugin_id,
             )
@@ -342,7 +345,7 @@ class Supervisor:
             ) from None
         if isinstance(msg, Refused):
             self._kill(state)
-            raise CorralError(
+            raise UnsupportedError(
                 f"{spec.isolation} isolation refused for {spec.plugin_id}: {msg.message}",
                 plugin_id=spec.plugin_id,
                 feature=msg.feature,
@@ -579,7 +582,7 @@ class Supervisor:
         try:
             conn = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            raise CorralError(
+            raise UnavailableError(
                 f"{spec.plugin_id}: cannot connect to {shown}: {exc}", plugin_id=spec.plugin_id
             ) from exc
         conn.setblocking(True)
@@ -595,7 +598,7 @@ class Supervisor:
             ):
                 path = resolve_program(granted)
                 if path is None:
-                    raise CorralError(
+                    raise NotFoundError(
                         f"{spec.plugin_id}: granted program {granted!r} is not installed",
                         plugin_id=spec.plugin_id,
                     )

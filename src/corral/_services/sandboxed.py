@@ -79,7 +79,7 @@ def spec_for(manifest: Manifest, ctx: Context) -> SandboxSpec:
     env.setdefault("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
     isolation = manifest.sandbox.isolation
     if isolation == "none":  # pragma: no cover - the host runs these in process
-        raise CorralError(f"{manifest.id} is not sandboxed", plugin_id=manifest.id)
+        raise UsageError(f"{manifest.id} is not sandboxed", plugin_id=manifest.id)
     return SandboxSpec(
         plugin_id=manifest.id,
         isolation=isolation,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 from corral._disk.files import exclusive, write_atomic
-from corral._errors import CorralError, NotFoundError, UsageError
+from corral._errors import CorralError, NotFoundError, UnavailableError, UsageError
 from corral._model.config import resolve_secret_refs
 from corral._model.text import neutralise
 
@@ -151,10 +151,12 @@ class SecretStore:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError:
-            raise CorralError(f"{self.path} is damaged (not JSON)", file=str(self.path)) from None
+            raise UnavailableError(f"{self.path} is damaged (not JSON)",
+                                   file=str(self.path)) from None
         secrets = doc.get("secrets", {}) if isinstance(doc, dict) else None
         if not isinstance(secrets, dict):
-            raise CorralError(f"{self.path} is damaged (no secrets table)", file=str(self.path))
+            raise UnavailableError(f"{self.path} is damaged (no secrets table)",
+                                   file=str(self.path))
         return secrets
 
     @contextlib.contextmanager
@@ -218,7 +220,7 @@ class SecretStore:
         try:
             return self._cipher().decrypt(str(entry["token"]).encode()).decode()
         except (InvalidToken, KeyError, ValueError):
-            raise CorralError(
+            raise UnavailableError(
                 f"secret {name!r} cannot be decrypted with this home's key "
                 f"({self.key_source}); set it again",
                 plugin_id=plugin_id, secret=name,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
-from corral._errors import CorralError, PermissionDenied, UsageError
+from corral._errors import PermissionDenied, PluginError, UsageError
 from corral._model.jsoncheck import json_problem
 from corral._model.permissions import Permissions, pattern_matches, valid_pattern
 from corral._model.state import StateChange, StateValue
@@ -343,7 +343,7 @@ class StateStore:
             try:
                 new = fn(current)
             except Exception as exc:
-                raise CorralError(
+                raise PluginError(
                     f"the update function for state key {key!r} raised "
                     f"{type(exc).__name__}: {exc}", key=key, plugin_id=plugin_id,
                 ) from exc

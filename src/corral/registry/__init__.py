@@ -8,7 +8,7 @@ or httpx.
 - :class:`Registry` — storage, accounts, publish/yank/search (``_service``);
 - :func:`create_app` — the FastAPI application (``_app``);
 - :class:`RegistryClient` — the HTTP client (``client``);
-- :func:`registry_main`, :func:`client_main` — CLI entry points (``cli``);
+- :func:`registry_main`, :func:`client_main` — CLI entry points (``corral._cli.registry``);
 - :func:`seed` — load a catalogue TSV (``_seed``).
 """
 
@@ -18,11 +18,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from corral._cli.registry import client_main as client_main
+    from corral._cli.registry import registry_main as registry_main
+
     from ._app import create_app as create_app
     from ._seed import seed as seed
     from ._service import Registry as Registry
-    from .cli import client_main as client_main
-    from .cli import registry_main as registry_main
     from .client import RegistryClient as RegistryClient
 
 __all__ = [
@@ -37,9 +38,9 @@ __all__ = [
 _WHERE = {
     "Registry": "._service",
     "RegistryClient": ".client",
-    "client_main": ".cli",
+    "client_main": "corral._cli.registry",
     "create_app": "._app",
-    "registry_main": ".cli",
+    "registry_main": "corral._cli.registry",
     "seed": "._seed",
 }
 

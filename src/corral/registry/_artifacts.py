@@ -17,15 +17,17 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Final, final
 
-from corral._errors import CorralError, NotFoundError
+from corral._errors import NotFoundError, UnavailableError
 
 __all__ = ["ArtifactError", "ArtifactStore", "FilesystemArtifactStore"]
 
 _CHUNK: Final = 1024 * 1024
 
 
-class ArtifactError(CorralError):
+class ArtifactError(UnavailableError):
     """The artifact store failed (disk full, permissions): the server's fault."""
+
+    reason = "artifacts"
 
 
 class ArtifactStore(ABC):

@@ -47,12 +47,16 @@ __all__ = [
 class VersionExists(UsageError):
     """That version of that plugin is already published; versions are immutable."""
 
+    reason = "version_exists"
+
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message, reason="version_exists", **details)
 
 
 class UploadTooLarge(InvalidPluginError):
     """The upload is over the server's size cap."""
+
+    reason = "too_large"
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message, reason="too_large", **details)
@@ -67,6 +71,8 @@ class Unauthenticated(PermissionDenied):
 
 class ServerUnavailable(TransferError):
     """The server cannot serve this now (database locked or unreachable): retry later."""
+
+    reason = None  # the document says so by its HTTP status
 
 
 class StorageFull(ServerUnavailable):

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from corral._errors import CorralError, SignatureInvalid
+from corral._errors import SignatureInvalid, TransferError
 
 from ._errors import error_from_dict
 
@@ -64,7 +64,7 @@ class RegistryClient:
         try:
             response = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise CorralError(f"cannot reach the registry at {self.url}: {exc}",
+            raise TransferError(f"cannot reach the registry at {self.url}: {exc}",
                               registry=self.url) from exc
         if response.is_error:
             try:
@@ -73,7 +73,7 @@ class RegistryClient:
                 if not isinstance(error, dict):
                     raise TypeError
             except (ValueError, KeyError, TypeError):
-                raise CorralError(
+                raise TransferError(
                     f"registry at {self.url} answered HTTP {response.status_code}",
                     status=response.status_code,
                 ) from None
@@ -83,7 +83,7 @@ class RegistryClient:
     def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         doc = self._request(method, path, **kw).json()
         if not isinstance(doc, dict):
-            raise CorralError(f"registry at {self.url} sent a non-object JSON document")
+            raise TransferError(f"registry at {self.url} sent a non-object JSON document")
         return doc
 
     def search(self, query: str = "", *, category: str | None = None, tag: str | None = None,

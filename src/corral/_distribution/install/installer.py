@@ -71,6 +71,7 @@ from corral._errors import (
     NotFoundError,
     PluginError,
     SignatureInvalid,
+    UnavailableError,
     UsageError,
 )
 from corral._host import Host
@@ -351,8 +352,8 @@ class Installer:
             self._generations.switch(gen)
         except OSError as exc:
             if no_space(exc):
-                raise CorralError(f"no space left on the device of {self.home} "
-                                  "(nothing was changed)", reason="no_space") from exc
+                raise UnavailableError(f"no space left on the device of {self.home} "
+                                       "(nothing was changed)", reason="no_space") from exc
             raise
         created.clear()  # from here on the new trees belong to a generation
         self._reconcile(host, gen)

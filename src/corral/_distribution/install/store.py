@@ -23,7 +23,13 @@ from typing import Any, Final, final
 
 from corral._disk.archive import extract_archive
 from corral._disk.files import sha256_file, write_atomic
-from corral._errors import CorralError, InvalidPluginError, SignatureInvalid, TransferError
+from corral._errors import (
+    CorralError,
+    InvalidPluginError,
+    SignatureInvalid,
+    TransferError,
+    UnavailableError,
+)
 from corral._model.manifest import Manifest, load_manifest
 from corral._model.release import Release, Source
 
@@ -186,9 +192,9 @@ class Store:
                 gone.append(digest)
         return gone
 
-    def no_space_error(self, rel: Release, exc: OSError) -> CorralError:
+    def no_space_error(self, rel: Release, exc: OSError) -> UnavailableError:
         """The error of a full disk while ``rel`` was coming in."""
-        return CorralError(
+        return UnavailableError(
             f"{rel.id} {rel.version}: no space left on the device of {self.home} "
             f"(nothing was changed): {exc}", plugin_id=rel.id, reason="no_space")
 

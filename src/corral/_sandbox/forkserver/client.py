@@ -22,7 +22,7 @@ from typing import Final, final
 import msgspec
 
 from corral._disk.files import exclusive
-from corral._errors import CorralError
+from corral._errors import UnavailableError
 from corral._sandbox import cgroups as _cgroups
 from corral._sandbox.forkserver.daemon import (
     HELLO,
@@ -170,10 +170,10 @@ class ForkServerClient:
                 data = ctrl.recv(1 << 16)
             except OSError as exc:
                 self._close_locked()
-                raise CorralError(f"the sandbox fork server failed: {exc}") from exc
+                raise UnavailableError(f"the sandbox fork server failed: {exc}") from exc
             if not data:
                 self._close_locked()
-                raise CorralError("the sandbox fork server exited")
+                raise UnavailableError("the sandbox fork server exited")
             reply: ForkServerReply = self._decoder.decode(data)
             return reply
 

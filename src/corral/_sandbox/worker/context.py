@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
-from corral._errors import CorralError, UsageError
+from corral._errors import PluginError, UsageError
 from corral._model.events import DEFAULT_MAX_QUEUE, Event, HandlerResult
 from corral._model.state import StateChange, StateValue
 from corral._sandbox.worker.channel import Channel
@@ -417,7 +417,7 @@ class StateProxy(_Proxy):
             try:
                 new = fn(current)
             except Exception as exc:
-                raise CorralError(
+                raise PluginError(
                     f"the update function for state key {key!r} raised "
                     f"{type(exc).__name__}: {exc}", key=key, plugin_id=self.plugin_id,
                 ) from exc

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
-from corral._errors import CorralError, UsageError
+from corral._errors import CorralError, UnavailableError, UsageError
 from corral._model.permissions import pattern_matches
 from corral._runtime.budgets import MIB, over_budget
 
@@ -289,8 +289,8 @@ class DurableLog:
         return int(n)
 
     def _write_error(self, topic: str, exc: BaseException) -> CorralError:
-        return CorralError(f"could not write the event on {topic!r} to {self.path}: {exc}",
-                           topic=topic)
+        return UnavailableError(f"could not write the event on {topic!r} to {self.path}: {exc}",
+                                topic=topic)
 
     def _write_loop(self) -> None:
         conn = self._conn

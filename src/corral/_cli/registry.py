@@ -1,59 +1,28 @@
-"""Command-line entry points for the registry, to be wired into ``corral``.
+"""The registry's verbs: ``corral registry ...`` (server side) and the client verbs.
 
-- :func:`registry_main` handles ``corral registry serve|seed|admin ...``;
+- :func:`registry_main` handles ``corral registry serve|seed|admin|tuf|trust ...``;
 - :func:`client_main` handles ``corral search|show|publish|download|yank|unyank``.
 
-Both return the exit code and follow the CLI contract: ``--json`` prints one
-JSON document (an ``{"error": ...}`` one on failure), errors map to exit codes
-through the :mod:`corral._errors` tree.
+Both return the exit code and run under :func:`corral._cli.output.run`, like
+every verb.  The registry's own modules pull in FastAPI, SQLAlchemy or httpx,
+so they are imported only by the verb that needs them.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from corral._errors import CorralError, UsageError
+from corral._cli.output import Parser, dump, run
+from corral._errors import SignatureInvalid, UsageError
 from corral._model.text import neutralise
 
 __all__ = ["client_main", "registry_main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _dump(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-
-
-def _run(fn: Callable[[], int], as_json: bool) -> int:
-    try:
-        return fn()
-    except CorralError as exc:
-        if as_json:
-            _dump({"error": exc.to_dict()})
-        else:
-            print(f"corral: error: {neutralise(exc.message, 'registry')}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # say what broke, not a traceback
-        message = f"{type(exc).__name__}: {exc}"
-        if as_json:
-            _dump({"error": {"code": "error", "message": message}})
-        else:
-            print(f"corral: error: {neutralise(message, 'registry')}", file=sys.stderr)
-        return 1
 
 
 def _storage_args(p: argparse.ArgumentParser) -> None:
@@ -62,15 +31,15 @@ def _storage_args(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from ._service import Registry
+    from corral.registry._service import Registry
 
     return Registry.open(args.data, args.db, max_upload_bytes=args.max_upload_mb * 1024 * 1024
                          if getattr(args, "max_upload_mb", None) else 50 * 1024 * 1024)
 
 
-def _registry_parser() -> _Parser:
-    p = _Parser(prog="corral registry", description="run and administer a plugin registry")
-    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+def _registry_parser() -> Parser:
+    p = Parser(prog="corral registry", description="run and administer a plugin registry")
+    sub = p.add_subparsers(dest="cmd", parser_class=Parser)
     sp = sub.add_parser("serve", help="serve the HTTP API")
     _storage_args(sp)
     sp.add_argument("--host", default="127.0.0.1")
@@ -85,7 +54,7 @@ def _registry_parser() -> _Parser:
     sp.add_argument("--limit", type=int)
     sp.add_argument("--json", action="store_true")
     ap = sub.add_parser("admin", help="publishers, namespaces, tokens")
-    asub = ap.add_subparsers(dest="what", parser_class=_Parser)
+    asub = ap.add_subparsers(dest="what", parser_class=Parser)
 
     def admin(name: str, help_: str) -> argparse.ArgumentParser:
         a = asub.add_parser(name, help=help_)
@@ -129,7 +98,7 @@ def _registry_parser() -> _Parser:
 def _tuf_parsers(sub: Any) -> None:
     """``corral registry tuf ...`` (the key ceremony) and ``corral registry trust``."""
     tp = sub.add_parser("tuf", help="TUF metadata: init, rotate-root, rotate-online, refresh")
-    tsub = tp.add_subparsers(dest="what", parser_class=_Parser)
+    tsub = tp.add_subparsers(dest="what", parser_class=Parser)
 
     def tuf(name: str, help_: str) -> argparse.ArgumentParser:
         t: argparse.ArgumentParser = tsub.add_parser(name, help=help_)
@@ -180,7 +149,7 @@ def _tuf_main(args: argparse.Namespace) -> int:
 
         doc = _tuf_command(args)
     if args.json:
-        _dump(doc)
+        dump(doc, indent=2)
     else:
         print(" ".join(f"{k}={v}" for k, v in doc.items()))
     return 0
@@ -189,7 +158,7 @@ def _tuf_main(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ._app import create_app
+    from corral.registry._app import create_app
 
     registry = _open(args)
     # before any request: sweep crashed uploads' temp files, sign what a crash left unsigned
@@ -254,7 +223,7 @@ def _admin(args: argparse.Namespace) -> int:
             reg.revoke_token(token_id)
             doc = {"revoked": token_id}
     if args.json:
-        _dump(doc)
+        dump(doc, indent=2)
     elif "token" in doc:
         print(doc["token"])
     else:
@@ -267,17 +236,17 @@ def registry_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
 
-    def run() -> int:
+    def verb_run() -> int:
         args = _registry_parser().parse_args(argv)
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "seed":
-            from ._seed import seed
+            from corral.registry._seed import seed
 
             with _open(args) as reg:
                 counts = seed(reg, args.catalogue, args.limit)
             if args.json:
-                _dump(counts)
+                dump(counts, indent=2)
             else:
                 print(f"added {counts['added']} plugins, skipped {counts['skipped']} "
                       f"already present, {counts['invalid']} invalid names")
@@ -288,11 +257,11 @@ def registry_main(argv: Sequence[str] | None = None) -> int:
             return _tuf_main(args)
         raise UsageError("corral registry needs a command: serve, seed or admin")
 
-    return _run(run, as_json)
+    return run(verb_run, as_json, source="registry", indent=2)
 
 
-def _client_parser(verb: str) -> _Parser:
-    p = _Parser(prog=f"corral {verb}")
+def _client_parser(verb: str) -> Parser:
+    p = Parser(prog=f"corral {verb}")
     p.add_argument("--registry", help="registry URL (default $CORRAL_REGISTRY)")
     p.add_argument("--json", action="store_true")
     if verb == "search":
@@ -377,9 +346,9 @@ def _publish_directory(reg: Any, args: argparse.Namespace) -> dict[str, Any]:
     signature = {"state": "signed" if packed["signed"] else "unsigned",
                  "signer": packed["signer"], "keyid": packed["keyid"]}
     if published.get("sha256") not in (None, packed["sha256"]):
-        raise CorralError(f"{packed['plugin']} {packed['version']}: the registry stored sha256 "
-                          f"{published['sha256']}, but {packed['sha256']} was uploaded",
-                          plugin_id=packed["plugin"])
+        raise SignatureInvalid(f"{packed['plugin']} {packed['version']}: the registry stored "
+                               f"sha256 {published['sha256']}, but {packed['sha256']} was "
+                               "uploaded", plugin_id=packed["plugin"])
     return {**published, "id": packed["plugin"], "version": packed["version"],
             "sha256": packed["sha256"], "size": packed["size"], "signature": signature,
             "archive": packed["path"] if args.output is not None else None,
@@ -408,8 +377,8 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
     argv = list(argv)
     as_json = "--json" in argv
 
-    def run() -> int:
-        from .client import RegistryClient
+    def verb_run() -> int:
+        from corral.registry.client import RegistryClient
 
         args = _client_parser(verb).parse_args(argv)
         token = os.environ.get("CORRAL_TOKEN") or None
@@ -458,20 +427,19 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
                 doc = reg.yank(args.id, args.version, args.reason)
             else:
                 doc = reg.unyank(args.id, args.version)
-        if args.json:
-            _dump(doc)
+        if args.json or verb != "download":
+            dump(doc, indent=2)
         else:
-            print(json.dumps(doc, indent=2, ensure_ascii=False) if verb != "download"
-                  else doc["path"])
+            print(doc["path"])
         return 0
 
-    return _run(run, as_json)
+    return run(verb_run, as_json, source="registry", indent=2)
 
 
 def _tuf_command(args: Any) -> dict[str, Any]:
     """``corral registry tuf init|rotate-root|rotate-online|refresh|sync``; a JSON-ready result."""
-    from ._service import Registry, default_data_dir
-    from ._tuf import TufRepository
+    from corral.registry._service import Registry, default_data_dir
+    from corral.registry._tuf import TufRepository
 
     data = Path(args.data).expanduser() if args.data else default_data_dir()
     what = args.what
