@@ -6,7 +6,6 @@ import argparse
 from typing import TYPE_CHECKING
 
 from corral._cli.output import dump
-from corral._pdk.pack import pack_plugin
 
 if TYPE_CHECKING:
     from corral._cli.output import VerbAdder
@@ -22,6 +21,9 @@ _HELP = (
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
+    # Packing pulls in archives, signing and validation: only `corral pack` pays for them.
+    from corral._pdk.pack import pack_plugin
+
     result = pack_plugin(args.path, args.output, key=args.key, sign=not args.no_sign)
     if args.json:
         dump(result)
