@@ -34,11 +34,13 @@ def test_add_link_runs_from_the_folder(run_cli: Run, tmp_path: Path) -> None:
     edit(src)  # no re-add: the next call runs the edited code
     assert run_cli("call", PID, "echo", "--input", "1", "--json").json == {"result": {"v2": 1}}
     [entry] = run_cli("list", "--json").json["plugins"]
-    assert entry["linked"] is True and entry["path"] == str(src)
+    assert entry["linked"] is True
+    assert entry["path"] == str(src)
     assert run_cli("info", PID, "--json").json["linked"] is True
     assert "(linked)" in run_cli("list").out
     again = run_cli("add", "--link", str(src))
-    assert again.code == 0 and again.out.startswith("unchanged"), again.err
+    assert again.code == 0, again.err
+    assert again.out.startswith("unchanged")
 
 
 def test_add_again_and_upgrade(run_cli: Run, tmp_path: Path) -> None:
@@ -60,7 +62,8 @@ def test_add_errors_never_name_the_staging_copy(run_cli: Run, tmp_path: Path) ->
     assert ".staging-" not in res.out + res.err
     assert str(src) in res.json["error"]["message"]
     text = run_cli("add", str(src))
-    assert ".staging-" not in text.out + text.err and str(src) in text.err
+    assert ".staging-" not in text.out + text.err
+    assert str(src) in text.err
 
 
 def _lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
@@ -120,7 +123,8 @@ def test_dev_reloads_on_change(run_cli: Run, tmp_path: Path, home: Path, workspa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.stderr is not None and proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout is not None
         err = proc.stderr.read()
         pump.join(timeout=10)  # it reads stdout to its end first
         proc.stderr.close()

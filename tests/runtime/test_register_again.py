@@ -1,4 +1,4 @@
-"""Registering a registered plugin again: a no-op, an upgrade in place, or a refusal saying what to run."""
+"""Registering a registered plugin again: a no-op, an upgrade in place, or a refusal."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def test_second_start_registers_the_same_plugin_again(
         assert again.state == "enabled"  # as recorded: nothing was re-registered
         assert snapshot(home / "plugins") == before
         row = HostDatabase(home / "corral.db").get(PID)
-        assert row is not None and registered_at is not None
+        assert row is not None
+        assert registered_at is not None
         assert row.registered_at == registered_at.registered_at
         assert (home / "data" / PID / "kept.txt").read_text() == "mine"
         assert second.start() == [PID]
@@ -79,7 +80,8 @@ def test_newer_version_upgrades_in_place_with_hooks(host: Host, tmp_path: Path) 
     assert (host.home / "data" / PID / "kept.txt").read_text() == "mine"
     assert {p.name for p in (host.home / "plugins").iterdir()} == {PID}
     row = HostDatabase(host.home / "corral.db").get(PID)
-    assert row is not None and row.digest == tree_digest(host.home / "plugins" / PID)
+    assert row is not None
+    assert row.digest == tree_digest(host.home / "plugins" / PID)
 
 
 def test_upgrade_of_a_plugin_not_active_here_keeps_its_recorded_state(
@@ -111,7 +113,8 @@ def test_same_version_with_other_files_is_refused(host: Host, tmp_path: Path) ->
         host.register(src)
     msg = err.value.message
     assert "other files" in msg
-    assert "bump plugin.version" in msg and f"corral remove {PID}" in msg
+    assert "bump plugin.version" in msg
+    assert f"corral remove {PID}" in msg
     assert snapshot(host.home / "plugins") == before
     assert not any(p.name.startswith(".staging-") for p in (host.home / "plugins").iterdir())
 
@@ -123,7 +126,9 @@ def test_another_source_is_refused(host: Host, tmp_path: Path) -> None:
         host.register(other)
     msg = err.value.message
     assert str(tmp_path / "a" / "src" / PID) in msg
-    assert f"corral remove {PID}` (or Host.unregister('{PID}')) first, then `corral add {other}`" in msg
+    assert (
+        f"corral remove {PID}` (or Host.unregister('{PID}')) first, then `corral add {other}`"
+    ) in msg
     assert host.info(PID)["version"] == "1.0.0"
 
 
@@ -146,7 +151,8 @@ def test_linked_then_copied_is_refused(host: Host, tmp_path: Path) -> None:
 def test_link_runs_from_the_folder(host: Host, tmp_path: Path) -> None:
     src = make_plugin(tmp_path, PID)
     [info] = host.register(src, link=True)
-    assert info.linked and Path(info.path) == src
+    assert info.linked
+    assert Path(info.path) == src
     assert info.to_dict()["linked"] is True
     assert host.info(PID)["linked"] is True
     assert not (host.home / "plugins" / PID).exists()
