@@ -282,6 +282,7 @@ class Host:
             raise UsageError("register needs at least one plugin directory or archive")
         with self._locked():
             staged: builtins.list[_Staged] = []
+            fresh: builtins.list[_Staged] = []  # new ids, in the order of ``placed``
             placed: builtins.list[Path] = []
             try:
                 for source in sources:
@@ -334,7 +335,7 @@ class Host:
                 for st in staged:
                     if st.temp:
                         _rmtree(st.path)
-                self._unplace(staged, placed)
+                self._unplace(fresh, placed)
                 raise
             now = time.time()
             try:
@@ -344,8 +345,14 @@ class Host:
             except BaseException:
                 self._unplace(fresh, placed)
                 raise
-            for st in upgrades:
-                self._upgrade(st, everything)
+            for i, st in enumerate(upgrades):
+                try:
+                    self._upgrade(st, everything)
+                except BaseException:
+                    for later in upgrades[i + 1 :]:
+                        if later.temp:
+                            _rmtree(later.path)
+                    raise
         return [self._info_of(s.manifest.id) for s in staged]
 
     def _row_for(self, st: _Staged, path: Path, state: str, now: float) -> PluginRow:
