@@ -15,14 +15,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
 from corral._disk.files import exclusive
 from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME, default_home
-from corral._errors import InvalidPluginError, LifecycleError, NotFoundError, UsageError
+from corral._errors import (
+    CorralError,
+    InvalidPluginError,
+    LifecycleError,
+    NotFoundError,
+    UsageError,
+)
 from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
 from corral._model.info import PluginInfo
 from corral._model.lifecycle import State, check_transition
+from corral._model.reregister import Again, Registration, judge_again
 from corral._runtime.activation import Active, HookRunner
 from corral._runtime.budgets import dir_usage
 from corral._runtime.calls import (
@@ -208,7 +215,7 @@ class Host:
         manifest = self.catalog.fresh_manifest(row).to_dict()
         info = PluginInfo.from_manifest_dict(
             manifest, state=self.lifecycle.state_of(row).value, source=row.source,
-            path=row.path, error=row.error,
+            path=row.path, error=row.error, linked=row.linked,
         )
         out = info.to_dict(full=True)
         out["metrics"] = self._db.call_summary(plugin_id)
@@ -253,8 +260,18 @@ class Host:
 
     # -- registration ---------------------------------------------------------
 
-    def register(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
+    def register(
+        self, *sources: str | os.PathLike[str], link: bool = False
+    ) -> builtins.list[PluginInfo]:
         """Register plugin directories or ``.corral`` archives (copied into the home).
+
+        Safe to call on every start of an application: a plugin already
+        registered from the same source with the same version and files is left
+        as it is (its record is returned); a newer version from the same source
+        upgrades it in place (its data and state are kept, an enabled plugin is
+        reloaded on the new code); anything else is refused with an error that
+        says what to run.  ``link=True`` registers directories without copying
+        them: the plugin runs from the author's folder (``corral add --link``).
 
         All sources are checked together (dependencies may be among them) before
         anything is written; on any error nothing is registered.  A source that
@@ -264,24 +281,40 @@ class Host:
         if not sources:
             raise UsageError("register needs at least one plugin directory or archive")
         with self._locked():
-            staged: builtins.list[tuple[Manifest, Path, str, bool]] = []
+            staged: builtins.list[_Staged] = []
+            fresh: builtins.list[_Staged] = []  # new ids, in the order of ``placed``
             placed: builtins.list[Path] = []
             try:
                 for source in sources:
-                    staged.append(self._stage(Path(source)))
+                    staged.append(self._stage(Path(source), link=link))
                 known = self.catalog.known()
                 batch: dict[str, Manifest] = {}
-                for manifest, _, _, _ in staged:
-                    if manifest.id in known or manifest.id in batch:
-                        where = self._db.get(manifest.id)
+                verdicts: dict[str, Again] = {}
+                for st in staged:
+                    manifest = st.manifest
+                    if manifest.id in batch:
+                        first = next(s for s in staged if s.manifest.id == manifest.id)
                         raise InvalidPluginError(
-                            f"a plugin with id {manifest.id!r} is already registered"
-                            + (f" (version {where.version} from {where.path})" if where else ""),
-                            plugin_id=manifest.id,
+                            f"{manifest.id!r} is already registered by this call from "
+                            f"{first.origin}; {st.origin} has the same id: name one of them",
+                            plugin_id=manifest.id, path=st.origin,
+                        )
+                    row = self._db.get(manifest.id)
+                    if row is not None:
+                        verdicts[manifest.id] = judge_again(
+                            manifest.id,
+                            Registration(row.version, row.origin, row.digest, row.linked),
+                            Registration(manifest.version, st.origin, st.digest, st.linked),
+                            live=row.path == row.origin,
                         )
                     batch[manifest.id] = manifest
                     check_requires_corral(manifest, __version__)
-                everything = {**known, **batch}
+                for st in staged:  # nothing to do for these: drop their copies now
+                    if verdicts.get(st.manifest.id) is Again.SAME and st.temp:
+                        _rmtree(st.path)
+                todo = [s for s in staged if verdicts.get(s.manifest.id) is not Again.SAME]
+                changed = {s.manifest.id: s.manifest for s in todo}
+                everything = {**known, **changed}
                 cycle = find_cycle({pid: tuple(m.dependencies) for pid, m in everything.items()})
                 if cycle:
                     raise InvalidPluginError(
@@ -289,53 +322,134 @@ class Host:
                         plugin_id=cycle[0],
                         cycle=cycle,
                     )
-                for manifest in batch.values():
+                for manifest in changed.values():
                     check_dependencies(manifest, everything)
-                for m, path, _, temp in staged:
-                    placed.append(self._place(m, path, temp))
+                upgrades = [s for s in todo if verdicts.get(s.manifest.id) is Again.UPGRADE]
+                for st in upgrades:  # its dependents must accept the new version too
+                    for pid in dependents_of(st.manifest.id, everything):
+                        check_dependencies(everything[pid], everything)
+                fresh = [s for s in todo if s.manifest.id not in verdicts]
+                for st in fresh:
+                    placed.append(self._place(st.manifest, st.path, st.temp))
             except BaseException:
-                for _, path, _, temp in staged:
-                    if temp:
-                        _rmtree(path)
-                self._unplace(staged, placed)
+                for st in staged:
+                    if st.temp:
+                        _rmtree(st.path)
+                self._unplace(fresh, placed)
                 raise
             now = time.time()
             try:
                 with self._db.transaction() as conn:
-                    for (manifest, _, source_kind, _), path in zip(staged, placed, strict=True):
-                        st = (path / MANIFEST_NAME).stat()
-                        self._db.insert(
-                            conn,
-                            PluginRow(
-                                id=manifest.id,
-                                version=manifest.version,
-                                path=str(path),
-                                source=source_kind,
-                                state=State.REGISTERED.value,
-                                error=None,
-                                manifest=manifest.to_dict(),
-                                manifest_mtime_ns=st.st_mtime_ns,
-                                manifest_size=st.st_size,
-                                registered_at=now,
-                                updated_at=now,
-                            ),
-                        )
+                    for st, path in zip(fresh, placed, strict=True):
+                        self._db.insert(conn, self._row_for(st, path, State.REGISTERED.value, now))
             except BaseException:
-                self._unplace(staged, placed)
+                self._unplace(fresh, placed)
                 raise
-        return [self._info_of(m.id) for m, _, _, _ in staged]
+            for i, st in enumerate(upgrades):
+                try:
+                    self._upgrade(st, everything)
+                except BaseException:
+                    for later in upgrades[i + 1 :]:
+                        if later.temp:
+                            _rmtree(later.path)
+                    raise
+        return [self._info_of(s.manifest.id) for s in staged]
 
-    async def aregister(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
+    def _row_for(self, st: _Staged, path: Path, state: str, now: float) -> PluginRow:
+        manifest = st.manifest
+        info = (path / MANIFEST_NAME).stat()
+        return PluginRow(
+            id=manifest.id, version=manifest.version, path=str(path), source=st.kind,
+            state=state, error=None, manifest=manifest.to_dict(),
+            manifest_mtime_ns=info.st_mtime_ns, manifest_size=info.st_size,
+            registered_at=now, updated_at=now, origin=st.origin, digest=st.digest,
+            linked=st.linked,
+        )
+
+    def _upgrade(self, st: _Staged, known: Mapping[str, Manifest]) -> None:
+        """Replace a registered plugin's code with a newer version, as an update does.
+
+        It and its dependents active here are stopped (``on_disable``, ``on_unload``),
+        the code is swapped, and those that were enabled are enabled again on the
+        new code (``on_load``, ``on_enable``).  Its data and recorded state stay.
+        """
+        pid = st.manifest.id
+        row = self.catalog.row(pid)
+        chain = [*reversed(dependents_of(pid, known)), pid]
+        again = [p for p in chain if self.lifecycle.stop(p)]
+        old = Path(row.path)
+        trash: Path | None = None
+        path = st.path
+        if st.temp:
+            path = self.home / "plugins" / pid
+            if old == path:
+                trash = old.with_name(f".trash-{os.urandom(16).hex()}")
+                os.rename(old, trash)
+            try:
+                path = self._place(st.manifest, st.path, st.temp)
+            except BaseException:
+                _rmtree(st.path)
+                if trash is not None:
+                    os.rename(trash, old)
+                raise
+        state = row.state if row.state in (State.ENABLED.value, State.DISABLED.value) else (
+            State.REGISTERED.value
+        )
+        try:
+            with self._db.transaction() as conn:
+                self._db.replace_code(conn, self._row_for(st, path, state, time.time()))
+        except BaseException:
+            if st.temp:
+                _rmtree(path)
+            if trash is not None:
+                os.rename(trash, old)
+            raise
+        if trash is not None:
+            _rmtree(trash)
+        if again:
+            self.lifecycle.restart(again)
+
+    def reload(self, plugin_id: str) -> PluginInfo:
+        """Run a plugin on its current files: stop it and its dependents, start them again.
+
+        For a linked plugin being edited (``corral dev``): each one enabled before
+        is enabled again, running the hooks as a disable and an enable do.  A
+        plugin that had failed is enabled again too.
+        """
+        with self._locked():
+            row = self.catalog.row(plugin_id)
+            known = self.catalog.known()
+            chain = [*reversed(dependents_of(plugin_id, known)), plugin_id]
+            failed = self.lifecycle.recorded(plugin_id) is State.FAILED
+            again = [p for p in chain if self.lifecycle.stop(p)]
+            if row.linked:
+                from corral._disk.tree import tree_digest  # deferred: see _stage
+
+                self._db.set_digest(plugin_id, tree_digest(Path(row.path)))
+            if failed and plugin_id not in again:
+                again.append(plugin_id)
+            if again:
+                self.lifecycle.restart(again)
+        return self._info_of(plugin_id)
+
+    async def aregister(
+        self, *sources: str | os.PathLike[str], link: bool = False
+    ) -> builtins.list[PluginInfo]:
         """Async twin of :meth:`register`."""
-        return await _to_thread(self.register, *sources)
+        return await _to_thread(self.register, *sources, link=link)
 
-    def _stage(self, source: Path) -> tuple[Manifest, Path, str, bool]:
+    def _stage(self, source: Path, *, link: bool = False) -> _Staged:
         """Bring a source into a staging directory and validate it statically.
 
-        Returns the manifest, the directory, the source kind and whether the
-        directory is a temporary copy owned by this registration.
+        Returns the manifest, the directory, the source kind, whether the
+        directory is a temporary copy owned by this registration, where it came
+        from, its content hash and whether it is linked.  Errors name the
+        user's file, never the staging copy.
         """
         from corral._disk.targets import check_targets
+
+        # deferred: shutil and hashlib cost ~10 ms that `corral list` need not pay
+        from corral._disk.tree import check_plugin_tree, copy_plugin_dir, tree_digest
         from corral._model.manifest import load_manifest
 
         source = source.expanduser().absolute()
@@ -347,32 +461,42 @@ class Host:
                 source.parent in (plugins, self.home / "store")
                 or self._is_entry_point_dir(source)
             )
-            if in_place:
+            if in_place or link:
+                if link and not in_place:
+                    check_plugin_tree(source)
                 manifest = load_manifest(source)
                 check_targets(source, manifest)
                 kind = {plugins: "directory", self.home / "store": "installed"}.get(
-                    source.parent, "entry-point"
+                    source.parent, "entry-point" if in_place else "directory"
                 )
-                return manifest, source, kind, False
+                return _Staged(manifest, source, kind, False, str(source),
+                               tree_digest(source), link and not in_place)
             load_manifest(source)  # fail fast, before copying anything
             staging = plugins / f".staging-{os.urandom(16).hex()}"
-            from corral._disk.tree import copy_plugin_dir
-
-            copy_plugin_dir(source, staging)
+            with _named(staging, source):
+                copy_plugin_dir(source, staging)
             kind = "directory"
         else:
+            if link:
+                raise UsageError(
+                    f"{source}: only a directory can be linked; run `corral add {source}`",
+                    path=str(source),
+                )
             from corral._disk.archive import extract_archive
 
             staging = plugins / f".staging-{os.urandom(16).hex()}"
-            extract_archive(source, staging)
+            with _named(staging, source):
+                extract_archive(source, staging)
             kind = "archive"
         try:
-            manifest = load_manifest(staging)
-            check_targets(staging, manifest)
+            with _named(staging, source):
+                manifest = load_manifest(staging)
+                check_targets(staging, manifest)
+                digest = tree_digest(staging)
         except BaseException:
             _rmtree(staging)
             raise
-        return manifest, staging, kind, True
+        return _Staged(manifest, staging, kind, True, str(source), digest, False)
 
     def adopt_installed(self, plugins: Mapping[str, str | os.PathLike[str]]) -> None:
         """Make the plugins of source ``installed`` exactly ``plugins`` (id -> store tree).
@@ -454,19 +578,17 @@ class Host:
         return final_path
 
     @staticmethod
-    def _unplace(
-        staged: builtins.list[tuple[Manifest, Path, str, bool]], placed: builtins.list[Path]
-    ) -> None:
+    def _unplace(staged: builtins.list[_Staged], placed: builtins.list[Path]) -> None:
         """Delete the copies a failed registration already moved into place."""
-        for (_, _, _, temp), path in zip(staged, placed, strict=False):
-            if temp:
+        for st, path in zip(staged, placed, strict=False):
+            if st.temp:
                 _rmtree(path)
 
     def _info_of(self, plugin_id: str) -> PluginInfo:
         row = self.catalog.row(plugin_id)
         return PluginInfo.from_manifest_dict(
             row.manifest, state=self.lifecycle.state_of(row).value, source=row.source,
-            path=row.path, error=row.error,
+            path=row.path, error=row.error, linked=row.linked,
         )
 
     def unregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
@@ -711,6 +833,33 @@ async def _to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     import asyncio
 
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class _Staged(NamedTuple):
+    """A source brought in for registration (see :meth:`Host._stage`)."""
+
+    manifest: Manifest
+    path: Path  # where it is now: a staging copy (``temp``) or the source itself
+    kind: str  # the database's ``source``: directory, archive, installed, entry-point
+    temp: bool
+    origin: str  # the folder or archive the user named
+    digest: str
+    linked: bool
+
+
+@contextlib.contextmanager
+def _named(staging: Path, source: Path) -> Iterator[None]:
+    """Errors raised inside name the user's ``source``, never the internal ``staging`` copy."""
+    try:
+        yield
+    except CorralError as exc:
+        inner, outer = str(staging), str(source)
+        exc.message = exc.message.replace(inner, outer)
+        exc.args = (exc.message, *exc.args[1:])
+        for key, value in exc.details.items():
+            if isinstance(value, str):
+                exc.details[key] = value.replace(inner, outer)
+        raise
 
 
 def _rmtree(path: Path) -> None:

@@ -25,7 +25,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no plugins")
         return 0
     rows = [
-        [i.id, i.version, i.state, i.isolation, i.category or "-", i.description[:50]]
+        [i.id, i.version + (" (linked)" if i.linked else ""), i.state, i.isolation,
+         i.category or "-", i.description[:50]]
         for i in infos
     ]
     print(table(rows, ["id", "version", "state", "isolation", "category", "description"]))
@@ -47,6 +48,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key in ("category", "isolation", "source", "path", "license"):
         if info.get(key):
             print(f"  {key:13s}{one(info[key])}")
+    if info.get("linked"):
+        print(f"  {'linked':13s}yes: it runs from {one(info['path'])}")
     if info["tags"]:
         print(f"  {'tags':13s}{one(', '.join(info['tags']))}")
     if info["dependencies"]:
@@ -85,12 +88,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     with host_for(args) as host:
-        infos = host.register(*args.paths)
+        before = {i.id: i.version for i in host.list(discovered=False)}
+        infos = host.register(*args.paths, link=args.link)
     if args.json:
         dump({"registered": [i.to_dict() for i in infos]})
     else:
         for i in infos:
-            print(f"registered {i.id} {i.version} ({i.isolation})")
+            done = ("registered" if i.id not in before else
+                    "unchanged" if before[i.id] == i.version else "upgraded")
+            how = ", linked" if i.linked else ""
+            print(f"{done} {i.id} {i.version} ({i.isolation}{how})")
     return 0
 
 
@@ -213,9 +220,10 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("--tag")
     sp.add_argument("--capability")
     verb("info", cmd_info, "everything about one plugin").add_argument("id")
-    verb("add", cmd_add, "register plugin directories or .corral archives").add_argument(
-        "paths", nargs="+"
-    )
+    sp = verb("add", cmd_add, "register plugin directories or .corral archives")
+    sp.add_argument("paths", nargs="+")
+    sp.add_argument("--link", action="store_true",
+                    help="register directories where they are (no copy): edits take effect")
     verb("enable", _lifecycle("enable"), "enable a plugin and its dependencies").add_argument("id")
     sp = verb("disable", _lifecycle("disable"), "disable a plugin")
     sp.add_argument("id")

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from corral._cli import core as _core
+from corral._cli import dev as _dev
 from corral._cli import docs as _docs
 from corral._cli import install as _install
 from corral._cli import keys as _keys
@@ -53,6 +54,7 @@ def _parser(only: str | None = None) -> Parser:
         return sp
 
     _core.add_verbs(verb)
+    _dev.add_verbs(verb)
     _micro.add_verbs(verb)
     _install.add_verbs(verb)
     _keys.add_verbs(verb)

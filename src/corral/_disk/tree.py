@@ -1,7 +1,8 @@
-"""Copying a plugin directory into the home, refusing links and special files."""
+"""Copying a plugin directory into the home, refusing links and special files; its content hash."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -10,7 +11,10 @@ from typing import Final
 
 from corral._errors import InvalidPluginError
 
-__all__ = ["MAX_FILES", "MAX_TOTAL_BYTES", "check_entry", "check_plugin_tree", "copy_plugin_dir"]
+__all__ = [
+    "MAX_FILES", "MAX_TOTAL_BYTES", "check_entry", "check_plugin_tree", "copy_plugin_dir",
+    "tree_digest",
+]
 
 MAX_FILES: Final = 10_000
 MAX_TOTAL_BYTES: Final = 200 * 1024 * 1024
@@ -76,3 +80,25 @@ def copy_plugin_dir(src: Path, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+
+
+def tree_digest(src: Path) -> str:
+    """A SHA-256 over the files a copy of ``src`` would hold: names and contents, in order.
+
+    Tells "the same files" from "different files" when a plugin is registered
+    again; caches (``__pycache__``, ``.pyc``, version-control folders) do not count.
+    """
+    h = hashlib.sha256()
+    for root, dirs, names in os.walk(src):
+        rel = Path(root).relative_to(src).as_posix()
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+        for name in sorted(names):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = Path(root) / name
+            if not path.is_file() or path.is_symlink():
+                continue
+            h.update(f"{rel}/{name}\0".encode("utf-8", "surrogateescape"))
+            with open(path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()

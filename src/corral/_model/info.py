@@ -27,6 +27,8 @@ class PluginInfo(NamedTuple):
     capabilities: tuple[str, ...] = ()
     error: dict[str, Any] | None = None
     manifest: dict[str, Any] = {}  # noqa: RUF012 (never mutated; the stored manifest table)
+    #: Registered with ``--link``: it runs from the author's folder (``path``), not a copy.
+    linked: bool = False
 
     @classmethod
     def from_manifest_dict(
@@ -37,6 +39,7 @@ class PluginInfo(NamedTuple):
         source: str,
         path: str,
         error: dict[str, Any] | None = None,
+        linked: bool = False,
     ) -> PluginInfo:
         """Build from a stored (already validated) manifest table."""
         plugin = manifest["plugin"]
@@ -58,6 +61,7 @@ class PluginInfo(NamedTuple):
             capabilities=tuple(sorted(caps)),
             error=error,
             manifest=manifest,
+            linked=linked,
         )
 
     def __repr__(self) -> str:
@@ -77,6 +81,7 @@ class PluginInfo(NamedTuple):
             "capabilities": list(self.capabilities),
             "source": self.source,
             "path": self.path,
+            "linked": self.linked,
         }
         if self.error:
             out["error"] = self.error

@@ -127,6 +127,7 @@ class Catalog:
                     source=row.source,
                     path=row.path,
                     error=error,
+                    linked=row.linked,
                 )
             )
         return infos, registered

@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple, final
 
 __all__ = ["HostDatabase", "PluginRow"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS plugins (
     manifest_mtime_ns INTEGER NOT NULL,
     manifest_size INTEGER NOT NULL,
     registered_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    origin TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT '',
+    linked INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY,
@@ -68,6 +71,12 @@ class PluginRow(NamedTuple):
     manifest_size: int
     registered_at: float
     updated_at: float
+    #: Where it was registered from (the user's folder or archive); ``path`` may be a copy.
+    origin: str = ""
+    #: The content hash of its tree when registered (``tree_digest``); "" if not known.
+    digest: str = ""
+    #: Registered with ``--link``: it runs from ``origin`` itself, never copied.
+    linked: bool = False
 
 
 def _row(r: tuple[Any, ...]) -> PluginRow:
@@ -83,12 +92,22 @@ def _row(r: tuple[Any, ...]) -> PluginRow:
         manifest_size=r[8],
         registered_at=r[9],
         updated_at=r[10],
+        origin=r[11] or r[2],
+        digest=r[12],
+        linked=bool(r[13]),
     )
 
 
 _COLUMNS: Final = (
     "id, version, path, source, state, error, manifest, manifest_mtime_ns, "
-    "manifest_size, registered_at, updated_at"
+    "manifest_size, registered_at, updated_at, origin, digest, linked"
+)
+
+#: Columns added after schema 1, with their definitions (added to an older database on open).
+_ADDED: Final = (
+    ("origin", "TEXT NOT NULL DEFAULT ''"),
+    ("digest", "TEXT NOT NULL DEFAULT ''"),
+    ("linked", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -119,6 +138,25 @@ class HostDatabase:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+        else:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a schema-1 database lacks (where each plugin came from)."""
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(plugins)").fetchall()}
+        missing = [(name, sql) for name, sql in _ADDED if name not in have]
+        if not missing:
+            return
+        with self.transaction() as conn:
+            have = {r[1] for r in conn.execute("PRAGMA table_info(plugins)").fetchall()}
+            for name, sql in missing:
+                if name not in have:  # another process may have just added it
+                    conn.execute(f"ALTER TABLE plugins ADD COLUMN {name} {sql}")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     def _has_schema(self) -> bool:
         row = self._conn.execute(
@@ -163,7 +201,8 @@ class HostDatabase:
     def insert(self, conn: sqlite3.Connection, row: PluginRow) -> None:
         """Add a plugin inside ``transaction()``."""
         conn.execute(
-            f"INSERT INTO plugins ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            f"INSERT INTO plugins ({_COLUMNS}) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.id,
                 row.version,
@@ -176,6 +215,26 @@ class HostDatabase:
                 row.manifest_size,
                 row.registered_at,
                 row.updated_at,
+                row.origin or row.path,
+                row.digest,
+                int(row.linked),
+            ),
+        )
+
+    def replace_code(self, conn: sqlite3.Connection, row: PluginRow) -> None:
+        """Point a registered plugin at new code inside ``transaction()`` (an upgrade in place).
+
+        Its state (``row.state``), registration time and call metrics stay.
+        """
+        conn.execute(
+            "UPDATE plugins SET version = ?, path = ?, source = ?, state = ?, error = NULL, "
+            "manifest = ?, manifest_mtime_ns = ?, manifest_size = ?, updated_at = ?, "
+            "origin = ?, digest = ?, linked = ? WHERE id = ?",
+            (
+                row.version, row.path, row.source, row.state,
+                json.dumps(row.manifest, sort_keys=True), row.manifest_mtime_ns,
+                row.manifest_size, row.updated_at, row.origin or row.path, row.digest,
+                int(row.linked), row.id,
             ),
         )
 
@@ -206,6 +265,11 @@ class HostDatabase:
                     plugin_id,
                 ),
             )
+
+    def set_digest(self, plugin_id: str, digest: str) -> None:
+        """Record the content hash of a linked plugin's files as they are now."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE plugins SET digest = ? WHERE id = ?", (digest, plugin_id))
 
     def delete(self, conn: sqlite3.Connection, plugin_id: str) -> None:
         """Forget a plugin inside ``transaction()``."""
