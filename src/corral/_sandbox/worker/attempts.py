@@ -68,13 +68,14 @@ class Attempts:
 
     def install(self) -> None:
         """Start watching (an audit hook stays for the life of the process)."""
-        sys.addaudithook(self._hook)
+        sys.addaudithook(self.seen)
 
     def clear(self) -> None:
         self._seen.clear()
         self._resolved = None
 
-    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+    def seen(self, event: str, args: tuple[Any, ...]) -> None:
+        """The audit hook: note an attempt the sandbox might refuse."""
         with contextlib.suppress(Exception):  # watching must never break the plugin
             self._record(event, args)
 
