@@ -40,6 +40,7 @@ from corral._runtime.metrics import CallMetrics
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
 from corral._services.hub import Services
+from corral._services.importprobe import check_imports
 from corral._version import __version__
 
 if TYPE_CHECKING:
@@ -253,13 +254,21 @@ class Host:
 
     # -- registration ---------------------------------------------------------
 
-    def register(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
+    def register(
+        self, *sources: str | os.PathLike[str], probe: bool | None = None
+    ) -> builtins.list[PluginInfo]:
         """Register plugin directories or ``.corral`` archives (copied into the home).
 
         All sources are checked together (dependencies may be among them) before
         anything is written; on any error nothing is registered.  A source that
         is already a directory under ``<home>/plugins`` or a pip-installed
         plugin is registered where it is.
+
+        Each sandboxed plugin's modules are imported first in its own sandbox,
+        and one that cannot be imported is refused (``invalid``); ``probe=True``
+        also imports ``isolation = "none"`` plugins, in a ``python -I``
+        subprocess (``corral add`` does); ``probe=False`` imports nothing.
+        Plugin code is never imported in this process here.
         """
         if not sources:
             raise UsageError("register needs at least one plugin directory or archive")
@@ -293,6 +302,11 @@ class Host:
                     check_dependencies(manifest, everything)
                 for m, path, _, temp in staged:
                     placed.append(self._place(m, path, temp))
+                if probe is not False:
+                    for (m, _, _, _), path in zip(staged, placed, strict=True):
+                        check_imports(m, path, workspace=self.workspace,
+                                      supervisor=self.attachments.supervisor,
+                                      include_none=probe is True)
             except BaseException:
                 for _, path, _, temp in staged:
                     if temp:
