@@ -265,10 +265,10 @@ class Host:
         plugin is registered where it is.
 
         Each sandboxed plugin's modules are imported first in its own sandbox,
-        and one that cannot be imported is refused (``invalid``); ``probe=True``
-        also imports ``isolation = "none"`` plugins, in a ``python -I``
-        subprocess (``corral add`` does); ``probe=False`` imports nothing.
-        Plugin code is never imported in this process here.
+        and one that cannot be imported is refused (``invalid``).  An
+        ``isolation = "none"`` plugin runs no code here unless ``probe=True``
+        (then in a ``python -I`` subprocess, unconfined); ``probe=False``
+        imports nothing.  Plugin code is never imported in this process here.
         """
         if not sources:
             raise UsageError("register needs at least one plugin directory or archive")

@@ -85,7 +85,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     with host_for(args) as host:
-        infos = host.register(*args.paths, probe=True)  # import every plugin, none in-process
+        infos = host.register(*args.paths)  # imports each sandboxed plugin in its sandbox
     if args.json:
         dump({"registered": [i.to_dict() for i in infos]})
     else:
