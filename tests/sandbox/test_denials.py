@@ -187,7 +187,8 @@ def test_the_host_believes_only_a_denial_its_spec_does_not_grant(tmp_path: Path)
 
     def judged(permission: str) -> ErrorInfo:
         return vetted(ErrorInfo(code="permission_denied", message="\x1b[31mforged",
-                                permission=permission, traceback="tb"), set(), spec)
+                                permission=permission, traceback="tb",
+                                type="PermissionError"), set(), spec)
 
     denied = judged("fs-read:/root/.ssh/id_rsa")
     assert denied.code == "permission_denied"
@@ -198,3 +199,12 @@ def test_the_host_believes_only_a_denial_its_spec_does_not_grant(tmp_path: Path)
     assert judged("spawn:git").code == "plugin_error"
     assert judged("spawn:id").code == "permission_denied"
     assert vetted(forged, set(), spec).code == "plugin_error"
+    raised = ErrorInfo(code="permission_denied", message="m", permission="spawn:id",
+                       type="PermissionDenied")  # the plugin's own raise is no sandbox verdict
+    assert vetted(raised, set(), spec).code == "plugin_error"
+    limited = SandboxSpec(plugin_id="acme.den", isolation="limited", plugin_dir=tmp_path / "p",
+                          data_dir=tmp_path / "d", tmp_dir=tmp_path / "t",
+                          cache_dir=tmp_path / "c")
+    refused = ErrorInfo(code="permission_denied", message="m", permission="fs-read:/etc/x",
+                        type="PermissionError")
+    assert vetted(refused, set(), limited).code == "plugin_error"  # limited confines no reads

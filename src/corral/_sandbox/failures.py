@@ -32,9 +32,10 @@ def vetted(info: ErrorInfo, host_errors: set[tuple[str, str]],
     A plugin may fail with its own exception or a limit the worker detects; any
     other corral error (a denial, ``not_found``...) must be one the host itself
     raised into this call, or a plugin could forge a ``permission_denied``.
-    A file, socket or program the sandbox refused is believed as a denial when
-    ``spec`` does not grant it either (claiming that only says the plugin lacks
-    it); the host words its message.
+    A file, socket or program a strict sandbox refused (reported with the
+    ``PermissionError`` that escaped, not a ``PermissionDenied`` the plugin
+    raised) is believed as a denial when ``spec`` does not grant it either
+    (claiming that only says the plugin lacks it); the host words its message.
     """
     if info.code == "plugin_error":
         return info
@@ -44,6 +45,7 @@ def vetted(info: ErrorInfo, host_errors: set[tuple[str, str]],
         return info
     permission = info.permission
     if (info.code == "permission_denied" and spec is not None and permission is not None
+            and spec.isolation == "strict" and info.type == "PermissionError"
             and split_permission(permission) is not None
             and not Grants.of_spec(spec).allows(permission)):
         return ErrorInfo(code="permission_denied",

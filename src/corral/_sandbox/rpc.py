@@ -491,7 +491,7 @@ def error_from_info(info: ErrorInfo, plugin_id: str | None) -> CorralError:
     if info.code == "permission_denied":
         return PermissionDenied(
             info.message, permission=info.permission or "?", plugin_id=plugin_id,
-            traceback=info.traceback,
+            exception=info.type, traceback=info.traceback,
         )
     if info.code in ("resource_limit", "timeout"):
         cls = ResourceLimitExceeded if info.code == "resource_limit" else PluginTimeout

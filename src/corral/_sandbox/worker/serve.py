@@ -350,7 +350,8 @@ class Worker:
 
     def _refused(self, exc: PermissionError, tb: str) -> ErrorInfo:
         """A refusal by the sandbox names the grant it lacked; any other is the plugin's error."""
-        permission = self.attempts.denied(exc, self.grants)
+        strict = self.init.isolation == "strict"  # limited confines no reads, nets or programs
+        permission = self.attempts.denied(exc, self.grants) if strict else None
         if permission is None:
             return ErrorInfo(code="plugin_error", message=f"{type(exc).__name__}: {exc}",
                              type=type(exc).__qualname__, traceback=tb)
