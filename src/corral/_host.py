@@ -47,6 +47,7 @@ from corral._runtime.metrics import CallMetrics
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
 from corral._services.hub import Services
+from corral._services.importprobe import check_imports
 from corral._version import __version__
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ class Host:
     # -- registration ---------------------------------------------------------
 
     def register(
-        self, *sources: str | os.PathLike[str], link: bool = False
+        self, *sources: str | os.PathLike[str], link: bool = False, probe: bool | None = None
     ) -> builtins.list[PluginInfo]:
         """Register plugin directories or ``.corral`` archives (copied into the home).
 
@@ -277,6 +278,12 @@ class Host:
         anything is written; on any error nothing is registered.  A source that
         is already a directory under ``<home>/plugins`` or a pip-installed
         plugin is registered where it is.
+
+        Each sandboxed plugin's modules are imported first in its own sandbox,
+        and one that cannot be imported is refused (``invalid``).  An
+        ``isolation = "none"`` plugin runs no code here unless ``probe=True``
+        (then in a ``python -I`` subprocess, unconfined); ``probe=False``
+        imports nothing.  Plugin code is never imported in this process here.
         """
         if not sources:
             raise UsageError("register needs at least one plugin directory or archive")
@@ -331,6 +338,12 @@ class Host:
                 fresh = [s for s in todo if s.manifest.id not in verdicts]
                 for st in fresh:
                     placed.append(self._place(st.manifest, st.path, st.temp))
+                if probe is not False:  # new code is imported in its sandbox before it counts
+                    for st, path in [*zip(fresh, placed, strict=True),
+                                     *((s, s.path) for s in upgrades)]:
+                        check_imports(st.manifest, path, workspace=self.workspace,
+                                      supervisor=self.attachments.supervisor,
+                                      include_none=probe is True)
             except BaseException:
                 for st in staged:
                     if st.temp:

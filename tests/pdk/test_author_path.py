@@ -252,8 +252,9 @@ def author_walk(root: Path) -> Walk:
         # The strict sandbox: a file outside the workspace cannot be read.
         denied = walk.run("check", "call head (denied)", *home, "call", PLUGIN_ID, "head",
                           "--input", json.dumps({"path": str(root / "keys" / "default.pem")}),
-                          "--json", expect=5).json
-        assert "Permission denied" in denied["error"]["message"]
+                          "--json", expect=4).json  # the refusal names the missing grant
+        assert denied["error"]["code"] == "permission_denied"
+        assert denied["error"]["permission"] == f"fs-read:{root / 'keys' / 'default.pem'}"
         selftest = walk.run("check", "call self-test", *home, "call", PLUGIN_ID, "self-test",
                             "--json").json
         assert selftest["result"]["ok"] is True

@@ -372,8 +372,8 @@ def test_strict_confinement_is_unchanged(home: Path, tmp_path: Path) -> None:
     res = cli(home, "call", "acme.shared", "read", "--input", json.dumps(str(secret)), "--json")
     assert res.returncode != 0
     assert "top secret" not in res.stdout + res.stderr
-    assert json.loads(res.stdout)["error"]["code"] == "plugin_error"
-    assert "Permission denied" in json.loads(res.stdout)["error"]["message"]
+    assert json.loads(res.stdout)["error"]["code"] == "permission_denied"  # names the grant
+    assert f"fs-read:{secret}" in json.loads(res.stdout)["error"]["message"]
     assert len(daemons(home)) == 1  # it did go through the daemon
     missing = json.dumps(str(home / "data" / "acme.shared" / "x"))
     res = cli(home, "call", "acme.shared", "read", "--input", missing, "--json")

@@ -100,8 +100,9 @@ def test_reading_outside_the_grants_fails_and_the_host_goes_on(tmp_path: Path) -
     with Host(home=tmp_path / "home", workspace=tmp_path) as host:
         host.register(make(tmp_path))
         host.enable("acme.strict")
-        with pytest.raises(PluginError, match="PermissionError"):
+        with pytest.raises(PermissionDenied) as denied:  # the sandbox's refusal names the grant
             host.call("acme.strict", "read", str(canary))
+        assert denied.value.permission == f"fs-read:{canary}"
         assert host.call("acme.strict", "remember", {"n": 1}) == {"n": 1}
     assert canary.read_text() == "secret"
 

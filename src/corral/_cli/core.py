@@ -89,7 +89,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     with host_for(args) as host:
         before = {i.id: i.version for i in host.list(discovered=False)}
-        infos = host.register(*args.paths, link=args.link)
+        infos = host.register(*args.paths, link=args.link)  # sandboxed plugins are import-probed
     if args.json:
         dump({"registered": [i.to_dict() for i in infos]})
     else:

@@ -102,7 +102,7 @@ def report(exc: BaseException, as_json: bool, *, source: str = "corral",
         message = message[len(PREFIX):]
     print(PREFIX + neutralise(message, source), file=sys.stderr)
     tb = error.get("traceback")
-    if tb:
+    if tb and error.get("code") != "permission_denied":  # a denial's headline names the grant
         print(f"  {neutralise(source, one_line=True)}| {neutralise(str(tb).rstrip(), source)}",
               file=sys.stderr)
 

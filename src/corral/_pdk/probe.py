@@ -9,54 +9,27 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from corral._disk.targets import module_file, targets_of
+from corral._disk.targets import module_file
 from corral._errors import CorralError
 from corral._host import Host
 from corral._pdk.checks import issue_dict
 from corral._pdk.lint import Issue
+from corral._sandbox.worker.imports import probe_imports
 from corral._services.context import PluginContext, plugin_paths
+from corral._services.importprobe import (
+    PROBE_TARGET,
+    modules_of,
+    probe_sandboxed,
+    probe_subprocess,
+)
 from corral._services.sandboxed import sandbox_problem, spec_for
 
 if TYPE_CHECKING:
     from corral._model.manifest import Manifest
 
 __all__ = ["PROBE_TARGET", "probe_imports", "sandbox_checks"]
-
-PROBE_TARGET: Final = "corral._pdk.probe:probe_imports"
-
-
-def probe_imports(modules: list[str], ctx: object) -> dict[str, Any]:
-    """Import each module and time it; runs *inside* the plugin's sandbox (or subprocess).
-
-    Returns ``{"ms": {module: milliseconds}, "failed": None | {"module", "error",
-    "traceback"}}``; it stops at the first module that fails.
-    """
-    import importlib
-    import time
-    import traceback
-
-    times: dict[str, float] = {}
-    for module in modules:
-        start = time.perf_counter()
-        try:
-            importlib.import_module(module)
-        except BaseException as exc:  # SystemExit counts too
-            return {"ms": times, "failed": {
-                "module": module, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=-8)}}
-        times[module] = round((time.perf_counter() - start) * 1000, 3)
-    return {"ms": times, "failed": None}
-
-
-def _modules(manifest: Manifest) -> list[str]:
-    out: list[str] = []
-    for _, target in targets_of(manifest):
-        module = target.partition(":")[0]
-        if module not in out:
-            out.append(module)
-    return out
 
 
 def sandbox_checks(plugin_dir: Path, manifest: Manifest, report: dict[str, Any]) -> None:
@@ -65,7 +38,7 @@ def sandbox_checks(plugin_dir: Path, manifest: Manifest, report: dict[str, Any])
     isolation = manifest.sandbox.isolation
     try:
         if isolation == "none":
-            probe = _probe_subprocess(plugin_dir, manifest)
+            probe = probe_subprocess(plugin_dir, manifest)
         else:
             problem = sandbox_problem(isolation)
             if problem:
@@ -124,49 +97,15 @@ def _probe_sandboxed(plugin_dir: Path, manifest: Manifest) -> dict[str, Any]:
         home, workspace = Path(tmp) / "home", Path(tmp) / "workspace"
         workspace.mkdir()
         with Host(home=home, workspace=workspace) as host:
-            (info,) = host.register(plugin_dir)
+            (info,) = host.register(plugin_dir, probe=False)  # probed below, with timings
             paths = plugin_paths(home, workspace, manifest.id, Path(host.info(info.id)["path"]))
             for key in ("data", "cache", "tmp"):
                 Path(paths[key]).mkdir(parents=True, exist_ok=True)
             spec = spec_for(manifest, cast("PluginContext", SimpleNamespace(paths=paths)))
-            probe: dict[str, Any] = host.attachments.supervisor().call(
-                spec, PROBE_TARGET, _modules(manifest), config={}
-            )
+            probe = probe_sandboxed(host.attachments.supervisor(), spec, modules_of(manifest))
             if probe["failed"] is None and manifest.entry and not manifest.dependencies:
                 try:
                     host.enable(info.id)
                 except CorralError as exc:
                     probe["hooks_failed"] = exc.message
     return probe
-
-
-def _probe_subprocess(plugin_dir: Path, manifest: Manifest) -> dict[str, Any]:
-    """``isolation = "none"``: import in ``python -I`` with a timeout, never in this process."""
-    import json
-    import subprocess
-    import sys
-
-    from corral._errors import PluginError, PluginTimeout
-
-    code = (
-        "import json, sys\n"
-        "from corral._pdk.probe import probe_imports\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "r = probe_imports(sys.argv[2:], None)\n"
-        "sys.stdout.write('\\n' + json.dumps(r))\n"
-    )
-    timeout = manifest.sandbox.timeout_ms / 1000 + 5.0
-    try:
-        proc = subprocess.run(  # our interpreter, no shell
-            [sys.executable, "-I", "-c", code, str(plugin_dir), *_modules(manifest)],
-            capture_output=True, text=True, timeout=timeout, cwd=plugin_dir, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise PluginTimeout(f"the import did not finish in {timeout:.0f} s",
-                            plugin_id=manifest.id) from None
-    try:
-        result: dict[str, Any] = json.loads(proc.stdout.rsplit("\n", 1)[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise PluginError(f"the import process exited with {proc.returncode}: "
-                          f"{proc.stderr.strip()[-500:]}", plugin_id=manifest.id) from None
-    return result

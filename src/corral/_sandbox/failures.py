@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from corral._errors import CorralError, ResourceLimitExceeded, WorkerCrashed
 from corral._runtime.budgets import over_budget
+from corral._sandbox.denials import Grants, denial_message, split_permission
 from corral._sandbox.rpc import ErrorInfo, Reaped
 from corral._sandbox.spec import SandboxSpec
 from corral._sandbox.workerinit import CPU_BUDGET_FACTOR
@@ -24,12 +25,17 @@ _SIGNAL_NAMES: Final = {int(s): s.name for s in signal.Signals}
 _WORKER_LIMITS: Final = frozenset({"cpu-seconds", "memory-mb", "output-size", "result-size"})
 
 
-def vetted(info: ErrorInfo, host_errors: set[tuple[str, str]]) -> ErrorInfo:
+def vetted(info: ErrorInfo, host_errors: set[tuple[str, str]],
+           spec: SandboxSpec | None = None) -> ErrorInfo:
     """A worker's failure report, believed only as far as the host can check it.
 
     A plugin may fail with its own exception or a limit the worker detects; any
     other corral error (a denial, ``not_found``...) must be one the host itself
     raised into this call, or a plugin could forge a ``permission_denied``.
+    A file, socket or program a strict sandbox refused (reported with the
+    ``PermissionError`` that escaped, not a ``PermissionDenied`` the plugin
+    raised) is believed as a denial when ``spec`` does not grant it either
+    (claiming that only says the plugin lacks it); the host words its message.
     """
     if info.code == "plugin_error":
         return info
@@ -37,6 +43,14 @@ def vetted(info: ErrorInfo, host_errors: set[tuple[str, str]]) -> ErrorInfo:
         return info
     if (info.code, info.message) in host_errors:
         return info
+    permission = info.permission
+    if (info.code == "permission_denied" and spec is not None and permission is not None
+            and spec.isolation == "strict" and info.type == "PermissionError"
+            and split_permission(permission) is not None
+            and not Grants.of_spec(spec).allows(permission)):
+        return ErrorInfo(code="permission_denied",
+                         message=denial_message(spec.plugin_id, permission),
+                         type=info.type, traceback=info.traceback, permission=permission)
     return ErrorInfo(
         code="plugin_error",
         message=f"the plugin raised a corral error of its own ({info.code}): {info.message}",

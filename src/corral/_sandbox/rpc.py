@@ -221,6 +221,9 @@ class WorkerInit(msgspec.Struct, frozen=True):
     workspace: str = ""
     #: Strict only: the only files that may be executed (granted programs, their loaders).
     exec_paths: list[str] = []
+    #: The ``net-connect`` and ``spawn`` grants as written, to name a refusal's missing grant.
+    net_connect: list[str] = []
+    spawn: list[str] = []
 
 
 class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
@@ -487,7 +490,8 @@ def error_from_info(info: ErrorInfo, plugin_id: str | None) -> CorralError:
     """Rebuild the corral error an :class:`ErrorInfo` describes (unknown codes: PluginError)."""
     if info.code == "permission_denied":
         return PermissionDenied(
-            info.message, permission=info.permission or "?", plugin_id=plugin_id
+            info.message, permission=info.permission or "?", plugin_id=plugin_id,
+            exception=info.type, traceback=info.traceback,
         )
     if info.code in ("resource_limit", "timeout"):
         cls = ResourceLimitExceeded if info.code == "resource_limit" else PluginTimeout

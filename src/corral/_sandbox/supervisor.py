@@ -466,7 +466,7 @@ class Supervisor:
                         )
                     return decode_result(msg.value)
                 if isinstance(msg, Failure):
-                    err = error_from_info(vetted(msg.error, host_errors), pid)
+                    err = error_from_info(vetted(msg.error, host_errors, spec), pid)
                     if isinstance(err, ResourceLimitExceeded | PluginTimeout | WorkerCrashed):
                         self._kill(state)  # the worker is not to be trusted after a limit
                     raise err

@@ -42,6 +42,8 @@ def init_for(spec: SandboxSpec) -> WorkerInit:
         write_paths=[str(p) for p in spec.write_paths],
         env=dict(spec.env),
         allow_exec=bool(spec.spawn),
+        net_connect=list(spec.net_connect),
+        spawn=list(spec.spawn),
         memory_mb=spec.memory_mb,
         cpu_seconds=spec.cpu_seconds,
         cpu_budget_seconds=spec.cpu_seconds * CPU_BUDGET_FACTOR,

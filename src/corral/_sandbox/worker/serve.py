@@ -23,6 +23,7 @@ import msgspec
 
 from corral._errors import CorralError, PluginError, UsageError
 from corral._sandbox import reaper as _reaper
+from corral._sandbox.denials import Grants, denial_message
 from corral._sandbox.rpc import (
     Call,
     ErrorInfo,
@@ -37,6 +38,7 @@ from corral._sandbox.rpc import (
     WorkerInit,
     info_from_error,
 )
+from corral._sandbox.worker.attempts import Attempts
 from corral._sandbox.worker.channel import Channel
 from corral._sandbox.worker.context import (
     EventsProxy,
@@ -169,6 +171,9 @@ class Worker:
         self.secrets = SecretsProxy(ch)
         self.net = NetProxy(ch)
         self.spawn = SpawnProxy(ch)
+        self.grants = Grants.of_init(init)
+        self.attempts = Attempts()
+        self.attempts.install()
 
     def count_output(self, n: int) -> None:
         self.output += n
@@ -261,6 +266,7 @@ class Worker:
         # left running after it (idle workers use no CPU); RLIMIT_CPU bounds the lifetime.
         signal.setitimer(signal.ITIMER_PROF, float(self.init.cpu_seconds))
         _CallFlag.running = True
+        self.attempts.clear()
         try:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
@@ -310,6 +316,8 @@ class Worker:
             if isinstance(exc, PluginError) or exc.code == "error":
                 exc.details.setdefault("traceback", traceback.format_exc())
             error = info_from_error(exc)
+        except PermissionError as exc:
+            error = self._refused(exc, traceback.format_exc())
         except BaseException as exc:
             error = ErrorInfo(
                 code="plugin_error",
@@ -338,6 +346,18 @@ class Worker:
             self.ch.send(Result(id=call.id, value=value, usage=usage))
         else:
             self.ch.send(Failure(id=call.id, error=error, usage=usage))
+
+
+    def _refused(self, exc: PermissionError, tb: str) -> ErrorInfo:
+        """A refusal by the sandbox names the grant it lacked; any other is the plugin's error."""
+        strict = self.init.isolation == "strict"  # limited confines no reads, nets or programs
+        permission = self.attempts.denied(exc, self.grants) if strict else None
+        if permission is None:
+            return ErrorInfo(code="plugin_error", message=f"{type(exc).__name__}: {exc}",
+                             type=type(exc).__qualname__, traceback=tb)
+        return ErrorInfo(code="permission_denied",
+                         message=denial_message(self.init.plugin_id, permission),
+                         type=type(exc).__qualname__, traceback=tb, permission=permission)
 
 
 def _reap_children() -> None:
