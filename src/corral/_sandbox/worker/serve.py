@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
 
-from corral._errors import CorralError, PluginError, UsageError
+from corral._errors import CorralError, PermissionDenied, PluginError, UsageError
 from corral._sandbox import reaper as _reaper
 from corral._sandbox.rpc import (
     Call,
@@ -311,7 +311,8 @@ class Worker:
                 exc.details.setdefault("traceback", traceback.format_exc())
             error = info_from_error(exc)
         except BaseException as exc:
-            error = ErrorInfo(
+            refusal = _refusal_in(exc)
+            error = info_from_error(refusal) if refusal is not None else ErrorInfo(
                 code="plugin_error",
                 message=f"{type(exc).__name__}: {exc}",
                 type=type(exc).__qualname__,
@@ -338,6 +339,18 @@ class Worker:
             self.ch.send(Result(id=call.id, value=value, usage=usage))
         else:
             self.ch.send(Failure(id=call.id, error=error, usage=usage))
+
+
+def _refusal_in(exc: BaseException) -> PermissionDenied | None:
+    """The grant refusal inside an exception group (a task group of anyio or asyncio
+    wraps what a connect raised), so the call still fails as ``permission_denied``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    for inner in exc.exceptions:
+        found = inner if isinstance(inner, PermissionDenied) else _refusal_in(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _reap_children() -> None:
