@@ -111,6 +111,22 @@ def urllib3_get(inp, ctx):
     return pool.request("GET", inp["url"], timeout=5, retries=False).data.decode()
 
 
+def raw_socket(inp, ctx):
+    # options set before connect reach the real socket; connect_ex answers errno
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.settimeout(3)
+    code = s.connect_ex(("127.0.0.1", inp["port"]))
+    out = [code]
+    if code == 0:
+        out += [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), s.gettimeout(),
+                s.getpeername()[1] == inp["port"]]
+    s.close()
+    return out
+
+
 def trust_stores(inp, ctx):
     import certifi
 
@@ -366,3 +382,18 @@ def test_trust_stores_are_readable(world: _World) -> None:
     assert got[0] == system
     if importlib.util.find_spec("certifi") is not None:
         assert got[1] > 0
+
+
+def test_options_and_connect_ex(world: _World) -> None:
+    """Options set before the connect apply to the real socket; ``connect_ex`` gives errno."""
+    import errno
+
+    got = world.sup.call(world.granted(), "netplug.clients:raw_socket", {"port": world.http.port})
+    code, nodelay, keepalive, timeout, peer = got
+    assert (code, bool(nodelay), bool(keepalive), timeout, peer) == (0, True, True, 3, True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = world.spec(f"127.0.0.1:{port}")
+    assert world.sup.call(spec, "netplug.clients:raw_socket", {"port": port}) \
+        == [errno.ECONNREFUSED]
