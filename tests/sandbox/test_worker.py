@@ -32,6 +32,7 @@ LEVELS = ["limited", "strict"]
 
 #: The hostile (and a few honest) test plugin exports, written into a tmp_path package.
 SOURCE = r"""
+import _socket  # the kernel's sockets, below a strict worker's transparent network routing
 import asyncio
 import os
 import signal
@@ -133,7 +134,7 @@ def socket_families(inp, ctx):
                             ("raw4", socket.AF_INET, socket.SOCK_RAW),
                             ("netlink", socket.AF_NETLINK, socket.SOCK_RAW)):
         try:
-            socket.socket(fam, kind).close()
+            _socket.socket(fam, kind).close()
             out[name] = "created"
         except OSError as exc:
             out[name] = type(exc).__name__
@@ -142,7 +143,7 @@ def socket_families(inp, ctx):
 
 def raw_connect(inp, ctx):
     try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = _socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
         return {"ok": False, "stage": "socket", "error": str(exc)}
     try:

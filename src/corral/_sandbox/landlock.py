@@ -307,6 +307,20 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
+#: Where system TLS trust stores live (Debian, RHEL, Alpine, SUSE); /etc/ssl/private is not here.
+_CA_PATHS: Final = (
+    "/etc/ssl/certs",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/openssl.cnf",
+    "/usr/share/ca-certificates",
+    "/usr/local/share/ca-certificates",
+    "/etc/pki/tls/certs",
+    "/etc/pki/tls/cert.pem",
+    "/etc/pki/ca-trust/extracted",
+    "/var/lib/ca-certificates",
+)
+
+
 def interpreter_read_paths() -> list[str]:
     """Paths the running interpreter needs to read: prefixes, site-packages, system libraries.
 
@@ -331,5 +345,8 @@ def interpreter_read_paths() -> list[str]:
         "/dev/null",
         "/dev/zero",
         "/dev/urandom",
+        # Public CA certificates and OpenSSL's configuration, for TLS verification
+        # (/etc/ssl/certs links into /usr/share/ca-certificates).
+        *_CA_PATHS,
     }
     return sorted(p for p in candidates if p != "/" and os.path.exists(p))

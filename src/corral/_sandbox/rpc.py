@@ -99,6 +99,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     permission: str | None = None
     limit: str | None = None
     measured: float | None = None
+    #: The ``OSError`` number behind a failed connect (a transparent connect raises it again).
+    errno: int | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -483,6 +485,7 @@ def info_from_error(exc: CorralError) -> ErrorInfo:
         permission=getattr(exc, "permission", None),
         limit=d.get("limit") if isinstance(d.get("limit"), str) else None,
         measured=float(measured) if isinstance(measured, int | float) else None,
+        errno=d.get("errno") if type(d.get("errno")) is int else None,
     )
 
 
@@ -499,8 +502,11 @@ def error_from_info(info: ErrorInfo, plugin_id: str | None) -> CorralError:
     simple = _SIMPLE_ERRORS.get(info.code)
     if simple is not None:
         return simple(info.message, plugin_id=plugin_id)
-    return PluginError(info.message, plugin_id=plugin_id, exception=info.type,
-                       traceback=info.traceback)
+    error = PluginError(info.message, plugin_id=plugin_id, exception=info.type,
+                        traceback=info.traceback)
+    if info.errno is not None:
+        error.details["errno"] = info.errno
+    return error
 
 
 _SIMPLE_ERRORS: Final[dict[str, type[CorralError]]] = {

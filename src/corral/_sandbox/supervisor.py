@@ -23,6 +23,7 @@ Every message from a worker is untrusted; any violation kills that worker only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -46,6 +47,7 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
 from corral._sandbox.rpc import (
@@ -574,16 +576,24 @@ class Supervisor:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if not Permissions(net_connect=spec.net_connect).allows_connect(host, port):
             raise PermissionDenied(
-                f"{spec.plugin_id} has no net-connect grant for {shown}",
+                denial_message(spec.plugin_id, f"net-connect:{shown}"),
                 permission=f"net-connect:{shown}",
                 plugin_id=spec.plugin_id,
             )
-        timeout = max(0.001, min(_NET_CONNECT_TIMEOUT, deadline - time.monotonic()))
+        wanted = args.get("timeout")  # the worker's socket timeout, if it has one
+        cap = _NET_CONNECT_TIMEOUT
+        if isinstance(wanted, int | float) and not isinstance(wanted, bool) and wanted > 0:
+            cap = min(cap, float(wanted))
+        timeout = max(0.001, min(cap, deadline - time.monotonic()))
         try:
             conn = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
+            # errno lets a transparent connect in the worker raise the OSError it stands for
+            code = exc.errno if isinstance(exc.errno, int) else (
+                errno.ETIMEDOUT if isinstance(exc, TimeoutError) else None)
             raise UnavailableError(
-                f"{spec.plugin_id}: cannot connect to {shown}: {exc}", plugin_id=spec.plugin_id
+                f"{spec.plugin_id}: cannot connect to {shown}: {exc}", plugin_id=spec.plugin_id,
+                errno=code,
             ) from exc
         conn.setblocking(True)
         return conn

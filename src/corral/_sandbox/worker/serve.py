@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
 
-from corral._errors import CorralError, PluginError, UsageError
+from corral._errors import CorralError, PermissionDenied, PluginError, UsageError
 from corral._sandbox import reaper as _reaper
 from corral._sandbox.denials import Grants, denial_message
 from corral._sandbox.rpc import (
@@ -313,13 +313,15 @@ class Worker:
                 measured=float(self.output),
             )
         except CorralError as exc:
-            if isinstance(exc, PluginError) or exc.code == "error":
-                exc.details.setdefault("traceback", traceback.format_exc())
+            if (isinstance(exc, PluginError | PermissionDenied) or exc.code == "error") \
+                    and not exc.details.get("traceback"):  # a broker's refusal carries None
+                exc.details["traceback"] = traceback.format_exc()
             error = info_from_error(exc)
         except PermissionError as exc:
             error = self._refused(exc, traceback.format_exc())
         except BaseException as exc:
-            error = ErrorInfo(
+            refusal = _refusal_in(exc)
+            error = info_from_error(refusal) if refusal is not None else ErrorInfo(
                 code="plugin_error",
                 message=f"{type(exc).__name__}: {exc}",
                 type=type(exc).__qualname__,
@@ -358,6 +360,18 @@ class Worker:
         return ErrorInfo(code="permission_denied",
                          message=denial_message(self.init.plugin_id, permission),
                          type=type(exc).__qualname__, traceback=tb, permission=permission)
+
+
+def _refusal_in(exc: BaseException) -> PermissionDenied | None:
+    """The grant refusal inside an exception group (a task group of anyio or asyncio
+    wraps what a connect raised), so the call still fails as ``permission_denied``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    for inner in exc.exceptions:
+        found = inner if isinstance(inner, PermissionDenied) else _refusal_in(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _reap_children() -> None:

@@ -22,6 +22,7 @@ from corral._sandbox import namespaces as _namespaces
 from corral._sandbox.rpc import Assign, Hello, Refused, WorkerInit, encode
 from corral._sandbox.worker.channel import RPC_FD, Channel
 from corral._sandbox.worker.confine import confine
+from corral._sandbox.worker.netroute import install as install_netroute
 from corral._sandbox.worker.serve import Worker
 
 __all__ = ["enter", "spare"]
@@ -95,6 +96,8 @@ def enter(
                 )
             )
             os._exit(_EXIT_SETUP)
+        if init.isolation == "strict":  # no network of its own: connects go to the broker
+            install_netroute(ch)
         worker = Worker(init, ch)
         sys.stdout = worker.stdout
         sys.stderr = worker.stderr
