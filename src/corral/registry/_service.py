@@ -759,8 +759,8 @@ class Registry:
 
     def _resign(self, plugin_ids: list[str]) -> None:
         """Sign the intents just recorded for ``plugin_ids`` (a failure leaves them queued)."""
-        if plugin_ids:
-            self.reconcile(plugin_ids)
+        for start in range(0, len(plugin_ids), 500):  # reconcile handles up to 1000 a pass
+            self.reconcile(plugin_ids[start:start + 500])
 
     def _tuf_changed(self, plugin_ids: list[str]) -> None:
         """Re-sign the TUF targets of ``plugin_ids`` (committed already) if TUF is set up."""
