@@ -7,7 +7,8 @@ a full data disk answers 507, a busy or unreachable database 503, and no error
 (not even an unexpected 500) closes a keep-alive connection or shows a server
 path.  Control characters are refused in every path parameter, query parameter
 and body field with 400 naming the field.  The OpenAPI document at
-``/openapi.json`` lists every status each route answers.
+``/openapi.json`` lists every status each route answers; ``/docs`` and ``/redoc``
+show it with no request leaving the registry (:mod:`._docs_ui`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageEr
 from corral._version import __version__
 
 from ._accounts import Principal
+from ._docs_ui import add_docs_pages
 from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
@@ -292,7 +294,10 @@ def create_app(registry: Registry) -> FastAPI:
         description="Publish, find and download corral plugins.",
         dependencies=[Depends(no_controls)],
         lifespan=lifespan,
+        docs_url=None,  # add_docs_pages: the same pages with their scripts served from here
+        redoc_url=None,
     )
+    add_docs_pages(app)
     app.add_middleware(_Guard, report=report)
     searches = _SearchCache()
     plain_write = registry.write

@@ -168,7 +168,7 @@ tuf_outbox: Final = sa.Table(
     metadata,
     sa.Column("pk", sa.Integer, primary_key=True),
     sa.Column("plugin_id", sa.String(128), nullable=False, index=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # publish | yank | unyank
+    sa.Column("kind", sa.String(16), nullable=False),  # publish | yank | unyank | publisher | key
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 

@@ -11,7 +11,8 @@ archive's ``corral.sig`` is verified (:func:`corral._distribution.signing.verify
 
 A version is ``publisher_verified`` when its signer is a live key of its
 publisher and the publisher is verified; this is computed when read, so
-revoking a key or unverifying a publisher takes effect at once.
+revoking a key or unverifying a publisher takes effect at once in the API, and
+:func:`signed_plugins` names the plugins whose signed TUF index must follow.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "record_signature",
     "refuse_revoked_signer",
     "revoke_publisher_key",
+    "signed_plugins",
 ]
 
 
@@ -170,3 +172,19 @@ def publisher_verified_column() -> Any:
     verified = sa.exists().where((pub.c.pk == v.c.publisher_pk) & (pub.c.verified == sa.true()))
     return sa.case((v.c.signer.is_not(None) & own_key & verified, True),
                    else_=False).label("publisher_verified")
+
+
+def signed_plugins(conn: Connection, publisher: str, keyid: str | None = None) -> list[str]:
+    """Plugins with a version ``publisher`` uploaded signed (by ``keyid``, if given).
+
+    These are the plugins whose ``publisher_verified`` changes when the
+    publisher is (un)verified or the key is added or revoked.
+    """
+    v, p = _db.versions, _db.plugins
+    where = (v.c.publisher_pk == _accounts.publisher_pk(conn, publisher)) \
+        & v.c.signer.is_not(None) & v.c.sha256.is_not(None)
+    if keyid is not None:
+        where = where & (v.c.signer == keyid.strip().lower())
+    rows = conn.execute(sa.select(p.c.id).distinct()
+                        .join(v, v.c.plugin_pk == p.c.pk).where(where)).scalars()
+    return sorted(str(r) for r in rows)

@@ -11,7 +11,8 @@ the blob was stored, the blob is removed again.
 
 Publish and yank are atomic with the signed TUF metadata through an outbox: the
 transaction that writes a version (``pending``, hidden from every listing and
-download) or a yank also records an intent in ``tuf_outbox``; :meth:`Registry.reconcile`
+download), a yank, or an admin change to a publisher's verified state or keys also
+records an intent in ``tuf_outbox``; :meth:`Registry.reconcile`
 then signs the targets and only afterwards reveals the version and deletes the
 intent.  Intents a crash or a failed write left behind are signed at start-up
 (:meth:`Registry.housekeep`), by a timer in ``serve`` and by the publisher's retry.
@@ -231,9 +232,11 @@ class Registry:
             )
 
     def verify_publisher(self, name: str, verified: bool = True) -> None:
-        """Mark a publisher verified (shown on every plugin it publishes)."""
+        """Mark a publisher verified (shown on every plugin it publishes); re-sign its plugins."""
         with self.write() as conn:
             _accounts.verify_publisher(conn, name, verified)
+            changed = _enqueue_all(conn, _keys.signed_plugins(conn, name), "publisher")
+        self._resign(changed)
 
     def create_namespace(self, name: str, owner: str) -> None:
         """Create a namespace owned by ``owner``."""
@@ -265,14 +268,26 @@ class Registry:
             _accounts.revoke_token(conn, token_id)
 
     def add_publisher_key(self, publisher: str, public_key: str) -> dict[str, Any]:
-        """Register a signing key (base64 raw or PEM) for ``publisher`` (see ``_keys``)."""
+        """Register a signing key (base64 raw or PEM) for ``publisher`` (see ``_keys``).
+
+        Plugins already uploaded signed by that key are re-signed in TUF, so
+        clients see them as the publisher's at once.
+        """
         with self.write() as conn:
-            return _keys.add_publisher_key(conn, publisher, public_key)
+            key = _keys.add_publisher_key(conn, publisher, public_key)
+            changed = _enqueue_all(conn, _keys.signed_plugins(conn, publisher, key["keyid"]),
+                                   "key")
+        self._resign(changed)
+        return key
 
     def revoke_publisher_key(self, publisher: str, keyid: str) -> dict[str, Any]:
-        """Revoke one of ``publisher``'s signing keys."""
+        """Revoke one of ``publisher``'s signing keys; re-sign the plugins it signed."""
         with self.write() as conn:
-            return _keys.revoke_publisher_key(conn, publisher, keyid)
+            key = _keys.revoke_publisher_key(conn, publisher, keyid)
+            changed = _enqueue_all(conn, _keys.signed_plugins(conn, publisher, key["keyid"]),
+                                   "key")
+        self._resign(changed)
+        return key
 
     def list_publisher_keys(self, publisher: str) -> list[dict[str, Any]]:
         """``publisher``'s signing keys, revoked ones included."""
@@ -742,6 +757,11 @@ class Registry:
         self.reconcile([row.id])
         return self.version_info(plugin_id, version)
 
+    def _resign(self, plugin_ids: list[str]) -> None:
+        """Sign the intents just recorded for ``plugin_ids`` (a failure leaves them queued)."""
+        for start in range(0, len(plugin_ids), 500):  # reconcile handles up to 1000 a pass
+            self.reconcile(plugin_ids[start:start + 500])
+
     def _tuf_changed(self, plugin_ids: list[str]) -> None:
         """Re-sign the TUF targets of ``plugin_ids`` (committed already) if TUF is set up."""
         if self.data_dir is not None and (self.data_dir / "tuf" / "config.json").is_file():
@@ -915,6 +935,13 @@ def _enqueue(conn: Connection, plugin_id: str, kind: str) -> None:
     """Record, in the caller's transaction, that ``plugin_id``'s signed targets must change."""
     conn.execute(_db.tuf_outbox.insert().values(plugin_id=plugin_id, kind=kind,
                                                 created_at=_db.utcnow()))
+
+
+def _enqueue_all(conn: Connection, plugin_ids: list[str], kind: str) -> list[str]:
+    """:func:`_enqueue` each of ``plugin_ids``; returns them."""
+    for plugin_id in plugin_ids:
+        _enqueue(conn, plugin_id, kind)
+    return plugin_ids
 
 
 def _sweep_dir(folder: Path, older_than: float | None) -> int:
