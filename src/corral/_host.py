@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from corral._disk.files import exclusive
 from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME, default_home
+from corral._disk.settings import SETTINGS_FILE, setting_flag
 from corral._errors import InvalidPluginError, LifecycleError, NotFoundError, UsageError
 from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
+from corral._model.grants import ALLOW_SETTING, refuse_broad_grants
 from corral._model.info import PluginInfo
 from corral._model.lifecycle import State, check_transition
 from corral._runtime.activation import Active, HookRunner
@@ -281,6 +283,7 @@ class Host:
                         )
                     batch[manifest.id] = manifest
                     check_requires_corral(manifest, __version__)
+                    self.check_grants(manifest)
                 everything = {**known, **batch}
                 cycle = find_cycle({pid: tuple(m.dependencies) for pid, m in everything.items()})
                 if cycle:
@@ -328,6 +331,25 @@ class Host:
     async def aregister(self, *sources: str | os.PathLike[str]) -> builtins.list[PluginInfo]:
         """Async twin of :meth:`register`."""
         return await _to_thread(self.register, *sources)
+
+    def check_grants(self, manifest: Manifest) -> None:
+        """Refuse grants no plugin gets by default, unless this home's settings allow them.
+
+        See :mod:`corral._model.grants`: writing ``/``, the home or plugins' folders,
+        reading the home's database, keys and secrets.
+
+        Raises:
+            PolicyDenied: naming each such grant and its manifest key.
+        """
+        if setting_flag(self.home, *ALLOW_SETTING):
+            return
+        try:
+            user_home: Path | None = Path.home()
+        except RuntimeError:  # no home directory known for this user
+            user_home = None
+        refuse_broad_grants(manifest.permissions, plugin_id=manifest.id,
+                            homes=[self.home, self.home.resolve()], user_home=user_home,
+                            settings=str(self.home / SETTINGS_FILE))
 
     def _stage(self, source: Path) -> tuple[Manifest, Path, str, bool]:
         """Bring a source into a staging directory and validate it statically.
