@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.cli import CliResult
+from helpers.plugins import make_plugin
 
 from corral import Host, PolicyDenied
 from corral._model.grants import broad_grants
 from corral._model.permissions import Permissions
-from helpers.cli import CliResult
-from helpers.plugins import make_plugin
 
 
 def test_add_with_fs_write_root_is_policy_denied(
