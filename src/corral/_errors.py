@@ -232,23 +232,26 @@ class MissingExtra(UnavailableError):
     reason = "missing_extra"
     _attributes = ("module", "extra")
 
-    def __init__(self, module: str, extra: str, *, needed_by: str | None = None,
+    def __init__(self, message: str, *, module: str, extra: str,
                  plugin_id: str | None = None, **details: Any) -> None:
         self.module = module
         self.extra = extra
+        super().__init__(message, plugin_id=plugin_id, module=module, extra=extra, **details)
+
+    @classmethod
+    def of(cls, module: str, extra: str, *, needed_by: str | None = None) -> MissingExtra:
+        """The error saying ``module`` is missing and ``extra`` installs it."""
         what = f"{needed_by} needs the Python package {module!r}, which" if needed_by else (
             f"the Python package {module!r}")
-        super().__init__(
-            f"{what} is not installed: pip install 'corral[{extra}]'",
-            plugin_id=plugin_id, module=module, extra=extra, **details,
-        )
+        return cls(f"{what} is not installed: pip install 'corral[{extra}]'",
+                   module=module, extra=extra)
 
     @classmethod
     def from_import(cls, exc: ImportError, *, needed_by: str | None = None) -> MissingExtra | None:
         """The error for a failed import of an optional package, or ``None`` for any other."""
         top = (exc.name or "").partition(".")[0]
         extra = EXTRA_OF.get(top)
-        return None if extra is None else cls(top, extra, needed_by=needed_by)
+        return None if extra is None else cls.of(top, extra, needed_by=needed_by)
 
 
 class UnsupportedError(CorralError):

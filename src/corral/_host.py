@@ -372,6 +372,7 @@ class Host:
             if in_place:
                 manifest = load_manifest(source)
                 check_targets(source, manifest)
+                _check_micro_shapes(source, manifest)
                 kind = {plugins: "directory", self.home / "store": "installed"}.get(
                     source.parent, "entry-point"
                 )
@@ -391,6 +392,7 @@ class Host:
         try:
             manifest = load_manifest(staging)
             check_targets(staging, manifest)
+            _check_micro_shapes(staging, manifest)
         except BaseException:
             _rmtree(staging)
             raise
@@ -733,6 +735,24 @@ async def _to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     import asyncio
 
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _check_micro_shapes(plugin_dir: Path, manifest: Manifest) -> None:
+    """Each ``[[micro]]`` handler's annotations, read from source, against its kind."""
+    # deferred like check_targets in _stage: ast and the micro model stay off `corral list`
+    from corral._disk.targets import handler_annotations
+    from corral._model.micro import check_annotated_shape
+
+    for i, m in enumerate(manifest.micro):
+        found = handler_annotations(plugin_dir, m.handler)
+        if found is None:
+            continue
+        try:
+            check_annotated_shape(m.type, m.id, *found)
+        except InvalidPluginError as exc:
+            raise InvalidPluginError(f"micro[{i}] ({m.handler}): {exc.message}",
+                                     plugin_id=manifest.id, key=f"micro[{i}].handler",
+                                     micro=m.id) from None
 
 
 def _rmtree(path: Path) -> None:

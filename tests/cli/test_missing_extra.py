@@ -78,7 +78,7 @@ def test_client_verb_without_httpx_names_the_extra(tmp_path: Path) -> None:
 def test_missing_extra_round_trips_through_its_json_form() -> None:
     from corral._errors import CorralError, MissingExtra
 
-    exc = MissingExtra("pytest", "pdk", needed_by="corral test")
+    exc = MissingExtra.of("pytest", "pdk", needed_by="corral test")
     back = CorralError.from_dict(exc.to_dict())
     assert type(back) is MissingExtra
     assert (back.module, back.extra, back.exit_code) == ("pytest", "pdk", 1)

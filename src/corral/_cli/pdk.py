@@ -103,7 +103,7 @@ def _require_pytest() -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise MissingExtra("pytest", "pdk", needed_by="corral test")
+        raise MissingExtra.of("pytest", "pdk", needed_by="corral test")
 
 
 def cmd_test(args: argparse.Namespace) -> int:
