@@ -98,3 +98,17 @@ def test_requires_corral_errors_name_the_manifest_key(
     assert "plugin.requires-corral" in res.json["error"]["message"]
     assert res.json["error"]["key"] == "plugin.requires-corral"
     assert "requires corral" not in res.json["error"]["message"]
+
+
+def test_a_micro_handler_that_is_not_callable_names_its_manifest_key(
+    host: Host, tmp_path: Path
+) -> None:
+    from corral import InvalidPluginError
+
+    src = make_plugin(tmp_path, "acme.odd", files={"cp_acme_odd.py": "semver = 3\n"}, exports={},
+                      micro=[{"id": "acme.odd.semver", "type": "validator",
+                              "handler": "cp_acme_odd:semver"}])
+    host.register(src)
+    with pytest.raises(InvalidPluginError, match=r"micro\[0\]\.handler") as info:
+        host.enable("acme.odd")
+    assert info.value.details["key"] == "micro[0].handler"

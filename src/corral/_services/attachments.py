@@ -91,9 +91,9 @@ class HostAttachments:
         problem = sandbox_problem(manifest.sandbox.isolation)
         if problem:
             raise PolicyDenied(
-                f"{manifest.id} asks for isolation {manifest.sandbox.isolation!r}, which this "
-                f"machine cannot enforce: {problem}; it will not run with less",
-                plugin_id=manifest.id,
+                f"{manifest.id} asks for sandbox.isolation = {manifest.sandbox.isolation!r}, "
+                f"which this machine cannot enforce: {problem}; it will not run with less",
+                plugin_id=manifest.id, key="sandbox.isolation",
                 isolation=manifest.sandbox.isolation,
             )
 
