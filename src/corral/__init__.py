@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from corral._errors import InvalidPluginError as InvalidPluginError
     from corral._errors import LifecycleError as LifecycleError
     from corral._errors import ManifestError as ManifestError
+    from corral._errors import MissingExtra as MissingExtra
     from corral._errors import NotFoundError as NotFoundError
     from corral._errors import PermissionDenied as PermissionDenied
     from corral._errors import PluginError as PluginError
@@ -45,6 +46,7 @@ __all__ = [
     "LifecycleError",
     "Manifest",
     "ManifestError",
+    "MissingExtra",
     "NotFoundError",
     "PermissionDenied",
     "Permissions",

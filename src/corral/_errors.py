@@ -7,7 +7,8 @@
     │   └── LifecycleError           usage             exit 2  (illegal transition)
     ├── NotFoundError                not_found         exit 1
     ├── UnavailableError             unavailable       exit 1  (disk full, a service gone)
-    │   └── TransferError            unavailable       exit 1  (registry down, slow, cut off)
+    │   ├── TransferError            unavailable       exit 1  (registry down, slow, cut off)
+    │   └── MissingExtra             unavailable       exit 1  (an optional package not installed)
     ├── UnsupportedError             unsupported       exit 1  (the kernel cannot enforce it)
     ├── InvalidPluginError           invalid           exit 3
     │   ├── ManifestError            invalid           exit 3  (file, key path)
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidPluginError",
     "LifecycleError",
     "ManifestError",
+    "MissingExtra",
     "NotFoundError",
     "PermissionDenied",
     "PluginError",
@@ -209,6 +211,47 @@ class TransferError(UnavailableError):
     """A registry could not be reached, was too slow, or cut the transfer short."""
 
     reason: ClassVar[str | None] = "transfer"  # a subclass may say it by other means
+
+
+#: The extra of ``corral`` that installs each optional top-level package a verb may need.
+EXTRA_OF: dict[str, str] = {
+    "pytest": "pdk",
+    "fastapi": "registry", "uvicorn": "registry", "sqlalchemy": "registry",
+    "multipart": "registry", "psycopg": "registry", "rapidfuzz": "registry",
+    "httpx": "registry",
+    "keyring": "keyring",
+}
+
+
+class MissingExtra(UnavailableError):
+    """An optional package a verb needs is not installed; ``extra`` names what installs it.
+
+    The message ends with the command to run: ``pip install 'corral[pdk]'``.
+    """
+
+    reason = "missing_extra"
+    _attributes = ("module", "extra")
+
+    def __init__(self, message: str, *, module: str, extra: str,
+                 plugin_id: str | None = None, **details: Any) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(message, plugin_id=plugin_id, module=module, extra=extra, **details)
+
+    @classmethod
+    def of(cls, module: str, extra: str, *, needed_by: str | None = None) -> MissingExtra:
+        """The error saying ``module`` is missing and ``extra`` installs it."""
+        what = f"{needed_by} needs the Python package {module!r}, which" if needed_by else (
+            f"the Python package {module!r}")
+        return cls(f"{what} is not installed: pip install 'corral[{extra}]'",
+                   module=module, extra=extra)
+
+    @classmethod
+    def from_import(cls, exc: ImportError, *, needed_by: str | None = None) -> MissingExtra | None:
+        """The error for a failed import of an optional package, or ``None`` for any other."""
+        top = (exc.name or "").partition(".")[0]
+        extra = EXTRA_OF.get(top)
+        return None if extra is None else cls.of(top, extra, needed_by=needed_by)
 
 
 class UnsupportedError(CorralError):

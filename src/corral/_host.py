@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
 from corral._disk.files import exclusive
 from corral._disk.layout import DB_NAME, HOME_DIRS, MANIFEST_NAME, default_home
+from corral._disk.settings import SETTINGS_FILE, setting_flag
 from corral._errors import (
     CorralError,
     InvalidPluginError,
@@ -27,6 +28,7 @@ from corral._errors import (
     UsageError,
 )
 from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
+from corral._model.grants import ALLOW_SETTING, refuse_broad_grants
 from corral._model.info import PluginInfo
 from corral._model.lifecycle import State, check_transition
 from corral._model.reregister import Again, Registration, judge_again
@@ -316,6 +318,7 @@ class Host:
                         )
                     batch[manifest.id] = manifest
                     check_requires_corral(manifest, __version__)
+                    self.check_grants(manifest)
                 for st in staged:  # nothing to do for these: drop their copies now
                     if verdicts.get(st.manifest.id) is Again.SAME and st.temp:
                         _rmtree(st.path)
@@ -451,6 +454,25 @@ class Host:
         """Async twin of :meth:`register`."""
         return await _to_thread(self.register, *sources, link=link)
 
+    def check_grants(self, manifest: Manifest) -> None:
+        """Refuse grants no plugin gets by default, unless this home's settings allow them.
+
+        See :mod:`corral._model.grants`: writing ``/``, the home or plugins' folders,
+        reading the home's database, keys and secrets.
+
+        Raises:
+            PolicyDenied: naming each such grant and its manifest key.
+        """
+        if setting_flag(self.home, *ALLOW_SETTING):
+            return
+        try:
+            user_home: Path | None = Path.home()
+        except RuntimeError:  # no home directory known for this user
+            user_home = None
+        refuse_broad_grants(manifest.permissions, plugin_id=manifest.id,
+                            homes=[self.home, self.home.resolve()], user_home=user_home,
+                            settings=str(self.home / SETTINGS_FILE))
+
     def _stage(self, source: Path, *, link: bool = False) -> _Staged:
         """Bring a source into a staging directory and validate it statically.
 
@@ -479,6 +501,7 @@ class Host:
                     check_plugin_tree(source)
                 manifest = load_manifest(source)
                 check_targets(source, manifest)
+                _check_micro_shapes(source, manifest)
                 kind = {plugins: "directory", self.home / "store": "installed"}.get(
                     source.parent, "entry-point" if in_place else "directory"
                 )
@@ -505,6 +528,7 @@ class Host:
             with _named(staging, source):
                 manifest = load_manifest(staging)
                 check_targets(staging, manifest)
+                _check_micro_shapes(staging, manifest)
                 digest = tree_digest(staging)
         except BaseException:
             _rmtree(staging)
@@ -873,6 +897,24 @@ def _named(staging: Path, source: Path) -> Iterator[None]:
             if isinstance(value, str):
                 exc.details[key] = value.replace(inner, outer)
         raise
+
+
+def _check_micro_shapes(plugin_dir: Path, manifest: Manifest) -> None:
+    """Each ``[[micro]]`` handler's annotations, read from source, against its kind."""
+    # deferred like check_targets in _stage: ast and the micro model stay off `corral list`
+    from corral._disk.targets import handler_annotations
+    from corral._model.micro import check_annotated_shape
+
+    for i, m in enumerate(manifest.micro):
+        found = handler_annotations(plugin_dir, m.handler)
+        if found is None:
+            continue
+        try:
+            check_annotated_shape(m.type, m.id, *found)
+        except InvalidPluginError as exc:
+            raise InvalidPluginError(f"micro[{i}] ({m.handler}): {exc.message}",
+                                     plugin_id=manifest.id, key=f"micro[{i}].handler",
+                                     micro=m.id) from None
 
 
 def _rmtree(path: Path) -> None:

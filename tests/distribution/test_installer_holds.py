@@ -72,7 +72,7 @@ def self_test(value, ctx):
 def evil_release(tmp_path: Path, repo: Path, marks: Path) -> None:
     publish(tmp_path, repo, "acme.evil", "1.0.0", code=evil_code(marks), entry=True,
             exports={"version": f"{module_name('acme.evil')}:version"},
-            isolation="none", permissions={"fs-write": ["/"]})
+            isolation="none", permissions={"fs-write": ["/srv"]})
 
 
 def parent_release(tmp_path: Path, repo: Path, version: str, **deps: str) -> None:
@@ -109,7 +109,7 @@ def test_update_bringing_a_new_plugin_is_held_until_accepted(
     assert set(held) == {"acme.p", "acme.evil"}
     assert held["acme.evil"]["new"] is True
     assert held["acme.evil"]["required_by"] == ["acme.p"]
-    assert held["acme.evil"]["permissions"] == {"fs-write": ["/"], "isolation": ["none"]}
+    assert held["acme.evil"]["permissions"] == {"fs-write": ["/srv"], "isolation": ["none"]}
     assert held["acme.p"]["new_dependencies"] == ["acme.evil"]
     assert doc["applied"] is None
     assert (home / "corral.lock").read_bytes() == lock_before
@@ -120,7 +120,7 @@ def test_update_bringing_a_new_plugin_is_held_until_accepted(
     code, _, err = cli(capsys, home, "update", "--source", str(repo), "--allow-unsigned")
     assert code == 4
     assert ("held: acme.evil 1.0.0 is new to this home (required by acme.p) and asks for "
-            "+fs-write: /; +isolation: none; none of its code ran") in err
+            "+fs-write: /srv; +isolation: none; none of its code ran") in err
     assert "asks for more permissions" not in err  # acme.p itself asks for nothing more
     assert list(marks.iterdir()) == []
 
@@ -164,11 +164,11 @@ def test_install_of_a_new_version_bringing_a_new_plugin_is_held(
     publish(tmp_path, repo, "acme.r", "2.0.0", deps={"acme.evil": ">=1"})
     lock_before = (home / "corral.lock").read_bytes()
     with pytest.raises(PolicyDenied, match=r"acme\.evil 1\.0\.0 \(required by acme\.r: "
-                       r"fs-write: /; isolation: none\)") as info:
+                       r"fs-write: /srv; isolation: none\)") as info:
         inst.install(["acme.r@2.0.0"])
     assert info.value.code == "policy_denied"
     assert info.value.details["held"][0]["permissions"] == {
-        "fs-write": ["/"], "isolation": ["none"]}
+        "fs-write": ["/srv"], "isolation": ["none"]}
     assert (home / "corral.lock").read_bytes() == lock_before
     assert not [p for p in (home / "store").iterdir() if not p.name.startswith(".")
                 and p.name.removesuffix(".json") not in lock_before.decode()]

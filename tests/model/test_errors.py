@@ -33,6 +33,8 @@ def _sample(cls: type[CorralError]) -> CorralError:
         kwargs["permission"] = "fs-write:/etc"
     if issubclass(cls, tree.ManifestError):
         kwargs.update(file="corral.toml", key="plugin.id")
+    if issubclass(cls, tree.MissingExtra):
+        kwargs.update(module="pytest", extra="pdk")
     return cls("something went wrong\nover two lines", **kwargs)
 
 

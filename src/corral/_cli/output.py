@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
 
-from corral._errors import CorralError, UsageError
+from corral._errors import CorralError, MissingExtra, UsageError
 from corral._model.text import neutralise
 
 if TYPE_CHECKING:
@@ -126,6 +126,10 @@ def run(fn: Callable[[], int], as_json: bool, *, source: str = "corral",
             code = 130
         except BrokenPipeError:
             raise
+        except ImportError as exc:  # an optional part left out: say which extra brings it
+            missing = MissingExtra.from_import(exc)
+            code = exit_code(exc) if missing is None else missing.exit_code
+            report(exc if missing is None else missing, as_json, source=source, indent=indent)
         except Exception as exc:  # the host must say what broke, not dump a traceback
             code = exit_code(exc)
             report(exc, as_json, source=source, indent=indent)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from corral._cli.output import dump
-from corral._errors import UsageError
+from corral._errors import MissingExtra, UsageError
 
 if TYPE_CHECKING:
     from corral._cli.output import VerbAdder
@@ -23,7 +23,8 @@ PYTEST_EXIT: Final = {0: 0, 1: 5, 2: 130, 3: 1, 4: 2, 5: 3}
 _TEST_HELP = (
     "run a plugin's tests (PATH/tests) with the corral.testing fixtures, in a throwaway "
     "host and the real sandbox; arguments after -- go to pytest. Exit 0 all passed, "
-    "5 a test failed, 3 no tests found or not a plugin, 2 usage error, 1 pytest broke"
+    "5 a test failed, 3 no tests found or not a plugin, 2 usage error, 1 pytest broke "
+    "or is not installed (pip install 'corral[pdk]')"
 )
 
 
@@ -93,11 +94,24 @@ def _plugin_flag() -> list[str]:
     return ["-p", "corral.testing"]
 
 
+def _require_pytest() -> None:
+    """Refuse early, naming the extra, when pytest is missing (not exit 5, "a test failed")."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("pytest") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingExtra.of("pytest", "pdk", needed_by="corral test")
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     import subprocess
 
     from corral._model.manifest import load_manifest
 
+    _require_pytest()
     if args.path == "--":
         args.path, args.pytest_args = ".", ["--", *(args.pytest_args or [])]
     plugin_dir = Path(args.path).expanduser().absolute()

@@ -13,7 +13,7 @@ from corral._errors import InvalidPluginError
 if TYPE_CHECKING:
     from corral._model.manifest import Manifest
 
-__all__ = ["check_targets", "module_file", "targets_of"]
+__all__ = ["check_targets", "handler_annotations", "module_file", "targets_of"]
 
 
 def targets_of(manifest: Manifest) -> list[tuple[str, str]]:
@@ -110,3 +110,34 @@ def check_targets(plugin_dir: Path, manifest: Manifest) -> None:
                 key=key,
                 target=target,
             )
+
+
+def handler_annotations(plugin_dir: Path, target: str) -> tuple[str | None, str | None] | None:
+    """The annotations of a handler's input and result, as written in its source.
+
+    ``None`` when ``target`` is not a top-level function of a readable module (a
+    class, an assignment, a missing file: what the code holds is found on load).
+    """
+    module, _, attr = target.partition(":")
+    path = module_file(plugin_dir, module)
+    if path is None or "." in attr:
+        return None
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, OSError, ValueError):
+        return None
+    found: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+    for node in tree.body:  # the last top-level definition wins, as at import
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == attr:
+                found = None if isinstance(node, ast.ClassDef) else node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+                found = None
+    if found is None:
+        return None
+    params = [*found.args.posonlyargs, *found.args.args]
+    first = params[0].annotation if params else None
+    return (ast.unparse(first) if first is not None else None,
+            ast.unparse(found.returns) if found.returns is not None else None)

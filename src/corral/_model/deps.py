@@ -30,12 +30,18 @@ def check_requires_corral(manifest: Manifest, host_version: str) -> None:
 
     if host_version not in SpecifierSet(manifest.requires_corral, prereleases=True):
         raise InvalidPluginError(
-            f"{manifest.id} requires corral {manifest.requires_corral}, "
-            f"this host is corral {host_version}",
+            f"{manifest.id}: plugin.requires-corral = {manifest.requires_corral!r} excludes "
+            f"this host, corral {host_version}",
             plugin_id=manifest.id,
+            key="plugin.requires-corral",
             requires_corral=manifest.requires_corral,
             host_version=host_version,
         )
+
+
+def _dependency_key(dep_id: str) -> str:
+    """The manifest key of a dependency, as written: ``dependencies."acme.lib"``."""
+    return f'dependencies."{dep_id}"'
 
 
 def check_dependencies(manifest: Manifest, known: Mapping[str, Manifest]) -> None:
@@ -47,16 +53,19 @@ def check_dependencies(manifest: Manifest, known: Mapping[str, Manifest]) -> Non
         dep = known.get(dep_id)
         if dep is None:
             raise InvalidPluginError(
-                f"{manifest.id} needs {dep_id} {spec or '(any version)'}, "
-                "which is not registered",
+                f"{manifest.id} needs {dep_id} {spec or '(any version)'} "
+                f"({_dependency_key(dep_id)}), which is not registered",
                 plugin_id=manifest.id,
+                key=_dependency_key(dep_id),
                 dependency=dep_id,
                 range=spec,
             )
         if spec and Version(dep.version) not in SpecifierSet(spec, prereleases=True):
             raise InvalidPluginError(
-                f"{manifest.id} needs {dep_id} {spec}, but {dep_id} {dep.version} is registered",
+                f"{manifest.id} needs {dep_id} {spec} ({_dependency_key(dep_id)}), "
+                f"but {dep_id} {dep.version} is registered",
                 plugin_id=manifest.id,
+                key=_dependency_key(dep_id),
                 dependency=dep_id,
                 range=spec,
                 found=dep.version,

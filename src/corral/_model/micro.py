@@ -12,13 +12,16 @@ never discovered while serving:
 ================  ====================  =========================================
 kind              input                 output
 ================  ====================  =========================================
-validator         any                   ``{"valid": bool, "reasons": [str]}``
+validator         any                   ``{"valid": bool, "reasons": [str]}`` or ``bool``
 formatter         any                   ``str``
 transformer       declared (or any)     a value of the declared type (or any)
 command-enhancer  the command ``dict``  the command ``dict``
 hook              any                   ``None`` or anything (ignored)
 utility           declared (or any)     declared (or any)
 ================  ====================  =========================================
+
+A validator that returns ``bool`` (the seed's ``validate?(input): boolean``) gives
+the verdict ``{"valid": that bool, "reasons": []}`` (:func:`as_verdict`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ __all__ = [
     "MicroInfo",
     "Verdict",
     "annotated_types",
+    "as_verdict",
+    "check_annotated_shape",
     "declared_type",
     "fits",
     "kind_shape",
@@ -167,6 +172,39 @@ def annotated_types(fn: Callable[..., Any], micro_id: str) -> tuple[str, str]:
     return _py_type_name(in_hint, "input", micro_id), _py_type_name(out_hint, "output", micro_id)
 
 
+#: Annotation names read from source -> type names (anything else cannot be told statically).
+_SOURCE_TYPES: Final = {
+    "bool": "bool", "int": "int", "float": "number", "str": "str", "None": "null",
+    "dict": "dict", "Dict": "dict", "Mapping": "dict", "MutableMapping": "dict",
+    "list": "list", "List": "list", "tuple": "list", "Tuple": "list", "Sequence": "list",
+    "Verdict": "verdict", "Any": "any", "object": "any",
+}
+
+
+def _source_type(text: str | None) -> str:
+    """The type name an annotation written as ``text`` stands for, ``any`` when unsure."""
+    if not text:
+        return "any"
+    text = text.strip().strip("'\"")
+    if "|" in text or text.startswith(("Optional[", "typing.Optional[", "Union[")):
+        return "any"
+    head = text.split("[", 1)[0].rsplit(".", 1)[-1]
+    return _SOURCE_TYPES.get(head, "any")
+
+
+def check_annotated_shape(kind: str, micro_id: str, input_annotation: str | None,
+                          output_annotation: str | None) -> None:
+    """Check a handler's annotations, as written in its source, against its kind.
+
+    Lets ``add`` and ``validate`` refuse a misdeclared micro-plugin without importing
+    its code; an annotation that cannot be told from its text passes (checked on load).
+
+    Raises:
+        InvalidPluginError: the declared shape does not fit the kind (named).
+    """
+    kind_shape(kind, micro_id, _source_type(input_annotation), _source_type(output_annotation))
+
+
 def kind_shape(kind: str, micro_id: str, declared_in: str, declared_out: str) -> tuple[str, str]:
     """Check declared types against the kind; return the (input, output) shape."""
     if kind not in KIND_SHAPES:
@@ -189,10 +227,10 @@ def kind_shape(kind: str, micro_id: str, declared_in: str, declared_out: str) ->
         shape_in = fixed_in if declared_in == "any" else declared_in
     if fixed_out is not None and fixed_out != "any":
         ok = declared_out in ("any", fixed_out) or (
-            fixed_out == "verdict" and declared_out == "dict"
+            fixed_out == "verdict" and declared_out in ("dict", "bool")
         )
         if not ok:
-            what = {"verdict": 'a verdict {"valid": bool, "reasons": [str]}'}.get(
+            what = {"verdict": 'a verdict {"valid": bool, "reasons": [str]} or a bool'}.get(
                 fixed_out, fixed_out
             )
             raise InvalidPluginError(
@@ -282,6 +320,13 @@ EXACT_CLASS: Final[Mapping[str, builtins.type | None]] = types.MappingProxyType(
 )
 
 
+def as_verdict(out: Any) -> Any:
+    """A validator's ``True``/``False`` as the verdict it means; anything else unchanged."""
+    if builtins.type(out) is bool:
+        return {"valid": out, "reasons": []}
+    return out
+
+
 def shape_problem(shape: str, out: Any) -> str | None:
     """Why ``out`` is not of ``shape``, or None."""
     t = builtins.type(out)
@@ -292,8 +337,11 @@ def shape_problem(shape: str, out: Any) -> str | None:
     if shape == "int":
         return None if t is int else f"an int expected, got {t.__name__}"
     if shape == "verdict":
+        if t is bool:
+            return None  # True/False: the verdict it means (see as_verdict)
         if t is not dict:
-            return f'a verdict {{"valid": bool, "reasons": [str]}} expected, got {t.__name__}'
+            return (f'a verdict {{"valid": bool, "reasons": [str]}} or a bool expected, '
+                    f"got {t.__name__}")
         if builtins.type(out.get("valid")) is not bool:
             return "a verdict needs 'valid': a bool"
         reasons = out.get("reasons", [])

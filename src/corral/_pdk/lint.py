@@ -11,7 +11,8 @@ rule        level   what
 =========== ======= ===========================================================
 CORRAL-E001 error   the manifest or a code target is invalid
 CORRAL-E002 error   a Python file of the plugin does not parse
-CORRAL-E003 error   an export or micro handler does not fit ``f(input, ctx)``
+CORRAL-E003 error   an export or micro handler does not fit ``f(input, ctx)``, or a
+                    micro handler's annotations do not fit its kind
 CORRAL-E004 error   importing the plugin in its sandbox failed
 CORRAL-S001 error   network use (socket, http.client, urllib, requests, httpx,
                     asyncio.open_connection...) without ``net-connect``
@@ -45,6 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
+from corral._disk.targets import handler_annotations
+from corral._errors import InvalidPluginError
+from corral._model.micro import check_annotated_shape
+
 if TYPE_CHECKING:
     from corral._model.manifest import Manifest
 
@@ -76,7 +81,8 @@ RULES: Final = _rules(
     Rule("CORRAL-E002", "syntax-error", "errors", "error",
          "A Python file of the plugin does not parse."),
     Rule("CORRAL-E003", "bad-export-signature", "errors", "error",
-         "An export or micro handler is not a function f(input, ctx)."),
+         "An export or micro handler is not a function f(input, ctx), or a micro "
+         "handler's annotations do not fit its kind."),
     Rule("CORRAL-E004", "import-failed", "errors", "error",
          "Importing the plugin inside its sandbox failed."),
     Rule("CORRAL-S001", "network-without-grant", "security", "error",
@@ -537,4 +543,28 @@ def check_signatures(plugin_dir: Path, manifest: Manifest) -> list[Issue]:
         if problem:
             issues.append(Issue("CORRAL-E003", f"{where}: {what} ({target}) {problem}", rel,
                                 line, getattr(node, "col_offset", 0) + 1))
+    issues.extend(_micro_shape_issues(plugin_dir, manifest))
+    return issues
+
+
+def _micro_shapes(plugin_dir: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
+    """``(target, problem)`` for each micro handler whose annotations do not fit its kind."""
+    for m in manifest.micro:
+        found = handler_annotations(plugin_dir, m.handler)
+        if found is None:
+            continue
+        try:
+            check_annotated_shape(m.type, m.id, *found)
+        except InvalidPluginError as exc:
+            yield m.handler, exc.message
+
+
+def _micro_shape_issues(plugin_dir: Path, manifest: Manifest) -> list[Issue]:
+    issues: list[Issue] = []
+    for target, problem in _micro_shapes(plugin_dir, manifest):
+        found = find_definition(plugin_dir, target)
+        rel, node = found if found is not None else (None, None)
+        line = getattr(node, "lineno", None)
+        issues.append(Issue("CORRAL-E003", f"{rel}:{line}: {problem}", rel, line,
+                            getattr(node, "col_offset", 0) + 1))
     return issues

@@ -94,13 +94,15 @@ def import_in_process(active: Active, plugin_dir: Path) -> set[str]:
                 key=f"exports.{name}",
             )
         active.exports[name] = fn
-    for micro in manifest.micro:
+    for i, micro in enumerate(manifest.micro):
         fn = scope.resolve(micro.handler)
         if not callable(fn):
             raise InvalidPluginError(
-                f"{manifest.id}: micro {micro.id}: {micro.handler} is not callable",
+                f"{manifest.id}: micro[{i}].handler ({micro.id}): {micro.handler} is not "
+                "callable",
                 plugin_id=manifest.id,
-                key="micro",
+                key=f"micro[{i}].handler",
+                micro=micro.id,
             )
         active.exports[micro.id] = fn
     return {name for name, fn in active.exports.items() if inspect.iscoroutinefunction(fn)}

@@ -91,9 +91,9 @@ class HostAttachments:
         problem = sandbox_problem(manifest.sandbox.isolation)
         if problem:
             raise PolicyDenied(
-                f"{manifest.id} asks for isolation {manifest.sandbox.isolation!r}, which this "
-                f"machine cannot enforce: {problem}; it will not run with less",
-                plugin_id=manifest.id,
+                f"{manifest.id} asks for sandbox.isolation = {manifest.sandbox.isolation!r}, "
+                f"which this machine cannot enforce: {problem}; it will not run with less",
+                plugin_id=manifest.id, key="sandbox.isolation",
                 isolation=manifest.sandbox.isolation,
             )
 
@@ -146,6 +146,7 @@ class HostAttachments:
                 ctx=active.ctx,
                 version=manifest.version,
                 functions={m.id: active.exports[m.id] for m in manifest.micro},
+                partial=True,  # one refused handler must not take its siblings down
             )
         else:
             call = self.call
@@ -153,7 +154,8 @@ class HostAttachments:
             def invoke(micro_id: str, value: Any) -> Any:
                 return call(pid, micro_id, value)
 
-            mgr.register_plugin(pid, manifest.micro, invoke=invoke, version=manifest.version)
+            mgr.register_plugin(pid, manifest.micro, invoke=invoke, version=manifest.version,
+                                partial=True)
 
     def withdraw_micro(self, plugin_id: str) -> None:
         """Withdraw a stopping plugin's micro-plugins."""

@@ -248,7 +248,7 @@ def verify_installed(pid: str, entry: Mapping[str, Any], store: Store,
 
 
 def check_set(host: Host, wanted: Mapping[str, Mapping[str, Any]], store: Store) -> None:
-    """Host version, every dependency range, and hand-registered plugins, over the new set."""
+    """Host version, dependency ranges, hand-registered plugins and grants, over the new set."""
     for pid, e in wanted.items():
         if not store.tree(e["sha256"]).is_dir():
             raise NotFoundError(
@@ -269,6 +269,7 @@ def check_set(host: Host, wanted: Mapping[str, Mapping[str, Any]], store: Store)
     known = {**by_hand, **manifests}
     for m in manifests.values():
         check_requires_corral(m, __version__)
+        host.check_grants(m)
         check_dependencies(m, known)
     for m in by_hand.values():
         if any(dep in manifests or dep not in by_hand for dep in m.dependencies):

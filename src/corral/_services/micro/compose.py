@@ -36,7 +36,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
-from corral._errors import CorralError, NotFoundError, PluginError, PluginFailedError, UsageError
+from corral._errors import (
+    CorralError,
+    InvalidPluginError,
+    NotFoundError,
+    PluginError,
+    PluginFailedError,
+    UsageError,
+)
 from corral._model.micro import MicroInfo, fits, shape_problem
 from corral._model.pipeline import (
     Chain,
@@ -91,8 +98,10 @@ def _branch_key(node: Node) -> str | None:
 @final
 class _Checker:
     def __init__(self, micros: Mapping[str, MicroInfo], pipelines: Mapping[str, Pipeline],
-                 title: str) -> None:
+                 title: str,
+                 refusal: Callable[[str], CorralError | None] | None = None) -> None:
         self.micros = micros
+        self.refusal = refusal
         self.pipelines = pipelines
         self.title = title
 
@@ -104,6 +113,9 @@ class _Checker:
     def info(self, where: str, node: Node, micro_id: str) -> MicroInfo:
         info = self.micros.get(micro_id)
         if info is None:
+            refused = self.refusal(micro_id) if self.refusal is not None else None
+            if refused is not None:  # declared by its plugin, but its handler was refused
+                raise self.fail(where, node, refused.message, InvalidPluginError)
             close = difflib.get_close_matches(micro_id, list(self.micros), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise self.fail(where, node, f"no micro-plugin {micro_id!r}{hint}", NotFoundError)
@@ -196,11 +208,13 @@ def validate_chain(
     elif not isinstance(node, (Step, Ref, Chain, FanOut)):
         node = chain_of(*node)
     infos: Mapping[str, MicroInfo]
+    refusal = None
     if isinstance(micros, MicroManager):
         infos = {info.id: info for info in micros.list()}
+        refusal = micros.refusal
     else:
         infos = micros
-    return _Checker(infos, pipelines or {}, title).node(node, input, "", stack)
+    return _Checker(infos, pipelines or {}, title, refusal).node(node, input, "", stack)
 
 
 # -- running ---------------------------------------------------------------------------
@@ -286,8 +300,8 @@ class Composition:
     def _compile(self, st: tuple[int, dict[str, Any]]) -> tuple[int, tuple[Any, ...] | None,
                                                                   _Run | None]:
         infos = {e[3].id: e[3] for e in st[1].values()}
-        _Checker(infos, self._pipelines, self.title).node(self.node, self._input, "",
-                                                          self._stack)
+        checker = _Checker(infos, self._pipelines, self.title, self._mgr.refusal)
+        checker.node(self.node, self._input, "", self._stack)
         if self._flat:
             assert isinstance(self.node, Chain)
             steps = tuple(

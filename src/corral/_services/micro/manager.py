@@ -54,6 +54,7 @@ from corral._model.micro import (
     MicroInfo,
     Verdict,
     annotated_types,
+    as_verdict,
     declared_type,
     fits,
     kind_shape,
@@ -183,6 +184,9 @@ class MicroManager:
         """:param watch_interval: seconds between janitor ticks (default: from the limits)."""
         self._lock = threading.RLock()
         self._entries: dict[str, Entry] = {}
+        #: micro id -> (plugin id, why it was left out): a plugin's micro-plugins that were
+        #: refused while the rest of its set was offered (``register_plugin(partial=True)``)
+        self._refused: dict[str, tuple[str, CorralError]] = {}
         #: (version number, table): replaced as a whole on every change, never mutated;
         #: compositions read it once per run.  Read-only outside the manager.
         self.snapshot: tuple[int, dict[str, Entry]] = (0, self._entries)
@@ -310,6 +314,7 @@ class MicroManager:
         ctx: Any = None,
         version: str = "1",
         on_drained: Callable[[tuple[MicroInfo, ...]], None] | None = None,
+        partial: bool = False,
     ) -> SwapTicket:
         """Install (or atomically replace) every micro-plugin of one plugin.
 
@@ -317,24 +322,19 @@ class MicroManager:
         ``max_ms``, ``description``).  In-process plugins pass the resolved
         ``functions`` (by micro id) and their ``ctx``; sandboxed ones pass the
         host's ``invoke``.  Micro-plugins the plugin no longer declares are removed.
+        With ``partial``, a micro-plugin whose handler is refused is left out and
+        the others are installed; running or chaining it raises why (:meth:`refusal`).
         """
         entries: dict[str, Entry] = {}
+        refused: dict[str, tuple[str, CorralError]] = {}
         for m in micros:
-            if invoke is not None:
-                entry = self.prepare(None, id=m.id, type=m.type, max_ms=m.max_ms, invoke=invoke,
-                                     plugin_id=plugin_id, version=version,
-                                     description=getattr(m, "description", ""))
-            else:
-                fn = (functions or {}).get(m.id)
-                if fn is None:
-                    raise InvalidPluginError(f"{plugin_id}: micro {m.id} has no handler",
-                                             plugin_id=plugin_id, micro=m.id)
-                if ctx is None:  # handlers are f(input, ctx) whatever ctx is
-                    fn = _with_none(fn)
-                entry = self.prepare(fn, id=m.id, type=m.type, max_ms=m.max_ms, ctx=ctx,
-                                     plugin_id=plugin_id, version=version,
-                                     description=getattr(m, "description", ""))
-            entries[m.id] = entry
+            try:
+                entries[m.id] = self._plugin_entry(plugin_id, m, functions, invoke, ctx,
+                                                   version)
+            except InvalidPluginError as exc:
+                if not partial:
+                    raise
+                refused[m.id] = (plugin_id, exc)
         with self._lock:
             for mid in entries:
                 old = self._entries.get(mid)
@@ -343,7 +343,36 @@ class MicroManager:
                                      f"{old[3].plugin_id or 'the host'}", micro=mid)
             gone = tuple(mid for mid, e in self._entries.items()
                          if e[3].plugin_id == plugin_id and mid not in entries)
+            self._forget_refused(plugin_id)
+            self._refused.update(refused)
             return self._install(entries, gone, on_drained)
+
+    def _plugin_entry(self, plugin_id: str, m: Any,
+                      functions: Mapping[str, Callable[..., Any]] | None,
+                      invoke: Invoke | None, ctx: Any, version: str) -> Entry:
+        """The table entry of one ``[[micro]]`` of a plugin."""
+        if invoke is not None:
+            return self.prepare(None, id=m.id, type=m.type, max_ms=m.max_ms, invoke=invoke,
+                                plugin_id=plugin_id, version=version,
+                                description=getattr(m, "description", ""))
+        fn = (functions or {}).get(m.id)
+        if fn is None:
+            raise InvalidPluginError(f"{plugin_id}: micro {m.id} has no handler",
+                                     plugin_id=plugin_id, micro=m.id)
+        if ctx is None:  # handlers are f(input, ctx) whatever ctx is
+            fn = _with_none(fn)
+        return self.prepare(fn, id=m.id, type=m.type, max_ms=m.max_ms, ctx=ctx,
+                            plugin_id=plugin_id, version=version,
+                            description=getattr(m, "description", ""))
+
+    def _forget_refused(self, plugin_id: str) -> None:
+        for mid in [mid for mid, (pid, _) in self._refused.items() if pid == plugin_id]:
+            del self._refused[mid]
+
+    def refusal(self, micro_id: str) -> CorralError | None:
+        """Why a plugin's micro-plugin ``micro_id`` was left out, or ``None``."""
+        found = self._refused.get(micro_id)
+        return None if found is None else found[1]
 
     def swap(
         self,
@@ -390,6 +419,7 @@ class MicroManager:
     ) -> SwapTicket:
         """Remove every micro-plugin of ``plugin_id`` (none is fine)."""
         with self._lock:
+            self._forget_refused(plugin_id)
             gone = tuple(m for m, e in self._entries.items() if e[3].plugin_id == plugin_id)
             return self._install({}, gone, on_drained)
 
@@ -444,7 +474,10 @@ class MicroManager:
         """Bumped on every change to the table."""
         return self.snapshot[0]
 
-    def _not_found(self, micro_id: str) -> NotFoundError:
+    def _not_found(self, micro_id: str) -> CorralError:
+        refused = self.refusal(micro_id)
+        if refused is not None:
+            return refused
         known = sorted(self._entries)
         close = difflib.get_close_matches(micro_id, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -494,7 +527,12 @@ class MicroManager:
         return out
 
     def check_output(self, info: MicroInfo, out: Any) -> Any:
-        """Slow output check: ``out`` did not match the exact class of its shape."""
+        """Slow output check: ``out`` did not match the exact class of its shape.
+
+        A validator's ``True``/``False`` comes back as the verdict it means.
+        """
+        if info.output == "verdict" and type(out) is bool:
+            return as_verdict(out)
         if info.output == "verdict" and type(out) is dict:
             reasons = out.get("reasons")
             if type(out.get("valid")) is bool and type(reasons) is list:
