@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from corral._cli.daemon import stop_idle
 from corral._cli.output import VerbAdder, dump, host_for, json_input, print_result, table
 from corral._model.text import neutralise
 from corral._runtime.budgets import usage_line
@@ -25,11 +26,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no plugins")
         return 0
     rows = [
-        [i.id, i.version, i.state, i.isolation, i.category or "-", i.description[:50]]
+        [i.id, i.version, i.state, i.isolation, i.category or "-", i.description]
         for i in infos
     ]
-    print(table(rows, ["id", "version", "state", "isolation", "category", "description"]))
+    print(table(rows, ["id", "version", "state", "isolation", "category", "description"],
+                fit_last=True))
     return 0
+
+
+def _ms(value: Any) -> str:
+    """Milliseconds for people: one decimal (``--json`` keeps the exact number)."""
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -72,7 +79,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"  calls        {metrics['calls']} "
             f"({', '.join(f'{k} {v}' for k, v in metrics['outcomes'].items())}); "
-            f"wall ms p50 {wall['p50']} p95 {wall['p95']} p99 {wall['p99']} max {wall['max']}"
+            f"wall ms p50 {_ms(wall['p50'])} p95 {_ms(wall['p95'])} p99 {_ms(wall['p99'])} "
+            f"max {_ms(wall['max'])}"
         )
     if info.get("budgets"):
         print("  budgets")
@@ -96,6 +104,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        last = False
         with host_for(args) as host:
             if verb == "enable":
                 result: dict[str, Any] = {"enabled": [host.enable(args.id).id]}
@@ -104,6 +113,9 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
             else:
                 host.unregister(args.id, purge_data=args.purge)
                 result = {"removed": [args.id]}
+                last = not host.list(discovered=False)
+        if verb == "remove" and last:
+            stop_idle(args)  # nothing left to run: the idle fork-server daemon goes too
         if args.json:
             dump(result)
         else:
