@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from corral_conftest import CliResult
+from helpers.cli import CliResult
 
 from corral._cli.output import PREFIX, Parser, report, run
 from corral._errors import CorralError, NotFoundError, UsageError
