@@ -211,9 +211,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from corral._model.manifest_doc import manifest_markdown
+
+        print(manifest_markdown(), end="")
+        return 0
     from corral._model.schema import manifest_json_schema
 
-    dump(manifest_json_schema())
+    dump(manifest_json_schema(), indent=2 if args.indent else None)
     return 0
 
 
@@ -246,4 +251,8 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("--no-sandbox", action="store_true",
                     help="do not import the plugin (static checks only)")
     verb("doctor", cmd_doctor, "what isolation this machine can enforce")
-    verb("schema", cmd_schema, "print the JSON Schema of corral.toml")
+    sp = verb("schema", cmd_schema, "print the JSON Schema of corral.toml (or its reference)")
+    sp.add_argument("--markdown", action="store_true",
+                    help="print the Markdown reference of every key (docs/manifest.md)")
+    sp.add_argument("--indent", action="store_true",
+                    help="indent the JSON (as docs/corral.schema.json is)")

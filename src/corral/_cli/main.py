@@ -81,7 +81,7 @@ _SEPARATE_VERBS = {
     "show": "everything a registry knows of one plugin",
     "publish": "validate, pack, sign and upload a plugin to a registry",
     "download": "download a plugin's .corral archive from a registry",
-    "yank": "hide a published version from new installs (it stays downloadable)",
+    "yank": "mark a published version yanked: new installs skip it (PEP 592)",
     "unyank": "make a yanked version installable again",
 }
 _REGISTRY_CLIENT_VERBS = frozenset(_SEPARATE_VERBS) - {"registry"}
