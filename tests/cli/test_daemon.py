@@ -44,14 +44,18 @@ def _strict_call(run_cli: Run, workspace: Path, pid: str = "acme.forked") -> dic
 def test_status_and_stop(run_cli: Run, workspace: Path, home: Path) -> None:
     d = _strict_call(run_cli, workspace)
     pid = d["pid"]
-    assert isinstance(pid, int) and _alive(pid)
+    assert isinstance(pid, int)
+    assert _alive(pid)
     assert d["socket"] == str(next((home / "run").glob("forkserver-*.sock")))
     assert d["clients"] == 0
-    assert isinstance(d["idle_left"], float) and 0 < d["idle_left"] <= d["idle_timeout"]
+    assert isinstance(d["idle_left"], float)
+    assert 0 < d["idle_left"] <= d["idle_timeout"]
     text = run_cli("daemon", "status").out
-    assert str(pid) in text and "IDLE LEFT" in text
+    assert str(pid) in text
+    assert "IDLE LEFT" in text
     r = run_cli("daemon", "stop")
-    assert r.code == 0 and f"stopped fork-server daemon {pid}" in r.out
+    assert r.code == 0
+    assert f"stopped fork-server daemon {pid}" in r.out
     assert _gone(pid)
     assert run_cli("daemon", "status", "--json").json == {"daemons": []}
     assert list((home / "run").glob("forkserver-*")) == []  # socket and status file gone

@@ -14,11 +14,11 @@ import pytest
 from helpers.cli import ENV_DROP, CliResult
 from helpers.install import publish
 from helpers.plugins import make_plugin
+from registry.conftest import make_plugin as make_archive
 
 from corral.registry import client_main
 from corral.registry._app import open_server
 from corral.registry._service import Registry
-from registry.conftest import make_plugin as make_archive
 
 Run = Callable[..., CliResult]
 
@@ -80,7 +80,8 @@ def test_search_fits_the_terminal(registry_url: tuple[str, str, Path],
     monkeypatch.setenv("COLUMNS", "72")
     assert client_main("search", ["warts", "--registry", url]) == 0
     line = capsys.readouterr().out.splitlines()[0]
-    assert line.endswith("…") and len(line) <= 72
+    assert line.endswith("…")
+    assert len(line) <= 72
 
 
 def test_search_and_publish_take_source_too(registry_url: tuple[str, str, Path],
@@ -102,8 +103,9 @@ def test_list_fits_the_terminal(tmp_path: Path, run_cli: Run, workspace: Path) -
                               text=True, cwd=workspace, env=env, check=True, timeout=60).stdout
 
     assert LONG in listing("200")
-    row = [x for x in listing("90").splitlines() if x.startswith("acme.long")][0]
-    assert row.endswith("…") and len(row) <= 90
+    row = next(x for x in listing("90").splitlines() if x.startswith("acme.long"))
+    assert row.endswith("…")
+    assert len(row) <= 90
 
 
 def test_global_options_after_the_verb(tmp_path: Path, run_cli: Run, workspace: Path) -> None:
@@ -123,7 +125,7 @@ def test_info_rounds_milliseconds(tmp_path: Path, run_cli: Run, workspace: Path)
     run_cli("enable", "acme.timed")
     assert run_cli("call", "acme.timed", "echo", "--input", "1").code == 0
     out = run_cli("info", "acme.timed").out
-    line = [x for x in out.splitlines() if "wall ms" in x][0]
+    line = next(x for x in out.splitlines() if "wall ms" in x)
     assert not re.search(r"\d\.\d{2,}", line), line
 
 
