@@ -16,6 +16,9 @@ from helpers.install import publish
 from helpers.plugins import make_plugin
 from registry.conftest import make_plugin as make_archive
 
+from corral._distribution.install.update import available_updates
+from corral._model.manifest import parse_manifest
+from corral._model.release import Release
 from corral.registry import client_main
 from corral.registry._app import open_server
 from corral.registry._service import Registry
@@ -149,3 +152,20 @@ def test_update_check_ignores_permission_reasons(tmp_path: Path, run_cli: Run) -
     applied = run_cli("update", *src, "--json")
     assert applied.code == 0, applied.err
     assert [a["permissions"] for a in applied.json["available"]] == [{}]
+
+
+def test_update_check_of_a_registry_release_ignores_reasons() -> None:
+    """A registry hands the raw ``[permissions]`` table, ``reasons`` and all, to ``--check``."""
+    toml = """[plugin]\nid = "acme.why"\nname = "Why"\nversion = "1.0.0"\n
+[permissions]\nenv = ["HOME"]\nreasons = { env = "to greet you by name" }\n"""
+    installed = parse_manifest(toml)
+    raw = {"env": ["HOME"], "reasons": {"env": "to greet you by name"}}
+    release = Release("acme.why", "1.1.0", sha256="b" * 64, permissions=raw)
+    old = {"acme.why": {"version": "1.0.0", "sha256": "a" * 64}}
+    rows = available_updates({"acme.why": release}, old, {"acme.why": installed})
+    assert rows[0]["permissions"] == {}  # what `update` (from the manifests) says too
+    wider = Release("acme.why", "1.2.0", sha256="c" * 64,
+                    permissions={**raw, "env": ["HOME", "USER"]})
+    rows = available_updates({"acme.why": wider}, old, {"acme.why": installed})
+    assert rows[0]["permissions"] == {"env": ["USER"]}
+
