@@ -6,9 +6,11 @@ Run from a checkout::
 
 The home (default ``./demo-home``) is wiped first, so every run starts clean.
 The workspace is this repository: the demo summarises its files, reads its git
-history, checks plugin versions against a small built-in source, shows a
-failure handled the way the CLI reports it, and ends with the plugins' states
-and call metrics.
+history, checks the installed plugins' versions against a small built-in list
+of published versions, shows a failure handled the way the CLI reports it,
+shows the sandbox refusing a plugin what it was not granted (a file outside
+its grants) while the host carries on, and ends with the plugins' states and
+call metrics.
 """
 
 from __future__ import annotations
@@ -32,9 +34,27 @@ VERSION_SOURCE: dict[str, Any] = {
     "corral.workspace": ["0.1.0", "0.1.1", "0.2.0b1"],
     "corral.git": ["0.1.0", "0.2.0", "1.0.0rc1"],
     "corral.updater": {"versions": ["0.1.0", "1.0.0"], "yanked": ["1.0.0"]},
-    "acme.hello": ["1.0.0", "1.4.2", "2.0.0"],
 }
-INSTALLED_EXTRA = {"acme.hello": "1.4.0"}
+
+#: A plugin the demo writes into its home: granted nothing, it tries to read a file.
+SNOOP_TOML = """\
+[plugin]
+id = "demo.snoop"
+name = "Snoop"
+version = "0.1.0"
+description = "Written by the demo: granted nothing, it tries to read a file anyway."
+
+[sandbox]
+isolation = "strict"
+
+[exports]
+peek = "snoop:peek"
+"""
+SNOOP_CODE = """\
+def peek(path, ctx):
+    with open(path) as f:
+        return f.read()
+"""
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str], indent: str = "  ",
@@ -138,7 +158,7 @@ def show_authors(host: corral.Host) -> None:
 
 
 def show_updates(host: corral.Host) -> None:
-    installed = {i.id: i.version for i in host.list(discovered=False)} | INSTALLED_EXTRA
+    installed = {i.id: i.version for i in host.list(discovered=False)}
     out = host.call("corral.updater", "check",
                     {"installed": installed, "available": VERSION_SOURCE})
     rows = [(r["id"], r["current"], r["latest"] or "-", r["update"]) for r in out["plugins"]]
@@ -162,6 +182,26 @@ def show_failure(host: corral.Host) -> None:
     out = host.call("corral.workspace", "find", {"pattern": "demo.py"})
     paths = ", ".join(m["path"] for m in out["matches"])
     print(f"  the host keeps working: find 'demo.py' -> {paths}")
+
+
+def show_denied(host: corral.Host, home: Path) -> None:
+    """A strict plugin granted nothing asks for a file: the kernel refuses, the host goes on."""
+    src = home / "demo-src" / "snoop"
+    src.mkdir(parents=True)
+    (src / "corral.toml").write_text(SNOOP_TOML)
+    (src / "snoop.py").write_text(SNOOP_CODE)
+    secret = home / "not-granted.txt"
+    secret.write_text("the host's own data\n")
+    host.enable(host.register(src)[0].id)
+    print("  demo.snoop (strict, [permissions] empty) opens a file outside its grants:")
+    print(f"  $ corral call demo.snoop peek --input '\"{secret}\"'")
+    try:
+        text = host.call("demo.snoop", "peek", str(secret))
+        print(f"  NOT REFUSED: it read {text!r}")  # only where this machine cannot confine
+    except corral.CorralError as exc:
+        print(f"  refused: {exc.code} (exit {exc.exit_code}): {exc.message.splitlines()[0]}")
+    print(f"  the host carries on: {len(host.list(state='enabled'))} plugins enabled, "
+          f"{secret.name} untouched ({secret.read_text().strip()!r})")
 
 
 def show_plugins(host: corral.Host) -> None:
@@ -202,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         guarded("corral.updater check", lambda: show_updates(host))
         guarded("a failure, handled: an export called with bad input",
                 lambda: show_failure(host))
+        guarded("the sandbox at work: a plugin reaches for what it was not granted",
+                lambda: show_denied(host, home))
         section("plugins and their call metrics")
         show_plugins(host)
     print(f"\ndone in {time.perf_counter() - started:.2f} s")

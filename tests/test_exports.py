@@ -9,7 +9,8 @@ Rules enforced here:
   except the error tree (``CorralError`` and its subclasses: applications
   subclass and catch them) and enums (an enum with members cannot be
   subclassed anyway);
-* ``docs/corral.schema.json`` is exactly what ``corral schema`` builds;
+* ``docs/corral.schema.json`` is exactly what ``corral schema`` builds, and
+  ``docs/manifest.md`` what ``corral schema --markdown`` builds (every key described);
 * every module under ``src/corral/`` (templates aside) is named in
   ``docs/architecture.md``: by its path (``_model/manifest.py``), or by its
   stem on a line that names its folder (```_services/events/` (`bus`, ...)``);
@@ -38,6 +39,7 @@ import corral._errors
 import corral.registry
 import corral.testing
 from corral._cli.main import _REGISTRY_CLIENT_VERBS, _parser
+from corral._model.manifest_doc import manifest_markdown
 from corral._model.schema import manifest_json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,28 @@ def test_schema_file_is_what_corral_schema_builds() -> None:
     text = (DOCS / "corral.schema.json").read_text(encoding="utf-8")
     expected = json.dumps(manifest_json_schema(), indent=2, ensure_ascii=False) + "\n"
     assert text == expected, "regenerate it from manifest_json_schema(), indent=2"
+
+
+def test_manifest_reference_is_what_corral_schema_markdown_builds() -> None:
+    text = (DOCS / "manifest.md").read_text(encoding="utf-8")
+    assert text == manifest_markdown(), "regenerate it: corral schema --markdown"
+
+
+def test_every_manifest_key_is_described() -> None:
+    def missing(node: dict[str, Any], path: str) -> list[str]:
+        out: list[str] = []
+        for key, sub in node.get("properties", {}).items():
+            where = f"{path}{key}"
+            out += [] if sub.get("description") else [where]
+            items = sub.get("items")
+            if isinstance(items, dict):
+                out += missing(items, f"{where}[].")
+            out += missing(sub, f"{where}.")
+        return out
+
+    assert missing(manifest_json_schema(), "") == []
+    for key in ("net-connect", "reasons", "requires-corral", "max-ms", "timeout-ms"):
+        assert f"| `{key}" in manifest_markdown()
 
 
 def _modules() -> list[str]:

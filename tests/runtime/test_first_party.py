@@ -525,3 +525,7 @@ def test_demo_runs_clean_and_says_what_it_did(tmp_path: Path) -> None:
     workspace_row = next(r for r in table if r.strip().startswith("corral.workspace")).split()
     assert int(workspace_row[5]) == 1  # the one failed call is counted
     assert "Traceback" not in out + proc.stderr
+    denied = out[out.index("== the sandbox at work"):]
+    assert "\n  refused: " in denied  # the strict plugin granted nothing could not read it
+    assert "the host carries on" in denied
+    assert "acme.hello" not in out  # no made-up installed plugin

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from corral._cli.daemon import stop_idle
 from corral._cli.output import VerbAdder, dump, host_for, json_input, print_result, table
 from corral._model.text import neutralise
 from corral._runtime.budgets import usage_line
@@ -26,11 +27,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [i.id, i.version + (" (linked)" if i.linked else ""), i.state, i.isolation,
-         i.category or "-", i.description[:50]]
+         i.category or "-", i.description]
         for i in infos
     ]
-    print(table(rows, ["id", "version", "state", "isolation", "category", "description"]))
+    print(table(rows, ["id", "version", "state", "isolation", "category", "description"],
+                fit_last=True))
     return 0
+
+
+def _ms(value: Any) -> str:
+    """Milliseconds for people: one decimal (``--json`` keeps the exact number)."""
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -75,7 +82,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"  calls        {metrics['calls']} "
             f"({', '.join(f'{k} {v}' for k, v in metrics['outcomes'].items())}); "
-            f"wall ms p50 {wall['p50']} p95 {wall['p95']} p99 {wall['p99']} max {wall['max']}"
+            f"wall ms p50 {_ms(wall['p50'])} p95 {_ms(wall['p95'])} p99 {_ms(wall['p99'])} "
+            f"max {_ms(wall['max'])}"
         )
     if info.get("budgets"):
         print("  budgets")
@@ -103,6 +111,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        last = False
         with host_for(args) as host:
             if verb == "enable":
                 result: dict[str, Any] = {"enabled": [host.enable(args.id).id]}
@@ -111,6 +120,9 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
             else:
                 host.unregister(args.id, purge_data=args.purge)
                 result = {"removed": [args.id]}
+                last = not host.list(discovered=False)
+        if verb == "remove" and last:
+            stop_idle(args)  # nothing left to run: the idle fork-server daemon goes too
         if args.json:
             dump(result)
         else:
@@ -206,9 +218,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from corral._model.manifest_doc import manifest_markdown
+
+        print(manifest_markdown(), end="")
+        return 0
     from corral._model.schema import manifest_json_schema
 
-    dump(manifest_json_schema())
+    dump(manifest_json_schema(), indent=2 if args.indent else None)
     return 0
 
 
@@ -242,4 +259,8 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("--no-sandbox", action="store_true",
                     help="do not import the plugin (static checks only)")
     verb("doctor", cmd_doctor, "what isolation this machine can enforce")
-    verb("schema", cmd_schema, "print the JSON Schema of corral.toml")
+    sp = verb("schema", cmd_schema, "print the JSON Schema of corral.toml (or its reference)")
+    sp.add_argument("--markdown", action="store_true",
+                    help="print the Markdown reference of every key (docs/manifest.md)")
+    sp.add_argument("--indent", action="store_true",
+                    help="indent the JSON (as docs/corral.schema.json is)")

@@ -9,17 +9,18 @@ move an installed plugin to another source or signing key.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from corral._cli.daemon import stop_idle
 from corral._cli.output import dump, table
 from corral._model.text import neutralise
 
 if TYPE_CHECKING:
-    import argparse
 
     from corral._cli.output import VerbAdder
     from corral._distribution.install import Change, Installer
@@ -212,6 +213,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     with _installer(args) as inst:
         pruned = [] if args.keep is None else inst.prune(args.keep)
         gone = inst.gc()
+    stop_idle(args)  # gc tidies the home: an idle fork-server daemon goes too
     if args.json:
         dump({"removed": gone, "pruned": pruned})
     else:
@@ -224,6 +226,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None,
                    help="a folder of .corral archives or a registry URL (default $CORRAL_REGISTRY)")
+    # search/publish call the same URL --registry: the other spelling works, unlisted
+    p.add_argument("--registry", dest="source", default=None, help=argparse.SUPPRESS)
     p.add_argument("--allow-unsigned", action="store_true",
                    help="accept plugins that carry no signature")
     p.add_argument("--allow-source-change", action="store_true",

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from corral._cli import core as _core
+from corral._cli import daemon as _daemon
 from corral._cli import dev as _dev
 from corral._cli import docs as _docs
 from corral._cli import install as _install
@@ -55,6 +56,7 @@ def _parser(only: str | None = None) -> Parser:
 
     _core.add_verbs(verb)
     _dev.add_verbs(verb)
+    _daemon.add_verbs(verb)
     _micro.add_verbs(verb)
     _install.add_verbs(verb)
     _keys.add_verbs(verb)
@@ -66,21 +68,42 @@ def _parser(only: str | None = None) -> Parser:
         from corral._cli import config as _config
 
         _config.register(sub, Parser)
+    if only is None:
+        # listed for --help only: these verbs parse their own arguments (_registry below)
+        for name, help in _SEPARATE_VERBS.items():
+            sub.add_parser(name, help=help, description=help, add_help=False)
     return p
 
 
-#: Verbs served by the registry's own command line (it parses its own arguments).
-_REGISTRY_CLIENT_VERBS = frozenset({"search", "show", "publish", "download", "yank", "unyank"})
+#: Verbs served by the registry's own command line (it parses its own arguments),
+#: with the one line ``corral --help`` says of each.
+_SEPARATE_VERBS = {
+    "registry": "run and administer a plugin registry (serve, seed, admin, tuf, trust)",
+    "search": "search a registry for plugins",
+    "show": "everything a registry knows of one plugin",
+    "publish": "validate, pack, sign and upload a plugin to a registry",
+    "download": "download a plugin's .corral archive from a registry",
+    "yank": "mark a published version yanked: new installs skip it (PEP 592)",
+    "unyank": "make a yanked version installable again",
+}
+_REGISTRY_CLIENT_VERBS = frozenset(_SEPARATE_VERBS) - {"registry"}
+
+
+_GLOBAL_OPTIONS = ("--home", "--workspace")
 
 
 def _split_global(argv: list[str]) -> tuple[dict[str, str], str | None, list[str]]:
-    """Global options, the verb and the rest, without parsing the verb's arguments."""
+    """Global options, the verb and the rest, without parsing the verb's arguments.
+
+    ``--home``/``--workspace`` may also come after the verb (up to a ``--``); they
+    are taken out of the rest (``registry trust`` keeps its own ``--home``).
+    """
     options: dict[str, str] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
-        if name in ("--home", "--workspace"):
+        if name in _GLOBAL_OPTIONS:
             if not eq:
                 if i + 1 >= len(argv):
                     break
@@ -88,11 +111,33 @@ def _split_global(argv: list[str]) -> tuple[dict[str, str], str | None, list[str
                 i += 1
             options[name[2:]] = value
         elif not arg.startswith("-"):
-            return options, arg, argv[i + 1 :]
+            rest = argv[i + 1 :]
+            return options, arg, rest if arg == "registry" else _take_global(rest, options)
         else:
             break
         i += 1
     return options, None, []
+
+
+def _take_global(rest: list[str], options: dict[str, str]) -> list[str]:
+    """``rest`` without the global options in it, which go into ``options``."""
+    kept: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            kept.extend(rest[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if name in _GLOBAL_OPTIONS and (eq or i + 1 < len(rest)):
+            if not eq:
+                value = rest[i + 1]
+                i += 1
+            options[name[2:]] = value
+        else:
+            kept.append(arg)
+        i += 1
+    return kept
 
 
 def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
@@ -107,7 +152,7 @@ def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
 
 #: Verbs that run no plugin code: they skip reading the secrets to scrub and the log printer.
 _STATIC_VERBS = frozenset({"list", "schema", "doctor", "secret", "config", "keys", "new", "pack",
-                           "docs", "registry", *_REGISTRY_CLIENT_VERBS})
+                           "docs", "registry", "daemon", *_REGISTRY_CLIENT_VERBS})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     options, verb, rest = _split_global(argv)
+    if verb is not None:  # the global options first, wherever they were given
+        argv = [*(f"--{k}={v}" for k, v in options.items()), verb, *rest]
     if verb is None or verb in _STATIC_VERBS:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)

@@ -34,9 +34,11 @@ __all__ = [
     "exit_code",
     "host_for",
     "json_input",
+    "last_column_width",
     "print_result",
     "report",
     "run",
+    "shorten",
     "table",
 ]
 
@@ -170,13 +172,37 @@ class SafeStream:
         return getattr(self.raw, name)
 
 
-def table(rows: list[list[str]], headers: list[str]) -> str:
-    """Rows as columns aligned under upper-case headers (cells kept to one line each)."""
+#: The narrowest a fitted last column gets, however narrow the terminal.
+_MIN_LAST = 20
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending with ``…`` when it was cut."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def last_column_width(used: int) -> int:
+    """What is left of the terminal's width (``$COLUMNS``, else 80) after ``used`` characters."""
+    import shutil
+
+    return max(shutil.get_terminal_size().columns - used, _MIN_LAST)
+
+
+def table(rows: list[list[str]], headers: list[str], *, fit_last: bool = False) -> str:
+    """Rows as columns aligned under upper-case headers (cells kept to one line each).
+
+    With ``fit_last``, the last column (a description) is cut with ``…`` to fit
+    the terminal's width.
+    """
     rows = [[neutralise(c, one_line=True) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
+    if fit_last and headers:
+        room = last_column_width(sum(widths[:-1]) + 2 * (len(headers) - 1))
+        rows = [[*row[:-1], shorten(row[-1], room)] for row in rows]
+        widths[-1] = min(widths[-1], max(room, len(headers[-1])))
     lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
     lines.extend("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
     return "\n".join(lines)

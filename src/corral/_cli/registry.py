@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from corral._cli.output import Parser, dump, run
+from corral._cli.output import Parser, dump, last_column_width, run, shorten
 from corral._errors import SignatureInvalid, UsageError
 from corral._model.text import neutralise
 
@@ -263,6 +263,8 @@ def registry_main(argv: Sequence[str] | None = None) -> int:
 def _client_parser(verb: str) -> Parser:
     p = Parser(prog=f"corral {verb}")
     p.add_argument("--registry", help="registry URL (default $CORRAL_REGISTRY)")
+    # install/update call the same URL --source: the other spelling works, unlisted
+    p.add_argument("--source", dest="registry", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     if verb == "search":
         p.add_argument("query", nargs="*")
@@ -292,7 +294,9 @@ def _client_parser(verb: str) -> Parser:
     elif verb == "download":
         p.add_argument("id")
         p.add_argument("--version")
-        p.add_argument("--dest", type=Path, default=Path("."))
+        p.add_argument("--dest", default=".",
+                       help="a file to write, or a folder to write into (an existing one, "
+                            "or one named with a trailing /); default: the current folder")
     elif verb in ("yank", "unyank"):
         p.add_argument("id")
         p.add_argument("version")
@@ -303,6 +307,23 @@ def _client_parser(verb: str) -> Parser:
     return p
 
 
+def _download_dest(dest: str) -> Path:
+    """Where ``--dest`` sends the archive: a trailing slash names a folder (made if need be)."""
+    path = Path(dest)
+    if dest.endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _yank_line(verb: str, args: argparse.Namespace, doc: dict[str, Any]) -> str:
+    """One line saying what ``yank``/``unyank`` did (``--json`` prints the registry's document)."""
+    line = f"{verb}ed {args.id} {doc.get('version') or args.version}"
+    reason = doc.get("yanked_reason") or getattr(args, "reason", "")
+    if verb == "yank" and reason:
+        line += f" ({reason})"
+    return neutralise(line, one_line=True)
+
+
 def _print_results(doc: dict[str, Any]) -> None:
     results = doc.get("results", [])
     if not results:
@@ -310,11 +331,13 @@ def _print_results(doc: dict[str, Any]) -> None:
         return
     rows = [[neutralise(c, one_line=True) for c in (
                 r["id"], r.get("version") or "", f"{r.get('downloads', 0):,}",
-                ("✓ " if r.get("verified") else "") + (r.get("summary") or "")[:70])]
+                ("✓ " if r.get("verified") else "") + (r.get("summary") or ""))]
             for r in results]  # what a registry says is as hostile as what a plugin says
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    room = last_column_width(sum(widths) + 6)
     for row in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  " + row[3])
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  "
+              + shorten(row[3], room))
     print(f"({len(results)} of {doc.get('total', len(results))})")
 
 
@@ -421,16 +444,18 @@ def client_main(verb: str, argv: Sequence[str]) -> int:
                                          f"directory; {args.archive} is an archive")
                     doc = reg.publish(args.archive)
             elif verb == "download":
-                path = reg.download(args.id, args.dest, args.version)
+                path = reg.download(args.id, _download_dest(args.dest), args.version)
                 doc = {"id": args.id, "path": str(path)}
             elif verb == "yank":
                 doc = reg.yank(args.id, args.version, args.reason)
             else:
                 doc = reg.unyank(args.id, args.version)
-        if args.json or verb != "download":
+        if args.json or verb == "publish":
             dump(doc, indent=2)
-        else:
+        elif verb == "download":
             print(doc["path"])
+        else:
+            print(_yank_line(verb, args, doc))
         return 0
 
     return run(verb_run, as_json, source="registry", indent=2)

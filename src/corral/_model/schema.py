@@ -1,4 +1,9 @@
-"""The JSON Schema of ``corral.toml``, built from the same rules as the model, for editors."""
+"""The JSON Schema of ``corral.toml``, built from the same rules as the model, for editors.
+
+Every key carries a ``description`` (:data:`DESCRIPTIONS`); the Markdown
+reference ``docs/manifest.md`` is generated from the same schema
+(:mod:`corral._model.manifest_doc`).
+"""
 
 from __future__ import annotations
 
@@ -42,7 +47,83 @@ def _grants(item_pattern: str) -> dict[str, Any]:
         "items": {"type": "string", "pattern": _exact(item_pattern)},
     }
 
-__all__ = ["manifest_json_schema"]
+__all__ = ["DESCRIPTIONS", "manifest_json_schema"]
+
+#: What each key means, by its path (``[]`` marks the items of an array of tables).
+DESCRIPTIONS: dict[str, str] = {
+    "plugin": "Who the plugin is: its id, name, version and what it is about. Required.",
+    "plugin.id": "The plugin's id, `namespace.name` in lower case (for example `acme.hello`). "
+                 "Registries give a namespace to one publisher.",
+    "plugin.name": "A human name, shown by `corral list` and `corral info`.",
+    "plugin.version": "The version, PEP 440 (`1.2.0`, `2.0.0rc1`).",
+    "plugin.description": "One or two sentences on what it does.",
+    "plugin.license": "An SPDX license expression (`MIT`, `Apache-2.0`).",
+    "plugin.authors": "Who wrote it: a list of `{name, email}` tables.",
+    "plugin.authors[].name": "An author's name.",
+    "plugin.authors[].email": "An author's e-mail address.",
+    "plugin.category": "One category, lower case with dashes (`text`, `dev-tools`); "
+                       "`corral list --category` filters on it.",
+    "plugin.tags": "Up to 32 lower-case tags; `corral list --tag` filters on them.",
+    "plugin.requires-corral": "The corral versions it runs on, a PEP 440 range (`>=1.0,<2`).",
+    "plugin.entry": "`module:Class` of an object with lifecycle hooks (`on_load`, `on_enable`, "
+                    "`on_disable`, `on_unload`, `on_message`).",
+    "plugin.homepage": "Its web page.",
+    "plugin.repository": "Where its source is.",
+    "dependencies": "Other plugins it needs: plugin id -> PEP 440 version range (`\">=1.0\"`, "
+                    "or `\"\"` for any). They are installed and enabled first.",
+    "permissions": "What it may touch outside itself. Nothing is granted by default: "
+                   "every list is empty unless given here.",
+    "permissions.fs-read": "Paths it may read: absolute, or starting with a placeholder "
+                           "(`{plugin}`, `{data}`, `{cache}`, `{tmp}`, `{workspace}`); "
+                           "no `..`.",
+    "permissions.fs-write": "Paths it may write (and read): as `fs-read`.",
+    "permissions.net-connect": "Exactly the `host:port` pairs it may connect to "
+                               "(`api.example.com:443`, `[::1]:8080`).",
+    "permissions.spawn": "Programs it may run, by name (looked up on PATH) or absolute path.",
+    "permissions.env": "Environment variables it may read, by name.",
+    "permissions.host-api": "Host services it may use, as `service:pattern`: "
+                            "`events.publish`, `events.subscribe` (topic patterns), "
+                            "`state.read`, `state.write` (key patterns), `messages.send` "
+                            "(plugin id patterns), `secrets` (an exact secret name).",
+    "permissions.reasons": "Why each permission is needed, shown at install and update: "
+                           "a kind (`net-connect`) or `kind:entry` -> a sentence. "
+                           "It grants nothing.",
+    "sandbox": "How it is isolated and what it may use up. Unset limits take their default.",
+    "sandbox.isolation": "`none`: runs in the host's process; `limited`: a worker process "
+                         "(rlimits, a scrubbed environment, a private tmp, host services "
+                         "through a permission-checking broker); `strict`: `limited` plus "
+                         "namespaces, Landlock, seccomp-bpf and a pids cgroup, so only its "
+                         "grants are reachable.",
+    "exports": "The functions the host may call by name: export name -> `module:function`.",
+    "pipeline": "Named chains of micro-plugins (`[[pipeline]]`), run with "
+                "`corral micro run ID`.",
+    "pipeline[].id": "The pipeline's id, shaped like a plugin id.",
+    "pipeline[].description": "What the pipeline does.",
+    "pipeline[].steps": "The steps, in order: each names a micro-plugin, or a chain of them "
+                        "(see docs/micro-plugins.md).",
+    "micro": "Tiny typed handlers (`[[micro]]`) the host runs in one call each.",
+    "micro[].id": "The micro-plugin's id, shaped like a plugin id.",
+    "micro[].type": "Its kind, which fixes the shape of its input and output.",
+    "micro[].handler": "`module:function` that handles one input.",
+    "micro[].max-ms": "Wall-clock limit of one run, milliseconds.",
+    "micro[].description": "What it does.",
+}
+
+
+def _describe(node: dict[str, Any], path: str = "") -> None:
+    """Fill ``description`` of every property below ``node`` from :data:`DESCRIPTIONS`."""
+    properties = node.get("properties", {})
+    for key in properties:
+        sub = properties[key] = dict(properties[key])  # shared parts get their own words
+        where = f"{path}.{key}" if path else key
+        if where in DESCRIPTIONS:
+            sub.setdefault("description", DESCRIPTIONS[where])
+        if sub.get("type") == "array" and isinstance(sub.get("items"), dict) \
+                and "properties" in sub["items"]:
+            sub["items"] = dict(sub["items"])
+            _describe(sub["items"], where + "[]")
+        elif "properties" in sub:
+            _describe(sub, where)
 
 
 def manifest_json_schema() -> dict[str, Any]:
@@ -63,7 +144,7 @@ def manifest_json_schema() -> dict[str, Any]:
               "description": LIMIT_DESCRIPTIONS[key]}
         for key, (low, high, default) in LIMITS.items()
     }
-    return {
+    schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://corral.dev/schema/corral.toml.json",
         "title": "corral.toml",
@@ -138,8 +219,6 @@ def manifest_json_schema() -> dict[str, Any]:
                     ),
                     "reasons": {
                         "type": "object",
-                        "description": "why each permission is needed: a kind or 'kind:entry' "
-                        "-> a sentence",
                         "propertyNames": {
                             "pattern": "^(?:fs-read|fs-write|net-connect|spawn|env|host-api)"
                             "(?::.+)?$"
@@ -198,3 +277,5 @@ def manifest_json_schema() -> dict[str, Any]:
             },
         },
     }
+    _describe(schema)
+    return schema

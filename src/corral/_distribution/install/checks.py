@@ -28,6 +28,7 @@ __all__ = [
     "closure",
     "describe_grants",
     "full_grants",
+    "grant_lists",
     "hold_new_dependencies",
     "permission_changes",
     "pin_sources",
@@ -44,6 +45,16 @@ def full_grants(manifest: Manifest) -> dict[str, list[str]]:
     """Every grant of ``manifest`` and its isolation: what a plugin new to the home asks for."""
     return {**permission_changes({}, manifest.permissions.to_dict()),
             "isolation": [manifest.sandbox.isolation]}
+
+
+def grant_lists(table: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The grant lists of a raw ``[permissions]`` table, as :meth:`Permissions.to_dict` has them.
+
+    ``[permissions.reasons]`` explains grants and grants nothing: an update
+    must not list it as a new permission.
+    """
+    return {k: list(v) for k, v in table.items()
+            if isinstance(v, (list, tuple)) and k != "reasons" and v}
 
 
 def permission_changes(

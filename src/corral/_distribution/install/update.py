@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral._distribution.install.checks import closure, full_grants, permission_changes
+from corral._distribution.install.checks import (
+    closure,
+    full_grants,
+    grant_lists,
+    permission_changes,
+)
 from corral._distribution.install.generations import Plugins
 from corral._distribution.install.sources import need_source, open_source
 from corral._distribution.resolver import resolve
@@ -101,7 +106,7 @@ def available_updates(releases: Mapping[str, Release], old: Plugins,
             "id": pid, "installed": old[pid]["version"] if pid in old else None,
             "available": rel.version,
             "permissions": permission_changes(
-                om.permissions.to_dict() if om else {}, rel.permissions),
+                om.permissions.to_dict() if om else {}, grant_lists(rel.permissions)),
         })
     return available
 

@@ -8,9 +8,11 @@ would, without paying the interpreter start and imports (one is kept on
 standby, its cgroups made and a strict spare forked).  The daemon is exec'd
 cleanly, never forked from the host; it serves only its own uid (SO_PEERCRED),
 reaps its fork servers and what cgroups a killed one left, and exits after
-``CORRAL_FORKSERVER_IDLE`` seconds (600) without a client.  ``<key>`` changes
-with the install (:func:`daemon_key`), and a client falls back to a private
-fork server whenever the daemon cannot serve it.
+``CORRAL_FORKSERVER_IDLE`` seconds (600) without a client, or on SIGTERM.
+``<key>`` changes with the install (:func:`daemon_key`), and a client falls
+back to a private fork server whenever the daemon cannot serve it.  Beside its
+socket it keeps ``<socket>.status`` (:func:`.control.status_path`: pid, clients, when it
+went idle) for ``corral daemon status`` (:mod:`.control`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import json
 import os
 import select
 import signal
@@ -31,6 +34,7 @@ from typing import Final, final
 from corral._disk.files import exclusive
 from corral._sandbox import cgroups as _cgroups
 from corral._sandbox import namespaces as _namespaces
+from corral._sandbox.forkserver.control import status_path
 from corral._sandbox.forkserver.server import (
     SWEEP_SECONDS,
     ForkServer,
@@ -167,20 +171,59 @@ class _Daemon:
         self.servers: set[int] = set()
         self.standby: tuple[int, socket.socket] | None = None
         self.idle_since = time.monotonic()
+        self.stopping = False
+        #: Wakes the select loop when SIGTERM asks the daemon to retire.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.status: dict[str, object] = {}
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _child_exited(self, signum: int, frame: object) -> None:
+        pass  # the wake-up pipe did the work
 
     def run(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGCHLD, self._child_exited)  # wakes select: reap and say so
         self._fork_standby()
-        while True:
+        self._write_status()
+        while not self.stopping:
             timeout = min(SWEEP_SECONDS, self.idle)
-            ready, _, _ = select.select([self.listener], [], [], timeout)
+            ready, _, _ = select.select([self.listener.fileno(), self.wake_r], [], [], timeout)
+            with contextlib.suppress(OSError):
+                os.read(self.wake_r, 64)
             self._reap()
-            if ready:
+            if self.listener.fileno() in ready:
                 self._accept()
+            self._write_status()
             if not self.servers and time.monotonic() - self.idle_since >= self.idle:
                 break
             if not ready and not self._still_named():
                 break  # its home is gone, or its socket was replaced: nobody can reach it
         self._retire()
+
+    def _write_status(self) -> None:
+        """Rewrite the status file when what it says changed (atomically: a reader never
+        sees half of it); ``idle_since`` is wall-clock time, for other processes.
+        """
+        idle_for = time.monotonic() - self.idle_since
+        status: dict[str, object] = {
+            "pid": os.getpid(), "socket": self.path, "clients": len(self.servers),
+            "idle_timeout": self.idle,
+            "idle_since": None if self.servers else round(time.time() - idle_for, 3),
+        }
+        if status["clients"] == self.status.get("clients") and (
+                self.servers or self.status.get("idle_since") is not None):
+            return
+        self.status = status
+        target = status_path(self.path)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(status, f)
+            os.rename(tmp, target)
 
     def _still_named(self) -> bool:
         try:
@@ -243,6 +286,11 @@ class _Daemon:
         """
         code = 0
         try:
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGCHLD):  # the daemon's, not ours
+                signal.signal(signum, signal.SIG_DFL)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
             self.listener.close()
             if self.standby is not None:
                 self.standby[1].close()
@@ -307,6 +355,8 @@ class _Daemon:
         ):
             if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
+                with contextlib.suppress(OSError):
+                    os.unlink(status_path(self.path))
         self.listener.setblocking(False)
         while True:
             try:
