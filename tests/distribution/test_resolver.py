@@ -68,6 +68,32 @@ def run(src: MemorySource, *texts: str, **kw: object) -> dict[str, str]:
 # -- choices --------------------------------------------------------------------
 
 
+def test_a_dependency_cycle_resolves() -> None:
+    # resolvelib 1.2.1's own pruning recursed forever on a cycle (RecursionError)
+    src = MemorySource([rel("a", "1.0", {"b": ">=1"}), rel("b", "1.0", {"a": ""}),
+                        rel("b", "2.0", {"a": ">=1", "c": ""}), rel("c", "1.0", {"b": "<2"})])
+    assert run(src, "a") == {"a": "1.0", "b": "1.0"}
+
+
+def test_a_yanked_release_whose_pin_was_dropped_is_not_kept() -> None:
+    # p0 3.0 is yanked; p2 2.1 pins it, but p2 is there only for p0 2.x: once 3.0 is
+    # picked nothing keeps p2, so nothing pins 3.0 and the answer must not hold it.
+    # No other answer fits (p1 needs a newer corral), so this is a conflict.
+    # (Found by the property test below.)
+    src = MemorySource([
+        rel("p0", "2.0", {"p2": "==3.0", "p3": "!=3.0"}), rel("p0", "2.1", {"p2": ""}),
+        rel("p0", "3.0", yanked=True),
+        rel("p1", "2.0", {"p2": ">=1.1"}, requires_corral=">=1"),
+        rel("p2", "1.1", {"p0": "<1.1"}), rel("p2", "2.1", {"p3": "<2.1", "p0": "==3.0"}),
+        rel("p2", "3.0", {"p1": ""}),
+        rel("p3", "1.1", {"p2": ">=2.1"}), rel("p3", "3.0", {"p0": ""}, yanked=True),
+    ])
+    with pytest.raises(ConflictError):
+        run(src, "p0")
+    assert run(src, "p0@==3.0") == {"p0": "3.0"}  # pinned by the request itself: allowed
+
+
+
 def test_simple_chain_newest_and_dependencies_first() -> None:
     src = MemorySource(
         [

@@ -200,6 +200,7 @@ class _Provider:
         locked: Mapping[str, str],
         upgrade: Collection[str],
         pinned_elsewhere: frozenset[tuple[str, Version]] = frozenset(),
+        refused: frozenset[tuple[str, Version]] = frozenset(),
     ) -> None:
         self.facts = facts
         self.locked = dict(locked)
@@ -208,6 +209,8 @@ class _Provider:
         #: Yanked releases some reachable range pins exactly, allowed before that
         #: range is in play (tried last; the answer must contain such a pin).
         self.pinned_elsewhere = pinned_elsewhere
+        #: Yanked releases an earlier answer held with no pin left in force: never offered.
+        self.refused = refused
 
     def identify(self, requirement_or_candidate: _Req | _Cand) -> str:
         return requirement_or_candidate.id
@@ -288,6 +291,8 @@ class _Provider:
             if not all(c.satisfies(r) for r in reqs):
                 continue
             if not self.facts.corral_ok(c):
+                continue
+            if c.release.yanked and (identifier, c.version) in self.refused:
                 continue
             if c.release.yanked and c.version not in pins:
                 if (identifier, c.version) in self.pinned_elsewhere:
@@ -396,20 +401,16 @@ def resolve(
         InvalidPluginError: a release's dependency range is not a PEP 440 range.
         TransferError: the source could not be read.
     """
-    from resolvelib import ResolutionImpossible, ResolutionTooDeep, Resolver
+    from resolvelib import ResolutionImpossible, ResolutionTooDeep
 
     stats = stats if stats is not None else ResolveStats()
     facts = _Facts(source, host_version, stats)
     roots = _root_requirements(requirements, facts)
     if not roots:
         return {}
-    provider = _Provider(facts, locked or {}, upgrade)
-    resolver: Resolver[_Req, _Cand, str] = Resolver(
-        cast("Any", provider), cast("Any", _Reporter(facts))
-    )
     try:
         try:
-            result = resolver.resolve(roots, max_rounds=max_rounds)
+            result = _resolve_first(facts, locked or {}, upgrade, roots, max_rounds)
         except ResolutionImpossible as exc:
             causes = cast("list[RequirementInformation[_Req, _Cand]]", list(exc.causes))
             failure = _explain(causes, roots, facts)
@@ -421,9 +422,8 @@ def resolve(
             if not elsewhere:
                 raise failure from None
             provider = _Provider(facts, locked or {}, upgrade, elsewhere)
-            resolver = Resolver(cast("Any", provider), cast("Any", _Reporter(facts)))
             try:
-                result = resolver.resolve(roots, max_rounds=max_rounds)
+                result = _resolve(provider, facts, roots, max_rounds)
             except ResolutionImpossible:
                 raise failure from None
             if not _yanked_pinned(result):
@@ -438,6 +438,59 @@ def resolve(
             conflicts=[],
         ) from None
     return _dependency_order({pid: c.release for pid, c in result.mapping.items()})
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a resolution chose (``mapping``) and the ranges in force (``criteria``)."""
+
+    mapping: dict[str, _Cand]
+    criteria: Mapping[str, Any]
+
+
+def _resolve(provider: _Provider, facts: _Facts, roots: Sequence[_Req], max_rounds: int) -> _Result:
+    """resolvelib's resolution, keeping only the releases the roots still lead to.
+
+    Backtracking can leave pins nothing needs any more; resolvelib's own
+    ``Resolver.resolve`` prunes them by recursing along parent links, which never
+    ends on a dependency cycle (``a`` needs ``b``, ``b`` needs ``a``: a
+    ``RecursionError`` in resolvelib 1.2.1).  The pruning here walks the chosen
+    releases' dependencies from the roots instead, visiting each plugin once.
+    """
+    from resolvelib.resolvers import Resolution
+
+    state = Resolution(cast("Any", provider), cast("Any", _Reporter(facts))).resolve(
+        roots, max_rounds=max_rounds)
+    mapping = cast("dict[str, _Cand]", state.mapping)
+    reached: dict[str, _Cand] = {}
+    todo = [r.id for r in roots]
+    while todo:
+        pid = todo.pop()
+        if pid in reached or pid not in mapping:
+            continue
+        reached[pid] = mapping[pid]
+        todo.extend(mapping[pid].release.dependencies)
+    return _Result(reached, state.criteria)
+
+
+def _resolve_first(facts: _Facts, locked: Mapping[str, str], upgrade: Collection[str],
+                   roots: Sequence[_Req], max_rounds: int) -> _Result:
+    """The first pass: yanked releases only while a range in force pins them.
+
+    A yanked release picked because a range pinned it can outlive that range:
+    backtracking may drop the release the range came from (``p0 3.0`` yanked, pinned
+    by ``p2 2.1``, which was there only for ``p0 2.1``).  Such a release is refused
+    and the resolution runs again, at most once per yanked release.
+    """
+    refused: frozenset[tuple[str, Version]] = frozenset()
+    while True:
+        result = _resolve(_Provider(facts, locked, upgrade, refused=refused), facts, roots,
+                          max_rounds)
+        stray = frozenset((pid, c.version) for pid, c in result.mapping.items()
+                          if c.release.yanked and not _pinned_in(result, pid, c))
+        if not stray:
+            return result
+        refused |= stray
 
 
 def _reachable_yanked_pins(roots: Sequence[_Req], facts: _Facts) -> frozenset[tuple[str, Version]]:
@@ -463,14 +516,26 @@ def _reachable_yanked_pins(roots: Sequence[_Req], facts: _Facts) -> frozenset[tu
     )
 
 
-def _yanked_pinned(result: Any) -> bool:
-    """Each yanked release of a resolvelib result is pinned exactly by a range in force."""
+def _yanked_pinned(result: _Result) -> bool:
+    """Each yanked release of a resolvelib result is pinned exactly by a range in force.
+
+    A range is in force when it comes from a root or from a release the result
+    keeps: a criterion still remembers ranges of releases that backtracking or
+    pruning dropped, and their pins do not count.
+    """
     for pid, cand in result.mapping.items():
-        if cand.release.yanked and not any(
-            cand.version in info.requirement.pins for info in result.criteria[pid].information
-        ):
+        if cand.release.yanked and not _pinned_in(result, pid, cand):
             return False
     return True
+
+
+def _pinned_in(result: _Result, pid: str, cand: _Cand) -> bool:
+    """Whether a range from a root or from a release ``result`` keeps pins ``cand``."""
+    return any(
+        cand.version in info.requirement.pins
+        for info in result.criteria[pid].information
+        if info.parent is None or result.mapping.get(info.parent.id) is info.parent
+    )
 
 
 def _dependency_order(chosen: Mapping[str, Release]) -> dict[str, Release]:
