@@ -154,6 +154,21 @@ def test_update_check_ignores_permission_reasons(tmp_path: Path, run_cli: Run) -
     assert [a["permissions"] for a in applied.json["available"]] == [{}]
 
 
+def test_update_check_reports_a_weaker_isolation_as_update_does(tmp_path: Path,
+                                                                run_cli: Run) -> None:
+    repo = tmp_path / "repo"
+    src = ("--source", str(repo), "--allow-unsigned")
+    publish(tmp_path, repo, "acme.weak", "1.0.0", isolation="limited")
+    assert run_cli("install", "acme.weak", *src, "--json").code == 0
+    publish(tmp_path, repo, "acme.weak", "1.1.0", isolation="none")
+    check = run_cli("update", "--check", *src, "--json").json
+    assert [a["permissions"] for a in check["available"]] == [{"isolation": ["limited -> none"]}]
+    held = run_cli("update", *src, "--json")
+    assert held.code == 4, held.err
+    assert [a["permissions"] for a in held.json["available"]] == [
+        {"isolation": ["limited -> none"]}]
+
+
 def test_update_check_of_a_registry_release_ignores_reasons() -> None:
     """A registry hands the raw ``[permissions]`` table, ``reasons`` and all, to ``--check``."""
     toml = """[plugin]\nid = "acme.why"\nname = "Why"\nversion = "1.0.0"\n
@@ -168,4 +183,8 @@ def test_update_check_of_a_registry_release_ignores_reasons() -> None:
                     permissions={**raw, "env": ["HOME", "USER"]})
     rows = available_updates({"acme.why": wider}, old, {"acme.why": installed})
     assert rows[0]["permissions"] == {"env": ["USER"]}
+    # the installed manifest has no [sandbox]: strict; a release that says none is weaker
+    weaker = Release("acme.why", "1.3.0", sha256="d" * 64, permissions=raw, isolation="none")
+    rows = available_updates({"acme.why": weaker}, old, {"acme.why": installed})
+    assert rows[0]["permissions"] == {"isolation": ["strict -> none"]}
 

@@ -44,6 +44,8 @@ class Release:
     publisher: str | None = None
     signer: str | None = None
     publisher_verified: bool = False
+    #: the manifest's ``[sandbox] isolation`` (``None``: the source did not say)
+    isolation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible copy (one name for one thing: the manifest's keys)."""
@@ -59,6 +61,7 @@ class Release:
             "publisher": self.publisher,
             "signer": self.signer,
             "publisher-verified": self.publisher_verified,
+            **({"isolation": self.isolation} if self.isolation is not None else {}),
         }
 
     @classmethod
@@ -70,6 +73,7 @@ class Release:
             sha256=doc.get("sha256"), size=doc.get("size"),
             permissions=doc.get("permissions") or {}, publisher=doc.get("publisher"),
             signer=doc.get("signer"), publisher_verified=bool(doc.get("publisher-verified")),
+            isolation=doc.get("isolation"),
         )
 
 

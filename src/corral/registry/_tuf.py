@@ -417,6 +417,7 @@ class TufRepository:
                 permissions=dict(v.get("permissions") or {}), publisher=info.get("publisher"),
                 signer=v.get("signer"), publisher_verified=bool(v.get("publisher_verified",
                                                                       False)),
+                isolation=_isolation(manifest),
             ))
             out[archive_target_path(info["id"], v["version"])] = TargetFile(
                 length=int(v["size"]), hashes={"sha256": v["sha256"]},
@@ -745,3 +746,12 @@ def sweep_temp(data_dir: Path, older_than: float | None = None) -> int:
             except (FileNotFoundError, IsADirectoryError):
                 pass
     return n
+
+
+def _isolation(manifest: dict[str, Any]) -> str | None:
+    """A stored manifest's isolation (its default when it has no ``[sandbox]`` table)."""
+    if not manifest:
+        return None
+    sandbox = manifest.get("sandbox")
+    value = sandbox.get("isolation", "strict") if isinstance(sandbox, dict) else "strict"
+    return value if isinstance(value, str) else None

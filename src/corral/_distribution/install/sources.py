@@ -89,6 +89,7 @@ class DirectorySource:
                     sha256=digest,
                     size=size,
                     permissions=manifest.permissions.to_dict(),
+                    isolation=manifest.sandbox.isolation,
                 )
                 self._cache[archive.name] = (st.st_mtime_ns, st.st_size, rel)
             self._files[(rel.id, rel.version, rel.sha256)] = archive

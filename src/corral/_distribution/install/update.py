@@ -106,7 +106,8 @@ def available_updates(releases: Mapping[str, Release], old: Plugins,
             "id": pid, "installed": old[pid]["version"] if pid in old else None,
             "available": rel.version,
             "permissions": permission_changes(
-                om.permissions.to_dict() if om else {}, grant_lists(rel.permissions)),
+                om.permissions.to_dict() if om else {}, grant_lists(rel.permissions),
+                om.sandbox.isolation if om else None, rel.isolation),
         })
     return available
 
