@@ -21,6 +21,7 @@ from typing import Any
 from corral._cli.output import Parser, dump, last_column_width, run, shorten
 from corral._errors import SignatureInvalid, UsageError
 from corral._model.text import neutralise
+from corral.registry._workers import PARENT_ENV
 
 __all__ = ["client_main", "registry_main"]
 
@@ -172,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     if workers > 1:
         os.environ["CORRAL_REGISTRY_DATA"] = str(Path(args.data).absolute()) if args.data else ""
         os.environ["CORRAL_REGISTRY_MAX_UPLOAD"] = str(registry.max_upload_bytes)
+        os.environ[PARENT_ENV] = str(os.getpid())
         if args.db:
             os.environ["CORRAL_REGISTRY_DB"] = args.db
         registry.close()

@@ -50,6 +50,7 @@ from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
+from ._workers import die_with_parent
 
 __all__ = ["API_PREFIX", "app_from_env", "create_app", "open_server"]
 
@@ -700,6 +701,7 @@ def app_from_env() -> FastAPI:
 
     ``$CORRAL_REGISTRY_MAX_UPLOAD`` (bytes) carries ``serve --max-upload-mb`` to them.
     """
+    die_with_parent()
     data = os.environ.get("CORRAL_REGISTRY_DATA") or None
     db = os.environ.get("CORRAL_REGISTRY_DB") or None
     cap = os.environ.get("CORRAL_REGISTRY_MAX_UPLOAD", "")
