@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -129,3 +130,35 @@ def test_postgresql_search(pg_catalogue_url: str, query: str, wanted: str, withi
     ids = [x["id"] for x in r.json()["results"]]
     assert wanted in ids[:within], f"{query!r}: {wanted} not in top {within}: {ids[:within]}"
     assert httpx.get(f"{pg_catalogue_url}/v1/health").json()["database"] == "postgresql"
+
+
+def test_postgresql_text_search_uses_its_index_after_a_seed(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """After a bulk seed the text index answers a rare query, not a scan of every row.
+
+    A seed leaves the index's entries in GIN's pending list unless it cleans it; the
+    planner then scans the table (tens of ms a query on the full catalogue).  The
+    query is planned as a search plans it: a ``tsquery`` constant, not ``to_tsquery``.
+    """
+    import sqlalchemy as sa
+
+    from corral.registry._search import _matches, _tsquery_text
+    from corral.registry._seed import seed
+
+    from .conftest import CATALOGUE, open_backend
+
+    reg = open_backend("postgresql", tmp_path / "data", request)
+    try:
+        assert seed(reg, CATALOGUE)["added"] > 5000
+        with reg.engine.connect() as conn:
+            text = _tsquery_text(conn, "(pytest) & (xdist)")
+            assert text == "'pytest' & 'xdist'"
+            where = _matches("postgresql", text)
+            stmt = sa.select(sa.func.count()).select_from(sa.table("plugins")).where(where)
+            compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+            assert "ix_plugins_search" in plan, plan
+            assert conn.execute(stmt).scalar_one() >= 1
+    finally:
+        reg.close()

@@ -251,7 +251,10 @@ def open_engine(url: str) -> Engine:
         sa.event.listen(engine, "connect", _no_pysqlite_begin)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    # no server-side prepared statements: a generic plan cannot see what a text
+    # query matches, and would scan every row for a query the GIN index answers
+    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True,
+                            connect_args={"prepare_threshold": None})
 
 
 def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:

@@ -187,6 +187,10 @@ def seed(registry: Registry, catalogue: Path, limit: int | None = None) -> dict[
             )
     if registry.engine.dialect.name == "postgresql":
         with registry.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                "ANALYZE plugins")
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            # a bulk insert leaves the text index's entries in GIN's pending list, which
+            # every search then reads in full (and the planner, seeing it, scans the
+            # table instead): ~45 ms a query on 20,000 plugins instead of ~0.2 ms
+            auto.exec_driver_sql("SELECT gin_clean_pending_list('ix_plugins_search')")
+            auto.exec_driver_sql("ANALYZE plugins")
     return {"added": len(plugins), "skipped": skipped, "invalid": invalid}
