@@ -23,8 +23,8 @@ def test_add_with_fs_write_root_is_policy_denied(
     assert res.code == 4, res.err
     error = res.json["error"]
     assert error["code"] == "policy_denied"
-    assert "fs-write /" in error["message"]
-    assert error["grants"] == ["fs-write /"]
+    assert "fs-write:/ " in error["message"]
+    assert error["grants"] == ["fs-write:/"]
     assert error["keys"] == ["permissions.fs-write[0]"]
     assert "allow-broad-grants" in error["message"]
     assert "acme.wide" not in run_cli("list").out
@@ -68,7 +68,7 @@ def test_literal_paths_into_the_home_are_refused(
     src = make_plugin(tmp_path, "acme.nosy", permissions={kind: [grant]})
     with pytest.raises(PolicyDenied, match=why) as info:
         host.register(src)
-    assert info.value.details["grants"] == [f"{kind} {grant}"]
+    assert info.value.details["grants"] == [f"{kind}:{grant}"]
     assert "acme.nosy" not in {i.id for i in host.list()}
 
 

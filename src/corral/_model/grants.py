@@ -51,7 +51,7 @@ def broad_grants(
             path = posixpath.normpath(entry)
             why = _why(kind, path, roots, user)
             if why:
-                out.append((f"permissions.{kind}[{i}]", f"{kind} {entry}", why))
+                out.append((f"permissions.{kind}[{i}]", f"{kind}:{entry}", why))
     return out
 
 
