@@ -25,6 +25,7 @@ from corral._errors import (
     InvalidPluginError,
     LifecycleError,
     NotFoundError,
+    QuotaExceeded,
     UsageError,
 )
 from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
@@ -46,6 +47,7 @@ from corral._runtime.catalog import Catalog
 from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.lifecycle import Lifecycle
 from corral._runtime.metrics import CallMetrics
+from corral._runtime.quotas import QuotaBook
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
 from corral._services.hub import Services
@@ -112,6 +114,9 @@ class Host:
         self.catalog = Catalog(self._db, self.home)
         metrics = CallMetrics(self._db)
         self._services = Services(self.home, status_of=self._status_of)
+        #: Quotas over time of the plugins active here (``_runtime/quotas.py``).
+        self.quotas = QuotaBook(self._db, self.home, self._services.budgets)
+        self._services.quotas = self.quotas
         self._active: dict[str, Active] = {}
         #: plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
         self._fast: FastTable = {}
@@ -127,7 +132,7 @@ class Host:
         self.lifecycle = Lifecycle(
             self._db, self.catalog, home=self.home, workspace=self.workspace, hooks=hooks,
             attachments=self.attachments, actives=self._active, fast=self._fast,
-            lock=self._rlock,
+            lock=self._rlock, quotas=self.quotas,
         )
 
     # -- context management -------------------------------------------------
@@ -797,6 +802,8 @@ class Host:
         try:
             out = fn(input, ctx)
         except Exception as exc:
+            if type(exc) is QuotaExceeded:  # refused by its quotas before its code ran
+                raise
             self._metrics.append((key, start, now(), "plugin_error"))
             raise plugin_error(plugin_id, export, exc) from exc
         self._metrics.append((key, start, now(), "ok"))
@@ -820,6 +827,8 @@ class Host:
             try:
                 out = await fn(input, ctx)
             except Exception as exc:
+                if type(exc) is QuotaExceeded:  # refused by its quotas before its code ran
+                    raise
                 self._metrics.append((key, start, now(), "plugin_error"))
                 raise plugin_error(plugin_id, export, exc) from exc
             self._metrics.append((key, start, now(), "ok"))
@@ -850,6 +859,7 @@ class Host:
     def flush_metrics(self) -> None:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
         self._call_metrics.flush()
+        self.quotas.flush()
 
     # -- validation -----------------------------------------------------------
 

@@ -278,7 +278,7 @@ class Manifest:
     permission_reasons: Mapping[str, str] = field(default_factory=_empty)
     #: ``[quotas]``: quotas over time as declared (``calls-per-minute`` -> 600); see
     #: ``_model/quotas.py``.  Unset keys take the host's settings or their default.
-    quotas: Mapping[str, int] = field(default_factory=_empty)
+    quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:

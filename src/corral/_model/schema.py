@@ -23,13 +23,13 @@ from corral._model.manifest import (
     TARGET_PATTERN,
 )
 from corral._model.micro import MICRO_MAX_MS
-from corral._model.quotas import QUOTAS
 from corral._model.permissions import (
     HOST_API_SERVICES,
     NAME_PATTERN,
     PLACEHOLDERS,
     SECRET_NAME_PATTERN,
 )
+from corral._model.quotas import QUOTAS
 
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 _MAX_GRANTS = 256

@@ -300,6 +300,7 @@ def call_sandboxed(
     takes the call's metrics row.
     """
     manifest, ctx = active.manifest, active.ctx
+    is_call = target is None
     if target is None:
         target = manifest.exports.get(export)
     if target is None:
@@ -309,6 +310,9 @@ def call_sandboxed(
     spec = active.spec
     budget = active.budget
     budget.before_call()  # refused while {data}, {tmp} or {cache} is over its budget
+    meter = active.quota  # quotas over time (_runtime/quotas.py): a hook is no call
+    if meter is not None and is_call:
+        meter.before_call()
     start = time.perf_counter()
     outcome = "ok"
     try:
@@ -325,6 +329,8 @@ def call_sandboxed(
     finally:
         metrics = supervisor.last_metrics(manifest.id)
         wall_ms = (time.perf_counter() - start) * 1000
+        if meter is not None and metrics is not None:  # its CPU counts against its quotas
+            meter.charge_cpu((metrics.cpu_user_ms + metrics.cpu_system_ms) / 1000.0)
         record(
             (
                 manifest.id,
