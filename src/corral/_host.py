@@ -44,12 +44,14 @@ from corral._runtime.calls import (
     plugin_error,
 )
 from corral._runtime.catalog import Catalog
+from corral._runtime.cleanup import maybe_prune_metrics, prune_metrics
 from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.lifecycle import Lifecycle
 from corral._runtime.metrics import CallMetrics
-from corral._runtime.quotas import QuotaBook
+from corral._runtime.quotas import QuotaBook, calls_in_window, quota_report, usage_from_db
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
+from corral._services.housekeeping import collect_orphans, find_orphans, purge_plugin
 from corral._services.hub import Services
 from corral._services.importprobe import check_imports
 from corral._version import __version__
@@ -134,6 +136,7 @@ class Host:
             attachments=self.attachments, actives=self._active, fast=self._fast,
             lock=self._rlock, quotas=self.quotas,
         )
+        maybe_prune_metrics(self._db, self.home)  # [retention] metrics-days, once a day
 
     # -- context management -------------------------------------------------
 
@@ -633,11 +636,13 @@ class Host:
             path=row.path, error=row.error, linked=row.linked,
         )
 
-    def unregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+    def unregister(self, plugin_id: str, *, purge_data: bool = False) -> dict[str, Any] | None:
         """Forget a plugin: disable and unload it if needed, then delete its copy.
 
         Refused while other registered plugins depend on it.  ``purge_data``
-        also deletes its data directory.
+        also deletes its data, cache and tmp folders, shared state, durable
+        subscriptions, metrics and quota usage, and returns the report of what
+        was removed (see docs/quotas.md).
         """
         with self._locked():
             row = self.catalog.row(plugin_id)
@@ -657,6 +662,8 @@ class Host:
                 self.lifecycle.unload_one(plugin_id)
             now_state = self.lifecycle.state_of(self.catalog.row(plugin_id))
             check_transition(plugin_id, now_state, "unregister")
+            self.quotas.drop(plugin_id)
+            report = purge_plugin(self._services, self._db, plugin_id) if purge_data else None
             with self._db.transaction() as conn:
                 self._db.delete(conn, plugin_id)
             self._active.pop(plugin_id, None)
@@ -666,13 +673,64 @@ class Host:
                 with contextlib.suppress(FileNotFoundError):  # already deleted by hand
                     os.rename(path, trash)
                     _rmtree(trash)
-            if purge_data:
-                for sub in ("data", "cache", "tmp"):
-                    _rmtree(self.home / sub / plugin_id)
+            return report
 
-    async def aunregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+    async def aunregister(self, plugin_id: str, *, purge_data: bool = False
+                          ) -> dict[str, Any] | None:
         """Async twin of :meth:`unregister`."""
-        await _to_thread(self.unregister, plugin_id, purge_data=purge_data)
+        return await _to_thread(self.unregister, plugin_id, purge_data=purge_data)
+
+    # -- quotas and cleanup -----------------------------------------------------
+
+    def quota_usage(self, plugin_id: str) -> dict[str, dict[str, Any]]:
+        """Each quota of a registered plugin: limit, window, unit, used and source
+        (``corral quota show``; docs/quotas.md).
+        """
+        row = self.catalog.row(plugin_id)
+        manifest = self.catalog.fresh_manifest(row)
+        self.flush_metrics()
+        budgets = self.budget_usage(plugin_id)
+        return quota_report(
+            manifest, self.quotas.overrides().get(plugin_id),
+            meter=self.quotas.meter(plugin_id) if plugin_id in self._active else None,
+            cpu_used=usage_from_db(self._db, plugin_id),
+            calls_used=calls_in_window(self._db, plugin_id, 60),
+            bytes_used={key: budgets[key].get("used", 0) for key in ("cache-mb", "state-mb")},
+        )
+
+    def set_quota(self, plugin_id: str, key: str, value: int | None) -> dict[str, Any]:
+        """Write ``[quotas."ID"] key = value`` to the home's settings (``None`` removes it);
+        a plugin active here takes it at once, others when they next load.  Returns the
+        quota as :meth:`quota_usage` reports it.
+        """
+        from corral._services.quotaset import write_quota
+
+        with self._locked():
+            write_quota(self.home, plugin_id, key, value)
+            active = self._active.get(plugin_id)
+            if active is not None and active.quota is not None:
+                self.quotas.set(active)
+                if self._fast.pop(plugin_id, None) is not None:
+                    self.lifecycle.refresh_fast(active)
+                active.spec = None  # a new cpu-weight starts a new worker
+        return self.quota_usage(plugin_id)[key]
+
+    def orphans(self) -> dict[str, Any]:
+        """What plugins no longer registered left in the home (``corral gc --dry-run``)."""
+        with self._locked():
+            return find_orphans(self._services, self._db, {r.id for r in self._db.all()})
+
+    def collect_orphans(self) -> dict[str, Any]:
+        """Remove what :meth:`orphans` lists; returns it (``corral gc``)."""
+        with self._locked():
+            return collect_orphans(self._services, self._db, {r.id for r in self._db.all()})
+
+    def prune_metrics(self) -> dict[str, int]:
+        """Delete call metrics past ``[retention] metrics-days`` now; rows deleted by kind."""
+        from corral._runtime.cleanup import cleanup_settings
+
+        self.flush_metrics()
+        return prune_metrics(self._db, cleanup_settings(self.home).metrics_days)
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -30,11 +30,14 @@ if TYPE_CHECKING:
     from corral._runtime.database import HostDatabase
 
 __all__ = [
+    "BYTE_BOUNDS",
     "FLUSH_EVERY_S",
     "Meter",
     "QuotaBook",
     "Window",
+    "calls_in_window",
     "effective_quotas",
+    "quota_report",
     "settings_quotas",
     "usage_from_db",
 ]
@@ -42,7 +45,8 @@ __all__ = [
 #: CPU usage reaches the host database at most this often (and when the host closes).
 FLUSH_EVERY_S: Final = 5.0
 _CPU_KEYS: Final = ("cpu-seconds-per-hour", "cpu-seconds-per-day")
-_BYTE_BOUNDS: Final = {key: LIMITS[key][:2] for key in BYTE_QUOTAS}
+#: Bounds of the byte quotas the settings may set (those of the ``[sandbox]`` budgets).
+BYTE_BOUNDS: Final = {key: LIMITS[key][:2] for key in BYTE_QUOTAS}
 _TABLE: Final = """
 CREATE TABLE IF NOT EXISTS quota_usage (
     plugin_id TEXT NOT NULL,
@@ -263,7 +267,7 @@ def settings_quotas(doc: Mapping[str, Any], file: str = SETTINGS_FILE) -> dict[s
                 raise ManifestError(f"{pid!r} is not a plugin id", file=file,
                                     key=f'quotas."{pid}"') from None
             out[pid] = check_quota_table(scalars, f'quotas."{pid}"', file=file,
-                                         bounds=_BYTE_BOUNDS)
+                                         bounds=BYTE_BOUNDS)
         for k, v in node.items():
             if isinstance(v, Mapping):
                 walk(v, [*path, str(k)])
@@ -441,3 +445,55 @@ class QuotaBook:
                 "AND window_start >= ?", (plugin_id, int(_clock()) - 2 * 86400),
             ).fetchall()
         return {(q, int(s)): float(u) for q, s, u in rows}
+
+
+def calls_in_window(db: HostDatabase, plugin_id: str, seconds: int,
+                    now: float | None = None) -> int:
+    """Calls of ``plugin_id`` recorded in the host database in the last ``seconds``."""
+    now = _clock() if now is None else now
+    with db.transaction() as conn:
+        row = conn.execute("SELECT count(*) FROM calls WHERE plugin_id = ? AND at >= ?",
+                           (plugin_id, now - seconds)).fetchone()
+    return int(row[0])
+
+
+def quota_report(
+    manifest: Manifest,
+    overrides: Mapping[str, int] | None,
+    *,
+    meter: Meter | None,
+    cpu_used: Mapping[str, float],
+    calls_used: int,
+    bytes_used: Mapping[str, int],
+) -> dict[str, dict[str, Any]]:
+    """Each quota of a plugin as ``corral quota show`` reports it: ``limit`` (``null``:
+    unbounded), ``window`` (seconds, ``null`` for none), ``unit``, ``used`` (``null`` where
+    this process cannot know it) and ``source`` (``settings``, ``manifest`` or ``default``).
+
+    ``meter`` gives live counts when the plugin is active in this process; otherwise calls
+    come from the recorded metrics and CPU from the host database.
+    """
+    live = meter.usage() if meter is not None else {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, (value, source) in effective_quotas(manifest, overrides).items():
+        rule = QUOTAS.get(key)
+        used: float | int | None
+        if key in BYTE_QUOTAS:
+            cap = (value or 0) * MIB
+            out[key] = {"limit": value, "window": None, "unit": "bytes", "cap": cap,
+                        "used": int(bytes_used.get(key, 0)), "source": source}
+            continue
+        assert rule is not None
+        if key in _CPU_KEYS:
+            used = round(float(cpu_used.get(key, 0.0)), 3)
+        elif key == "calls-per-minute":
+            got = live.get(key)
+            used = int(got) if got is not None else calls_used
+        elif key == "events-per-second":
+            got = live.get(key)
+            used = None if got is None else int(got)
+        else:
+            used = None
+        out[key] = {"limit": value, "window": rule.window, "unit": rule.unit, "used": used,
+                    "source": source}
+    return out

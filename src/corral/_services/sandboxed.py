@@ -282,7 +282,12 @@ def make_supervisor(broker: Broker, home: Path, *, shared: bool) -> Supervisor:
 
     if forkserver_env("SHARED") == "0":
         shared = False
-    return Supervisor(broker=broker, forkserver_dir=home / "run" if shared else None)
+    from corral._runtime.cleanup import cleanup_settings
+    from corral._sandbox.cpuweight import CpuWeights
+
+    return Supervisor(broker=broker, forkserver_dir=home / "run" if shared else None,
+                      idle_seconds=cleanup_settings(home).idle_worker_seconds,
+                      cpu_weights=CpuWeights())
 
 
 def call_sandboxed(
@@ -307,6 +312,10 @@ def call_sandboxed(
         target = next(m.handler for m in manifest.micro if m.id == export)
     if active.spec is None:
         active.spec = spec_for(manifest, ctx)
+        if active.quota is not None and active.quota.cpu_weight != active.spec.cpu_weight:
+            from dataclasses import replace
+
+            active.spec = replace(active.spec, cpu_weight=active.quota.cpu_weight)
     spec = active.spec
     budget = active.budget
     budget.before_call()  # refused while {data}, {tmp} or {cache} is over its budget
