@@ -51,7 +51,12 @@ from corral._runtime.metrics import CallMetrics
 from corral._runtime.quotas import QuotaBook, calls_in_window, quota_report, usage_from_db
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
-from corral._services.housekeeping import collect_orphans, find_orphans, purge_plugin
+from corral._services.housekeeping import (
+    collect_orphans,
+    find_orphans,
+    purge_plugin,
+    scratch_counts,
+)
 from corral._services.hub import Services
 from corral._services.importprobe import check_imports
 from corral._version import __version__
@@ -655,6 +660,7 @@ class Host:
                     dependents=needed_by,
                 )
             state = self.lifecycle.state_of(row)
+            scratch = scratch_counts(self._services, plugin_id) if purge_data else None
             if state is State.ENABLED:
                 self.lifecycle.disable_one(plugin_id)
             active = self._active.get(plugin_id)
@@ -663,7 +669,8 @@ class Host:
             now_state = self.lifecycle.state_of(self.catalog.row(plugin_id))
             check_transition(plugin_id, now_state, "unregister")
             self.quotas.drop(plugin_id)
-            report = purge_plugin(self._services, self._db, plugin_id) if purge_data else None
+            report = (purge_plugin(self._services, self._db, plugin_id, scratch) if purge_data
+                      else None)
             with self._db.transaction() as conn:
                 self._db.delete(conn, plugin_id)
             self._active.pop(plugin_id, None)

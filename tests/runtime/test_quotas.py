@@ -126,11 +126,13 @@ def test_in_process_calls_fail_at_calls_per_minute_and_not_below(
     with pytest.raises(QuotaExceeded) as caught:
         h.call("acme.calls", "echo", 3)
     err = caught.value
-    assert isinstance(err, ResourceLimitExceeded) and err.code == "resource_limit"
+    assert isinstance(err, ResourceLimitExceeded)
+    assert err.code == "resource_limit"
     d = err.to_dict()
     assert (d["limit"], d["quota"], d["measured"], d["window"], d["unit"]) == (
         "calls-per-minute", 3, 3, 60, "calls")
-    assert "calls-per-minute" in d["message"] and "1m" in d["message"]
+    assert "calls-per-minute" in d["message"]
+    assert "1m" in d["message"]
     # a minute and a half later the old calls have slid out of the window
     still_clock[0] += 90
     assert h.call("acme.calls", "echo", 4) == 4
@@ -227,7 +229,8 @@ def test_settings_state_mb_overrides_the_budget(
         permissions={"host-api": ["state.read:notes.>", "state.write:notes.>"]})
     h = enabled(make_host(), d)
     out = h.call("acme.small", "fill", None)
-    assert out["limit"] == "state-mb" and out["done"] <= 4  # 1 MiB, not the default 16
+    assert out["limit"] == "state-mb"
+    assert out["done"] <= 4
     assert h.quota_usage("acme.small")["state-mb"]["source"] == "settings"
 
 
@@ -266,7 +269,8 @@ def test_a_sandboxed_flooder_is_refused_through_the_broker(
     got: list[Any] = []
     h.bus.subscribe("flood.>", got.append)
     out = h.call("acme.sflood", "publish", {"topic": "flood.y", "n": 20})
-    assert out["done"] == 3 and out["code"] == "resource_limit"
+    assert out["done"] == 3
+    assert out["code"] == "resource_limit"
     assert len(got) == 3
 
 
@@ -284,7 +288,8 @@ def test_cpu_seconds_per_hour_judged_with_a_real_strict_plugin_and_kept_across_r
     with pytest.raises(QuotaExceeded) as caught:
         h.call("acme.burn", "burn", 0.1)
     details = caught.value.details
-    assert details["limit"] == "cpu-seconds-per-hour" and details["window"] == 3600
+    assert details["limit"] == "cpu-seconds-per-hour"
+    assert details["window"] == 3600
     assert details["measured"] >= 1.0
     close_quietly(h)
     # the use is in the host database: a new host starts from it

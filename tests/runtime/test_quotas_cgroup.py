@@ -108,7 +108,8 @@ def _share(host: Host, a: str, b: str, seconds: float) -> float:
     for pid_ in (a, b):
         host.call(pid_, "echo", 0)  # its worker exists
     weights = sup.cpu_weights
-    assert weights is not None and weights.active, weights and weights.why
+    assert weights is not None
+    assert weights.active, weights.why
     weights.settle()  # both are in their weighted cgroups
     tag = uuid.uuid4().hex[:12]
     meters = {p: Meter(weights, f"{tag}-{p}") for p in (a, b)}
@@ -141,7 +142,10 @@ def test_four_times_the_weight_gets_clearly_more_of_one_cpu(tmp_path: Path, host
         host.enable(host.register(d)[0].id)
     ratio = _share(host, "acme.heavy", "acme.light", 1.5)
     assert ratio > 2, f"heavy/light CPU time = {ratio:.2f}, expected about 4"
-    heavy = host.attachments.supervisor().cpu_weights.cgroup_of("acme.heavy")  # type: ignore[union-attr]
+    weights = host.attachments.supervisor().cpu_weights
+    assert weights is not None
+    heavy = weights.cgroup_of("acme.heavy")
+    assert heavy is not None
     knob = "cpu.shares" if _version == 1 else "cpu.weight"
     assert Path(heavy, knob).read_text().strip() == ("4096" if _version == 1 else "400")
 

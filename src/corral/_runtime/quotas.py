@@ -369,9 +369,21 @@ class QuotaBook:
         return meter
 
     def _seed_calls(self, w: Window, plugin_id: str, now: float) -> None:
+        """Start from the calls already made: this process's, else those recorded (so a
+        one-shot ``corral call`` process cannot start every minute afresh).
+        """
         if (old := self._meters.get(plugin_id)) and old.calls is not None:
             w.cur, w.prev, w.end = old.calls.cur, old.calls.prev, old.calls.end
             w.roll(now)
+            return
+        w.roll(now)
+        start = w.end - w.span
+        with self.db.transaction() as conn:
+            cur, prev = conn.execute(
+                "SELECT coalesce(sum(at >= ?), 0), coalesce(sum(at < ?), 0) FROM calls "
+                "WHERE plugin_id = ? AND at >= ?",
+                (start, start, plugin_id, start - w.span)).fetchone()
+        w.cur, w.prev = float(cur), float(prev)
 
     def _apply_bytes(self, active: Active, limits: Mapping[str, tuple[int | None, str]]) -> None:
         """Settings' ``cache-mb`` and ``state-mb`` replace the manifest's budgets."""

@@ -17,6 +17,7 @@ from corral._runtime.cleanup import (
     orphan_dirs,
     orphan_rows,
     remove_dir,
+    tree_count,
 )
 from corral._services.purge import purge_services, service_orphans
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from corral._runtime.database import HostDatabase
     from corral._services.hub import Services
 
-__all__ = ["collect_orphans", "find_orphans", "purge_plugin"]
+__all__ = ["collect_orphans", "find_orphans", "purge_plugin", "scratch_counts"]
 
 
 def _totals(removed: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -33,19 +34,37 @@ def _totals(removed: dict[str, dict[str, int]]) -> dict[str, int]:
     return {"files": files, "bytes": size}
 
 
-def purge_plugin(services: Services, db: HostDatabase, plugin_id: str) -> dict[str, Any]:
+def scratch_counts(services: Services, plugin_id: str) -> dict[str, dict[str, int]]:
+    """What a plugin's ``{cache}`` and ``{tmp}`` hold now (stopping it wipes them; a purge
+    that stops it counts them first, so its report says what the whole removal took).
+    """
+    check_id(plugin_id)
+    out: dict[str, dict[str, int]] = {}
+    for sub in ("cache", "tmp"):
+        files, size = tree_count(services.home / sub / plugin_id)
+        out[sub] = {"files": files, "bytes": size}
+    return out
+
+
+def purge_plugin(services: Services, db: HostDatabase, plugin_id: str,
+                 before: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Remove ``plugin_id``'s data, cache, tmp, shared state, durable subscriptions,
     metrics and quota usage; the report of what was removed.
 
     ``{"plugin": id, "removed": {"data": {"files", "bytes"}, "cache": ..., "tmp": ...,
     "state": {"keys", "bytes", "history"}, "subscriptions": {"consumers"},
-    "metrics": {"rows"}, "quota_usage": {"rows"}}, "files": n, "bytes": n}``
+    "metrics": {"rows"}, "quota_usage": {"rows"}}, "files": n, "bytes": n}``;
+    ``before`` is :func:`scratch_counts` taken before the plugin was stopped.
     """
     check_id(plugin_id)  # an id names nothing outside its folders
     home = services.home
     removed: dict[str, dict[str, int]] = {}
     for sub in PLUGIN_DIRS:
         removed[sub] = remove_dir(home, sub, plugin_id)
+        earlier = (before or {}).get(sub)
+        if earlier is not None and earlier["files"] + earlier["bytes"] > \
+                removed[sub]["files"] + removed[sub]["bytes"]:
+            removed[sub] = earlier
     removed.update(purge_services(services, plugin_id))
     for kind, n in delete_rows(db, plugin_id).items():
         removed[kind] = {"rows": n}
