@@ -669,6 +669,8 @@ class Host:
             now_state = self.lifecycle.state_of(self.catalog.row(plugin_id))
             check_transition(plugin_id, now_state, "unregister")
             self.quotas.drop(plugin_id)
+            if purge_data:  # its metrics still in memory go now, or they would outlive it
+                self.flush_metrics()
             report = (purge_plugin(self._services, self._db, plugin_id, scratch) if purge_data
                       else None)
             with self._db.transaction() as conn:
