@@ -25,13 +25,23 @@ if TYPE_CHECKING:
     from corral._runtime.database import HostDatabase
     from corral._services.hub import Services
 
-__all__ = ["collect_orphans", "find_orphans", "purge_plugin", "scratch_counts"]
+__all__ = ["clear_cache", "collect_orphans", "find_orphans", "purge_plugin", "scratch_counts"]
 
 
 def _totals(removed: dict[str, dict[str, int]]) -> dict[str, int]:
     files = sum(v.get("files", 0) for v in removed.values())
     size = sum(v.get("bytes", 0) for v in removed.values())
     return {"files": files, "bytes": size}
+
+
+def clear_cache(services: Services, plugin_id: str) -> dict[str, int]:
+    """Everything cached for ``plugin_id``, removed; what it held (``files``, ``bytes``).
+
+    The one place a purge clears a plugin's cache: its ``{cache}`` folder (bounded by
+    ``cache-mb``, emptied on disable and unload).  A cache the host keeps elsewhere for
+    the plugin is cleared here too.
+    """
+    return remove_dir(services.home, "cache", plugin_id)
 
 
 def scratch_counts(services: Services, plugin_id: str) -> dict[str, dict[str, int]]:
@@ -60,7 +70,8 @@ def purge_plugin(services: Services, db: HostDatabase, plugin_id: str,
     home = services.home
     removed: dict[str, dict[str, int]] = {}
     for sub in PLUGIN_DIRS:
-        removed[sub] = remove_dir(home, sub, plugin_id)
+        removed[sub] = (clear_cache(services, plugin_id) if sub == "cache"
+                        else remove_dir(home, sub, plugin_id))
         earlier = (before or {}).get(sub)
         if earlier is not None and earlier["files"] + earlier["bytes"] > \
                 removed[sub]["files"] + removed[sub]["bytes"]:
