@@ -268,6 +268,10 @@ def test_gc_removes_the_orphans_and_never_a_registered_plugins_data(
     again = run_cli("gc", "--dry-run", "--json").json["orphans"]
     assert (again["dirs"], again["rows"], again["state"]) == ([], {}, {})
     assert json.loads(run_cli("list", "--json").out)
+    # the hostile settings id names nothing a purge touches either
+    assert run_cli("remove", "--purge", "acme.live").code == 0
+    assert sorted(os.listdir(victim)) == ["precious"]
+    assert sorted(os.listdir(home / "data")) == []
 
 
 # -- retention -----------------------------------------------------------------------------
