@@ -340,3 +340,26 @@ def test_an_id_with_path_characters_in_settings_is_refused(
     with pytest.raises(ManifestError, match="must be 1"):
         h.set_quota("acme.ok", "calls-per-minute", 0)
     assert (home / "settings.toml").read_text() == ""  # nothing half-written
+
+
+@pytest.mark.skipif(sandbox_problem("limited") is not None, reason="no limited sandbox")
+def test_settings_cache_mb_overrides_the_budget(
+    tmp_path: Path, home: Path, make_host: Callable[[], Host]
+) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "settings.toml").write_text('[quotas."acme.cachy"]\ncache-mb = 1\n')
+    mod = module_name("acme.cachy")
+    d = make_plugin(tmp_path, "acme.cachy", {f"{mod}.py": textwrap.dedent('''
+        from pathlib import Path
+
+
+        def fill(value, ctx):
+            Path(ctx.cache_dir, "blob").write_bytes(b"c" * value)
+            return value
+    ''')}, isolation="limited", exports={"fill": f"{mod}:fill"})
+    h = enabled(make_host(), d)
+    assert h.call("acme.cachy", "fill", 100_000) == 100_000  # under 1 MiB: fine
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        h.call("acme.cachy", "fill", 2 * 1024 * 1024)  # under the default 100, over 1
+    assert caught.value.details["limit"] == "cache-mb"
+    assert caught.value.details["budget"] == 1024 * 1024
