@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from corral._errors import PluginFailedError as PluginFailedError
     from corral._errors import PluginTimeout as PluginTimeout
     from corral._errors import PolicyDenied as PolicyDenied
+    from corral._errors import QuotaExceeded as QuotaExceeded
     from corral._errors import ResourceLimitExceeded as ResourceLimitExceeded
     from corral._errors import SignatureInvalid as SignatureInvalid
     from corral._errors import UsageError as UsageError
@@ -56,6 +57,7 @@ __all__ = [
     "PluginInfo",
     "PluginTimeout",
     "PolicyDenied",
+    "QuotaExceeded",
     "ResourceLimitExceeded",
     "SignatureInvalid",
     "State",

@@ -21,6 +21,7 @@
         ├── PluginError              plugin_error      (an exception, with traceback)
         ├── PluginTimeout            timeout
         ├── ResourceLimitExceeded    resource_limit
+        │   └── QuotaExceeded        resource_limit    (a quota over time, reason quota)
         └── WorkerCrashed            crashed
 
 The CLI maps these to exit codes and ``{"error": {...}}`` documents; it never
@@ -47,6 +48,7 @@ __all__ = [
     "PluginFailedError",
     "PluginTimeout",
     "PolicyDenied",
+    "QuotaExceeded",
     "ResourceLimitExceeded",
     "SignatureInvalid",
     "TransferError",
@@ -320,6 +322,16 @@ class ResourceLimitExceeded(PluginFailedError):
     """A resource limit was hit; ``limit`` names it, ``measured`` says how much was used."""
 
     code = "resource_limit"
+
+
+class QuotaExceeded(ResourceLimitExceeded):
+    """A quota over time is spent (docs/quotas.md): ``limit`` names it, ``quota`` is its cap,
+    ``measured`` what its sliding ``window`` (seconds) holds, in ``unit``.
+
+    Raised by the host before the plugin's code runs (or before its event is published).
+    """
+
+    reason = "quota"
 
 
 class WorkerCrashed(PluginFailedError):

@@ -25,6 +25,7 @@ from corral._errors import (
     InvalidPluginError,
     LifecycleError,
     NotFoundError,
+    QuotaExceeded,
     UsageError,
 )
 from corral._model.deps import check_dependencies, check_requires_corral, dependents_of, find_cycle
@@ -43,11 +44,19 @@ from corral._runtime.calls import (
     plugin_error,
 )
 from corral._runtime.catalog import Catalog
+from corral._runtime.cleanup import maybe_prune_metrics, prune_metrics
 from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.lifecycle import Lifecycle
 from corral._runtime.metrics import CallMetrics
+from corral._runtime.quotas import QuotaBook, calls_in_window, quota_report, usage_from_db
 from corral._runtime.runner import Runner
 from corral._services.attachments import HostAttachments
+from corral._services.housekeeping import (
+    collect_orphans,
+    find_orphans,
+    purge_plugin,
+    scratch_counts,
+)
 from corral._services.hub import Services
 from corral._services.importprobe import check_imports
 from corral._version import __version__
@@ -112,6 +121,9 @@ class Host:
         self.catalog = Catalog(self._db, self.home)
         metrics = CallMetrics(self._db)
         self._services = Services(self.home, status_of=self._status_of)
+        #: Quotas over time of the plugins active here (``_runtime/quotas.py``).
+        self.quotas = QuotaBook(self._db, self.home, self._services.budgets)
+        self._services.quotas = self.quotas
         self._active: dict[str, Active] = {}
         #: plugin id -> export name -> (function, ctx, is async, metrics key): the call fast path
         self._fast: FastTable = {}
@@ -127,8 +139,9 @@ class Host:
         self.lifecycle = Lifecycle(
             self._db, self.catalog, home=self.home, workspace=self.workspace, hooks=hooks,
             attachments=self.attachments, actives=self._active, fast=self._fast,
-            lock=self._rlock,
+            lock=self._rlock, quotas=self.quotas,
         )
+        maybe_prune_metrics(self._db, self.home)  # [retention] metrics-days, once a day
 
     # -- context management -------------------------------------------------
 
@@ -628,11 +641,13 @@ class Host:
             path=row.path, error=row.error, linked=row.linked,
         )
 
-    def unregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+    def unregister(self, plugin_id: str, *, purge_data: bool = False) -> dict[str, Any] | None:
         """Forget a plugin: disable and unload it if needed, then delete its copy.
 
         Refused while other registered plugins depend on it.  ``purge_data``
-        also deletes its data directory.
+        also deletes its data, cache and tmp folders, shared state, durable
+        subscriptions, metrics and quota usage, and returns the report of what
+        was removed (see docs/quotas.md).
         """
         with self._locked():
             row = self.catalog.row(plugin_id)
@@ -645,6 +660,7 @@ class Host:
                     dependents=needed_by,
                 )
             state = self.lifecycle.state_of(row)
+            scratch = scratch_counts(self._services, plugin_id) if purge_data else None
             if state is State.ENABLED:
                 self.lifecycle.disable_one(plugin_id)
             active = self._active.get(plugin_id)
@@ -652,6 +668,11 @@ class Host:
                 self.lifecycle.unload_one(plugin_id)
             now_state = self.lifecycle.state_of(self.catalog.row(plugin_id))
             check_transition(plugin_id, now_state, "unregister")
+            self.quotas.drop(plugin_id)
+            if purge_data:  # its metrics still in memory go now, or they would outlive it
+                self.flush_metrics()
+            report = (purge_plugin(self._services, self._db, plugin_id, scratch) if purge_data
+                      else None)
             with self._db.transaction() as conn:
                 self._db.delete(conn, plugin_id)
             self._active.pop(plugin_id, None)
@@ -661,13 +682,64 @@ class Host:
                 with contextlib.suppress(FileNotFoundError):  # already deleted by hand
                     os.rename(path, trash)
                     _rmtree(trash)
-            if purge_data:
-                for sub in ("data", "cache", "tmp"):
-                    _rmtree(self.home / sub / plugin_id)
+            return report
 
-    async def aunregister(self, plugin_id: str, *, purge_data: bool = False) -> None:
+    async def aunregister(self, plugin_id: str, *, purge_data: bool = False
+                          ) -> dict[str, Any] | None:
         """Async twin of :meth:`unregister`."""
-        await _to_thread(self.unregister, plugin_id, purge_data=purge_data)
+        return await _to_thread(self.unregister, plugin_id, purge_data=purge_data)
+
+    # -- quotas and cleanup -----------------------------------------------------
+
+    def quota_usage(self, plugin_id: str) -> dict[str, dict[str, Any]]:
+        """Each quota of a registered plugin: limit, window, unit, used and source
+        (``corral quota show``; docs/quotas.md).
+        """
+        row = self.catalog.row(plugin_id)
+        manifest = self.catalog.fresh_manifest(row)
+        self.flush_metrics()
+        budgets = self.budget_usage(plugin_id)
+        return quota_report(
+            manifest, self.quotas.overrides().get(plugin_id),
+            meter=self.quotas.meter(plugin_id) if plugin_id in self._active else None,
+            cpu_used=usage_from_db(self._db, plugin_id),
+            calls_used=calls_in_window(self._db, plugin_id, 60),
+            bytes_used={key: budgets[key].get("used", 0) for key in ("cache-mb", "state-mb")},
+        )
+
+    def set_quota(self, plugin_id: str, key: str, value: int | None) -> dict[str, Any]:
+        """Write ``[quotas."ID"] key = value`` to the home's settings (``None`` removes it);
+        a plugin active here takes it at once, others when they next load.  Returns the
+        quota as :meth:`quota_usage` reports it.
+        """
+        from corral._services.quotaset import write_quota
+
+        with self._locked():
+            write_quota(self.home, plugin_id, key, value)
+            active = self._active.get(plugin_id)
+            if active is not None and active.quota is not None:
+                self.quotas.set(active)
+                if self._fast.pop(plugin_id, None) is not None:
+                    self.lifecycle.refresh_fast(active)
+                active.spec = None  # a new cpu-weight starts a new worker
+        return self.quota_usage(plugin_id)[key]
+
+    def orphans(self) -> dict[str, Any]:
+        """What plugins no longer registered left in the home (``corral gc --dry-run``)."""
+        with self._locked():
+            return find_orphans(self._services, self._db, {r.id for r in self._db.all()})
+
+    def collect_orphans(self) -> dict[str, Any]:
+        """Remove what :meth:`orphans` lists; returns it (``corral gc``)."""
+        with self._locked():
+            return collect_orphans(self._services, self._db, {r.id for r in self._db.all()})
+
+    def prune_metrics(self) -> dict[str, int]:
+        """Delete call metrics past ``[retention] metrics-days`` now; rows deleted by kind."""
+        from corral._runtime.cleanup import cleanup_settings
+
+        self.flush_metrics()
+        return prune_metrics(self._db, cleanup_settings(self.home).metrics_days)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -797,6 +869,8 @@ class Host:
         try:
             out = fn(input, ctx)
         except Exception as exc:
+            if type(exc) is QuotaExceeded:  # refused by its quotas before its code ran
+                raise
             self._metrics.append((key, start, now(), "plugin_error"))
             raise plugin_error(plugin_id, export, exc) from exc
         self._metrics.append((key, start, now(), "ok"))
@@ -820,6 +894,8 @@ class Host:
             try:
                 out = await fn(input, ctx)
             except Exception as exc:
+                if type(exc) is QuotaExceeded:  # refused by its quotas before its code ran
+                    raise
                 self._metrics.append((key, start, now(), "plugin_error"))
                 raise plugin_error(plugin_id, export, exc) from exc
             self._metrics.append((key, start, now(), "ok"))
@@ -850,6 +926,7 @@ class Host:
     def flush_metrics(self) -> None:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
         self._call_metrics.flush()
+        self.quotas.flush()
 
     # -- validation -----------------------------------------------------------
 

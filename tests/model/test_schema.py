@@ -153,7 +153,7 @@ def test_schema_is_json_and_draft_2020(validator: Any) -> None:
 
     assert set(schema["properties"]) == set(_TOP_KEYS)
     assert {"plugin", "dependencies", "permissions", "sandbox", "exports", "micro",
-            "pipeline"} == set(_TOP_KEYS)
+            "pipeline", "quotas"} == set(_TOP_KEYS)
     # Defaults in the schema are the model's defaults.
     defaults = Manifest.from_dict(base()).sandbox.to_dict()
     for key, value in defaults.items():

@@ -8,6 +8,7 @@ from typing import Any
 
 from corral._cli.daemon import stop_idle
 from corral._cli.output import VerbAdder, dump, host_for, json_input, print_result, table
+from corral._cli.quota import print_purge
 from corral._model.text import neutralise
 from corral._runtime.budgets import usage_line
 
@@ -118,16 +119,21 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
             elif verb == "disable":
                 result = {"disabled": host.disable(args.id, cascade=args.cascade)}
             else:
-                host.unregister(args.id, purge_data=args.purge)
+                purged = host.unregister(args.id, purge_data=args.purge)
                 result = {"removed": [args.id]}
+                if purged is not None:
+                    result["purged"] = purged
                 last = not host.list(discovered=False)
         if verb == "remove" and last:
             stop_idle(args)  # nothing left to run: the idle fork-server daemon goes too
         if args.json:
             dump(result)
         else:
+            purged = result.pop("purged", None)
             for key, ids in result.items():
                 print(f"{key} {', '.join(ids)}")
+            if purged is not None:
+                print_purge(purged)
         return 0
 
     return run
@@ -247,7 +253,9 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("--cascade", action="store_true", help="disable dependents first")
     sp = verb("remove", _lifecycle("remove"), "unregister a plugin and delete its copy")
     sp.add_argument("id")
-    sp.add_argument("--purge", action="store_true", help="also delete its data")
+    sp.add_argument("--purge", action="store_true",
+                    help="also delete its data, cache, state, metrics, subscriptions and quota "
+                    "usage, and report what was removed")
     sp = verb("call", cmd_call, "run an export or micro-plugin and print its result")
     sp.add_argument("id")
     sp.add_argument("export")

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from corral._cli.daemon import stop_idle
-from corral._cli.output import dump, table
+from corral._cli.output import dump, host_for, table
+from corral._cli.quota import print_orphans
 from corral._model.text import neutralise
 
 if TYPE_CHECKING:
@@ -210,16 +211,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    if args.dry_run:  # lists what plugins no longer registered left; removes nothing
+        with host_for(args) as host:
+            found = host.orphans()
+        if args.json:
+            dump({"removed": [], "pruned": [], "orphans": found, "dry_run": True})
+        else:
+            print_orphans(found, dry_run=True)
+        return 0
     with _installer(args) as inst:
         pruned = [] if args.keep is None else inst.prune(args.keep)
         gone = inst.gc()
+    with host_for(args) as host:
+        found = host.collect_orphans()
+        metrics = host.prune_metrics()
     stop_idle(args)  # gc tidies the home: an idle fork-server daemon goes too
     if args.json:
-        dump({"removed": gone, "pruned": pruned})
+        dump({"removed": gone, "pruned": pruned, "orphans": found, "metrics_pruned": metrics})
     else:
         if args.keep is not None:
             print(f"pruned {len(pruned)} old generation(s)")
         print(f"removed {len(gone)} unused store tree(s)")
+        print_orphans(found, dry_run=False)
+        if metrics["metrics"]:
+            print(f"deleted {metrics['metrics']} call metric(s) past their retention")
     return 0
 
 
@@ -265,6 +280,9 @@ def add_verbs(verb: VerbAdder) -> None:
     p = verb("history", cmd_history, "generations, newest first, with what changed")
     p = verb("verify", cmd_verify,
              "re-check every installed file against its signed manifest and the trust store")
-    p = verb("gc", cmd_gc, "delete store trees no generation refers to")
+    p = verb("gc", cmd_gc, "delete store trees no generation refers to, orphans (data of "
+             "plugins no longer registered) and metrics past their retention")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the orphans that would be removed; remove nothing")
     p.add_argument("--keep", type=int, default=None, metavar="K",
                    help="first delete generations but the current one and the K most recent")

@@ -30,6 +30,7 @@ from corral._model.permissions import (
     valid_pattern,
 )
 from corral._model.pipeline import pipeline_from_dict
+from corral._model.quotas import check_quota_table, quota_dict
 
 __all__ = [
     "ISOLATION_LEVELS",
@@ -122,7 +123,8 @@ _PLUGIN_KEYS: Final = (
     "repository",
 )
 _TOP_KEYS: Final = (
-    "plugin", "dependencies", "permissions", "sandbox", "exports", "micro", "pipeline"
+    "plugin", "dependencies", "permissions", "sandbox", "exports", "micro", "pipeline",
+    "quotas",
 )
 _PERMISSION_KEYS: Final = ("fs-read", "fs-write", "net-connect", "spawn", "env", "host-api")
 #: ``[permissions.reasons]``: why each permission is needed, keyed by kind or ``kind:entry``.
@@ -274,6 +276,9 @@ class Manifest:
     #: ``[permissions.reasons]``: ``"net-connect"`` or ``"net-connect:api.example.com:443"``
     #: -> why the plugin needs it (shown by ``corral docs`` and the marketplace).
     permission_reasons: Mapping[str, str] = field(default_factory=_empty)
+    #: ``[quotas]``: quotas over time as declared (``calls-per-minute`` -> 600); see
+    #: ``_model/quotas.py``.  Unset keys take the host's settings or their default.
+    quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:
@@ -317,6 +322,8 @@ class Manifest:
             out["micro"] = [m.to_dict() for m in self.micro]
         if self.pipelines:
             out["pipeline"] = [p.to_dict() for p in self.pipelines]
+        if self.quotas:
+            out["quotas"] = quota_dict(self.quotas)
         return out
 
     @property
@@ -529,6 +536,8 @@ class _Reader:
             pipelines=self._pipelines(
                 top.get("pipeline", []), plugin_id, {m.id for m in micro}
             ),
+            quotas=MappingProxyType(check_quota_table(top.get("quotas", {}), "quotas",
+                                                      file=self.file)),
         )
 
     def _version(self, plugin: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ from corral._model.permissions import (
     PLACEHOLDERS,
     SECRET_NAME_PATTERN,
 )
+from corral._model.quotas import QUOTAS
 
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 _MAX_GRANTS = 256
@@ -95,6 +96,9 @@ DESCRIPTIONS: dict[str, str] = {
                          "namespaces, Landlock, seccomp-bpf and a pids cgroup, so only its "
                          "grants are reachable.",
     "exports": "The functions the host may call by name: export name -> `module:function`.",
+    "quotas": "Quotas over time (docs/quotas.md): what the plugin may use per window, "
+              "and its CPU weight. The host's settings (`[quotas.ID]`, `corral quota set`) "
+              "override them. Unset windows are unbounded.",
     "pipeline": "Named chains of micro-plugins (`[[pipeline]]`), run with "
                 "`corral micro run ID`.",
     "pipeline[].id": "The pipeline's id, shaped like a plugin id.",
@@ -235,6 +239,16 @@ def manifest_json_schema() -> dict[str, Any]:
                 "properties": {
                     "isolation": {"enum": list(ISOLATION_LEVELS), "default": "strict"},
                     **limits,
+                },
+            },
+            "quotas": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    key: {"type": "integer", "minimum": rule.low, "maximum": rule.high,
+                          **({"default": rule.default} if rule.default is not None else {}),
+                          "description": rule.description}
+                    for key, rule in QUOTAS.items()
                 },
             },
             "exports": {

@@ -35,7 +35,8 @@ class Context(Protocol):
 class Active:
     """A plugin's life in this process: state, imported code, context, entry object."""
 
-    __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "scope", "spec", "state")
+    __slots__ = ("budget", "ctx", "entry", "exports", "manifest", "quota", "scope", "spec",
+                 "state")
 
     def __init__(self, manifest: Manifest, ctx: Context,
                  watch_from: Callable[[], DirWatch] | None = None) -> None:
@@ -49,6 +50,8 @@ class Active:
         self.exports: dict[str, Callable[..., Any]] = {}
         #: A sandboxed plugin's SandboxSpec, built on its first call in this activation.
         self.spec: Any = None
+        #: Its quotas over time (``_runtime/quotas.py``'s ``Meter``), set when it loads.
+        self.quota: Any = None
 
     @property
     def sandboxed_entry(self) -> bool:

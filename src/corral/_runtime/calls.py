@@ -28,6 +28,13 @@ FastTable = dict[str, dict[str, FastEntry]]
 def fast_entries(active: Active, async_names: set[str]) -> dict[str, FastEntry]:
     """The fast-path entries of an enabled in-process plugin."""
     plugin_id = active.manifest.id
+    meter = active.quota
+    if meter is not None and (meter.calls is not None or meter.limits_cpu):
+        return {  # counted against its quotas over time (``_runtime/quotas.py``)
+            name: (meter.wrap(fn, is_async=name in async_names), active.ctx,
+                   name in async_names, (plugin_id, name))
+            for name, fn in active.exports.items()
+        }
     return {
         name: (fn, active.ctx, name in async_names, (plugin_id, name))
         for name, fn in active.exports.items()

@@ -22,6 +22,7 @@ from corral._runtime.budgets import CHECK_EVERY_S, DirWatch, wipe
 from corral._runtime.calls import FastTable, fast_entries
 from corral._runtime.catalog import Catalog
 from corral._runtime.database import HostDatabase, PluginRow
+from corral._runtime.quotas import QuotaBook
 from corral._version import __version__
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Lifecycle:
         actives: dict[str, Active],
         fast: FastTable,
         lock: threading.RLock,
+        quotas: QuotaBook | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
@@ -100,6 +102,8 @@ class Lifecycle:
         self._budget_thread: threading.Thread | None = None
         self._budget_stop = threading.Event()
         self._dir_watcher: DirWatch | None = None
+        #: Quotas over time: each plugin's meter is set up when it loads.
+        self.quotas = quotas
 
     def active(self, plugin_id: str) -> Active | None:
         """The plugin's activation in this process, if it has one."""
@@ -304,6 +308,8 @@ class Lifecycle:
         active = Active(manifest, ctx, self._dir_watch)
         self.actives[plugin_id] = active
         try:
+            if self.quotas is not None:
+                self.quotas.set(active)
             if manifest.sandbox.isolation == "none":
                 self._async[plugin_id] = import_in_process(active, plugin_dir)
             else:

@@ -58,6 +58,8 @@ class SandboxSpec:
     max_log_lines: int = 1000
     #: ``log-kb`` in bytes: log and output one call may write.
     max_log_bytes: int = 256 * 1024
+    #: ``cpu-weight`` (``[quotas]``): its share of a contended CPU, 100 being equal.
+    cpu_weight: int = 100
 
     def __post_init__(self) -> None:
         if self.isolation not in ("limited", "strict"):

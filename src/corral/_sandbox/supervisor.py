@@ -47,6 +47,7 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._sandbox.cpuweight import CpuWeights
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
@@ -143,8 +144,11 @@ class Supervisor:
         crash_window: float = 60.0,
         start_timeout: float = 10.0,
         forkserver_dir: Path | None = None,
+        cpu_weights: CpuWeights | None = None,
     ) -> None:
         self._broker = broker
+        #: Puts each worker into its plugin's weighted cpu cgroup (``cpu-weight``).
+        self.cpu_weights = cpu_weights
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
@@ -155,6 +159,9 @@ class Supervisor:
         self._missing_for_strict: list[str] | None = None
         self._closed = False
         self._idle_checked = 0.0
+        #: Stops idle workers even when no call comes (started with the first worker).
+        self._idle_sweeper: threading.Thread | None = None
+        self._idle_stop = threading.Event()
 
     # -- public ----------------------------------------------------------------------
 
@@ -226,6 +233,7 @@ class Supervisor:
         server does it on its own once we hang up, without keeping a one-shot process).
         """
         self._closed = True
+        self._idle_stop.set()
         shared = self._forkserver.shared
         for state in list(self._plugins.values()):
             with state.lock:
@@ -236,6 +244,8 @@ class Supervisor:
                 else:
                     self._kill(state)
         self._forkserver.close()
+        if self.cpu_weights is not None:
+            self.cpu_weights.close()
 
     def __enter__(self) -> Supervisor:
         return self
@@ -270,6 +280,23 @@ class Supervisor:
                         self._kill(state)
                 finally:
                     state.lock.release()
+
+    def _sweep_idle_soon(self) -> None:
+        """Start the thread that stops workers idle for ``idle_seconds`` (once)."""
+        if self._idle_sweeper is not None:
+            return
+        with self._lock:
+            if self._idle_sweeper is None:
+                every = min(max(self._idle_seconds / 2, 0.05), 30.0)
+
+                def sweep() -> None:
+                    while not self._idle_stop.wait(every):
+                        self._idle_checked = 0.0
+                        self._stop_idle("")
+
+                self._idle_sweeper = threading.Thread(target=sweep, name="corral-idle-workers",
+                                                      daemon=True)
+                self._idle_sweeper.start()
 
     def _check_strict(self, spec: SandboxSpec) -> None:
         if self._missing_for_strict is None:
@@ -331,6 +358,9 @@ class Supervisor:
             )
         worker = WorkerProcess(spec, reply.pid, ours)
         state.worker = worker
+        self._sweep_idle_soon()
+        if self.cpu_weights is not None:
+            self.cpu_weights.place(spec.plugin_id, reply.pid, spec.cpu_weight)
         return worker
 
     def _greet(self, state: _Plugin, worker: WorkerProcess, deadline: float) -> None:

@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any, final
 
 from corral._runtime.budgets import Budgets, RateLimitedLog
+from corral._runtime.quotas import QuotaBook
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -47,6 +48,8 @@ class Services:
         self._config_watcher: ConfigWatcher | None = None
         #: Every active plugin's budgets, which the stores below consult.
         self.budgets = Budgets()
+        #: Quotas over time (``events-per-second`` for the bus), set by the host.
+        self.quotas: QuotaBook | None = None
 
     @property
     def bus(self) -> EventBus:
@@ -73,6 +76,7 @@ class Services:
                 self._event_log = DurableLog(self.home / "events.db")
                 self._event_log.budgets = self.budgets
                 bus.budgets = self.budgets
+                bus.quotas = self.quotas
                 bus.attach_log(self._event_log)
                 self._bus = bus
             return self._bus

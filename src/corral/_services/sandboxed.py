@@ -282,7 +282,12 @@ def make_supervisor(broker: Broker, home: Path, *, shared: bool) -> Supervisor:
 
     if forkserver_env("SHARED") == "0":
         shared = False
-    return Supervisor(broker=broker, forkserver_dir=home / "run" if shared else None)
+    from corral._runtime.cleanup import cleanup_settings
+    from corral._sandbox.cpuweight import CpuWeights
+
+    return Supervisor(broker=broker, forkserver_dir=home / "run" if shared else None,
+                      idle_seconds=cleanup_settings(home).idle_worker_seconds,
+                      cpu_weights=CpuWeights())
 
 
 def call_sandboxed(
@@ -300,15 +305,23 @@ def call_sandboxed(
     takes the call's metrics row.
     """
     manifest, ctx = active.manifest, active.ctx
+    is_call = target is None
     if target is None:
         target = manifest.exports.get(export)
     if target is None:
         target = next(m.handler for m in manifest.micro if m.id == export)
     if active.spec is None:
         active.spec = spec_for(manifest, ctx)
+        if active.quota is not None and active.quota.cpu_weight != active.spec.cpu_weight:
+            from dataclasses import replace
+
+            active.spec = replace(active.spec, cpu_weight=active.quota.cpu_weight)
     spec = active.spec
     budget = active.budget
     budget.before_call()  # refused while {data}, {tmp} or {cache} is over its budget
+    meter = active.quota  # quotas over time (_runtime/quotas.py): a hook is no call
+    if meter is not None and is_call:
+        meter.before_call()
     start = time.perf_counter()
     outcome = "ok"
     try:
@@ -325,6 +338,8 @@ def call_sandboxed(
     finally:
         metrics = supervisor.last_metrics(manifest.id)
         wall_ms = (time.perf_counter() - start) * 1000
+        if meter is not None and metrics is not None:  # its CPU counts against its quotas
+            meter.charge_cpu((metrics.cpu_user_ms + metrics.cpu_system_ms) / 1000.0)
         record(
             (
                 manifest.id,

@@ -79,6 +79,7 @@ from corral._services.events.subscriptions import (
 
 if TYPE_CHECKING:
     from corral._runtime.budgets import Budgets
+    from corral._runtime.quotas import QuotaBook
     from corral._services.events.durable import DurableLog
 
 
@@ -136,6 +137,8 @@ class EventBus:
         self._dead_bytes: dict[str | None, int] = {}
         #: The active plugins' budgets (``queue-mb``, ``events-mb``), set by the host.
         self.budgets: Budgets | None = None
+        #: Quotas over time (``events-per-second`` of a publishing plugin), set by the host.
+        self.quotas: QuotaBook | None = None
         self._dead_count = 0
         self._on_dead = on_dead_letter
         self._log: DurableLog | None = None

@@ -119,13 +119,16 @@ class DurableConsumer:
 class PluginEvents:
     """``ctx.events``: the bus seen by one plugin, every call checked against its grants."""
 
-    __slots__ = ("_allowed", "_bus", "_perms", "plugin_id")
+    __slots__ = ("_allowed", "_bus", "_perms", "_quota", "plugin_id")
 
     def __init__(self, bus: EventBus, plugin_id: str, perms: Permissions) -> None:
         self._bus = bus
         self.plugin_id: Final = plugin_id
         self._perms = perms
         self._allowed: set[str] = set()
+        # events-per-second, if the plugin has that quota (_runtime/quotas.py)
+        meter = bus.quotas.meter(plugin_id) if bus.quotas is not None else None
+        self._quota = meter if meter is not None and meter.events is not None else None
 
     def publish(
         self,
@@ -137,6 +140,8 @@ class PluginEvents:
     ) -> Event | None:
         """Publish as this plugin (needs ``events.publish:<topic>``)."""
         bus = self._bus
+        if self._quota is not None:
+            self._quota.take_event()
         # EventBus.publish's local fast path, repeated: calling it would add a frame per event.
         if topic in self._allowed and propagation == "local" and bus._plain:
             check_payload(data, max_bytes=bus.max_payload_bytes, topic=topic)
@@ -166,7 +171,8 @@ class PluginEvents:
     def publisher(self, topic: str) -> TopicPublisher:
         """A handle publishing on ``topic`` as this plugin; the grant is checked once, here."""
         self._bus._check_publish(check_topic(topic), "local", self._perms, self.plugin_id)
-        return TopicPublisher(self._bus, topic, self.plugin_id, self._bus.max_payload_bytes)
+        return TopicPublisher(self._bus, topic, self.plugin_id, self._bus.max_payload_bytes,
+                              gate=self._quota.take_event if self._quota is not None else None)
 
     async def apublish(
         self,
@@ -179,6 +185,8 @@ class PluginEvents:
         """Async twin of :meth:`publish` (durable writes wait off the event loop)."""
         if propagation == "local" and self._bus._plain:
             return self.publish(topic, data, priority=priority)
+        if self._quota is not None:
+            self._quota.take_event()
         return await self._bus.apublish(topic, data, perms=self._perms, source=self.plugin_id,
                                         priority=priority, propagation=propagation)
 
@@ -203,6 +211,8 @@ class PluginEvents:
 
     def gather(self, topic: str, data: Any = None, *, timeout: float = 5.0) -> list[HandlerResult]:
         """Publish and collect the subscribers' answers (see :meth:`EventBus.gather`)."""
+        if self._quota is not None:
+            self._quota.take_event()
         return self._bus.gather(topic, data, perms=self._perms, source=self.plugin_id,
                                 timeout=timeout)
 
@@ -243,6 +253,10 @@ def bus_broker_op(
     ``{"events": [...], "offset": scanned}``; ``events.durable_commit {consumer, offset}``.
     A durable consumer's name is ``<plugin id>:<consumer>``, so a plugin reaches its own only.
     """
+    if op in ("events.publish", "events.gather") and bus.quotas is not None:
+        meter = bus.quotas.meter(plugin_id)  # events-per-second (_runtime/quotas.py)
+        if meter is not None:
+            meter.take_event()
     if op == "events.publish":
         data = args.get("payload", args.get("data"))
         ev = bus._publish_checked(

@@ -33,11 +33,12 @@ class TopicPublisher:
     a cancel, a durable declaration), so it never delivers to a stale set.
     """
 
-    __slots__ = ("_bus", "_max_bytes", "_next", "_origin", "_seen", "_subs", "publish",
+    __slots__ = ("_bus", "_gate", "_max_bytes", "_next", "_origin", "_seen", "_subs", "publish",
                  "source", "topic")
 
     def __init__(
-        self, bus: EventBus, topic: str, source: str | None, max_bytes: int | None
+        self, bus: EventBus, topic: str, source: str | None, max_bytes: int | None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self._bus = bus
         self.topic: Final = topic
@@ -47,6 +48,8 @@ class TopicPublisher:
         self._origin = bus.origin
         self._seen: dict[str, Dispatch] | None = None
         self._subs: Dispatch = ()
+        #: A plugin's ``events-per-second`` quota: raises when spent.
+        self._gate = gate
         #: ``publish(data=None) -> Event | None``: local propagation, priority 0.
         #: Plugin handles check the payload (JSON, size); the host's are trusted.
         self.publish: Callable[..., Event | None] = (
@@ -55,6 +58,8 @@ class TopicPublisher:
 
     def _publish_plugin(self, data: Any = None) -> Event | None:
         assert self._max_bytes is not None
+        if self._gate is not None:
+            self._gate()
         check_payload(data, max_bytes=self._max_bytes, topic=self.topic)
         return self._publish_host(data)
 
