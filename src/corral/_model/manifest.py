@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, final
 
 from corral._disk.layout import MANIFEST_NAME
 from corral._errors import ManifestError, UsageError
+from corral._model.memo import EXPORT_CACHE_KEYS, ExportCache, parse_duration
 from corral._model.micro import KINDS, MICRO_MAX_MS
 from corral._model.permissions import (
     HOST_API_SERVICES,
@@ -134,6 +135,8 @@ _BUDGET_KEYS: Final = (
 _MICRO_KEYS: Final = ("id", "type", "handler", "max-ms", "description")
 _AUTHOR_KEYS: Final = ("name", "email")
 _PIPELINE_KEYS: Final = ("id", "description", "steps")
+#: ``[exports.NAME]`` written as a table: its target and how its results are memoised.
+_EXPORT_KEYS: Final = ("target", "cache")
 
 
 def _empty() -> Mapping[str, str]:
@@ -274,6 +277,8 @@ class Manifest:
     #: ``[permissions.reasons]``: ``"net-connect"`` or ``"net-connect:api.example.com:443"``
     #: -> why the plugin needs it (shown by ``corral docs`` and the marketplace).
     permission_reasons: Mapping[str, str] = field(default_factory=_empty)
+    #: ``[exports.NAME] cache = {ttl = "10m"}``: export name -> how its results are memoised.
+    export_cache: Mapping[str, ExportCache] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:
@@ -312,7 +317,11 @@ class Manifest:
             out["permissions"] = perms
         out["sandbox"] = self.sandbox.to_dict()
         if self.exports:
-            out["exports"] = dict(self.exports)
+            out["exports"] = {
+                name: {"target": target, "cache": self.export_cache[name].to_dict()}
+                if name in self.export_cache else target
+                for name, target in self.exports.items()
+            }
         if self.micro:
             out["micro"] = [m.to_dict() for m in self.micro]
         if self.pipelines:
@@ -525,6 +534,7 @@ class _Reader:
             permission_reasons=self._reasons(top.get("permissions", {}), perms),
             sandbox=self._sandbox(top.get("sandbox", {})),
             exports=self._exports(top.get("exports", {})),
+            export_cache=self._export_cache(top.get("exports", {})),
             micro=(micro := self._micro(top.get("micro", []), plugin_id)),
             pipelines=self._pipelines(
                 top.get("pipeline", []), plugin_id, {m.id for m in micro}
@@ -743,8 +753,39 @@ class _Reader:
             key = f"exports.{_toml_key(name)}"
             if not _EXPORT_RE.fullmatch(name):
                 raise self.fail(key, "export names are lowercase words (a-z, 0-9, '_', '-')")
-            exports[name] = self.target(target, key)
+            if isinstance(target, Mapping):
+                table = self.table(target, key, _EXPORT_KEYS)
+                if "target" not in table:
+                    raise self.fail(f"{key}.target", "is required")
+                exports[name] = self.target(table["target"], f"{key}.target")
+            else:
+                exports[name] = self.target(target, key)
         return MappingProxyType(exports)
+
+    def _export_cache(self, value: object) -> Mapping[str, ExportCache]:
+        """The ``cache`` tables of exports written as tables (checked by :meth:`_exports`)."""
+        out: dict[str, ExportCache] = {}
+        for name, spec in value.items() if isinstance(value, Mapping) else ():
+            if not isinstance(spec, Mapping) or "cache" not in spec:
+                continue
+            key = f"exports.{_toml_key(name)}.cache"
+            table = self.table(spec["cache"], key, EXPORT_CACHE_KEYS)
+            if "ttl" not in table:
+                raise self.fail(f"{key}.ttl", "is required")
+            seconds = {}
+            for part in EXPORT_CACHE_KEYS:
+                if part in table:
+                    parsed = parse_duration(table[part])
+                    if parsed is None or (part == "ttl" and parsed <= 0):
+                        raise self.fail(
+                            f"{key}.{part}",
+                            "must be a duration such as 30 (seconds), \"90s\", \"10m\", "
+                            f"\"2h\" or \"1d\", more than 0 and at most 30 days, "
+                            f"got {table[part]!r}",
+                        )
+                    seconds[part] = parsed
+            out[name] = ExportCache(**seconds)
+        return MappingProxyType(out)
 
     def _micro(self, value: object, plugin_id: str) -> tuple[Micro, ...]:
         if not isinstance(value, list):
