@@ -50,11 +50,11 @@ class PluginCache:
 
     def namespace(self, ns: str) -> PluginCache:
         """A view of namespace ``ns`` (another plugin's id or a shared name): reads need
-        ``cache.read:NS``, writes ``cache.write:NS``; no L1, every read goes to L2."""
+        ``cache.read:NS``, writes ``cache.write:NS`` (checked on each use); no L1, every
+        read goes to L2."""
         ns = check_namespace(self.plugin_id, ns)
         if ns == self.plugin_id:
-            return PluginCache(self._svc, self.plugin_id, self.permissions)
-        self._svc.check(self.plugin_id, self.permissions, ns, write=False)
+            return self
         return PluginCache(self._svc, self.plugin_id, self.permissions, ns)
 
     def get(self, key: str, default: Any = None) -> Any:
