@@ -1,9 +1,11 @@
 """L1: a plugin's cache entries in its own memory, bounded in bytes, LRU with TinyLFU admission.
 
 In process, the host keeps one per plugin; in a sandboxed worker, the worker keeps
-it.  An entry is ``[payload, decode, fresh_until, keep_until, size]``: JSON data
+it.  An entry is ``[payload, decode, fresh_until, keep_until, size, hits]``: JSON data
 that could be changed by the caller is kept encoded and decoded on each hit
-(``decode`` true), immutable values (str, bytes, numbers) as they are.
+(``decode`` true), immutable values (str, bytes, numbers) as they are.  ``hits``
+(one addition per hit, cheap enough for the hit path) joins the sketch's estimate
+when the entry is weighed against a newcomer; each time it wins, it is halved.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class MemoryCache:
         e = self.data.get(key)
         if e is not None and e[2] > time.time():
             self.data.move_to_end(key)
+            e[5] += 1
             self.stats.hits += 1
             return decode_value(e[0], 0) if e[1] else e[0]
         self.miss(key, e)
@@ -101,7 +104,10 @@ class MemoryCache:
         data = self.data
         while self.size + size > self.capacity and data:
             victim = next(iter(data))
-            if not self.admission.admit(key, victim):
+            held = data[victim]
+            if not self.admission.admit(key, victim, held[5]):
+                held[5] >>= 1  # it defended its place once: it must earn the next
+                data.move_to_end(victim)
                 self.stats.rejected += 1
                 return False
             self.size -= data.pop(victim)[4]
@@ -112,7 +118,7 @@ class MemoryCache:
             payload, decode = value, False
         else:
             payload, decode = blob, True
-        data[key] = [payload, decode, fresh, keep, size]
+        data[key] = [payload, decode, fresh, keep, size, 0]
         self.size += size
         self.stats.sets += 1
         return True

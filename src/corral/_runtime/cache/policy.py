@@ -61,9 +61,10 @@ class Admission:
                     for row, seed in zip(self._rows, _SEEDS, strict=True))
         return count + (1 if h in self._door else 0)
 
-    def admit(self, candidate: object, victim: object) -> bool:
-        """Whether ``candidate`` should displace ``victim`` in a full cache."""
-        if self.estimate(candidate) > self.estimate(victim):
+    def admit(self, candidate: object, victim: object, victim_hits: int = 0) -> bool:
+        """Whether ``candidate`` should displace ``victim`` (hit ``victim_hits`` times while
+        held) in a full cache."""
+        if self.estimate(candidate) > self.estimate(victim) + min(victim_hits, _MAX_COUNT):
             self.admitted += 1
             return True
         self.rejected += 1

@@ -104,6 +104,7 @@ class Memo:
             blob = _canonical(input)
             e = data.get(blob)
             if e is not None and e[2] > _now():
+                e[5] += 1
                 stats.hits += 1
                 return decode_value(e[0], 0) if e[1] else e[0]
             return slow(ex, blob, e, lambda: fn(input, ctx))
@@ -132,6 +133,7 @@ class Memo:
         blob = _canonical(input)
         e = ex.l1.data.get(blob)
         if e is not None and e[2] > _now():
+            e[5] += 1
             ex.l1.stats.hits += 1
             return decode_value(e[0], 0) if e[1] else e[0]
         return self._slow(ex, blob, e, run)
@@ -142,6 +144,7 @@ class Memo:
     def _lookup(self, ex: _Export, blob: bytes) -> Any:
         e = ex.l1.data.get(blob)
         if e is not None and e[2] > _now():
+            e[5] += 1
             ex.l1.stats.hits += 1
             return decode_value(e[0], 0) if e[1] else e[0]
         ex.l1.miss(blob, e)

@@ -8,6 +8,7 @@ fresh copies, so a caller changing what it got never changes the cache.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, final
@@ -46,7 +47,8 @@ class PluginCache:
         #: The namespace this view reads and writes (the plugin's id unless shared).
         self.namespace_id = plugin_id if ns is None else ns
         self._l1: MemoryCache | None = service.l1(plugin_id) if ns is None else None
-        self._data: dict[Any, list[Any]] = self._l1.data if self._l1 is not None else {}
+        self._data: collections.OrderedDict[Any, list[Any]] = (
+            self._l1.data if self._l1 is not None else collections.OrderedDict())
 
     def namespace(self, ns: str) -> PluginCache:
         """A view of namespace ``ns`` (another plugin's id or a shared name): reads need
@@ -66,7 +68,8 @@ class PluginCache:
             svc.sync()
             e = self._data.get(key)
         if e is not None and e[2] > now:
-            self._data.move_to_end(key)  # type: ignore[attr-defined]
+            self._data.move_to_end(key)
+            e[5] += 1
             l1 = self._l1
             l1.stats.hits += 1  # type: ignore[union-attr]
             return decode_value(e[0], 0) if e[1] else e[0]

@@ -223,7 +223,7 @@ class CacheService:
             st.hits += 1
         else:
             st.misses += 1
-            self._admission_of(reader).record(f"{ns}\0{key}")
+        self._admission_of(reader).record(f"{ns}\0{key}")
         return row
 
     def lease(self, reader: str, ns: str, key: str, wait: float = WAIT_SECONDS,
