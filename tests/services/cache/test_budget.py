@@ -87,8 +87,8 @@ def test_admission_keeps_hot_entries_through_a_scan() -> None:
     # positive control: plain LRU (every newcomer admitted) loses every hot key to the scan
     plain = MemoryCache(60 * 100)
     plain.admission = _AdmitAll()  # type: ignore[assignment]
-    assert _workload(plain) == 0
-    assert plain.stats.hits == 0
+    _workload(plain)
+    assert plain.stats.hits == 0  # every hot key was pushed out before it was asked again
 
 
 def test_stats_count_each_level(host: Host, cache_plugin: Callable[..., Path]) -> None:
