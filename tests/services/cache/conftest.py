@@ -100,6 +100,13 @@ def raw(inp, ctx):
                 "details": getattr(exc, "details", {}), "message": str(exc)}
 
 
+def raw_set(inp, ctx):
+    """A forged cache.set past the proxy: any bytes, any kind, any namespace."""
+    args = dict(inp["args"])
+    args["value"] = inp.get("fill", "x").encode() * inp["size"]
+    return raw({"op": "cache.set", "args": args}, ctx)
+
+
 def try_(inp, ctx):
     """Run one cache call and report its error as data."""
     try:
@@ -129,7 +136,7 @@ def fails(inp, ctx):
 '''
 
 EXPORTS = ("put", "put_bytes", "get", "get_bytes_len", "get_twice_mutating", "delete",
-           "invalidate", "compute", "open_gate", "computed", "raw", "try_", "fails", "bad_value")
+           "invalidate", "compute", "open_gate", "computed", "raw", "try_", "fails", "bad_value", "raw_set")
 
 
 @pytest.fixture
