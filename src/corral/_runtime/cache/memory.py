@@ -1,11 +1,12 @@
-"""L1: a plugin's cache entries in its own memory, bounded in bytes, LRU with TinyLFU admission.
+"""L1: a plugin's cache entries in its own memory, bounded in bytes, with TinyLFU admission.
 
 In process, the host keeps one per plugin; in a sandboxed worker, the worker keeps
 it.  An entry is ``[payload, decode, fresh_until, keep_until, size, hits]``: JSON data
 that could be changed by the caller is kept encoded and decoded on each hit
 (``decode`` true), immutable values (str, bytes, numbers) as they are.  ``hits``
 (one addition per hit, cheap enough for the hit path) joins the sketch's estimate
-when the entry is weighed against a newcomer; each time it wins, it is halved.
+when the entry, the oldest held, is weighed against a newcomer; each time it wins,
+it is halved and goes to the back of the line (a second chance, as in CLOCK).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Stats:
 
 @final
 class MemoryCache:
-    """Entries by key in least-recently-used order, at most ``capacity`` bytes."""
+    """Entries by key, oldest (or longest undefended) first, at most ``capacity`` bytes."""
 
     __slots__ = ("admission", "capacity", "data", "size", "stats")
 
@@ -64,7 +65,6 @@ class MemoryCache:
         """The fresh value of ``key``, or ``default`` (counted as a hit or a miss)."""
         e = self.data.get(key)
         if e is not None and e[2] > time.time():
-            self.data.move_to_end(key)
             e[5] += 1
             self.stats.hits += 1
             return decode_value(e[0], 0) if e[1] else e[0]

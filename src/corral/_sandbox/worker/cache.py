@@ -89,7 +89,6 @@ class WorkerCache:
         """The fresh value of ``key``, or ``default``."""
         e = self._data.get(key)
         if e is not None and e[2] > _now():
-            self._data.move_to_end(key)
             e[5] += 1
             self._l1.stats.hits += 1  # type: ignore[union-attr]
             return decode_value(e[0], 0) if e[1] else e[0]

@@ -68,7 +68,6 @@ class PluginCache:
             svc.sync()
             e = self._data.get(key)
         if e is not None and e[2] > now:
-            self._data.move_to_end(key)
             e[5] += 1
             l1 = self._l1
             l1.stats.hits += 1  # type: ignore[union-attr]
