@@ -136,7 +136,8 @@ def fails(inp, ctx):
 '''
 
 EXPORTS = ("put", "put_bytes", "get", "get_bytes_len", "get_twice_mutating", "delete",
-           "invalidate", "compute", "open_gate", "computed", "raw", "try_", "fails", "bad_value", "raw_set")
+           "invalidate", "compute", "open_gate", "computed", "raw", "try_", "fails", "bad_value",
+           "raw_set")
 
 
 @pytest.fixture

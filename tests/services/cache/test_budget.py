@@ -97,7 +97,7 @@ def test_stats_count_each_level(host: Host, cache_plugin: Callable[..., Path]) -
     for _ in range(3):
         host.call("acme.s", "get", {"key": "a"})  # L1 hits
     host.call("acme.s", "get", {"key": "nope"})  # L1 miss, L2 miss
-    host._services.cache.l1("acme.s").clear()  # noqa: SLF001 - as after a restart
+    host._services.cache.l1("acme.s").clear()
     host.call("acme.s", "get", {"key": "a"})  # L1 miss, L2 hit
     stats = host.cache_stats("acme.s")[0]
     l1, l2 = stats["levels"]["l1"], stats["levels"]["l2"]

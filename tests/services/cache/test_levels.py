@@ -127,8 +127,8 @@ def test_other_namespaces_need_grants(host: Host, cache_plugin: Callable[..., Pa
     _enable(host,
             cache_plugin("acme.victim", "none"),
             cache_plugin("acme.thief", level),
-            cache_plugin("acme.reader", level, grants=["cache.read:acme.victim",
-                                                       "cache.read:shared.*", "cache.write:shared.*"]))
+            cache_plugin("acme.reader", level, grants=[
+                "cache.read:acme.victim", "cache.read:shared.*", "cache.write:shared.*"]))
     host.call("acme.victim", "put", {"key": "secret", "value": "hunter2"})
     for op in ("get", "set", "delete", "invalidate"):
         args: list[object] = {"get": ["secret"], "set": ["secret", "owned"],

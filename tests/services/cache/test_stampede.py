@@ -1,4 +1,4 @@
-"""Stampede protection: many callers of one missing key, one computation; stale while revalidating."""
+"""Stampede protection: many callers of one missing key, one computation; stale values served."""
 
 from __future__ import annotations
 
