@@ -150,3 +150,18 @@ def test_other_namespaces_need_grants(host: Host, cache_plugin: Callable[..., Pa
     assert host.call("acme.reader", "get", {"ns": "shared.a", "key": "k"}) == 1
     out = host.call("acme.thief", "try_", {"ns": "shared.a", "method": "get", "args": ["k"]})
     assert out["details"]["permission"] == "host-api:cache.read:shared.a"
+
+
+def test_a_disabled_and_enabled_plugin_still_sees_clears(
+        host: Host, cache_plugin: Callable[..., Path]) -> None:
+    _enable(host, cache_plugin("acme.c"))
+    host.call("acme.c", "put", {"key": "a", "value": 1})
+    host.disable("acme.c")
+    host.enable("acme.c")
+    host.call("acme.c", "put", {"key": "a", "value": 2})
+    assert host.call("acme.c", "get", {"key": "a"}) == 2
+    from corral._services.cache.stats import clear_cache
+
+    clear_cache(host.home, "acme.c")  # as another process would
+    time.sleep(0.3)
+    assert host.call("acme.c", "get", {"key": "a"}) == "MISSING"

@@ -124,12 +124,18 @@ class CacheService:
         return l1
 
     def forget(self, plugin_id: str) -> None:
-        """A plugin stopped: flush its counters, drop its L1s (L2 stays until it expires)."""
-        with self._lock:
-            self._l1.pop(plugin_id, None)
-            self._memo_l1.pop(plugin_id, None)
+        """A plugin stopped: write its counters, empty its L1s (L2 stays until it expires).
+
+        Its L1 stays registered, emptied: its ``ctx`` may outlive a disable.  Its memoised
+        exports get new L1s when it is enabled again.
+        """
         if self._store is not None:
             self.flush()
+        with self._lock:
+            l1 = self._l1.get(plugin_id)
+            if l1 is not None:
+                l1.clear()
+            self._memo_l1.pop(plugin_id, None)
 
     def _drop_l1(self, ns: str, key: str | None = None, *, memo: bool = True) -> None:
         """Drop ``key`` (``None``: everything) of ``ns`` from this process's L1s; the memo
