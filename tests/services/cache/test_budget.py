@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def test_stats_count_each_level(host: Host, cache_plugin: Callable[..., Path]) -
     assert l2["sets"] == 1
     assert stats["hit_rate"] == pytest.approx(4 / 5)
     assert stats["entries"] == 1
+
+
+def test_purge_expired_from_outside(host: Host, cache_plugin: Callable[..., Path]) -> None:
+    from corral._services.cache.stats import purge_expired
+
+    assert purge_expired(host.home) == 0  # no cache yet
+    host.enable(host.register(cache_plugin("acme.p"))[0].id)
+    host.call("acme.p", "put", {"key": "gone", "value": 1, "ttl": 0.1})
+    host.call("acme.p", "put", {"key": "kept", "value": 2, "ttl": 600})
+    time.sleep(0.3)
+    assert purge_expired(host.home) == 1
+    assert host.cache_stats("acme.p")[0]["entries"] == 1

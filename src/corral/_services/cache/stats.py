@@ -3,7 +3,8 @@
 Counters are written to ``<home>/cache.db`` by the processes that counted them
 (every few seconds and when a plugin stops), so another process can read them
 without a host: :func:`cache_stats`.  :func:`clear_cache` empties a plugin's cache
-the same way (``corral cache clear``, ``corral remove --purge``, ``corral gc``).
+the same way (``corral cache clear``, ``corral remove --purge``, ``corral gc``), and
+:func:`purge_expired` drops what is past its time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Final
 
 from corral._services.cache.store import CACHE_DB, CacheStore
 
-__all__ = ["LEVELS", "cache_stats", "clear_cache", "describe", "hit_rate"]
+__all__ = ["LEVELS", "cache_stats", "clear_cache", "describe", "hit_rate", "purge_expired"]
 
 #: The levels reported: ``ctx.cache``'s L1 (in process, or in the worker) and L2 (the home),
 #: and memoised exports (``memo``: answered from memory or L2, or computed: a miss).
@@ -82,5 +83,17 @@ def clear_cache(home: Path, plugin_id: str, tag: str | None = None) -> dict[str,
     store = CacheStore(path)
     try:
         return store.clear(plugin_id, tag)
+    finally:
+        store.close()
+
+
+def purge_expired(home: Path) -> int:
+    """Remove every entry of ``home``'s L2 past its keeping time; how many (0 if no cache)."""
+    path = home / CACHE_DB
+    if not path.exists():
+        return 0
+    store = CacheStore(path)
+    try:
+        return store.purge_expired()
     finally:
         store.close()
