@@ -118,3 +118,22 @@ def test_purge_expired_from_outside(host: Host, cache_plugin: Callable[..., Path
     time.sleep(0.3)
     assert purge_expired(host.home) == 1
     assert host.cache_stats("acme.p")[0]["entries"] == 1
+
+
+def test_threads_sharing_one_l1_keep_it_consistent() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    l1 = MemoryCache(50 * 100)
+
+    def hammer(t: int) -> None:
+        for i in range(3000):
+            key = f"k{(i * 7 + t) % 400}"
+            if l1.get(key) is None:
+                l1.put(key, b"x" * 36, KIND_BYTES, 1e12, 1e12, 100)
+            if i % 97 == 0:
+                l1.discard(key)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(hammer, range(8)))  # re-raises any error of a thread
+    assert l1.size == sum(e[4] for e in l1.data.values())
+    assert l1.size <= l1.capacity

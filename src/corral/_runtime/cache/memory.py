@@ -12,6 +12,7 @@ it is halved and goes to the back of the line (a second chance, as in CLOCK).
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from typing import Any, Final, final
 
@@ -52,7 +53,7 @@ class Stats:
 class MemoryCache:
     """Entries by key, oldest (or longest undefended) first, at most ``capacity`` bytes."""
 
-    __slots__ = ("admission", "capacity", "data", "size", "stats")
+    __slots__ = ("_lock", "admission", "capacity", "data", "size", "stats")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(0, capacity)
@@ -60,6 +61,8 @@ class MemoryCache:
         self.size = 0
         self.stats = Stats()
         self.admission = Admission(max(64, self.capacity // 1024))
+        #: Changes are serialised (plugin threads share a cache); a hit takes no lock.
+        self._lock = threading.Lock()
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default`` (counted as a hit or a miss)."""
@@ -96,6 +99,11 @@ class MemoryCache:
         if size > self.capacity:
             self.discard(key)
             return False
+        with self._lock:
+            return self._put(key, blob, kind, fresh, keep, size, value, record)
+
+    def _put(self, key: Any, blob: bytes, kind: int, fresh: float, keep: float, size: int,
+             value: Any, record: bool) -> bool:
         if record:
             self.admission.record(key)
         old = self.data.pop(key, None)
@@ -125,14 +133,16 @@ class MemoryCache:
 
     def discard(self, key: Any) -> None:
         """Forget ``key``."""
-        e = self.data.pop(key, None)
-        if e is not None:
-            self.size -= e[4]
+        with self._lock:
+            e = self.data.pop(key, None)
+            if e is not None:
+                self.size -= e[4]
 
     def clear(self) -> None:
         """Forget everything."""
-        self.data.clear()
-        self.size = 0
+        with self._lock:
+            self.data.clear()
+            self.size = 0
 
     def __len__(self) -> int:
         return len(self.data)
