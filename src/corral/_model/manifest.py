@@ -79,7 +79,8 @@ LIMIT_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "disk-mb": "Total size of everything under {data}, MiB (and of any one file written).",
         "max-processes": "Processes and threads the plugin's worker may run at once.",
         "tmp-mb": "Total size of everything under {tmp}, MiB; wiped on disable and unload.",
-        "cache-mb": "Total size of everything under {cache}, MiB; wiped on disable and unload.",
+        "cache-mb": "Total size of everything under {cache}, MiB; wiped on disable and unload. "
+                    "Separately, of the `ctx.cache` entries it wrote to the host's cache.",
         "state-mb": "Bytes of shared-state keys and values this plugin last wrote, MiB.",
         "state-keys": "Shared-state keys this plugin last wrote.",
         "events-mb": "Bytes this plugin keeps in durable topics and the dead-letter store, MiB.",

@@ -162,7 +162,12 @@ class WorkerCache:
             if lead:
                 self._ask("cache.release", key=key)
             raise
-        self.set(key, value, ttl=ttl, tags=tags, stale=stale)  # the host ends the lease
+        try:
+            self.set(key, value, ttl=ttl, tags=tags, stale=stale)  # the host ends the lease
+        except BaseException:
+            if lead:  # refused (no write grant, a bound): let the next caller lead
+                self._ask("cache.release", key=key)
+            raise
         return value
 
     def __repr__(self) -> str:
