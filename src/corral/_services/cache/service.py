@@ -312,9 +312,12 @@ class CacheService:
                 for key in [k for k in self._stats if k[0] == plugin_id]:
                     del self._stats[key]
         report = self.store.clear(plugin_id, tag)
+        gens = self.store.generations()
         with self._lock:
-            self._gens = self.store.generations()
-        self._drop_l1(plugin_id)
+            changed = [ns for ns, g in gens.items() if self._gens.get(ns, 0) != g]
+            self._gens = gens
+        for ns in {plugin_id, *changed}:  # entries it wrote in shared namespaces went too
+            self._drop_l1(ns)
         return report
 
     def stats(self, plugin_id: str) -> dict[str, Any]:
