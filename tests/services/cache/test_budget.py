@@ -106,6 +106,9 @@ def test_stats_count_each_level(host: Host, cache_plugin: Callable[..., Path]) -
     assert l2["sets"] == 1
     assert stats["hit_rate"] == pytest.approx(4 / 5)
     assert stats["entries"] == 1
+    from corral._services.cache.stats import hit_rates
+
+    assert hit_rates(host.home) == {"acme.s": pytest.approx(4 / 5)}  # as `corral top` reads
 
 
 def test_purge_expired_from_outside(host: Host, cache_plugin: Callable[..., Path]) -> None:

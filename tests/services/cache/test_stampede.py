@@ -92,3 +92,17 @@ def test_workers_sharing_a_namespace_compute_once(
     counts = [len(host.call(pid, "computed", None)) for pid in ("acme.one", "acme.two")]
     assert sorted(counts) == [0, 1]
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("level", [
+    "none",
+    pytest.param("strict", marks=pytest.mark.skipif(
+        sandbox_problem("strict") is not None, reason=str(sandbox_problem("strict")))),
+])
+def test_a_leader_refused_its_write_ends_its_lease(
+        host: Host, cache_plugin: Callable[..., Path], level: str) -> None:
+    _enable(host, cache_plugin("acme.ro", level, grants=["cache.read:shared.r"]))
+    with pytest.raises(Exception, match=r"cache\.write:shared\.r"):
+        host.call("acme.ro", "compute", {"ns": "shared.r", "key": "k"})
+    assert host.call("acme.ro", "computed", None) == ["k"]
+    assert host._services.cache.flights.leading() == 0

@@ -14,7 +14,8 @@ from typing import Any, Final
 
 from corral._services.cache.store import CACHE_DB, CacheStore
 
-__all__ = ["LEVELS", "cache_stats", "clear_cache", "describe", "hit_rate", "purge_expired"]
+__all__ = ["LEVELS", "cache_stats", "clear_cache", "describe", "hit_rate", "hit_rates",
+           "purge_expired"]
 
 #: The levels reported: ``ctx.cache``'s L1 (in process, or in the worker) and L2 (the home),
 #: and memoised exports (``memo``: answered from memory or L2, or computed: a miss).
@@ -71,6 +72,12 @@ def cache_stats(home: Path, plugin_id: str | None = None) -> list[dict[str, Any]
         return [describe(store, pid, None) for pid in ids]
     finally:
         store.close()
+
+
+def hit_rates(home: Path) -> dict[str, float | None]:
+    """Each plugin's overall cache hit rate (``None`` before its first lookup): the column
+    ``corral top`` shows.  Plugins that never used their cache are absent."""
+    return {s["plugin"]: s["hit_rate"] for s in cache_stats(home)}
 
 
 def clear_cache(home: Path, plugin_id: str, tag: str | None = None) -> dict[str, int]:
