@@ -262,10 +262,12 @@ class Host:
         cache: hits, misses, sets, evictions, rejections and expiries per level (``l1``,
         ``l2``, ``memo``), entries and bytes in L2, and the budget (``cache-mb``, bytes)."""
         from corral._services.cache.stats import describe
+        from corral._services.cache.store import cache_url
 
         if plugin_id is not None:
             self.catalog.row(plugin_id)  # NotFoundError for an unknown plugin
-        if plugin_id is None and not (self.home / "cache.db").exists():
+        if plugin_id is None and not (self.home / "cache.db").exists() and \
+                cache_url(self.home) is None:
             return []
         cache = self._services.cache
         cache.flush()

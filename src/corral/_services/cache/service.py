@@ -31,7 +31,7 @@ from corral._runtime.cache.values import (
     check_ttl,
     entry_size,
 )
-from corral._services.cache.store import CACHE_DB, CacheStore, Row
+from corral._services.cache.store import Level2, Row, open_store
 
 if TYPE_CHECKING:
     from corral._model.permissions import Permissions
@@ -59,7 +59,7 @@ class CacheService:
         self.budgets = budgets
         self.flights = Flights()
         self._lock = threading.RLock()
-        self._store: CacheStore | None = None
+        self._store: Level2 | None = None
         self._l1: dict[str, MemoryCache] = {}
         #: L1s of memoised exports by plugin, dropped with the plugin's namespace.
         self._memo_l1: dict[str, list[MemoryCache]] = {}
@@ -74,13 +74,14 @@ class CacheService:
     # -- plumbing ---------------------------------------------------------------
 
     @property
-    def store(self) -> CacheStore:
-        """L2, opened on first use (expired entries are purged then)."""
+    def store(self) -> Level2:
+        """L2, opened on first use (expired entries are purged then): ``<home>/cache.db``,
+        or the Redis server of ``[cache] url`` in the home's settings."""
         store = self._store
         if store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = CacheStore(self.home / CACHE_DB)
+                    self._store = open_store(self.home)
                     self._store.purge_expired()
                     self._version = self._store.data_version()
                     self._gens = self._store.generations()

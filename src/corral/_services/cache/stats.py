@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from corral._services.cache.store import CACHE_DB, CacheStore
+from corral._services.cache.store import Level2, open_existing
 
 __all__ = ["LEVELS", "cache_stats", "clear_cache", "describe", "hit_rate", "hit_rates",
            "purge_expired"]
@@ -29,7 +29,7 @@ def hit_rate(counters: dict[str, int]) -> float | None:
     return round(counters.get("hits", 0) / lookups, 4) if lookups else None
 
 
-def describe(store: CacheStore, plugin_id: str, cap: int | None) -> dict[str, Any]:
+def describe(store: Level2, plugin_id: str, cap: int | None) -> dict[str, Any]:
     """``plugin_id``'s counters per level, its entries and bytes in L2 and its budget."""
     counters = store.counters(plugin_id)
     memo_l1 = counters.pop("memo-l1", None)
@@ -63,10 +63,9 @@ def cache_stats(home: Path, plugin_id: str | None = None) -> list[dict[str, Any]
     ``budget`` is ``None`` here: the budget is the plugin's ``cache-mb``, which the
     caller knows from its manifest.  An absent database means no cache yet: ``[]``.
     """
-    path = home / CACHE_DB
-    if not path.exists():
+    store = open_existing(home)
+    if store is None:
         return []
-    store = CacheStore(path)
     try:
         ids = [plugin_id] if plugin_id is not None else store.owners()
         return [describe(store, pid, None) for pid in ids]
@@ -84,10 +83,9 @@ def clear_cache(home: Path, plugin_id: str, tag: str | None = None) -> dict[str,
     """Remove ``plugin_id``'s L2 entries (only those tagged ``tag``, if given) and, without
     a tag, its counters; ``{"entries": n, "bytes": n}`` removed.  Running hosts drop their
     L1s of it at their next look (within a fraction of a second, and before any call)."""
-    path = home / CACHE_DB
-    if not path.exists():
+    store = open_existing(home)
+    if store is None:
         return {"entries": 0, "bytes": 0}
-    store = CacheStore(path)
     try:
         return store.clear(plugin_id, tag)
     finally:
@@ -96,10 +94,9 @@ def clear_cache(home: Path, plugin_id: str, tag: str | None = None) -> dict[str,
 
 def purge_expired(home: Path) -> int:
     """Remove every entry of ``home``'s L2 past its keeping time; how many (0 if no cache)."""
-    path = home / CACHE_DB
-    if not path.exists():
+    store = open_existing(home)
+    if store is None:
         return 0
-    store = CacheStore(path)
     try:
         return store.purge_expired()
     finally:

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
-from corral._errors import UsageError
+from corral._disk.settings import SETTINGS_FILE, read_settings
+from corral._errors import ManifestError, UsageError
 
-__all__ = ["CACHE_DB", "CacheStore", "Row"]
+__all__ = ["CACHE_DB", "CacheStore", "Level2", "Row", "cache_url", "open_existing",
+           "open_store"]
 
 CACHE_DB: Final = "cache.db"
 #: ``(value, kind, fresh_until, keep_until)`` of one entry.
@@ -49,6 +51,61 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 _COUNTERS: Final = ("hits", "misses", "sets", "evictions", "rejected", "expired")
+
+
+class Level2(Protocol):
+    """What the service needs of L2: :class:`CacheStore`, or ``redis.RedisStore``."""
+
+    path: Any
+
+    def close(self) -> None: ...
+    def get(self, ns: str, key: str, now: float) -> Row | None: ...
+    def data_version(self) -> int: ...
+    def generations(self) -> dict[str, int]: ...
+    def usage(self, owner: str) -> tuple[int, int]: ...
+    def owners(self) -> list[str]: ...
+    def counters(self, owner: str) -> dict[str, dict[str, int]]: ...
+    def set(self, ns: str, key: str, owner: str, blob: bytes, kind: int, fresh: float,
+            keep: float, tags: tuple[str, ...], size: int, cap: int,
+            admit: Callable[[str], bool]) -> tuple[bool, int, int, int]: ...
+    def delete(self, ns: str, key: str) -> tuple[bool, int, int]: ...
+    def invalidate(self, ns: str, tags: Iterable[str]) -> tuple[int, int, int]: ...
+    def clear(self, plugin_id: str, tag: str | None = None) -> dict[str, int]: ...
+    def purge_expired(self, now: float | None = None) -> int: ...
+    def add_counters(self, rows: Iterable[tuple[str, str, dict[str, int]]]) -> None: ...
+
+
+def cache_url(home: Path) -> str | None:
+    """``[cache] url`` of the home's settings: a ``redis://`` (or ``rediss://``, ``unix://``)
+    address of a shared L2, or ``None`` for ``<home>/cache.db``."""
+    section = read_settings(home).get("cache", {})
+    where = str(home / SETTINGS_FILE)
+    if not isinstance(section, dict):
+        raise ManifestError("must be a table", file=where, key="cache")
+    url = section.get("url")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ManifestError(f"expected a redis://, rediss:// or unix:// address, got {url!r}",
+                            file=where, key="cache.url")
+    return url
+
+
+def open_store(home: Path) -> Level2:
+    """The home's L2: Redis when ``[cache] url`` says so, else ``<home>/cache.db``."""
+    url = cache_url(home)
+    if url is not None:
+        from corral._services.cache.redis import RedisStore  # deferred: the redis package
+
+        return RedisStore(url)
+    return CacheStore(home / CACHE_DB)
+
+
+def open_existing(home: Path) -> Level2 | None:
+    """:func:`open_store`, or ``None`` when the home has no cache yet (nothing is made)."""
+    if cache_url(home) is None and not (home / CACHE_DB).exists():
+        return None
+    return open_store(home)
 
 
 def open_private(path: Path) -> None:
