@@ -116,3 +116,23 @@ def test_an_unreachable_redis_is_unavailable(tmp_path: Path, workspace: Path,
         assert "nobody.sock" in out["message"]
     finally:
         close_quietly(h)
+
+
+def test_a_redis_that_goes_away_is_unavailable(tmp_path: Path, workspace: Path,
+                                               redis_url: str,
+                                               cache_plugin: Callable[..., Path]) -> None:
+    import redis
+
+    h = _host(tmp_path / "a", workspace, redis_url)
+    try:
+        h.enable(h.register(cache_plugin("acme.r"))[0].id)
+        assert h.call("acme.r", "put", {"key": "k", "value": 1}) is True
+        redis.Redis.from_url(redis_url).shutdown(nosave=True)
+        out = h.call("acme.r", "try_", {"method": "get", "args": ["other"]})
+        assert out["code"] == "unavailable"
+        # what its L1 holds can no longer be checked against the others': not served
+        time.sleep(0.3)
+        out = h.call("acme.r", "try_", {"method": "get", "args": ["k"]})
+        assert out["code"] == "unavailable"
+    finally:
+        close_quietly(h)

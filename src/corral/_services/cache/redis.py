@@ -11,9 +11,10 @@ there first.  Needs the ``redis`` package (``pip install 'corral[redis]'``).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 from corral._errors import MissingExtra, UnavailableError
 
@@ -22,6 +23,20 @@ __all__ = ["RedisStore"]
 _P: Final = "corral:cache:"
 _COUNTERS: Final = ("hits", "misses", "sets", "evictions", "rejected", "expired")
 Row = tuple[bytes, int, float, float]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(fn: _F) -> _F:
+    """A Redis failure during ``fn`` becomes ``unavailable``, naming the server."""
+    @functools.wraps(fn)
+    def run(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except self._redis_mod.RedisError as exc:
+            raise UnavailableError(f"the cache at {self.path} failed: {exc}",
+                                   url=self.path) from None
+
+    return run  # type: ignore[return-value]
 
 
 def _entry(ns: str, key: str) -> str:
@@ -63,6 +78,7 @@ class RedisStore:
 
     # -- reading ----------------------------------------------------------------
 
+    @_guarded
     def get(self, ns: str, key: str, now: float) -> Row | None:
         """``key``'s entry in ``ns`` unless past keeping."""
         v = self._r.hmget(_entry(ns, key), "value", "kind", "fresh", "keep")
@@ -70,23 +86,28 @@ class RedisStore:
             return None
         return bytes(v[0]), int(v[1]), float(v[2]), float(v[3])
 
+    @_guarded
     def data_version(self) -> int:
         """Raised by every change, by any host."""
         return int(self._r.get(_P + "v") or 0)
 
+    @_guarded
     def generations(self) -> dict[str, int]:
         """Every namespace's generation."""
         return {k.decode(): int(v) for k, v in self._r.hgetall(_P + "g").items()}
 
+    @_guarded
     def usage(self, owner: str) -> tuple[int, int]:
         """``(entries, bytes)`` that ``owner`` wrote (entries Redis expired included until
         the owner next needs room)."""
         return int(self._r.zcard(f"{_P}o:{owner}")), int(self._r.get(f"{_P}u:{owner}") or 0)
 
+    @_guarded
     def owners(self) -> list[str]:
         """Every plugin with entries or counters."""
         return sorted(m.decode() for m in self._r.smembers(_P + "owners"))
 
+    @_guarded
     def counters(self, owner: str) -> dict[str, dict[str, int]]:
         """``owner``'s recorded counters by level."""
         out: dict[str, dict[str, int]] = {}
@@ -97,6 +118,7 @@ class RedisStore:
 
     # -- writing ----------------------------------------------------------------
 
+    @_guarded
     def set(self, ns: str, key: str, owner: str, blob: bytes, kind: int, fresh: float,
             keep: float, tags: tuple[str, ...], size: int, cap: int,
             admit: Callable[[str], bool]) -> tuple[bool, int, int, int]:
@@ -173,11 +195,13 @@ class RedisStore:
         gen = int(pipe.execute()[-2])
         return removed, gen
 
+    @_guarded
     def delete(self, ns: str, key: str) -> tuple[bool, int, int]:
         """Remove one entry; ``(existed, previous generation, generation)``."""
         removed, gen = self._remove(ns, [key])
         return bool(removed), gen - 1, gen
 
+    @_guarded
     def invalidate(self, ns: str, tags: Iterable[str]) -> tuple[int, int, int]:
         """Remove the entries of ``ns`` carrying one of ``tags``."""
         keys: set[str] = set()
@@ -186,6 +210,7 @@ class RedisStore:
         removed, gen = self._remove(ns, keys)
         return removed, gen - 1, gen
 
+    @_guarded
     def clear(self, plugin_id: str, tag: str | None = None) -> dict[str, int]:
         """Remove ``plugin_id``'s namespace (or its ``tag`` entries) and what it wrote."""
         if tag is not None:
@@ -212,6 +237,7 @@ class RedisStore:
             self._r.srem(_P + "owners", plugin_id)
         return {"entries": n, "bytes": size}
 
+    @_guarded
     def purge_expired(self, now: float | None = None) -> int:
         """Redis expires entries itself: drop what they leave in the owners' bookkeeping."""
         n = 0
@@ -226,6 +252,7 @@ class RedisStore:
             n += len(gone)
         return n
 
+    @_guarded
     def add_counters(self, rows: Iterable[tuple[str, str, dict[str, int]]]) -> None:
         """Add ``(owner, level, counters)`` to the recorded counters."""
         pipe = self._r.pipeline()

@@ -8,6 +8,7 @@ namespace is its id; any other needs ``cache.read:NS`` / ``cache.write:NS``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 
-from corral._errors import PermissionDenied, ResourceLimitExceeded, UsageError
+from corral._errors import CorralError, PermissionDenied, ResourceLimitExceeded, UsageError
 from corral._runtime.budgets import MIB
 from corral._runtime.cache.flight import Flights
 from corral._runtime.cache.memory import STAT_FIELDS, MemoryCache, Stats
@@ -70,6 +71,8 @@ class CacheService:
         #: When the hot paths next look for other processes' changes (``time.time``).
         self.sync_at = 0.0
         self._flush_at = 0.0
+        #: L2 could not be asked for changes: no L1 can be trusted until it answers again.
+        self._unreachable = False
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -81,17 +84,23 @@ class CacheService:
         if store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self.home)
-                    self._store.purge_expired()
-                    self._version = self._store.data_version()
-                    self._gens = self._store.generations()
+                    opened = open_store(self.home)
+                    try:
+                        opened.purge_expired()
+                        self._version = opened.data_version()
+                        self._gens = opened.generations()
+                    except BaseException:
+                        opened.close()
+                        raise
+                    self._store = opened
                 store = self._store
         return store
 
     def close(self) -> None:
-        """Write the counters and close L2."""
+        """Write the counters and close L2 (counters a gone Redis cannot take are lost)."""
         if self._store is not None:
-            self.flush()
+            with contextlib.suppress(CorralError):
+                self.flush()
             self._store.close()
             self._store = None
 
@@ -170,17 +179,25 @@ class CacheService:
         store = self._store
         if store is None:
             return
-        version = store.data_version()
-        if version != self._version:
-            self._version = version
-            gens = store.generations()
+        try:
+            version = store.data_version()
+            if version != self._version or self._unreachable:
+                self._version = version
+                gens = store.generations()
+                with self._lock:
+                    stale = [ns for ns, g in gens.items() if self._gens.get(ns, 0) != g]
+                    self._gens.update(gens)
+                for ns in stale:
+                    self._drop_l1(ns)
+                self._unreachable = False
+            if now >= self._flush_at:
+                self.flush()
+        except CorralError:  # a shared L2 gone away: what the L1s hold can not be checked
+            self._unreachable = True
             with self._lock:
-                stale = [ns for ns, g in gens.items() if self._gens.get(ns, 0) != g]
-                self._gens.update(gens)
-            for ns in stale:
+                namespaces = {*self._l1, *self._memo_l1}
+            for ns in namespaces:
                 self._drop_l1(ns)
-        if now >= self._flush_at:
-            self.flush()
 
     def generation(self, plugin_id: str) -> int:
         """The generation of ``plugin_id``'s namespace, with other processes' changes taken
@@ -190,7 +207,7 @@ class CacheService:
             return 0
         if time.time() >= self.sync_at:
             self.sync()
-        return self._gens.get(plugin_id, 0)
+        return -1 if self._unreachable else self._gens.get(plugin_id, 0)
 
     def flush(self) -> None:
         """Add this process's counters to the database."""
