@@ -270,6 +270,34 @@ class Host:
         put("log-kb", None, "bytes per call")
         return out
 
+    def cache_stats(self, plugin_id: str | None = None) -> builtins.list[dict[str, Any]]:
+        """``ctx.cache`` statistics of ``plugin_id`` (registered), or of every plugin with a
+        cache: hits, misses, sets, evictions, rejections and expiries per level (``l1``,
+        ``l2``, ``memo``), entries and bytes in L2, and the budget (``cache-mb``, bytes)."""
+        from corral._services.cache.stats import describe
+        from corral._services.cache.store import cache_url
+
+        if plugin_id is not None:
+            self.catalog.row(plugin_id)  # NotFoundError for an unknown plugin
+        if plugin_id is None and not (self.home / "cache.db").exists() and \
+                cache_url(self.home) is None:
+            return []
+        cache = self._services.cache
+        cache.flush()
+        out = []
+        for pid in [plugin_id] if plugin_id is not None else cache.store.owners():
+            row = self._db.get(pid)
+            cap = (self.catalog.fresh_manifest(row).sandbox.cache_mb * 1024 * 1024
+                   if row is not None else None)
+            out.append(describe(cache.store, pid, cap))
+        return out
+
+    def cache_clear(self, plugin_id: str, tag: str | None = None) -> dict[str, int]:
+        """Empty ``plugin_id``'s cache (only the entries tagged ``tag``, if given), here and
+        in L2; other hosts on this home drop their copies before their next use of it.
+        ``{"entries": n, "bytes": n}`` removed."""
+        return self._services.cache.clear(plugin_id, tag)
+
     def _status_of(self, plugin_id: str) -> str | None:
         row = self._db.get(plugin_id)
         return None if row is None else self.lifecycle.state_of(row).value

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from corral._cli import cache as _cache
 from corral._cli import core as _core
 from corral._cli import daemon as _daemon
 from corral._cli import dev as _dev
@@ -58,6 +59,7 @@ def _parser(only: str | None = None) -> Parser:
     _core.add_verbs(verb)
     _dev.add_verbs(verb)
     _daemon.add_verbs(verb)
+    _cache.add_verbs(verb)
     _micro.add_verbs(verb)
     _install.add_verbs(verb)
     _keys.add_verbs(verb)
@@ -154,7 +156,7 @@ def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
 
 #: Verbs that run no plugin code: they skip reading the secrets to scrub and the log printer.
 _STATIC_VERBS = frozenset({"list", "schema", "doctor", "secret", "config", "keys", "new", "pack",
-                           "docs", "registry", "daemon", *_REGISTRY_CLIENT_VERBS})
+                           "docs", "registry", "daemon", "cache", *_REGISTRY_CLIENT_VERBS})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

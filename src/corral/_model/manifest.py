@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, final
 
 from corral._disk.layout import MANIFEST_NAME
 from corral._errors import ManifestError, UsageError
+from corral._model.memo import EXPORT_CACHE_KEYS, ExportCache, parse_duration
 from corral._model.micro import KINDS, MICRO_MAX_MS
 from corral._model.permissions import (
     HOST_API_SERVICES,
@@ -79,7 +80,8 @@ LIMIT_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "disk-mb": "Total size of everything under {data}, MiB (and of any one file written).",
         "max-processes": "Processes and threads the plugin's worker may run at once.",
         "tmp-mb": "Total size of everything under {tmp}, MiB; wiped on disable and unload.",
-        "cache-mb": "Total size of everything under {cache}, MiB; wiped on disable and unload.",
+        "cache-mb": "Total size of everything under {cache}, MiB; wiped on disable and unload. "
+                    "Separately, of the `ctx.cache` entries it wrote to the host's cache.",
         "state-mb": "Bytes of shared-state keys and values this plugin last wrote, MiB.",
         "state-keys": "Shared-state keys this plugin last wrote.",
         "events-mb": "Bytes this plugin keeps in durable topics and the dead-letter store, MiB.",
@@ -136,6 +138,8 @@ _BUDGET_KEYS: Final = (
 _MICRO_KEYS: Final = ("id", "type", "handler", "max-ms", "description")
 _AUTHOR_KEYS: Final = ("name", "email")
 _PIPELINE_KEYS: Final = ("id", "description", "steps")
+#: ``[exports.NAME]`` written as a table: its target and how its results are memoised.
+_EXPORT_KEYS: Final = ("target", "cache")
 
 
 def _empty() -> Mapping[str, str]:
@@ -279,6 +283,8 @@ class Manifest:
     #: ``[quotas]``: quotas over time as declared (``calls-per-minute`` -> 600); see
     #: ``_model/quotas.py``.  Unset keys take the host's settings or their default.
     quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[exports.NAME] cache = {ttl = "10m"}``: export name -> how its results are memoised.
+    export_cache: Mapping[str, ExportCache] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> Manifest:
@@ -317,7 +323,11 @@ class Manifest:
             out["permissions"] = perms
         out["sandbox"] = self.sandbox.to_dict()
         if self.exports:
-            out["exports"] = dict(self.exports)
+            out["exports"] = {
+                name: {"target": target, "cache": self.export_cache[name].to_dict()}
+                if name in self.export_cache else target
+                for name, target in self.exports.items()
+            }
         if self.micro:
             out["micro"] = [m.to_dict() for m in self.micro]
         if self.pipelines:
@@ -532,6 +542,7 @@ class _Reader:
             permission_reasons=self._reasons(top.get("permissions", {}), perms),
             sandbox=self._sandbox(top.get("sandbox", {})),
             exports=self._exports(top.get("exports", {})),
+            export_cache=self._export_cache(top.get("exports", {})),
             micro=(micro := self._micro(top.get("micro", []), plugin_id)),
             pipelines=self._pipelines(
                 top.get("pipeline", []), plugin_id, {m.id for m in micro}
@@ -752,8 +763,39 @@ class _Reader:
             key = f"exports.{_toml_key(name)}"
             if not _EXPORT_RE.fullmatch(name):
                 raise self.fail(key, "export names are lowercase words (a-z, 0-9, '_', '-')")
-            exports[name] = self.target(target, key)
+            if isinstance(target, Mapping):
+                table = self.table(target, key, _EXPORT_KEYS)
+                if "target" not in table:
+                    raise self.fail(f"{key}.target", "is required")
+                exports[name] = self.target(table["target"], f"{key}.target")
+            else:
+                exports[name] = self.target(target, key)
         return MappingProxyType(exports)
+
+    def _export_cache(self, value: object) -> Mapping[str, ExportCache]:
+        """The ``cache`` tables of exports written as tables (checked by :meth:`_exports`)."""
+        out: dict[str, ExportCache] = {}
+        for name, spec in value.items() if isinstance(value, Mapping) else ():
+            if not isinstance(spec, Mapping) or "cache" not in spec:
+                continue
+            key = f"exports.{_toml_key(name)}.cache"
+            table = self.table(spec["cache"], key, EXPORT_CACHE_KEYS)
+            if "ttl" not in table:
+                raise self.fail(f"{key}.ttl", "is required")
+            seconds = {}
+            for part in EXPORT_CACHE_KEYS:
+                if part in table:
+                    parsed = parse_duration(table[part])
+                    if parsed is None or (part == "ttl" and parsed <= 0):
+                        raise self.fail(
+                            f"{key}.{part}",
+                            "must be a duration such as 30 (seconds), \"90s\", \"10m\", "
+                            f"\"2h\" or \"1d\", more than 0 and at most 30 days, "
+                            f"got {table[part]!r}",
+                        )
+                    seconds[part] = parsed
+            out[name] = ExportCache(**seconds)
+        return MappingProxyType(out)
 
     def _micro(self, value: object, plugin_id: str) -> tuple[Micro, ...]:
         if not isinstance(value, list):

@@ -86,6 +86,15 @@ def _rows(node: dict[str, Any], prefix: str, required: list[str]) -> list[str]:
     return lines
 
 
+def _table_form(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The table a value of ``node`` may also be written as (``[exports.NAME]``), if any."""
+    values = node.get("additionalProperties")
+    for alt in values.get("oneOf", ()) if isinstance(values, dict) else ():
+        if isinstance(alt, dict) and "properties" in alt:
+            return alt
+    return None
+
+
 def manifest_markdown() -> str:
     """The whole reference page, one section per top-level table."""
     schema = manifest_json_schema()
@@ -100,6 +109,12 @@ def manifest_markdown() -> str:
             out.append("| key | value | default | meaning |")
             out.append("| --- | --- | --- | --- |")
             out += _rows(inner, "", inner.get("required", []))
+            out.append("")
+        elif (form := _table_form(node)) is not None:
+            out.append(f"Value: {_type(node)}; each value is `module:function` or a table:\n")
+            out.append("| key | value | default | meaning |")
+            out.append("| --- | --- | --- | --- |")
+            out += _rows(form, "NAME.", form.get("required", []))
             out.append("")
         else:
             out.append(f"Value: {_type(node)}.\n")

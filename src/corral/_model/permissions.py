@@ -34,6 +34,8 @@ HOST_API_SERVICES: Final = {
     "state.write": "key pattern",
     "messages.send": "plugin id pattern",
     "secrets": "secret name",
+    "cache.read": "cache namespace pattern",
+    "cache.write": "cache namespace pattern",
 }
 
 _SEGMENT = r"(?:[A-Za-z0-9_-]+|\*)"

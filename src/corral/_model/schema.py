@@ -22,6 +22,7 @@ from corral._model.manifest import (
     PROGRAM_PATTERN,
     TARGET_PATTERN,
 )
+from corral._model.memo import MAX_TTL_SECONDS
 from corral._model.micro import MICRO_MAX_MS
 from corral._model.permissions import (
     HOST_API_SERVICES,
@@ -85,7 +86,9 @@ DESCRIPTIONS: dict[str, str] = {
     "permissions.host-api": "Host services it may use, as `service:pattern`: "
                             "`events.publish`, `events.subscribe` (topic patterns), "
                             "`state.read`, `state.write` (key patterns), `messages.send` "
-                            "(plugin id patterns), `secrets` (an exact secret name).",
+                            "(plugin id patterns), `secrets` (an exact secret name), "
+                            "`cache.read`, `cache.write` (cache namespace patterns: another "
+                            "plugin's or a shared `ctx.cache` namespace).",
     "permissions.reasons": "Why each permission is needed, shown at install and update: "
                            "a kind (`net-connect`) or `kind:entry` -> a sentence. "
                            "It grants nothing.",
@@ -95,10 +98,11 @@ DESCRIPTIONS: dict[str, str] = {
                          "through a permission-checking broker); `strict`: `limited` plus "
                          "namespaces, Landlock, seccomp-bpf and a pids cgroup, so only its "
                          "grants are reachable.",
-    "exports": "The functions the host may call by name: export name -> `module:function`.",
     "quotas": "Quotas over time (docs/quotas.md): what the plugin may use per window, "
               "and its CPU weight. The host's settings (`[quotas.ID]`, `corral quota set`) "
               "override them. Unset windows are unbounded.",
+    "exports": "The functions the host may call by name: export name -> `module:function`, "
+               "or a table with `target` and `cache` to memoise a pure export.",
     "pipeline": "Named chains of micro-plugins (`[[pipeline]]`), run with "
                 "`corral micro run ID`.",
     "pipeline[].id": "The pipeline's id, shaped like a plugin id.",
@@ -143,6 +147,10 @@ def manifest_json_schema() -> dict[str, Any]:
     services = "|".join(
         s.replace(".", r"\.") for s in HOST_API_SERVICES if s != "secrets"
     )
+    duration = {"anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_TTL_SECONDS},
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?\s*[smhd]$"},
+    ]}
     limits = {
         key: {"type": "integer", "minimum": low, "maximum": high, "default": default,
               "description": LIMIT_DESCRIPTIONS[key]}
@@ -254,7 +262,31 @@ def manifest_json_schema() -> dict[str, Any]:
             "exports": {
                 "type": "object",
                 "propertyNames": {"pattern": _exact(EXPORT_NAME_PATTERN)},
-                "additionalProperties": target,
+                "additionalProperties": {"oneOf": [target, {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["target"],
+                    "properties": {
+                        "target": {**target, "description": "`module:function` of the export."},
+                        "cache": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["ttl"],
+                            "description": "Memoise this pure export: a result is kept per "
+                                           "input (canonical JSON), plugin version and "
+                                           "configuration; errors are never kept (see "
+                                           "docs/caching.md).",
+                            "properties": {
+                                "ttl": {**duration, "description": "How long a result stays "
+                                        "fresh: seconds, or `90s`, `10m`, `2h`, `1d` (at "
+                                        "most 30 days)."},
+                                "stale": {**duration, "description": "How much longer a "
+                                          "stale result may be served while one caller "
+                                          "recomputes it (same units); 0 by default."},
+                            },
+                        },
+                    },
+                }]},
             },
             "pipeline": {
                 "type": "array",

@@ -25,8 +25,10 @@ FastEntry = tuple[Callable[..., Any], Context, bool, tuple[str, str]]
 FastTable = dict[str, dict[str, FastEntry]]
 
 
-def fast_entries(active: Active, async_names: set[str]) -> dict[str, FastEntry]:
-    """The fast-path entries of an enabled in-process plugin."""
+def fast_entries(active: Active, async_names: set[str],
+                 wrap: Callable[[Active, str, Callable[..., Any]], Callable[..., Any]] | None
+                 = None) -> dict[str, FastEntry]:
+    """The fast-path entries of an enabled in-process plugin (``wrap``: memoisation)."""
     plugin_id = active.manifest.id
     meter = active.quota
     if meter is not None and (meter.calls is not None or meter.limits_cpu):
@@ -36,7 +38,8 @@ def fast_entries(active: Active, async_names: set[str]) -> dict[str, FastEntry]:
             for name, fn in active.exports.items()
         }
     return {
-        name: (fn, active.ctx, name in async_names, (plugin_id, name))
+        name: (wrap(active, name, fn) if wrap is not None else fn, active.ctx,
+               name in async_names, (plugin_id, name))
         for name, fn in active.exports.items()
     }
 

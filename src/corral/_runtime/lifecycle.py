@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -63,6 +64,9 @@ class Attachments(Protocol):
 
     def redact(self, doc: dict[str, Any]) -> dict[str, Any]:
         """``doc`` with the home's secret values scrubbed out."""
+
+    def memoise(self, active: Active, export: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """An in-process export's function, memoised if its manifest says so."""
 
 
 @final
@@ -294,7 +298,8 @@ class Lifecycle:
         """Put an enabled in-process plugin (back) on the call fast path."""
         plugin_id = active.manifest.id
         if plugin_id not in self.fast and active.state is State.ENABLED:
-            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()))
+            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()),
+                                                 self.attachments.memoise)
 
     # -- one plugin ---------------------------------------------------------
 
@@ -337,7 +342,8 @@ class Lifecycle:
         self.persist(plugin_id, State.ENABLED)
         self.attachments.offer_micro(active)
         if active.manifest.sandbox.isolation == "none":
-            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()))
+            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()),
+                                                 self.attachments.memoise)
             self._watch_budgets()
 
     def disable_one(self, plugin_id: str) -> None:

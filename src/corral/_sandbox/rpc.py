@@ -121,6 +121,9 @@ class Call(msgspec.Struct, frozen=True, tag="call"):
     target: str
     input: Any
     config: dict[str, Any]
+    #: The generation of the plugin's ``ctx.cache`` namespace: a worker whose L1 was
+    #: filled under another one drops it before the call.
+    cache_gen: int = 0
 
 
 class Reply(msgspec.Struct, frozen=True, tag="reply", omit_defaults=True):

@@ -158,6 +158,8 @@ class Supervisor:
         self._lock = threading.Lock()
         self._missing_for_strict: list[str] | None = None
         self._closed = False
+        #: plugin id -> the generation of its cache namespace, sent with each call.
+        self.cache_generation: Callable[[str], int] | None = None
         self._idle_checked = 0.0
         #: Stops idle workers even when no call comes (started with the first worker).
         self._idle_sweeper: threading.Thread | None = None
@@ -467,7 +469,9 @@ class Supervisor:
         output = lines = 0
         host_errors: set[tuple[str, str]] = set()  # errors the host raised into this call
         try:
-            call = Call(id=call_id, target=target, input=input, config=config)
+            gen = self.cache_generation
+            call = Call(id=call_id, target=target, input=input, config=config,
+                        cache_gen=gen(pid) if gen is not None else 0)
             try:
                 worker.send(call, deadline)
             except WorkerGone:

@@ -22,6 +22,7 @@ from corral._services.hub import Services
 if TYPE_CHECKING:
     from corral._model.manifest import Manifest
     from corral._sandbox.supervisor import Supervisor
+    from corral._services.cache.memo import Memo
     from corral._services.micro.manager import MicroManager
 
 __all__ = ["HostAttachments"]
@@ -62,6 +63,8 @@ class HostAttachments:
         self._lock = lock
         self._supervisor: Supervisor | None = None
         self._micro: MicroManager | None = None
+        #: Memoised exports of active plugins, by id, with the activation they belong to.
+        self._memos: dict[str, tuple[Active, Memo]] = {}
 
     # -- what the lifecycle asks for ---------------------------------------------
 
@@ -165,6 +168,8 @@ class HostAttachments:
     def stopped(self, plugin_id: str) -> None:
         """A plugin stopped: end its subscriptions, watches, mailbox and worker."""
         self.services.stop(plugin_id)
+        with self._lock:
+            self._memos.pop(plugin_id, None)
         if self._supervisor is not None:
             with contextlib.suppress(Exception):
                 self._supervisor.stop(plugin_id)
@@ -186,13 +191,37 @@ class HostAttachments:
                     Broker(self.services, self.actives.get), self.home,
                     shared=self.shared_fork_server,
                 )
+                # each call tells the worker whether its L1 of ctx.cache is still good
+                self._supervisor.cache_generation = self.services.cache.generation
             return self._supervisor
 
     def call_sandboxed(self, active: Active, export: str, input: Any) -> Any:
-        """Run an export or micro handler of a sandboxed plugin in its worker."""
+        """Run an export or micro handler of a sandboxed plugin in its worker; a memoised
+        export's kept result is answered here, without reaching the worker."""
         from corral._services.sandboxed import call_sandboxed
 
+        if export in active.manifest.export_cache:
+            return self._memo(active).call(
+                export, input, active.ctx.config,
+                lambda: call_sandboxed(self.record, self.supervisor(), active, export, input))
         return call_sandboxed(self.record, self.supervisor(), active, export, input)
+
+    def memoise(self, active: Active, export: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """An in-process export's function, memoised if its manifest says so."""
+        if export not in active.manifest.export_cache:
+            return fn
+        return self._memo(active).wrap(export, fn)
+
+    def _memo(self, active: Active) -> Memo:
+        plugin_id = active.manifest.id
+        with self._lock:
+            found = self._memos.get(plugin_id)
+            if found is None or found[0] is not active:
+                from corral._services.cache.memo import Memo
+
+                found = self._memos[plugin_id] = (active, Memo(self.services.cache,
+                                                               active.manifest))
+            return found[1]
 
     # -- micro-plugins and configuration ----------------------------------------
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import logging
 
     from corral._model.permissions import Permissions
+    from corral._services.cache.plugin import PluginCache
     from corral._services.events.plugin import PluginEvents
     from corral._services.hub import Services
     from corral._services.messages import PluginMessages
@@ -39,9 +40,9 @@ class PluginContext:
     created on first load; ``log`` is a standard logger named ``corral.plugin.<id>``.
     """
 
-    __slots__ = ("_events", "_hub", "_log", "_messages", "_secrets", "_state", "cache_dir",
-                 "config", "data_dir", "paths", "permissions", "plugin_dir", "plugin_id",
-                 "tmp_dir", "workspace")
+    __slots__ = ("_cache", "_events", "_hub", "_log", "_messages", "_secrets", "_state",
+                 "cache_dir", "config", "data_dir", "paths", "permissions", "plugin_dir",
+                 "plugin_id", "tmp_dir", "workspace")
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class PluginContext:
         self._state: PluginState | None = None
         self._secrets: PluginSecrets | None = None
         self._messages: PluginMessages | None = None
+        self._cache: PluginCache | None = None
 
     def _services(self) -> tuple[Services, Permissions]:
         if self._hub is None or self.permissions is None:
@@ -98,6 +100,17 @@ class PluginContext:
             hub, perms = self._services()
             self._secrets = hub.secrets.for_plugin(self.plugin_id, perms)
         return self._secrets
+
+    @property
+    def cache(self) -> PluginCache:
+        """The plugin's cache (L1 in this process, L2 in the home; see docs/caching.md)."""
+        cache = self._cache
+        if cache is None:
+            from corral._services.cache.plugin import PluginCache
+
+            hub, perms = self._services()
+            cache = self._cache = PluginCache(hub.cache, self.plugin_id, perms)
+        return cache
 
     @property
     def messages(self) -> PluginMessages:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from corral._model.permissions import Permissions
+    from corral._services.cache.service import CacheService
     from corral._services.config import ConfigError, ConfigManager, ConfigWatcher
     from corral._services.events.bus import EventBus
     from corral._services.events.durable import DurableLog
@@ -46,6 +47,7 @@ class Services:
         self._redactor: SecretRedactor | None = None
         self._config_manager: ConfigManager | None = None
         self._config_watcher: ConfigWatcher | None = None
+        self._cache: CacheService | None = None
         #: Every active plugin's budgets, which the stores below consult.
         self.budgets = Budgets()
         #: Quotas over time (``events-per-second`` for the bus), set by the host.
@@ -91,6 +93,16 @@ class Services:
                 self._shared_state = StateStore(self.home / "state.db")
                 self._shared_state.budgets = self.budgets
             return self._shared_state
+
+    @property
+    def cache(self) -> CacheService:
+        """Every plugin's ``ctx.cache``: L2 in ``<home>/cache.db``, L1s, memoised exports."""
+        with self._lock:
+            if self._cache is None:
+                from corral._services.cache.service import CacheService  # deferred: msgspec
+
+                self._cache = CacheService(self.home, self.budgets)
+            return self._cache
 
     @property
     def messenger(self) -> Messenger:
@@ -187,6 +199,8 @@ class Services:
             self._bus.cancel_plugin(plugin_id)
         if self._shared_state is not None:
             self._shared_state.cancel_plugin(plugin_id)
+        if self._cache is not None:
+            self._cache.forget(plugin_id)
 
     def close(self) -> None:
         """Stop watching and close every service that was opened."""
@@ -200,6 +214,8 @@ class Services:
             self._event_log.close()
         if self._shared_state is not None:
             self._shared_state.close()
+        if self._cache is not None:
+            self._cache.close()
 
 
 def _config_refused(plugin_id: str | None, error: ConfigError) -> None:

@@ -201,6 +201,10 @@ class Broker:
         if op == "messages.broadcast":
             return self.services.messenger.broadcast(args.get("message"), perms=perms,
                                                  sender=plugin_id)
+        if op.startswith("cache."):
+            from corral._services.cache.service import cache_broker_op
+
+            return cache_broker_op(self.services.cache, plugin_id, perms, op, args)
         if op == "secrets.get":
             from corral._services.secrets import secrets_broker_op
 

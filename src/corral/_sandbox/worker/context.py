@@ -541,6 +541,7 @@ class WorkerContext:
     """The ``ctx`` a sandboxed export receives: a PluginContext over RPC."""
 
     __slots__ = (
+        "cache",
         "cache_dir",
         "config",
         "data_dir",
@@ -576,5 +577,6 @@ class WorkerContext:
         self.secrets: Final = worker.secrets
         self.net: Final = worker.net
         self.spawn: Final = worker.spawn
+        self.cache: Final = worker.cache
 
 

@@ -39,6 +39,7 @@ from corral._sandbox.rpc import (
     info_from_error,
 )
 from corral._sandbox.worker.attempts import Attempts
+from corral._sandbox.worker.cache import WorkerCache
 from corral._sandbox.worker.channel import Channel
 from corral._sandbox.worker.context import (
     EventsProxy,
@@ -171,6 +172,7 @@ class Worker:
         self.secrets = SecretsProxy(ch)
         self.net = NetProxy(ch)
         self.spawn = SpawnProxy(ch)
+        self.cache = WorkerCache(ch, init.plugin_id, init.memory_mb)
         self.grants = Grants.of_init(init)
         self.attempts = Attempts()
         self.attempts.install()
@@ -267,6 +269,7 @@ class Worker:
         signal.setitimer(signal.ITIMER_PROF, float(self.init.cpu_seconds))
         _CallFlag.running = True
         self.attempts.clear()
+        self.cache.sync(call.cache_gen)
         try:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
