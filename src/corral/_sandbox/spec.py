@@ -58,6 +58,8 @@ class SandboxSpec:
     max_log_lines: int = 1000
     #: ``log-kb`` in bytes: log and output one call may write.
     max_log_bytes: int = 256 * 1024
+    #: The plugin's version, which its usage is recorded under.
+    version: str = ""
 
     def __post_init__(self) -> None:
         if self.isolation not in ("limited", "strict"):

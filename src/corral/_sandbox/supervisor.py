@@ -47,6 +47,8 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._runtime.usage import UsageRow
+from corral._sandbox.accounting import WorkerAccount
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
@@ -120,6 +122,8 @@ class _Plugin:
         self.crashes: list[float] = []
         self.circuit_open = False
         self.metrics: CallMetrics | None = None
+        #: What the running worker has cost (its cgroups, or its rusage).
+        self.account: WorkerAccount | None = None
 
 
 @final
@@ -155,6 +159,8 @@ class Supervisor:
         self._missing_for_strict: list[str] | None = None
         self._closed = False
         self._idle_checked = 0.0
+        #: Usage rows of workers stopped since the last :meth:`sample_usage`.
+        self._usage_done: list[UsageRow] = []
 
     # -- public ----------------------------------------------------------------------
 
@@ -205,6 +211,27 @@ class Supervisor:
         state = self._plugins.get(plugin_id)
         worker = state.worker if state is not None else None
         return worker.pid if worker is not None else None
+
+    def account(self, plugin_id: str) -> WorkerAccount | None:
+        """The running worker's account (its cgroups and counters), if it has a worker."""
+        state = self._plugins.get(plugin_id)
+        return state.account if state is not None else None
+
+    def sample_usage(self) -> list[UsageRow]:
+        """Usage rows since the last sample: one per worker that did anything, and the
+        final ones of workers stopped meanwhile.  Reads the kernel's counters; cheap
+        enough to call every second, never needed on the call path.
+        """
+        with self._lock:
+            rows, self._usage_done = self._usage_done, []
+            states = list(self._plugins.values())
+        for state in states:
+            account = state.account
+            if account is not None:
+                row = account.sample()
+                if row is not None:
+                    rows.append(row)
+        return rows
 
     def stop(self, plugin_id: str) -> None:
         """Stop the plugin's worker (the plugin was disabled); the next call starts one."""
@@ -288,6 +315,12 @@ class Supervisor:
     def _kill(self, state: _Plugin) -> Reaped | None:
         """Kill and reap the plugin's worker, if it has one."""
         worker, state.worker = state.worker, None
+        account, state.account = state.account, None
+        if account is not None:  # before the reap: its cgroups go with it
+            row = account.sample(final=True)
+            if row is not None:
+                with self._lock:
+                    self._usage_done.append(row)
         if worker is None:
             return None
         worker.sock.close()
@@ -331,6 +364,9 @@ class Supervisor:
             )
         worker = WorkerProcess(spec, reply.pid, ours)
         state.worker = worker
+        state.account = WorkerAccount(
+            spec.plugin_id, spec.version, spec.isolation, spec.memory_mb, reply.cgroups
+        )
         return worker
 
     def _greet(self, state: _Plugin, worker: WorkerProcess, deadline: float) -> None:
@@ -402,6 +438,9 @@ class Supervisor:
             if worker is not None:
                 worker.last_used = time.monotonic()
                 worker.cpu_ms += usage.cpu_user_ms + usage.cpu_system_ms
+            account = state.account
+            if account is not None:
+                account.call_done(usage.cpu_user_ms + usage.cpu_system_ms, usage.peak_rss_kb)
             state.metrics = CallMetrics(
                 wall_ms=(time.monotonic() - t0) * 1000.0,
                 cpu_user_ms=usage.cpu_user_ms,
