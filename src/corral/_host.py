@@ -47,6 +47,7 @@ from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.lifecycle import Lifecycle
 from corral._runtime.metrics import CallMetrics
 from corral._runtime.runner import Runner
+from corral._runtime.usage import SAMPLE_EVERY, InProcessSampler
 from corral._services.attachments import HostAttachments
 from corral._services.hub import Services
 from corral._services.importprobe import check_imports
@@ -129,6 +130,8 @@ class Host:
             attachments=self.attachments, actives=self._active, fast=self._fast,
             lock=self._rlock,
         )
+        metrics.usage_sources.append(self.attachments.sample_usage)
+        metrics.start()
 
     # -- context management -------------------------------------------------
 
@@ -149,6 +152,7 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        self._call_metrics.stop()
         self.lifecycle.stop_watching()
         self.attachments.close()
         with contextlib.suppress(Exception):
@@ -850,6 +854,23 @@ class Host:
     def flush_metrics(self) -> None:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
         self._call_metrics.flush()
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether in-process calls are measured (thread CPU time, ``tracemalloc`` peak)."""
+        return self._call_metrics.sampler is not None
+
+    def set_monitoring(self, on: bool = True, *, every: int = SAMPLE_EVERY) -> None:
+        """Measure in-process plugins' calls (approximate: one in ``every`` is timed with
+        the calling thread's CPU clock, and ``tracemalloc``'s peak is taken when it traces).
+
+        Sandboxed plugins are always measured by their cgroups; this adds nothing to them.
+        """
+        with self._locked():
+            sampler = InProcessSampler(every) if on else None
+            self._call_metrics.sampler = sampler
+            self.lifecycle.wrap_export = sampler.wrap if sampler is not None else None
+            self.lifecycle.rebuild_fast()
 
     # -- validation -----------------------------------------------------------
 

@@ -14,8 +14,8 @@ from corral._errors import PluginError, UsageError
 from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
 from corral._runtime.activation import Active, Context, format_tb
 
-__all__ = ["SIMPLE", "FastEntry", "FastTable", "check_input", "checked_output", "fast_entries",
-           "now", "plugin_error"]
+__all__ = ["SIMPLE", "ExportWrapper", "FastEntry", "FastTable", "check_input", "checked_output",
+           "fast_entries", "now", "plugin_error"]
 
 SIMPLE: Final = SIMPLE_TYPES
 now: Final = time.perf_counter_ns
@@ -25,11 +25,23 @@ FastEntry = tuple[Callable[..., Any], Context, bool, tuple[str, str]]
 FastTable = dict[str, dict[str, FastEntry]]
 
 
-def fast_entries(active: Active, async_names: set[str]) -> dict[str, FastEntry]:
-    """The fast-path entries of an enabled in-process plugin."""
+#: Wraps a sync export while monitoring is on: ``(plugin id, version, fn) -> fn``.
+ExportWrapper = Callable[[str, str, Callable[..., Any]], Callable[..., Any]]
+
+
+def fast_entries(
+    active: Active, async_names: set[str], wrap: ExportWrapper | None = None
+) -> dict[str, FastEntry]:
+    """The fast-path entries of an enabled in-process plugin (sync exports passed through
+    ``wrap`` when given).
+    """
     plugin_id = active.manifest.id
+    version = active.manifest.version
     return {
-        name: (fn, active.ctx, name in async_names, (plugin_id, name))
+        name: (
+            fn if wrap is None or name in async_names else wrap(plugin_id, version, fn),
+            active.ctx, name in async_names, (plugin_id, name),
+        )
         for name, fn in active.exports.items()
     }
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple, final
 
 __all__ = [
+    "SAMPLE_EVERY",
     "SOURCES",
     "USAGE_COLUMNS",
     "InProcessSampler",

@@ -73,8 +73,7 @@ class WorkerAccount:
         with self._lock:
             self.calls += 1
             self._rusage_ms += cpu_ms
-            if peak_rss_kb > self._rusage_peak_kb:
-                self._rusage_peak_kb = peak_rss_kb
+            self._rusage_peak_kb = max(self._rusage_peak_kb, peak_rss_kb)
 
     def cpu_ns(self) -> int | None:
         """The kernel's CPU time of the worker so far (``None`` without a cgroup)."""

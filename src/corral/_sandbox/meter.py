@@ -49,7 +49,7 @@ class Reading:
 
 def _int(text: str) -> int | None:
     try:
-        return int(text.split()[0])
+        return int(text.split(maxsplit=1)[0])
     except (ValueError, IndexError):
         return None
 
