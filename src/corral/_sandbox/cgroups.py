@@ -401,7 +401,7 @@ def _find_accounting() -> tuple[AccountingHierarchies | None, str]:
         have = tuple(c for c in ACCOUNTING_V2 if c in offered)
         lacking = [c for c in ACCOUNTING_V2 if c not in offered]
         note = f"not offered here: {', '.join(lacking)}" if lacking else ""
-        return AccountingHierarchies(2, {}, have, note), ""
+        return AccountingHierarchies(2, {}, (*have, "pids"), note), ""
     own = _own_v1_paths()
     bases: dict[str, list[str]] = {}
     missing: list[str] = []
@@ -424,6 +424,8 @@ def _find_accounting() -> tuple[AccountingHierarchies | None, str]:
     if not bases:
         return None, "no cgroup accounting controller is usable: " + ", ".join(missing or [why])
     controllers = tuple(c for names in bases.values() for c in names)
+    if pids is not None:
+        controllers = (*controllers, "pids")
     note = f"missing: {', '.join(missing)}" if missing else ""
     return AccountingHierarchies(1, {b: tuple(c) for b, c in bases.items()}, controllers,
                                  note), ""

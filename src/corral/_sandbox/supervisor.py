@@ -52,6 +52,7 @@ from corral._sandbox.accounting import WorkerAccount
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
+from corral._sandbox.forkserver.settings import forkserver_env
 from corral._sandbox.rpc import (
     Call,
     ErrorInfo,
@@ -136,6 +137,8 @@ class Supervisor:
     :param max_crashes: consecutive crashes within ``crash_window`` that open the circuit.
     :param forkserver_dir: share the per-home fork server daemon listening there
         (``<home>/run``; pays off for one-shot processes) instead of a private fork server.
+    :param accounting: measure workers by their cgroups (default: unless
+        ``CORRAL_FORKSERVER_ACCOUNTING=0``); without, by their rusage (approximate).
     """
 
     def __init__(
@@ -147,8 +150,13 @@ class Supervisor:
         crash_window: float = 60.0,
         start_timeout: float = 10.0,
         forkserver_dir: Path | None = None,
+        accounting: bool | None = None,
     ) -> None:
         self._broker = broker
+        if accounting is None:
+            accounting = forkserver_env("ACCOUNTING") != "0"
+        #: Read workers' cgroup counters (else their rusage only, approximate).
+        self.accounting: Final = accounting
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
@@ -365,7 +373,8 @@ class Supervisor:
         worker = WorkerProcess(spec, reply.pid, ours)
         state.worker = worker
         state.account = WorkerAccount(
-            spec.plugin_id, spec.version, spec.isolation, spec.memory_mb, reply.cgroups
+            spec.plugin_id, spec.version, spec.isolation, spec.memory_mb,
+            reply.cgroups if self.accounting else {},
         )
         return worker
 
