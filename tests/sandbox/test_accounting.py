@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.hosts import close_quietly
@@ -57,12 +59,12 @@ def _kernel_cpu_ns(path: str) -> int:
         return int(f.read())
 
 
-def _usage(home: Path, plugin_id: str) -> list[dict[str, object]]:
+def _usage(home: Path, plugin_id: str) -> list[dict[str, Any]]:
     conn = sqlite3.connect(home / "corral.db")
     try:
         cols = ", ".join(USAGE_COLUMNS)
         rows = conn.execute(
-            f"SELECT {cols} FROM usage WHERE plugin_id = ? ORDER BY at",  # noqa: S608
+            f"SELECT {cols} FROM usage WHERE plugin_id = ? ORDER BY at",
             (plugin_id,),
         ).fetchall()
     finally:
@@ -70,8 +72,12 @@ def _usage(home: Path, plugin_id: str) -> list[dict[str, object]]:
     return [dict(zip(USAGE_COLUMNS, r, strict=True)) for r in rows]
 
 
+def _cpu_ms(rows: list[dict[str, Any]]) -> float:
+    return sum(float(r["cpu_ms"] or 0) for r in rows)
+
+
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
+def host(tmp_path: Path) -> Iterator[Host]:
     h = Host(home=tmp_path / "home", workspace=tmp_path)
     yield h
     close_quietly(h)
@@ -84,16 +90,18 @@ def test_a_200_ms_burn_is_reported_within_5_percent_and_as_the_kernel_counts_it(
     host.enable("acme.burner")
     host.call("acme.burner", "noop", 1)  # the worker is up, its import paid for
     host.flush_metrics()
-    recorded_before = sum(float(r["cpu_ms"] or 0)  # type: ignore[arg-type]
-                          for r in _usage(host.home, "acme.burner"))
+    recorded_before = _cpu_ms(_usage(host.home, "acme.burner"))
     account = host.attachments.supervisor().account("acme.burner")
-    assert account is not None and account.exact
+    assert account is not None
+    assert account.exact
     cpuacct = account.cgroup_path("cpuacct")
-    assert cpuacct is not None and "corral-" in cpuacct
+    assert cpuacct is not None
+    assert "corral-" in cpuacct
     kernel_before, ours_before = _kernel_cpu_ns(cpuacct), account.cpu_ns()
     assert host.call("acme.burner", "burn", 200) == 200
     kernel_after, ours_after = _kernel_cpu_ns(cpuacct), account.cpu_ns()
-    assert ours_before is not None and ours_after is not None
+    assert ours_before is not None
+    assert ours_after is not None
     reported_ms = (ours_after - ours_before) / 1e6
     kernel_ms = (kernel_after - kernel_before) / 1e6
     assert 190.0 <= reported_ms <= 210.0, reported_ms
@@ -102,9 +110,10 @@ def test_a_200_ms_burn_is_reported_within_5_percent_and_as_the_kernel_counts_it(
     host.flush_metrics()
     kernel_total_ms = _kernel_cpu_ns(cpuacct) / 1e6
     rows = _usage(host.home, "acme.burner")
-    assert rows and all(r["source"] == "cgroup-v1" and not r["approximate"] for r in rows)
+    assert rows
+    assert all(r["source"] == "cgroup-v1" and not r["approximate"] for r in rows)
     assert all(r["version"] == "1.0.0" and r["isolation"] == "strict" for r in rows)
-    recorded_ms = sum(float(r["cpu_ms"] or 0) for r in rows) - recorded_before  # type: ignore[arg-type]
+    recorded_ms = _cpu_ms(rows) - recorded_before
     # What the worker used between the two flushes: the burn and the little around it.
     assert 190.0 <= recorded_ms <= kernel_total_ms - kernel_before / 1e6 + 1.0, recorded_ms
 
@@ -121,7 +130,8 @@ def test_a_100_mib_allocation_shows_in_its_own_peak_and_not_in_its_neighbours(
     host.call("acme.quiet", "noop", 2)
     sup = host.attachments.supervisor()
     hog, quiet = sup.account("acme.hog"), sup.account("acme.quiet")
-    assert hog is not None and quiet is not None
+    assert hog is not None
+    assert quiet is not None
     kernel_peaks = {}
     for name, account in (("hog", hog), ("quiet", quiet)):
         path = account.cgroup_path("memory")
@@ -146,14 +156,15 @@ def test_a_stopped_workers_last_figures_are_recorded_before_its_cgroup_goes(
     account = host.attachments.supervisor().account("acme.brief")
     assert account is not None
     cpuacct = account.cgroup_path("cpuacct")
-    assert cpuacct is not None and os.path.isdir(cpuacct)
+    assert cpuacct is not None
+    assert os.path.isdir(cpuacct)
     host.call("acme.brief", "burn", 50)
     host.disable("acme.brief")  # the worker stops: a final sample, then the cgroup goes
     assert not os.path.exists(cpuacct)
     host.flush_metrics()
     rows = _usage(host.home, "acme.brief")
     assert rows[-1]["processes"] == 0
-    assert sum(float(r["cpu_ms"] or 0) for r in rows) >= 47.5  # type: ignore[arg-type]
+    assert _cpu_ms(rows) >= 47.5
 
 
 def test_without_cgroups_the_worker_is_measured_by_rusage_and_marked_approximate(
@@ -165,11 +176,14 @@ def test_without_cgroups_the_worker_is_measured_by_rusage_and_marked_approximate
         host.enable("acme.rough")
         host.call("acme.rough", "burn", 100)
         account = host.attachments.supervisor().account("acme.rough")
-        assert account is not None and not account.exact and account.cpu_ns() is None
+        assert account is not None
+        assert not account.exact
+        assert account.cpu_ns() is None
         host.flush_metrics()
         rows = _usage(host.home, "acme.rough")
-    assert rows and all(r["source"] == "rusage" and r["approximate"] for r in rows)
-    assert sum(float(r["cpu_ms"] or 0) for r in rows) >= 90.0  # type: ignore[arg-type]
+    assert rows
+    assert all(r["source"] == "rusage" and r["approximate"] for r in rows)
+    assert _cpu_ms(rows) >= 90.0
 
 
 def test_in_process_plugins_are_measured_only_while_monitoring_is_on(
@@ -186,9 +200,10 @@ def test_in_process_plugins_are_measured_only_while_monitoring_is_on(
         host.call("acme.inproc", "burn", 20)
     host.flush_metrics()
     rows = _usage(host.home, "acme.inproc")
-    assert rows and all(r["source"] == "thread" and r["approximate"] for r in rows)
-    assert sum(int(r["calls"]) for r in rows) == 4  # type: ignore[call-overload]
-    assert 76.0 <= sum(float(r["cpu_ms"] or 0) for r in rows) <= 120.0  # type: ignore[arg-type]
+    assert rows
+    assert all(r["source"] == "thread" and r["approximate"] for r in rows)
+    assert sum(int(r["calls"]) for r in rows) == 4
+    assert 76.0 <= _cpu_ms(rows) <= 120.0
     host.set_monitoring(False)
     host.call("acme.inproc", "burn", 5)
     host.flush_metrics()

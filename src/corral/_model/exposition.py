@@ -38,9 +38,11 @@ class Family:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or self.type not in _TYPES:
             raise ValueError(f"bad metric family {self.name!r} of type {self.type!r}")
+        if self.type == "counter" and not self.name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total: {self.name!r}")
 
     def add(self, suffix: str, labels: Mapping[str, str], value: float) -> None:
-        """Add one sample (``suffix`` is ``_total``, ``_bucket``, ``_sum``... or "")."""
+        """Add one sample (``suffix`` is ``_bucket``, ``_sum``, ``_count`` or "")."""
         for key in labels:
             if not _LABEL.match(key) or key.startswith("__"):
                 raise ValueError(f"bad label name {key!r}")

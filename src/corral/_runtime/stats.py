@@ -165,16 +165,17 @@ def host_families(db: HostDatabase, *, max_plugins: int = 50) -> list[Family]:
         activity.setdefault(plugin_id, 0.0)
     label = fold_labels(activity, max_plugins)
 
-    calls = Family("corral_plugin_calls", "counter", "Calls finished, by outcome.")
-    errors = Family("corral_plugin_errors", "counter", "Calls that did not end ok.")
+    calls = Family("corral_plugin_calls_total", "counter", "Calls finished, by outcome.")
+    errors = Family("corral_plugin_errors_total", "counter", "Calls that did not end ok.")
     latency = Family("corral_plugin_call_duration_seconds", "histogram",
                      "Wall-clock time of calls.")
-    cpu = Family("corral_plugin_cpu_seconds", "counter",
+    cpu = Family("corral_plugin_cpu_seconds_total", "counter",
                  "CPU time: exact (cgroup) for sandboxed workers, else approximate.")
     peak = Family("corral_plugin_memory_peak_bytes", "gauge", "Highest memory use seen.")
-    io_read = Family("corral_plugin_io_read_bytes", "counter", "Block-device bytes read.")
-    io_write = Family("corral_plugin_io_write_bytes", "counter", "Block-device bytes written.")
-    ooms = Family("corral_plugin_oom_kills", "counter", "Kills by the kernel's OOM killer.")
+    io_read = Family("corral_plugin_io_read_bytes_total", "counter", "Block-device bytes read.")
+    io_write = Family("corral_plugin_io_write_bytes_total", "counter",
+                      "Block-device bytes written.")
+    ooms = Family("corral_plugin_oom_kills_total", "counter", "Kills by the kernel's OOM killer.")
     approx = Family("corral_plugin_accounting_approximate", "gauge",
                     "1 where the figures are approximate (rusage or thread clock).")
 
@@ -192,9 +193,9 @@ def host_families(db: HostDatabase, *, max_plugins: int = 50) -> list[Family]:
         for i, b in enumerate(buckets):
             acc[2 + i] += b
     for (name, outcome), total in sorted(per_outcome.items()):
-        calls.add("_total", {"plugin": name, "outcome": outcome}, total)
+        calls.add("", {"plugin": name, "outcome": outcome}, total)
     for name in sorted({label[p] for p in activity}):
-        errors.add("_total", {"plugin": name}, failed.get(name, 0.0))
+        errors.add("", {"plugin": name}, failed.get(name, 0.0))
     for name, acc in sorted(hist.items()):
         for bound, count in zip(LATENCY_BOUNDS_MS, acc[2:], strict=True):
             latency.add("_bucket", {"plugin": name, "le": _seconds(bound)}, count)
@@ -213,11 +214,11 @@ def host_families(db: HostDatabase, *, max_plugins: int = 50) -> list[Family]:
         acc[5] = max(acc[5], 1.0 if approximate else 0.0)
     for name, acc in sorted(merged.items()):
         labels = {"plugin": name}
-        cpu.add("_total", labels, acc[0])
+        cpu.add("", labels, acc[0])
         peak.add("", labels, acc[1])
-        io_read.add("_total", labels, acc[2])
-        io_write.add("_total", labels, acc[3])
-        ooms.add("_total", labels, acc[4])
+        io_read.add("", labels, acc[2])
+        io_write.add("", labels, acc[3])
+        ooms.add("", labels, acc[4])
         approx.add("", labels, acc[5])
     return [calls, errors, latency, cpu, peak, io_read, io_write, ooms, approx]
 
