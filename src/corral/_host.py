@@ -855,6 +855,17 @@ class Host:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
         self._call_metrics.flush()
 
+    def export_opentelemetry(self, meter_provider: Any = None, *,
+                             max_plugins: int = 50) -> builtins.list[Any]:
+        """Send the home's plugin metrics (calls, errors, CPU, memory, I/O) through
+        OpenTelemetry: observable instruments on ``meter_provider`` (the global one by
+        default), read from the host database at each collection.  Needs
+        ``opentelemetry-sdk`` (``pip install 'corral[monitor]'``).
+        """
+        from corral._runtime.otel import export_opentelemetry
+
+        return export_opentelemetry(self._db, meter_provider, max_plugins=max_plugins)
+
     @property
     def monitoring(self) -> bool:
         """Whether in-process calls are measured (thread CPU time, ``tracemalloc`` peak)."""
