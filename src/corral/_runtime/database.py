@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS calls (
     cpu_system_ms REAL,
     peak_rss_kb INTEGER,
     result_bytes INTEGER,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    weight INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS calls_by_plugin ON calls (plugin_id, at);
 """ + _USAGE_SCHEMA
@@ -176,15 +177,19 @@ class HostDatabase:
             self._add_usage()
 
     def _add_usage(self) -> None:
-        """Add the ``usage`` table a schema-2 database lacks."""
-        if self._conn.execute(
+        """Add the ``usage`` table and ``calls.weight`` a schema-2 database lacks."""
+        has_usage = self._conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'"
-        ).fetchone():
+        ).fetchone()
+        call_columns = {r[1] for r in self._conn.execute("PRAGMA table_info(calls)")}
+        if has_usage and "weight" in call_columns:
             return
         with self.transaction() as conn:
             for statement in _USAGE_SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if "weight" not in {r[1] for r in conn.execute("PRAGMA table_info(calls)")}:
+                conn.execute("ALTER TABLE calls ADD COLUMN weight INTEGER NOT NULL DEFAULT 1")
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -354,6 +359,20 @@ class HostDatabase:
                 rows,
             )
 
+    def record_weighted_calls(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append per-call rows each standing for ``weight`` calls (their last column): a
+        sample of a host's calls when there were more than it writes per flush.
+        """
+        if not rows:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO calls (plugin_id, export, isolation, outcome, wall_ms, cpu_user_ms, "
+                "cpu_system_ms, peak_rss_kb, result_bytes, at, weight) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
     def record_usage(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Append usage samples (``UsageRow`` tuples, the ``usage`` table's columns)."""
         if not rows:
@@ -372,14 +391,17 @@ class HostDatabase:
                 (since,),
             ).fetchall()
 
-    def calls_since(self, since: float) -> list[tuple[str, str, float, float]]:
-        """``(plugin id, outcome, wall ms, at)`` of the calls recorded at or after ``since``."""
+    def calls_since(self, since: float) -> list[tuple[str, str, float, float, int]]:
+        """``(plugin id, outcome, wall ms, at, weight)`` of the calls recorded at or after
+        ``since`` (a row stands for ``weight`` calls).
+        """
         with self._lock:
             rows = self._conn.execute(
-                "SELECT plugin_id, outcome, wall_ms, at FROM calls WHERE at >= ? ORDER BY at",
+                "SELECT plugin_id, outcome, wall_ms, at, weight FROM calls WHERE at >= ? "
+                "ORDER BY at",
                 (since,),
             ).fetchall()
-        return [(str(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+        return [(str(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows]
 
     def call_histograms(
         self, bounds_ms: tuple[float, ...]
@@ -387,10 +409,10 @@ class HostDatabase:
         """Per plugin and outcome, over every recorded call: ``(plugin id, outcome, calls,
         wall ms summed, calls at or under each bound)``.
         """
-        buckets = "".join(f", SUM(wall_ms <= {float(b)!r})" for b in bounds_ms)
+        buckets = "".join(f", SUM((wall_ms <= {float(b)!r}) * weight)" for b in bounds_ms)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT plugin_id, outcome, COUNT(*), SUM(wall_ms){buckets} "  # noqa: S608
+                f"SELECT plugin_id, outcome, SUM(weight), SUM(wall_ms * weight){buckets} "  # noqa: S608
                 "FROM calls GROUP BY plugin_id, outcome ORDER BY plugin_id, outcome"
             ).fetchall()
         return [(str(r[0]), str(r[1]), int(r[2]), float(r[3] or 0.0),

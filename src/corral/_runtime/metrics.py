@@ -13,14 +13,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Final, final
 
 from corral._runtime.database import HostDatabase
 from corral._runtime.usage import InProcessSampler, UsageRow
 
-__all__ = ["FLUSH_SECONDS", "CallMetrics"]
+__all__ = ["FLUSH_SECONDS", "ROWS_PER_FLUSH", "CallMetrics", "weighted"]
 
 METRICS_MAX: Final = 100_000
+#: Call rows one flush writes at most; beyond, a spread sample whose rows carry the number
+#: of calls each stands for (``weight``), so counts stay exact and the writes bounded.
+ROWS_PER_FLUSH: Final = 1000
 #: How often the background flush writes what was recorded (and samples usage).
 FLUSH_SECONDS: Final = 1.0
 
@@ -65,17 +69,16 @@ class CallMetrics:
             self.db.record_usage(usage)
             if not self.in_process and not self.sandboxed:
                 return
-            rows = []
-            while self.sandboxed:
-                rows.append(self.sandboxed.popleft())
+            sandboxed = [self.sandboxed.popleft() for _ in range(len(self.sandboxed))]
+            calls = [self.in_process.popleft() for _ in range(len(self.in_process))]
             now = time.time()
-            while self.in_process:
-                (plugin_id, export), start, end, outcome = self.in_process.popleft()
-                rows.append(
-                    (plugin_id, export, "none", outcome, (end - start) / 1e6, None, None, None,
-                     None, now)
-                )
-            self.db.record_calls(rows)
+            rows = [(*r, w) for r, w in weighted(sandboxed, ROWS_PER_FLUSH // 2, (0, 1, 3))]
+            for ((plugin_id, export), start, end, outcome), weight in weighted(
+                calls, ROWS_PER_FLUSH // 2, (0, 3)
+            ):
+                rows.append((plugin_id, export, "none", outcome, (end - start) / 1e6, None, None,
+                             None, None, now, weight))
+            self.db.record_weighted_calls(rows)
 
     def start(self, seconds: float = FLUSH_SECONDS) -> None:
         """Flush every ``seconds`` in a background thread until :meth:`stop`."""
@@ -99,3 +102,23 @@ class CallMetrics:
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.join()
+
+
+def weighted(
+    rows: list[tuple[Any, ...]], limit: int, group: tuple[int, ...]
+) -> list[tuple[Any, ...]]:
+    """``rows`` paired with a weight of 1 each, or, when there are more than ``limit``, every
+    k-th row of each group (the fields at ``group``) paired with the rows it stands for.
+    """
+    if len(rows) <= limit:
+        return [(r, 1) for r in rows]
+    step = -(-len(rows) // limit)
+    key = itemgetter(*group)
+    groups: dict[Any, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out: list[tuple[Any, ...]] = []
+    for members in groups.values():
+        out.extend((members[i], len(members[i : i + step]))
+                   for i in range(0, len(members), step))
+    return out

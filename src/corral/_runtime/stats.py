@@ -74,8 +74,16 @@ def queued_events(home: Path) -> dict[str, int]:
     return out
 
 
-def _pct(ordered: list[float], q: float) -> float:
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+def _pct(ordered: list[tuple[float, int]], q: float) -> float:
+    """The ``q`` quantile of weighted values sorted by value."""
+    total = sum(w for _v, w in ordered)
+    rank = min(total - 1, int(q * total))
+    seen = 0
+    for value, weight in ordered:
+        seen += weight
+        if seen > rank:
+            return round(value, 3)
+    return round(ordered[-1][0], 3)
 
 
 def plugin_rows(
@@ -90,12 +98,12 @@ def plugin_rows(
     now = time.time() if now is None else now
     since = now - window
     registered = {row.id: row for row in db.all()}
-    walls: dict[str, list[float]] = {}
+    walls: dict[str, list[tuple[float, int]]] = {}
     errors: dict[str, int] = {}
-    for plugin_id, outcome, wall_ms, _at in db.calls_since(since):
-        walls.setdefault(plugin_id, []).append(wall_ms)
+    for plugin_id, outcome, wall_ms, _at, weight in db.calls_since(since):
+        walls.setdefault(plugin_id, []).append((wall_ms, weight))
         if outcome != "ok":
-            errors[plugin_id] = errors.get(plugin_id, 0) + 1
+            errors[plugin_id] = errors.get(plugin_id, 0) + weight
     usage: dict[str, list[dict[str, Any]]] = {}
     for raw in db.usage_since(since):
         u = dict(zip(USAGE_COLUMNS, raw, strict=True))
@@ -127,7 +135,7 @@ def plugin_rows(
                         reg.version if reg is not None else None),
             "state": reg.state if reg is not None else None,
             "isolation": isolation,
-            "calls_per_s": round(len(ordered) / window, 3),
+            "calls_per_s": round(sum(w for _v, w in ordered) / window, 3),
             "p50_ms": _pct(ordered, 0.5) if ordered else None,
             "p95_ms": _pct(ordered, 0.95) if ordered else None,
             "errors": errors.get(plugin_id, 0),

@@ -155,8 +155,9 @@ class Supervisor:
         self._broker = broker
         if accounting is None:
             accounting = forkserver_env("ACCOUNTING") != "0"
-        #: Read workers' cgroup counters (else their rusage only, approximate).
-        self.accounting: Final = accounting
+        #: Read workers' cgroup counters (else their rusage only, approximate); looked at
+        #: when a worker starts.
+        self.accounting = accounting
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
