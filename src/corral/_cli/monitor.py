@@ -19,6 +19,7 @@ from corral._cli.output import dump, table
 from corral._disk.layout import DB_NAME, default_home
 from corral._errors import MissingExtra, UsageError
 from corral._model.exposition import CONTENT_TYPE, render
+from corral._model.text import neutralise
 from corral._runtime.database import HostDatabase
 from corral._runtime.stats import (
     SORT_KEYS,
@@ -122,6 +123,7 @@ def _live(db: HostDatabase, home: Path, args: argparse.Namespace) -> None:
         from rich.console import Console
         from rich.live import Live
         from rich.table import Table
+        from rich.text import Text
     except ImportError as exc:
         raise MissingExtra.of("rich", "monitor", needed_by="corral top") from exc
 
@@ -129,15 +131,17 @@ def _live(db: HostDatabase, home: Path, args: argparse.Namespace) -> None:
 
     def render() -> Table:
         snap = _snapshot(db, home, sort, args.window)
-        t = Table(title=f"corral top: {home}  (sort: {sort}; keys c m n p e, q quits; "
-                        "~ approximate)", expand=True)
+        title = neutralise(f"corral top: {home}  (sort: {sort}; keys c m n p e, q quits; "
+                           "~ approximate)", one_line=True)
+        t = Table(title=Text(title), expand=True)
         for h in _HEADERS:
             t.add_column(h, justify="left" if h == "plugin" else "right", no_wrap=True)
-        for row in snap["plugins"]:
-            t.add_row(*_cells(row))
+        for row in snap["plugins"]:  # plain text: no markup, nothing unsafe for the terminal
+            t.add_row(*(Text(neutralise(c, one_line=True)) for c in _cells(row)))
         return t
 
-    console = Console()
+    # rich writes its own escape sequences: to the real stdout, past the neutralising stream.
+    console = Console(file=getattr(sys.stdout, "raw", sys.stdout))
     with _keys() as read_key, Live(render(), console=console, auto_refresh=False) as live:
         while True:
             deadline = time.monotonic() + args.interval
