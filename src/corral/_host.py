@@ -226,6 +226,7 @@ class Host:
         )
         out = info.to_dict(full=True)
         out["metrics"] = self._db.call_summary(plugin_id)
+        out["usage"] = self._db.usage_summary(plugin_id)
         out["data_dir"] = str(self.home / "data" / plugin_id)
         out["budgets"] = self.budget_usage(plugin_id)
         return out

@@ -116,6 +116,9 @@ def test_a_200_ms_burn_is_reported_within_5_percent_and_as_the_kernel_counts_it(
     recorded_ms = _cpu_ms(rows) - recorded_before
     # What the worker used between the two flushes: the burn and the little around it.
     assert 190.0 <= recorded_ms <= kernel_total_ms - kernel_before / 1e6 + 1.0, recorded_ms
+    usage = host.info("acme.burner")["usage"]
+    assert usage["approximate"] is False
+    assert usage["cpu_ms"] >= 190.0
 
 
 def test_a_100_mib_allocation_shows_in_its_own_peak_and_not_in_its_neighbours(

@@ -432,11 +432,22 @@ class HostDatabase:
         return [(str(r[0]), bool(r[1]), float(r[2]), int(r[3]), int(r[4]), int(r[5]),
                  int(r[6])) for r in rows]
 
+    def usage_summary(self, plugin_id: str) -> dict[str, Any]:
+        """A plugin's recorded resource use: CPU in total, its highest memory peak, I/O,
+        OOM kills, and whether any of it is approximate (``{}`` when nothing was recorded).
+        """
+        for pid, approximate, cpu_ms, peak, read, written, ooms in self.usage_totals():
+            if pid == plugin_id:
+                return {"cpu_ms": round(cpu_ms, 3), "mem_peak_bytes": peak,
+                        "io_read_bytes": read, "io_write_bytes": written, "oom_kills": ooms,
+                        "approximate": approximate}
+        return {}
+
     def call_summary(self, plugin_id: str) -> dict[str, Any]:
         """Totals and latency figures of a plugin's recorded calls."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb "
+                "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb, weight "
                 "FROM calls WHERE plugin_id = ? ORDER BY at DESC LIMIT 10000",
                 (plugin_id,),
             ).fetchall()
@@ -444,14 +455,14 @@ class HostDatabase:
             return {"calls": 0}
         walls: list[float] = sorted(float(r[1]) for r in rows)
         outcomes: dict[str, int] = {}
-        for r in rows:
-            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
+        for r in rows:  # a sampled row stands for ``weight`` calls
+            outcomes[r[0]] = outcomes.get(r[0], 0) + int(r[5])
 
         def pct(p: float) -> float:
             return round(walls[min(len(walls) - 1, int(p * len(walls)))], 3)
 
         return {
-            "calls": len(rows),
+            "calls": sum(outcomes.values()),
             "outcomes": outcomes,
             "wall_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": walls[-1]},
             "cpu_user_ms": round(sum(r[2] or 0.0 for r in rows), 3),
