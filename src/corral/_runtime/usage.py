@@ -111,9 +111,8 @@ class InProcessSampler:
 
     def take(self, now: float) -> list[UsageRow]:
         """The rows measured since the last take, one per plugin (CPU scaled to every call)."""
-        with self._lock:
-            items = list(self._pending)
-            self._pending.clear()
+        with self._lock:  # popped one by one: a call may append meanwhile
+            items = [self._pending.popleft() for _ in range(len(self._pending))]
         per: dict[tuple[str, str], list[Any]] = {}
         for plugin_id, version, calls, cpu_ns, peak in items:
             acc = per.setdefault((plugin_id, version), [0, 0, None])
