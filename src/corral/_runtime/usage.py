@@ -61,7 +61,7 @@ USAGE_COLUMNS: Final = UsageRow._fields
 
 #: One in how many in-process calls the sampler measures (a thread CPU clock read costs
 #: about half a microsecond; measuring every call would cost more than the call).
-SAMPLE_EVERY: Final = 32
+SAMPLE_EVERY: Final = 64
 
 
 @final
