@@ -26,8 +26,8 @@ v2 is used when its ``pids`` controller is available and delegable here, else th
 v1 ``pids`` hierarchy; :func:`detect` finds out once, by reading ``/proc`` and checking access.
 
 For accounting (CPU, memory, I/O of each worker, read by :mod:`.meter`), a worker
-also gets a cgroup in each writable v1 hierarchy of ``cpu``, ``cpuacct``,
-``memory`` and ``blkio`` (same layout, joined by the spare before its pids
+also gets a cgroup in each writable v1 hierarchy of ``cpuacct``, ``memory``
+and ``blkio`` (same layout, joined by the spare before its pids
 cgroup); on v2 its pids cgroup is the one that is measured
 (:func:`detect_accounting`, :class:`AccountingCgroups`).
 """
@@ -353,10 +353,14 @@ class WorkerCgroups:
 
 # -- accounting: the controllers that measure a worker ------------------------------
 
-#: The v1 controllers a worker gets a cgroup in for accounting (``cpu`` for weights).
-ACCOUNTING_V1: Final = ("cpu", "cpuacct", "memory", "blkio")
-#: The v2 controllers enabled below a worker's parent where delegation allows it.
-ACCOUNTING_V2: Final = ("cpu", "memory", "io")
+#: The v1 controllers a worker gets a cgroup in for accounting.  Not ``cpu``: a cgroup of
+#: its own there would put all workers under one scheduling group that, under load, gets
+#: the CPU of a single task (weights are for quotas to set, deliberately).  Where ``cpu``
+#: and ``cpuacct`` share a mount, joining one joins both.
+ACCOUNTING_V1: Final = ("cpuacct", "memory", "blkio")
+#: The v2 controllers enabled below a worker's parent where delegation allows it
+#: (``cpu.stat`` needs no controller, and ``cpu`` would change scheduling, as above).
+ACCOUNTING_V2: Final = ("memory", "io")
 
 
 @final
