@@ -2,9 +2,9 @@
 
 Run: .venv/bin/python benchmarks/bench_monitoring.py [--rounds N]
 
-- the warm strict round trip (``Host.call`` of a strict no-op) of a worker measured by
-  its cgroups vs one measured by its rusage only (``Supervisor.accounting`` off when it
-  started), same host, calls interleaved (target: at most 2 % added);
+- the warm strict round trip (``Host.call`` of a strict no-op) of one worker, call by
+  call with its cgroup account and with none (the call path before accounting), the
+  host's flush sampling its cgroups meanwhile (target: at most 2 % added);
 - in-process ``Host.call`` with monitoring on (``Host.set_monitoring``) vs off, the
   best of many short batches with the modes alternating (target: at most 100 ns added);
 - what one cgroup sample of a worker costs (taken by the background flush once a
@@ -46,36 +46,30 @@ def pct(values: list[float], q: float) -> float:
 
 
 def strict_round_trip(root: Path, rounds: int) -> tuple[dict[str, list[float]], float]:
-    """Warm strict calls of three plugins of one host: two measured by their cgroups
-    (``on``, ``on2``: their difference is the noise floor) and one by its rusage only
-    (``off``), interleaved in rotating order; and the median time of one cgroup sample.
+    """Warm strict calls of one worker, alternating call by call between its cgroup account
+    (``on``) and no account at all (``off``: the call path as it was before accounting),
+    while the host's flush samples the cgroups once a second; and one sample's time.
     """
     payload = {"small": "payload", "n": 1}
-    names = {"on": "bench.on", "off": "bench.off", "on2": "bench.on2"}
     with Host(home=root / "strict") as host:
-        for plugin_id in names.values():
-            host.register(make_plugin(root / "src", plugin_id, "strict"))
-            host.enable(plugin_id)
-        sup = host.attachments.supervisor()
-        for mode, plugin_id in names.items():
-            sup.accounting = mode != "off"  # looked at when the worker starts
-            host.call(plugin_id, "noop", payload)
-        sup.accounting = True
-        accounts = {mode: sup.account(plugin_id) for mode, plugin_id in names.items()}
-        assert all(a is not None for a in accounts.values()), "no worker"
-        assert [a.exact for a in accounts.values() if a is not None] == [True, False, True], (
-            "no cgroup accounting on this machine")
+        host.register(make_plugin(root / "src", "bench.strict", "strict"))
+        host.enable("bench.strict")
         for _ in range(300):
-            for plugin_id in names.values():
-                host.call(plugin_id, "noop", payload)
-        times: dict[str, list[float]] = {mode: [] for mode in names}
-        order = list(names.items())
+            host.call("bench.strict", "noop", payload)
+        sup = host.attachments.supervisor()
+        account = sup.account("bench.strict")
+        assert account is not None, "no worker"
+        assert account.exact, "no cgroup accounting on this machine"
+        state = sup._plugins["bench.strict"]  # swapped between calls, never during one
+        times: dict[str, list[float]] = {"on": [], "off": []}
         for i in range(rounds):
-            for mode, plugin_id in order[i % 3 :] + order[: i % 3]:
+            for mode in ("on", "off") if i % 2 else ("off", "on"):
+                state.account = account if mode == "on" else None
                 t = time.perf_counter()
-                host.call(plugin_id, "noop", payload)
+                host.call("bench.strict", "noop", payload)
                 times[mode].append(time.perf_counter() - t)
-        meter = accounts["on"].meter if accounts["on"] is not None else None
+        state.account = account
+        meter = account.meter
         assert meter is not None
         samples = []
         for _ in range(2000):
@@ -118,15 +112,15 @@ def main() -> None:
         times, sample = strict_round_trip(root, args.rounds)
         inproc_off, inproc_on, inproc_every = in_process(root, args.batches)
     med = {mode: statistics.median(v) for mode, v in times.items()}
-    on_med = (med["on"] + med["on2"]) / 2
-    print(f"warm strict round trip (Host.call of a no-op, n={args.rounds} each, interleaved)")
-    for mode, label in (("on", "cgroup accounting"), ("on2", "cgroup accounting, 2nd"),
-                        ("off", "rusage only")):
+    print(f"warm strict round trip (Host.call of a no-op, one worker, n={args.rounds} each, "
+          "alternating)")
+    for mode, label in (("on", "with its cgroup account"), ("off", "without any account")):
         print(f"  {label:24s} median {med[mode] * 1e6:7.1f} us  "
               f"p99 {pct(times[mode], 0.99) * 1e6:8.1f} us")
-    print(f"  ratio accounting/rusage {on_med / med['off']:.3f}  "
-          f"({(on_med / med['off'] - 1) * 100:+.1f} %, target <= +2 %); noise floor "
-          f"(two accounted workers) {abs(med['on'] / med['on2'] - 1) * 100:.1f} %")
+    pair = statistics.median(a / b for a, b in zip(times["on"], times["off"], strict=True))
+    print(f"  ratio on/off            {med['on'] / med['off']:.3f}  "
+          f"({(med['on'] / med['off'] - 1) * 100:+.1f} %, target <= +2 %); median of "
+          f"per-pair ratios {pair:.3f}")
     print(f"  one cgroup sample (background, once a second): median {sample * 1e6:.1f} us")
     print("in-process Host.call of a no-op (best of short batches, modes alternating)")
     print(f"  monitoring off            {inproc_off:7.1f} ns")
