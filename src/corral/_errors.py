@@ -222,6 +222,7 @@ EXTRA_OF: dict[str, str] = {
     "multipart": "registry", "psycopg": "registry", "rapidfuzz": "registry",
     "httpx": "registry",
     "keyring": "keyring",
+    "rich": "monitor", "opentelemetry": "monitor",
 }
 
 

@@ -50,6 +50,7 @@ from corral._runtime.lifecycle import Lifecycle
 from corral._runtime.metrics import CallMetrics
 from corral._runtime.quotas import QuotaBook, calls_in_window, quota_report, usage_from_db
 from corral._runtime.runner import Runner
+from corral._runtime.usage import SAMPLE_EVERY, InProcessSampler
 from corral._services.attachments import HostAttachments
 from corral._services.housekeeping import (
     collect_orphans,
@@ -142,6 +143,8 @@ class Host:
             lock=self._rlock, quotas=self.quotas,
         )
         maybe_prune_metrics(self._db, self.home)  # [retention] metrics-days, once a day
+        metrics.usage_sources.append(self.attachments.sample_usage)
+        metrics.start()
 
     # -- context management -------------------------------------------------
 
@@ -162,6 +165,7 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        self._call_metrics.stop()
         self.lifecycle.stop_watching()
         self.attachments.close()
         with contextlib.suppress(Exception):
@@ -235,6 +239,7 @@ class Host:
         )
         out = info.to_dict(full=True)
         out["metrics"] = self._db.call_summary(plugin_id)
+        out["usage"] = self._db.usage_summary(plugin_id)
         out["data_dir"] = str(self.home / "data" / plugin_id)
         out["budgets"] = self.budget_usage(plugin_id)
         return out
@@ -955,6 +960,34 @@ class Host:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
         self._call_metrics.flush()
         self.quotas.flush()
+
+    def export_opentelemetry(self, meter_provider: Any = None, *,
+                             max_plugins: int = 50) -> builtins.list[Any]:
+        """Send the home's plugin metrics (calls, errors, CPU, memory, I/O) through
+        OpenTelemetry: observable instruments on ``meter_provider`` (the global one by
+        default), read from the host database at each collection.  Needs
+        ``opentelemetry-sdk`` (``pip install 'corral[monitor]'``).
+        """
+        from corral._runtime.otel import export_opentelemetry
+
+        return export_opentelemetry(self._db, meter_provider, max_plugins=max_plugins)
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether in-process calls are measured (thread CPU time, ``tracemalloc`` peak)."""
+        return self._call_metrics.sampler is not None
+
+    def set_monitoring(self, on: bool = True, *, every: int = SAMPLE_EVERY) -> None:
+        """Measure in-process plugins' calls (approximate: one in ``every`` is timed with
+        the calling thread's CPU clock, and ``tracemalloc``'s peak is taken when it traces).
+
+        Sandboxed plugins are always measured by their cgroups; this adds nothing to them.
+        """
+        with self._locked():
+            sampler = InProcessSampler(every) if on else None
+            self._call_metrics.sampler = sampler
+            self.lifecycle.wrap_export = sampler.wrap if sampler is not None else None
+            self.lifecycle.rebuild_fast()
 
     # -- validation -----------------------------------------------------------
 

@@ -212,15 +212,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         level: (sandbox_problem(level) or "ok") for level in ("limited", "strict")
     }
     levels["none"] = "ok"
+    accounting = _accounting()
     if args.json:
-        dump({"features": rows, "isolation": levels})
+        dump({"features": rows, "isolation": levels, "accounting": accounting})
         return 0
     for row in rows:
         status = "yes" if row["available"] else "NO"
         print(f"{row['name']:22s}{status:5s}{row['detail']}")
+    status = "yes" if accounting["exact"] else "NO"
+    print(f"{'cgroup accounting':22s}{status:5s}{accounting['detail']}")
     for level, status in levels.items():
         print(f"isolation {level:22s}{status}")
     return 0
+
+
+def _accounting() -> dict[str, Any]:
+    """How sandboxed workers are measured: which cgroup version and controllers, or why
+    only their rusage (approximate).
+    """
+    try:
+        from corral._sandbox.cgroups import detect_accounting
+        from corral._sandbox.forkserver.settings import forkserver_env
+    except ImportError:  # pragma: no cover - not Linux
+        found, why = None, "no cgroups on this platform"
+    else:
+        found, why = detect_accounting()
+        if forkserver_env("ACCOUNTING") == "0":
+            found, why = None, "turned off by CORRAL_FORKSERVER_ACCOUNTING=0"
+    if found is None:
+        return {"exact": False, "version": None, "controllers": [],
+                "detail": f"{why}; workers are measured by their rusage (approximate)"}
+    return {"exact": True, "version": found.version, "controllers": list(found.controllers),
+            "detail": found.describe() + "; in-process plugins: approximate"}
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from corral._cli import docs as _docs
 from corral._cli import install as _install
 from corral._cli import keys as _keys
 from corral._cli import micro as _micro
+from corral._cli import monitor as _monitor
 from corral._cli import pack as _pack
 from corral._cli import pdk as _pdk
 from corral._cli import quota as _quota
@@ -67,6 +68,7 @@ def _parser(only: str | None = None) -> Parser:
     _pack.add_verbs(verb)
     _docs.add_verbs(verb)
     _quota.add_verbs(verb)
+    _monitor.add_verbs(verb)
     if only in (None, "config", "secret"):
         # deferred, like faces and registry below: ~10 ms each that `corral list` need not pay
         from corral._cli import config as _config

@@ -14,8 +14,8 @@ from corral._errors import PluginError, UsageError
 from corral._model.jsoncheck import SIMPLE_TYPES, json_problem
 from corral._runtime.activation import Active, Context, format_tb
 
-__all__ = ["SIMPLE", "FastEntry", "FastTable", "check_input", "checked_output", "fast_entries",
-           "now", "plugin_error"]
+__all__ = ["SIMPLE", "ExportWrapper", "FastEntry", "FastTable", "MemoWrapper", "check_input",
+           "checked_output", "fast_entries", "now", "plugin_error"]
 
 SIMPLE: Final = SIMPLE_TYPES
 now: Final = time.perf_counter_ns
@@ -25,21 +25,38 @@ FastEntry = tuple[Callable[..., Any], Context, bool, tuple[str, str]]
 FastTable = dict[str, dict[str, FastEntry]]
 
 
-def fast_entries(active: Active, async_names: set[str],
-                 wrap: Callable[[Active, str, Callable[..., Any]], Callable[..., Any]] | None
-                 = None) -> dict[str, FastEntry]:
-    """The fast-path entries of an enabled in-process plugin (``wrap``: memoisation)."""
+#: Wraps a sync export while monitoring is on: ``(plugin id, version, fn) -> fn``.
+ExportWrapper = Callable[[str, str, Callable[..., Any]], Callable[..., Any]]
+#: Memoises an export declared ``cache = {...}``: ``(active, export name, fn) -> fn``.
+MemoWrapper = Callable[[Active, str, Callable[..., Any]], Callable[..., Any]]
+
+
+def fast_entries(active: Active, async_names: set[str], memoise: MemoWrapper | None = None,
+                 monitor: ExportWrapper | None = None) -> dict[str, FastEntry]:
+    """The fast-path entries of an enabled in-process plugin.
+
+    Each export is wrapped, innermost first, by ``monitor`` (sync exports, while
+    monitoring is on), ``memoise`` (its memoisation, if declared) and the plugin's
+    quotas over time (``_runtime/quotas.py``), so a memoised hit is still a call.
+    """
     plugin_id = active.manifest.id
+    version = active.manifest.version
     meter = active.quota
-    if meter is not None and (meter.calls is not None or meter.limits_cpu):
-        return {  # counted against its quotas over time (``_runtime/quotas.py``)
-            name: (meter.wrap(fn, is_async=name in async_names), active.ctx,
-                   name in async_names, (plugin_id, name))
-            for name, fn in active.exports.items()
-        }
+    metered = meter is not None and (meter.calls is not None or meter.limits_cpu)
+
+    def build(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        is_async = name in async_names
+        if monitor is not None and not is_async:
+            fn = monitor(plugin_id, version, fn)
+        if memoise is not None:
+            fn = memoise(active, name, fn)
+        if metered:
+            assert meter is not None
+            fn = meter.wrap(fn, is_async=is_async)
+        return fn
+
     return {
-        name: (wrap(active, name, fn) if wrap is not None else fn, active.ctx,
-               name in async_names, (plugin_id, name))
+        name: (build(name, fn), active.ctx, name in async_names, (plugin_id, name))
         for name, fn in active.exports.items()
     }
 

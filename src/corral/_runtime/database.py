@@ -10,14 +10,47 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, final
 
 __all__ = ["HostDatabase", "PluginRow"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+
+#: Per-plugin resource usage samples (schema 3; see ``_runtime/usage.py``).
+_USAGE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    plugin_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    isolation TEXT NOT NULL,
+    source TEXT NOT NULL,
+    approximate INTEGER NOT NULL,
+    at REAL NOT NULL,
+    seconds REAL NOT NULL,
+    calls INTEGER NOT NULL,
+    cpu_ms REAL,
+    mem_current_bytes INTEGER,
+    mem_peak_bytes INTEGER,
+    mem_limit_bytes INTEGER,
+    io_read_bytes INTEGER,
+    io_write_bytes INTEGER,
+    processes INTEGER,
+    oom_kills INTEGER,
+    psi_cpu REAL,
+    psi_memory REAL,
+    psi_io REAL
+);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (at, plugin_id);
+"""
+_USAGE_INSERT: Final = (
+    "INSERT INTO usage (plugin_id, version, isolation, source, approximate, at, seconds, "
+    "calls, cpu_ms, mem_current_bytes, mem_peak_bytes, mem_limit_bytes, io_read_bytes, "
+    "io_write_bytes, processes, oom_kills, psi_cpu, psi_memory, psi_io) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -51,10 +84,11 @@ CREATE TABLE IF NOT EXISTS calls (
     cpu_system_ms REAL,
     peak_rss_kb INTEGER,
     result_bytes INTEGER,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    weight INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS calls_by_plugin ON calls (plugin_id, at);
-"""
+""" + _USAGE_SCHEMA
 
 
 class PluginRow(NamedTuple):
@@ -140,6 +174,27 @@ class HostDatabase:
                 )
         else:
             self._migrate()
+            self._add_usage()
+
+    def _add_usage(self) -> None:
+        """Add the ``usage`` table and ``calls.weight`` a schema-2 database lacks."""
+        has_usage = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'"
+        ).fetchone()
+        call_columns = {r[1] for r in self._conn.execute("PRAGMA table_info(calls)")}
+        if has_usage and "weight" in call_columns:
+            return
+        with self.transaction() as conn:
+            for statement in _USAGE_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if "weight" not in {r[1] for r in conn.execute("PRAGMA table_info(calls)")}:
+                conn.execute("ALTER TABLE calls ADD COLUMN weight INTEGER NOT NULL DEFAULT 1")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     def _migrate(self) -> None:
         """Add the columns a schema-1 database lacks (where each plugin came from)."""
@@ -275,6 +330,7 @@ class HostDatabase:
         """Forget a plugin inside ``transaction()``."""
         conn.execute("DELETE FROM plugins WHERE id = ?", (plugin_id,))
         conn.execute("DELETE FROM calls WHERE plugin_id = ?", (plugin_id,))
+        conn.execute("DELETE FROM usage WHERE plugin_id = ?", (plugin_id,))
 
     def get_meta(self, key: str) -> str | None:
         """A value from the ``meta`` table."""
@@ -303,11 +359,95 @@ class HostDatabase:
                 rows,
             )
 
+    def record_weighted_calls(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append per-call rows each standing for ``weight`` calls (their last column): a
+        sample of a host's calls when there were more than it writes per flush.
+        """
+        if not rows:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO calls (plugin_id, export, isolation, outcome, wall_ms, cpu_user_ms, "
+                "cpu_system_ms, peak_rss_kb, result_bytes, at, weight) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def record_usage(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append usage samples (``UsageRow`` tuples, the ``usage`` table's columns)."""
+        if not rows:
+            return
+        with self.transaction() as conn:
+            conn.executemany(_USAGE_INSERT, rows)
+
+    def usage_since(self, since: float) -> list[tuple[Any, ...]]:
+        """Usage samples taken at or after ``since``, oldest first (``UsageRow`` columns)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT plugin_id, version, isolation, source, approximate, at, seconds, calls, "
+                "cpu_ms, mem_current_bytes, mem_peak_bytes, mem_limit_bytes, io_read_bytes, "
+                "io_write_bytes, processes, oom_kills, psi_cpu, psi_memory, psi_io "
+                "FROM usage WHERE at >= ? ORDER BY at",
+                (since,),
+            ).fetchall()
+
+    def calls_since(self, since: float) -> list[tuple[str, str, float, float, int]]:
+        """``(plugin id, outcome, wall ms, at, weight)`` of the calls recorded at or after
+        ``since`` (a row stands for ``weight`` calls).
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT plugin_id, outcome, wall_ms, at, weight FROM calls WHERE at >= ? "
+                "ORDER BY at",
+                (since,),
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows]
+
+    def call_histograms(
+        self, bounds_ms: tuple[float, ...]
+    ) -> list[tuple[str, str, int, float, list[int]]]:
+        """Per plugin and outcome, over every recorded call: ``(plugin id, outcome, calls,
+        wall ms summed, calls at or under each bound)``.
+        """
+        buckets = "".join(f", SUM((wall_ms <= {float(b)!r}) * weight)" for b in bounds_ms)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT plugin_id, outcome, SUM(weight), SUM(wall_ms * weight){buckets} "  # noqa: S608
+                "FROM calls GROUP BY plugin_id, outcome ORDER BY plugin_id, outcome"
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), float(r[3] or 0.0),
+                 [int(x or 0) for x in r[4:]]) for r in rows]
+
+    def usage_totals(self) -> list[tuple[str, bool, float, int, int, int, int]]:
+        """Per plugin over every usage sample: ``(plugin id, approximate, CPU ms summed,
+        highest peak bytes, bytes read, bytes written, OOM kills)``.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT plugin_id, MAX(approximate), SUM(COALESCE(cpu_ms, 0)), "
+                "MAX(COALESCE(mem_peak_bytes, 0)), SUM(COALESCE(io_read_bytes, 0)), "
+                "SUM(COALESCE(io_write_bytes, 0)), SUM(COALESCE(oom_kills, 0)) "
+                "FROM usage GROUP BY plugin_id ORDER BY plugin_id"
+            ).fetchall()
+        return [(str(r[0]), bool(r[1]), float(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                 int(r[6])) for r in rows]
+
+    def usage_summary(self, plugin_id: str) -> dict[str, Any]:
+        """A plugin's recorded resource use: CPU in total, its highest memory peak, I/O,
+        OOM kills, and whether any of it is approximate (``{}`` when nothing was recorded).
+        """
+        for pid, approximate, cpu_ms, peak, read, written, ooms in self.usage_totals():
+            if pid == plugin_id:
+                return {"cpu_ms": round(cpu_ms, 3), "mem_peak_bytes": peak,
+                        "io_read_bytes": read, "io_write_bytes": written, "oom_kills": ooms,
+                        "approximate": approximate}
+        return {}
+
     def call_summary(self, plugin_id: str) -> dict[str, Any]:
         """Totals and latency figures of a plugin's recorded calls."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb "
+                "SELECT outcome, wall_ms, cpu_user_ms, cpu_system_ms, peak_rss_kb, weight "
                 "FROM calls WHERE plugin_id = ? ORDER BY at DESC LIMIT 10000",
                 (plugin_id,),
             ).fetchall()
@@ -315,14 +455,14 @@ class HostDatabase:
             return {"calls": 0}
         walls: list[float] = sorted(float(r[1]) for r in rows)
         outcomes: dict[str, int] = {}
-        for r in rows:
-            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
+        for r in rows:  # a sampled row stands for ``weight`` calls
+            outcomes[r[0]] = outcomes.get(r[0], 0) + int(r[5])
 
         def pct(p: float) -> float:
             return round(walls[min(len(walls) - 1, int(p * len(walls)))], 3)
 
         return {
-            "calls": len(rows),
+            "calls": sum(outcomes.values()),
             "outcomes": outcomes,
             "wall_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": walls[-1]},
             "cpu_user_ms": round(sum(r[2] or 0.0 for r in rows), 3),

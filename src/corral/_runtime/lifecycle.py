@@ -20,7 +20,7 @@ from corral._model.deps import check_requires_corral, dependency_order, dependen
 from corral._model.lifecycle import DURABLE_STATES, State, check_transition
 from corral._runtime.activation import Active, Context, HookRunner, import_in_process
 from corral._runtime.budgets import CHECK_EVERY_S, DirWatch, wipe
-from corral._runtime.calls import FastTable, fast_entries
+from corral._runtime.calls import ExportWrapper, FastTable, fast_entries
 from corral._runtime.catalog import Catalog
 from corral._runtime.database import HostDatabase, PluginRow
 from corral._runtime.quotas import QuotaBook
@@ -101,6 +101,8 @@ class Lifecycle:
         self.actives = actives
         #: The call fast path's table, shared with ``Host.call``.
         self.fast = fast
+        #: Wraps in-process exports while monitoring is on (``Host.set_monitoring``).
+        self.wrap_export: ExportWrapper | None = None
         self._async: dict[str, set[str]] = {}
         self._lock = lock
         self._budget_thread: threading.Thread | None = None
@@ -298,8 +300,20 @@ class Lifecycle:
         """Put an enabled in-process plugin (back) on the call fast path."""
         plugin_id = active.manifest.id
         if plugin_id not in self.fast and active.state is State.ENABLED:
-            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()),
-                                                 self.attachments.memoise)
+            self.fast[plugin_id] = fast_entries(
+                active, self._async.get(plugin_id, set()), self.attachments.memoise,
+                self.wrap_export,
+            )
+
+    def rebuild_fast(self) -> None:
+        """Build every fast-path entry again (after :attr:`wrap_export` changed)."""
+        for plugin_id in list(self.fast):
+            active = self.actives.get(plugin_id)
+            if active is not None:
+                self.fast[plugin_id] = fast_entries(
+                    active, self._async.get(plugin_id, set()), self.attachments.memoise,
+                    self.wrap_export,
+                )
 
     # -- one plugin ---------------------------------------------------------
 
@@ -342,8 +356,10 @@ class Lifecycle:
         self.persist(plugin_id, State.ENABLED)
         self.attachments.offer_micro(active)
         if active.manifest.sandbox.isolation == "none":
-            self.fast[plugin_id] = fast_entries(active, self._async.get(plugin_id, set()),
-                                                 self.attachments.memoise)
+            self.fast[plugin_id] = fast_entries(
+                active, self._async.get(plugin_id, set()), self.attachments.memoise,
+                self.wrap_export,
+            )
             self._watch_budgets()
 
     def disable_one(self, plugin_id: str) -> None:

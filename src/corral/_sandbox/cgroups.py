@@ -24,6 +24,12 @@ left behind.  A fork server forked by the per-home daemon (see
 server pid>``), and the daemon, its parent, removes what a killed one left.  cgroup
 v2 is used when its ``pids`` controller is available and delegable here, else the
 v1 ``pids`` hierarchy; :func:`detect` finds out once, by reading ``/proc`` and checking access.
+
+For accounting (CPU, memory, I/O of each worker, read by :mod:`.meter`), a worker
+also gets a cgroup in each writable v1 hierarchy of ``cpuacct``, ``memory``
+and ``blkio`` (same layout, joined by the spare before its pids
+cgroup); on v2 its pids cgroup is the one that is measured
+(:func:`detect_accounting`, :class:`AccountingCgroups`).
 """
 
 from __future__ import annotations
@@ -40,12 +46,18 @@ from dataclasses import dataclass
 from typing import Final, final
 
 __all__ = [
+    "ACCOUNTING_V1",
+    "ACCOUNTING_V2",
+    "AccountingCgroups",
+    "AccountingHierarchies",
     "PidsHierarchy",
     "WorkerCgroups",
     "detect",
+    "detect_accounting",
     "join",
     "mount_points",
     "parent_name",
+    "remove_accounting_parents",
     "remove_parent",
 ]
 
@@ -271,6 +283,7 @@ def remove_parent(host_pid: int, server_pid: int) -> None:
     hierarchy, _why = detect()
     if hierarchy is not None:
         _remove(os.path.join(hierarchy.base, parent_name(host_pid, server_pid)))
+    remove_accounting_parents(host_pid, server_pid)
 
 
 @final
@@ -336,3 +349,182 @@ class WorkerCgroups:
     def close(self, reap: Callable[[], None] | None = None) -> bool:
         """Remove every worker cgroup and the parent."""
         return _remove(self.path, reap)
+
+
+# -- accounting: the controllers that measure a worker ------------------------------
+
+#: The v1 controllers a worker gets a cgroup in for accounting.  Not ``cpu``: a cgroup of
+#: its own there would put all workers under one scheduling group that, under load, gets
+#: the CPU of a single task (weights are for quotas to set, deliberately).  Where ``cpu``
+#: and ``cpuacct`` share a mount, joining one joins both.
+ACCOUNTING_V1: Final = ("cpuacct", "memory", "blkio")
+#: The v2 controllers enabled below a worker's parent where delegation allows it
+#: (``cpu.stat`` needs no controller, and ``cpu`` would change scheduling, as above).
+ACCOUNTING_V2: Final = ("memory", "io")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AccountingHierarchies:
+    """Where per-worker accounting cgroups go, as :func:`detect_accounting` found it.
+
+    On v1, one base directory per hierarchy and the controllers mounted there; on v2,
+    the worker's pids cgroup itself measures it (``cpu.stat`` is always there), and
+    ``controllers`` lists what could be enabled for it.
+    """
+
+    version: int
+    #: v1: ``{base directory: controllers mounted there}`` (writable ones only).
+    bases: dict[str, tuple[str, ...]]
+    #: Every controller accounted for (v1) or available to enable (v2).
+    controllers: tuple[str, ...]
+    #: What is missing and why ("" when everything is there).
+    why: str = ""
+
+    def describe(self) -> str:
+        names = ", ".join(self.controllers) or "none"
+        text = f"cgroup v{self.version}: {names}"
+        return f"{text} ({self.why})" if self.why else text
+
+
+def _own_v1_paths() -> dict[str, str]:
+    """This process's cgroup path per v1 controller."""
+    out: dict[str, str] = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[1]:
+            for controller in parts[1].split(","):
+                out[controller] = parts[2]
+    return out
+
+
+def _find_accounting() -> tuple[AccountingHierarchies | None, str]:
+    pids, why = detect()
+    if pids is not None and pids.version == 2:
+        offered = _read(os.path.join(pids.base, "cgroup.controllers")).split()
+        have = tuple(c for c in ACCOUNTING_V2 if c in offered)
+        lacking = [c for c in ACCOUNTING_V2 if c not in offered]
+        note = f"not offered here: {', '.join(lacking)}" if lacking else ""
+        return AccountingHierarchies(2, {}, (*have, "pids"), note), ""
+    own = _own_v1_paths()
+    bases: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for controller in ACCOUNTING_V1:
+        found = False
+        for point, root, fstype, opts in _mounts():
+            if fstype != "cgroup" or controller not in opts or controller not in own:
+                continue
+            base = _join(point, root, own[controller])
+            if base is None or not os.path.isdir(base):
+                continue
+            if not _writable(base):
+                missing.append(f"{controller} (not writable)")
+            else:
+                bases.setdefault(base, []).append(controller)
+            found = True
+            break
+        if not found:
+            missing.append(f"{controller} (not mounted)")
+    if not bases:
+        return None, "no cgroup accounting controller is usable: " + ", ".join(missing or [why])
+    controllers = tuple(c for names in bases.values() for c in names)
+    if pids is not None:
+        controllers = (*controllers, "pids")
+    note = f"missing: {', '.join(missing)}" if missing else ""
+    return AccountingHierarchies(1, {b: tuple(c) for b, c in bases.items()}, controllers,
+                                 note), ""
+
+
+_accounting: list[tuple[AccountingHierarchies | None, str]] = []
+
+
+def detect_accounting() -> tuple[AccountingHierarchies | None, str]:
+    """The usable accounting hierarchies (or ``None`` and why not), found once and cached."""
+    with _lock:
+        cached = list(_accounting)
+    if not cached:
+        found = _find_accounting()
+        with _lock:
+            if not _accounting:
+                _accounting.append(found)
+            cached = list(_accounting)
+    return cached[0]
+
+
+@final
+class AccountingCgroups:
+    """One fork server's accounting cgroups (v1): a parent per hierarchy, a child per worker.
+
+    On v2 there is nothing to make (the pids cgroup is the worker's cgroup); the
+    constructor only enables what it can of ``cpu``, ``memory`` and ``io`` below it.
+
+    :raises OSError: a parent cannot be created.
+    """
+
+    def __init__(self, hierarchies: AccountingHierarchies, host_pid: int,
+                 pids_parent: str | None = None) -> None:
+        self.hierarchies: Final = hierarchies
+        name = parent_name(host_pid, os.getpid())
+        self.parents: Final = [os.path.join(base, name) for base in hierarchies.bases]
+        self._count = 0
+        if hierarchies.version == 2:
+            if pids_parent is not None:  # best effort: domain controllers need delegation
+                base = os.path.dirname(pids_parent)
+                for where in (base, pids_parent):
+                    for controller in hierarchies.controllers:
+                        with contextlib.suppress(OSError):
+                            _write(os.path.join(where, "cgroup.subtree_control"),
+                                   f"+{controller}")
+            return
+        made: list[str] = []
+        try:
+            for parent in self.parents:
+                os.mkdir(parent, 0o755)
+                made.append(parent)
+        except BaseException:
+            for parent in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(parent)
+            raise
+
+    def create(self) -> tuple[dict[str, str], list[int]]:
+        """A new worker's accounting cgroups: ``{controller: path}`` and their
+        ``cgroup.procs`` opened for writing, for :func:`join` in the spare.
+        """
+        self._count += 1
+        paths: dict[str, str] = {}
+        fds: list[int] = []
+        try:
+            for parent, controllers in zip(self.parents, self.hierarchies.bases.values(),
+                                           strict=True):
+                path = os.path.join(parent, f"worker-{self._count}")
+                os.mkdir(path, 0o755)
+                for controller in controllers:
+                    paths[controller] = path
+                fds.append(os.open(os.path.join(path, "cgroup.procs"),
+                                   os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            self.remove(paths)
+            raise
+        return paths, fds
+
+    @staticmethod
+    def remove(paths: dict[str, str], reap: Callable[[], None] | None = None) -> None:
+        """Kill what is left in a worker's accounting cgroups and remove them."""
+        for path in sorted(set(paths.values())):
+            _remove(path, reap)
+
+    def close(self, reap: Callable[[], None] | None = None) -> None:
+        """Remove every worker's accounting cgroup and the parents."""
+        for parent in self.parents:
+            _remove(parent, reap)
+
+
+def remove_accounting_parents(host_pid: int, server_pid: int) -> None:
+    """Remove the accounting cgroups a killed fork server left; best effort."""
+    hierarchies, _why = detect_accounting()
+    if hierarchies is not None:
+        for base in hierarchies.bases:
+            _remove(os.path.join(base, parent_name(host_pid, server_pid)))

@@ -258,6 +258,9 @@ class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
 
     pid: int = 0
     error: str | None = None
+    #: Its cgroups by controller (``pids``, ``cpuacct``, ``memory``, ... or ``unified``), to
+    #: measure it by.
+    cgroups: dict[str, str] = {}
 
 
 class Reaped(msgspec.Struct, frozen=True, tag="reaped"):

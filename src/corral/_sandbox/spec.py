@@ -60,6 +60,8 @@ class SandboxSpec:
     max_log_bytes: int = 256 * 1024
     #: ``cpu-weight`` (``[quotas]``): its share of a contended CPU, 100 being equal.
     cpu_weight: int = 100
+    #: The plugin's version, which its usage is recorded under.
+    version: str = ""
 
     def __post_init__(self) -> None:
         if self.isolation not in ("limited", "strict"):

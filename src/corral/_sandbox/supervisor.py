@@ -47,10 +47,13 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._runtime.usage import UsageRow
+from corral._sandbox.accounting import WorkerAccount
 from corral._sandbox.cpuweight import CpuWeights
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
+from corral._sandbox.forkserver.settings import forkserver_env
 from corral._sandbox.rpc import (
     Call,
     ErrorInfo,
@@ -121,6 +124,8 @@ class _Plugin:
         self.crashes: list[float] = []
         self.circuit_open = False
         self.metrics: CallMetrics | None = None
+        #: What the running worker has cost (its cgroups, or its rusage).
+        self.account: WorkerAccount | None = None
 
 
 @final
@@ -133,6 +138,8 @@ class Supervisor:
     :param max_crashes: consecutive crashes within ``crash_window`` that open the circuit.
     :param forkserver_dir: share the per-home fork server daemon listening there
         (``<home>/run``; pays off for one-shot processes) instead of a private fork server.
+    :param accounting: measure workers by their cgroups (default: unless
+        ``CORRAL_FORKSERVER_ACCOUNTING=0``); without, by their rusage (approximate).
     """
 
     def __init__(
@@ -145,10 +152,16 @@ class Supervisor:
         start_timeout: float = 10.0,
         forkserver_dir: Path | None = None,
         cpu_weights: CpuWeights | None = None,
+        accounting: bool | None = None,
     ) -> None:
         self._broker = broker
         #: Puts each worker into its plugin's weighted cpu cgroup (``cpu-weight``).
         self.cpu_weights = cpu_weights
+        if accounting is None:
+            accounting = forkserver_env("ACCOUNTING") != "0"
+        #: Read workers' cgroup counters (else their rusage only, approximate); looked at
+        #: when a worker starts.
+        self.accounting = accounting
         self._idle_seconds = idle_seconds
         self._max_crashes = max_crashes
         self._crash_window = crash_window
@@ -164,6 +177,8 @@ class Supervisor:
         #: Stops idle workers even when no call comes (started with the first worker).
         self._idle_sweeper: threading.Thread | None = None
         self._idle_stop = threading.Event()
+        #: Usage rows of workers stopped since the last :meth:`sample_usage`.
+        self._usage_done: list[UsageRow] = []
 
     # -- public ----------------------------------------------------------------------
 
@@ -214,6 +229,27 @@ class Supervisor:
         state = self._plugins.get(plugin_id)
         worker = state.worker if state is not None else None
         return worker.pid if worker is not None else None
+
+    def account(self, plugin_id: str) -> WorkerAccount | None:
+        """The running worker's account (its cgroups and counters), if it has a worker."""
+        state = self._plugins.get(plugin_id)
+        return state.account if state is not None else None
+
+    def sample_usage(self) -> list[UsageRow]:
+        """Usage rows since the last sample: one per worker that did anything, and the
+        final ones of workers stopped meanwhile.  Reads the kernel's counters; cheap
+        enough to call every second, never needed on the call path.
+        """
+        with self._lock:
+            rows, self._usage_done = self._usage_done, []
+            states = list(self._plugins.values())
+        for state in states:
+            account = state.account
+            if account is not None:
+                row = account.sample()
+                if row is not None:
+                    rows.append(row)
+        return rows
 
     def stop(self, plugin_id: str) -> None:
         """Stop the plugin's worker (the plugin was disabled); the next call starts one."""
@@ -317,6 +353,12 @@ class Supervisor:
     def _kill(self, state: _Plugin) -> Reaped | None:
         """Kill and reap the plugin's worker, if it has one."""
         worker, state.worker = state.worker, None
+        account, state.account = state.account, None
+        if account is not None:  # before the reap: its cgroups go with it
+            row = account.sample(final=True)
+            if row is not None:
+                with self._lock:
+                    self._usage_done.append(row)
         if worker is None:
             return None
         worker.sock.close()
@@ -363,6 +405,10 @@ class Supervisor:
         self._sweep_idle_soon()
         if self.cpu_weights is not None:
             self.cpu_weights.place(spec.plugin_id, reply.pid, spec.cpu_weight)
+        state.account = WorkerAccount(
+            spec.plugin_id, spec.version, spec.isolation, spec.memory_mb,
+            reply.cgroups if self.accounting else {},
+        )
         return worker
 
     def _greet(self, state: _Plugin, worker: WorkerProcess, deadline: float) -> None:
@@ -434,6 +480,9 @@ class Supervisor:
             if worker is not None:
                 worker.last_used = time.monotonic()
                 worker.cpu_ms += usage.cpu_user_ms + usage.cpu_system_ms
+            account = state.account
+            if account is not None:
+                account.call_done(usage.cpu_user_ms + usage.cpu_system_ms, usage.peak_rss_kb)
             state.metrics = CallMetrics(
                 wall_ms=(time.monotonic() - t0) * 1000.0,
                 cpu_user_ms=usage.cpu_user_ms,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, final
 from corral._errors import NotFoundError, PolicyDenied
 from corral._model.lifecycle import State
 from corral._runtime.activation import Active, HookRunner
+from corral._runtime.usage import UsageRow
 from corral._services.context import PluginContext, plugin_paths
 from corral._services.hub import Services
 
@@ -194,6 +195,11 @@ class HostAttachments:
                 # each call tells the worker whether its L1 of ctx.cache is still good
                 self._supervisor.cache_generation = self.services.cache.generation
             return self._supervisor
+
+    def sample_usage(self) -> list[UsageRow]:
+        """The sandboxed workers' usage since the last sample (none before any started)."""
+        supervisor = self._supervisor
+        return supervisor.sample_usage() if supervisor is not None else []
 
     def call_sandboxed(self, active: Active, export: str, input: Any) -> Any:
         """Run an export or micro handler of a sandboxed plugin in its worker; a memoised

@@ -108,6 +108,7 @@ def spec_for(manifest: Manifest, ctx: Context) -> SandboxSpec:
         max_output_bytes=MAX_OUTPUT_BYTES,
         max_log_lines=manifest.sandbox.log_lines,
         max_log_bytes=manifest.sandbox.log_kb * 1024,
+        version=manifest.version,
     )
 
 

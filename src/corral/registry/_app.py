@@ -42,11 +42,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
+from corral._model.exposition import CONTENT_TYPE
 from corral._version import __version__
 
 from ._accounts import Principal
 from ._docs_ui import add_docs_pages
 from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
+from ._metrics import RequestMetrics, RequestRecorder
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
@@ -300,6 +302,13 @@ def create_app(registry: Registry) -> FastAPI:
     )
     add_docs_pages(app)
     app.add_middleware(_Guard, report=report)
+    requests = RequestRecorder()
+    app.add_middleware(RequestMetrics, recorder=requests)
+
+    @app.get("/metrics", include_in_schema=False)
+    def _metrics() -> Response:
+        """Request counts and latencies per route template (Prometheus text)."""
+        return Response(requests.exposition(), media_type=CONTENT_TYPE)
     searches = _SearchCache()
     plain_write = registry.write
 

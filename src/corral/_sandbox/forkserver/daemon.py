@@ -40,6 +40,7 @@ from corral._sandbox.forkserver.server import (
     ForkServer,
     children_of,
     kill,
+    open_accounting,
     open_cgroups,
     preload,
     warm_up,
@@ -298,7 +299,9 @@ class _Daemon:
             _namespaces.set_child_subreaper()  # not inherited across fork
             ctrl = conn if conn is not None else handoff
             assert ctrl is not None
-            server = ForkServer(ctrl, *open_cgroups())
+            cgroups, cgroup_error = open_cgroups()
+            server = ForkServer(ctrl, cgroups, cgroup_error,
+                                accounting=open_accounting(cgroups))
             try:
                 if handoff is not None:
                     if server.cgroup_error is None:

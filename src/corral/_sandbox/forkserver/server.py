@@ -54,7 +54,10 @@ from corral._sandbox.rpc import (
 )
 from corral._sandbox.worker.start import spare as _become_spare
 
-__all__ = ["ForkServer", "children_of", "kill", "main", "open_cgroups", "preload", "warm_up"]
+__all__ = [
+    "ForkServer", "children_of", "kill", "main", "open_accounting", "open_cgroups", "preload",
+    "warm_up",
+]
 
 _MAX_PACKET: Final = 1 << 20
 #: How often the fork server (and the daemon) looks for strays when nothing happens.
@@ -104,13 +107,16 @@ class _Warm:
 class _Spare:
     """A forked worker process waiting for its assignment on ``sock``."""
 
-    __slots__ = ("cgroup", "pid", "sock")
+    __slots__ = ("accounting", "cgroup", "pid", "sock")
 
-    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None) -> None:
+    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None,
+                 accounting: dict[str, str] | None = None) -> None:
         self.pid: Final = pid
         self.sock: Final = sock
         #: The pids cgroup it joined before waiting, without a limit until it is assigned.
         self.cgroup: Final = cgroup
+        #: Its accounting cgroups (v1), ``{controller: path}``.
+        self.accounting: Final = accounting or {}
 
 
 class ForkServer:
@@ -121,6 +127,7 @@ class ForkServer:
         ctrl: socket.socket,
         cgroups: _cgroups.WorkerCgroups | None = None,
         cgroup_error: str | None = None,
+        accounting: _cgroups.AccountingCgroups | None = None,
     ) -> None:
         self.ctrl = ctrl
         self.children: set[int] = set()
@@ -129,6 +136,9 @@ class ForkServer:
         #: Why the pids cgroups the kernel offers could not be set up (refuses every spawn).
         self.cgroup_error: Final = cgroup_error
         self.worker_cgroup: dict[int, str] = {}
+        #: Each worker's accounting cgroups, when the kernel lets us make them.
+        self.accounting: Final = accounting
+        self.worker_accounting: dict[int, dict[str, str]] = {}
         self.spares: dict[str, _Spare] = {}
         self.wanted: set[str] = set()
         self.read_paths: Final = interpreter_paths()
@@ -229,7 +239,14 @@ class ForkServer:
                     spare.sock.close()
                 if cgroup is not None:
                     self.worker_cgroup[spare.pid] = cgroup
-                return Spawned(pid=spare.pid)
+                measured = dict(spare.accounting)
+                if spare.accounting:
+                    self.worker_accounting[spare.pid] = spare.accounting
+                if cgroup is not None and self.cgroups is not None:
+                    measured["pids"] = cgroup
+                    if self.cgroups.hierarchy.version == 2:
+                        measured["unified"] = cgroup
+                return Spawned(pid=spare.pid, cgroups=measured)
             return Spawned(error=why)
         except Exception as exc:
             return Spawned(error=f"{type(exc).__name__}: {exc}")
@@ -254,6 +271,7 @@ class ForkServer:
         cgroup = cgroup or spare.cgroup
         if cgroup is not None:
             _cgroups.WorkerCgroups.remove(cgroup, self._sweep)
+        _cgroups.AccountingCgroups.remove(spare.accounting, self._sweep)
 
     def _in_child(self) -> None:
         """First thing in any forked child: drop the fork server's Python-level descriptors."""
@@ -265,18 +283,30 @@ class ForkServer:
     def _fork_spare(self, kind: str) -> _Spare:
         cgroup: str | None = None
         procs_fd: int | None = None
-        if self.cgroups is not None:
-            cgroup, procs_fd = self.cgroups.create()
+        measured: dict[str, str] = {}
+        measure_fds: list[int] = []
+        if self.accounting is not None:
+            with contextlib.suppress(OSError):  # unmeasured is better than no worker
+                measured, measure_fds = self.accounting.create()
+        try:
+            if self.cgroups is not None:
+                cgroup, procs_fd = self.cgroups.create()
+        except BaseException:
+            for fd in measure_fds:
+                os.close(fd)
+            _cgroups.AccountingCgroups.remove(measured)
+            raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if kind == "strict":
-                pid = self._fork_strict(ours, theirs, procs_fd)
+                pid = self._fork_strict(ours, theirs, procs_fd, measure_fds)
             else:
                 pid = os.fork()
                 if pid == 0:
                     try:
                         ours.close()
                         self._in_child()
+                        _join_accounting(measure_fds)
                         if procs_fd is not None:
                             _cgroups.join(procs_fd)
                     except BaseException:
@@ -285,16 +315,20 @@ class ForkServer:
         except BaseException:
             if cgroup is not None:
                 _cgroups.WorkerCgroups.remove(cgroup)
+            _cgroups.AccountingCgroups.remove(measured)
             raise
         finally:
             theirs.close()
             if procs_fd is not None:
                 os.close(procs_fd)
+            for fd in measure_fds:
+                os.close(fd)
         self.children.add(pid)
-        return _Spare(pid, ours, cgroup)
+        return _Spare(pid, ours, cgroup, measured)
 
     def _fork_strict(
-        self, ours: socket.socket, theirs: socket.socket, procs_fd: int | None = None
+        self, ours: socket.socket, theirs: socket.socket, procs_fd: int | None = None,
+        measure_fds: list[int] | None = None,
     ) -> int:
         r, w = os.pipe()
         uid, gid = os.geteuid(), os.getegid()
@@ -311,6 +345,7 @@ class ForkServer:
                 if init_pid == 0:
                     try:
                         os.close(w)
+                        _join_accounting(measure_fds or [])
                         if procs_fd is not None:  # it pays for the move, not the fork server
                             _cgroups.join(procs_fd)
                     except BaseException:
@@ -349,11 +384,13 @@ class ForkServer:
             )
         kill(pid)
         cgroup = self.worker_cgroup.pop(pid, None)
+        measured = self.worker_accounting.pop(pid, {})
         _pid, status, ru = os.wait4(pid, 0)
         self.children.discard(pid)
         self._sweep()  # its escaped descendants, before the host hears it is gone
         if cgroup is not None:  # whatever is still in it is killed, then it goes
             _cgroups.WorkerCgroups.remove(cgroup, self._sweep)
+        _cgroups.AccountingCgroups.remove(measured, self._sweep)
         return Reaped(
             pid=pid,
             exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -397,8 +434,11 @@ class ForkServer:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.worker_cgroup.clear()
+        self.worker_accounting.clear()
         if self.cgroups is not None:
             self.cgroups.close(self._sweep)
+        if self.accounting is not None:
+            self.accounting.close(self._sweep)
 
 
 def open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
@@ -418,6 +458,32 @@ def open_cgroups() -> tuple[_cgroups.WorkerCgroups | None, str | None]:
         if os.getuid() != 0:
             return None, None
         return None, f"cannot set up the pids cgroup for max-processes: {exc}"
+
+
+def open_accounting(
+    cgroups: _cgroups.WorkerCgroups | None = None,
+) -> _cgroups.AccountingCgroups | None:
+    """This fork server's accounting cgroups, or None where they cannot be made (the host
+    then measures workers by their rusage, marked approximate).
+    """
+    hierarchies, _why = _cgroups.detect_accounting()
+    if hierarchies is None:
+        return None
+    try:
+        return _cgroups.AccountingCgroups(
+            hierarchies, os.getppid(), cgroups.path if cgroups is not None else None
+        )
+    except OSError:
+        return None
+
+
+def _join_accounting(fds: list[int]) -> None:
+    """In a spare: join its accounting cgroups (before the pids one); failures only
+    leave it unmeasured.
+    """
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            _cgroups.join(fd)
 
 
 def _limited_ruleset() -> int | None:
@@ -484,6 +550,7 @@ def children_of(pid: int) -> list[int]:
 def warm_up() -> None:
     """Everything a fork server computes once, done before the daemon forks any."""
     _cgroups.detect()
+    _cgroups.detect_accounting()
     interpreter_paths()
     with contextlib.suppress(Exception):
         from corral._sandbox.kernel import _seccomp_available
@@ -501,7 +568,8 @@ def main(ctrl_fd: int) -> None:
     _namespaces.set_child_subreaper()
     preload()
     ctrl = socket.socket(fileno=ctrl_fd)
-    server = ForkServer(ctrl, *open_cgroups())
+    cgroups, cgroup_error = open_cgroups()
+    server = ForkServer(ctrl, cgroups, cgroup_error, accounting=open_accounting(cgroups))
     gc.collect()
     gc.freeze()
     try:

@@ -16,7 +16,8 @@ _OLD_NAMES: Final = {"CORRAL_FORKSERVER_SHARED": "CORRAL_SHARED_FORKSERVER"}
 
 
 def forkserver_env(setting: str) -> str | None:
-    """The value of ``CORRAL_FORKSERVER_<setting>`` (``SHARED``, ``IDLE``), or None.
+    """The value of ``CORRAL_FORKSERVER_<setting>`` (``SHARED``, ``IDLE``, ``ACCOUNTING``:
+    ``0``: the host measures workers by their rusage only), or None.
 
     When only the variable's old name is set, its value counts, with a warning.
     """
