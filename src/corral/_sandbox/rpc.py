@@ -54,6 +54,7 @@ __all__ = [
     "HostMessage",
     "Log",
     "Output",
+    "Profile",
     "ProtocolError",
     "Reap",
     "Reaped",
@@ -114,13 +115,15 @@ class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # -- host -> worker -----------------------------------------------------------
 
 
-class Call(msgspec.Struct, frozen=True, tag="call"):
+class Call(msgspec.Struct, frozen=True, tag="call", omit_defaults=True):
     """Run ``target(input, ctx)``; the worker answers with Result or Failure of ``id``."""
 
     id: int
     target: str
     input: Any
     config: dict[str, Any]
+    #: Sample the call's stack and send a :class:`Profile` before its answer.
+    profile: bool = False
 
 
 class Reply(msgspec.Struct, frozen=True, tag="reply", omit_defaults=True):
@@ -194,7 +197,20 @@ class Refused(msgspec.Struct, frozen=True, tag="refused"):
     feature: str | None = None
 
 
-WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused
+class Profile(msgspec.Struct, frozen=True, tag="profile", forbid_unknown_fields=True):
+    """What call ``id`` was measured doing, sent before its answer: stack samples (when the
+    call asked for them) and the modules its first import loaded, with their times."""
+
+    id: int
+    #: ``(name, file, line)`` of every frame the samples name; files relative to the plugin.
+    frames: list[tuple[str, str, int]] = []
+    #: ``(frame indexes root first, milliseconds)`` per distinct stack.
+    samples: list[tuple[list[int], float]] = []
+    #: ``(module, self ms, total ms)`` of each module imported during the call.
+    imports: list[tuple[str, float, float]] = []
+
+
+WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused | Profile
 
 
 # -- host <-> fork server (control channel, SOCK_SEQPACKET, one message per packet)

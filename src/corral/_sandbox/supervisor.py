@@ -47,6 +47,7 @@ from corral._errors import (
     WorkerCrashed,
 )
 from corral._model.permissions import Permissions
+from corral._sandbox.blame import capture as capture_blame
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
 from corral._sandbox.forkserver.client import ForkServerClient
@@ -57,6 +58,7 @@ from corral._sandbox.rpc import (
     Hello,
     Log,
     Output,
+    Profile,
     ProtocolError,
     Reap,
     Reaped,
@@ -78,6 +80,8 @@ __all__ = ["BrokerHandler", "CallMetrics", "Supervisor"]
 
 #: ``(plugin_id, op, args) -> JSON result``; raises a CorralError (``PermissionDenied``).
 BrokerHandler = Callable[[str, str, dict[str, Any]], Any]
+#: Takes the stack samples of one profiled call (``Supervisor.set_profiler``).
+ProfileSink = Callable[[Profile], None]
 
 _log: Final = logging.getLogger("corral.sandbox")
 _NET_CONNECT_TIMEOUT: Final = 10.0
@@ -95,6 +99,9 @@ class CallMetrics:
     result_bytes: int
     #: ``ok`` or the error code the call ended with (``timeout``, ``crashed``, ...).
     outcome: str
+    #: How many broker requests the call made, and the host's time serving them.
+    broker_calls: int = 0
+    broker_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -105,6 +112,8 @@ class _Usage:
     cpu_system_ms: float = 0.0
     peak_rss_kb: int = 0
     result_bytes: int = 0
+    broker_calls: int = 0
+    broker_ms: float = 0.0
 
     def set(self, user_ms: float, system_ms: float, rss_kb: int) -> None:
         self.cpu_user_ms, self.cpu_system_ms, self.peak_rss_kb = user_ms, system_ms, rss_kb
@@ -120,6 +129,10 @@ class _Plugin:
         self.crashes: list[float] = []
         self.circuit_open = False
         self.metrics: CallMetrics | None = None
+        #: Where a profiled call's samples go (``set_profiler``); ``None``: not profiled.
+        self.profiler: ProfileSink | None = None
+        #: ``(module, self ms, total ms)`` its worker reported for its last first import.
+        self.imports: list[tuple[str, float, float]] = []
 
 
 @final
@@ -199,6 +212,18 @@ class Supervisor:
         """The metrics of the plugin's most recent call, if any."""
         state = self._plugins.get(plugin_id)
         return state.metrics if state is not None else None
+
+    def set_profiler(self, plugin_id: str, sink: ProfileSink | None) -> None:
+        """Sample the stacks of the plugin's calls into ``sink`` from now on (``None``: stop)."""
+        self._state(plugin_id).profiler = sink
+
+    def take_imports(self, plugin_id: str) -> list[tuple[str, float, float]]:
+        """The import times its worker reported since the last take (then forgotten)."""
+        state = self._plugins.get(plugin_id)
+        if state is None or not state.imports:
+            return []
+        out, state.imports = state.imports, []
+        return out
 
     def worker_pid(self, plugin_id: str) -> int | None:
         """The host-side pid of the plugin's running worker, if it has one."""
@@ -409,6 +434,8 @@ class Supervisor:
                 peak_rss_kb=usage.peak_rss_kb,
                 result_bytes=usage.result_bytes,
                 outcome=outcome,
+                broker_calls=usage.broker_calls,
+                broker_ms=usage.broker_ms,
             )
 
     def _record_crash(self, state: _Plugin, exc: WorkerCrashed) -> None:
@@ -437,7 +464,9 @@ class Supervisor:
         output = lines = 0
         host_errors: set[tuple[str, str]] = set()  # errors the host raised into this call
         try:
-            call = Call(id=call_id, target=target, input=input, config=config)
+            sink = state.profiler
+            call = Call(id=call_id, target=target, input=input, config=config,
+                        profile=sink is not None)
             try:
                 worker.send(call, deadline)
             except WorkerGone:
@@ -473,7 +502,17 @@ class Supervisor:
                         self._kill(state)  # the worker is not to be trusted after a limit
                     raise err
                 if isinstance(msg, Request):
+                    served = time.monotonic()
                     self._serve_request(worker, spec, msg, deadline, host_errors)
+                    usage.broker_calls += 1
+                    usage.broker_ms += (time.monotonic() - served) * 1000.0
+                elif isinstance(msg, Profile):
+                    if msg.id != call_id:
+                        raise ProtocolError(f"profile of unknown call id {msg.id}")
+                    if msg.imports:
+                        state.imports = msg.imports[:200]
+                    if sink is not None and msg.samples:
+                        sink(msg)
                 elif isinstance(msg, Log | Output):
                     text = msg.message if isinstance(msg, Log) else msg.text
                     output += len(text.encode("utf-8", "replace"))
@@ -495,12 +534,16 @@ class Supervisor:
                     raise ProtocolError(f"unexpected {type(msg).__name__} during a call")
         except TimeoutError:
             elapsed = (time.monotonic() - t0) * 1000.0
+            blame = capture_blame(worker.pid, worker.sock, str(spec.plugin_dir))
             _set_reaped(usage, self._kill(state))
             raise PluginTimeout(
-                f"{pid}: {target} ran past its {spec.timeout_ms} ms wall-clock limit",
+                f"{pid}: {target} ran past its {spec.timeout_ms} ms wall-clock limit"
+                + (f" (in {blame[0]['function']}, {blame[0]['file']}:{blame[0]['line']})"
+                   if blame else ""),
                 plugin_id=pid,
                 limit="timeout-ms",
                 measured=round(elapsed, 1),
+                blame=blame,
             ) from None
         except ProtocolError as exc:
             reaped = self._kill(state)

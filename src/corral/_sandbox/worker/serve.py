@@ -14,6 +14,8 @@ import logging
 import os
 import resource
 import signal
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +33,7 @@ from corral._sandbox.rpc import (
     Hello,
     Log,
     Output,
+    Profile,
     ProtocolError,
     Result,
     Stop,
@@ -40,6 +43,8 @@ from corral._sandbox.rpc import (
 )
 from corral._sandbox.worker.attempts import Attempts
 from corral._sandbox.worker.channel import Channel
+from corral._sandbox.worker.importtimes import timed_imports
+from corral._sandbox.worker.sampler import Sampler
 from corral._sandbox.worker.context import (
     EventsProxy,
     MessagesProxy,
@@ -174,6 +179,8 @@ class Worker:
         self.grants = Grants.of_init(init)
         self.attempts = Attempts()
         self.attempts.install()
+        #: Modules imported by the last calls (``(module, self ms, total ms)``), not yet sent.
+        self.imports: list[tuple[str, float, float]] = []
 
     def count_output(self, n: int) -> None:
         self.output += n
@@ -201,7 +208,7 @@ class Worker:
             module, sep, qual = target.partition(":")
             if not sep or not module or not qual:
                 raise ValueError(f"target must read 'package.module:function', got {target!r}")
-            obj: Any = importlib.import_module(module)
+            obj: Any = self._import(module)
             for part in qual.split("."):
                 obj = getattr(obj, part)
             if not callable(obj):
@@ -247,13 +254,23 @@ class Worker:
         obj = self._entries.get(target)
         if obj is None:
             module, _, qual = target.partition(":")
-            obj = importlib.import_module(module)
+            obj = self._import(module)
             for part in qual.split("."):
                 obj = getattr(obj, part)
             if isinstance(obj, type):
                 obj = obj()
             self._entries[target] = obj
         return obj
+
+    def _import(self, module: str) -> Any:
+        """Import a plugin module, timing each module it loads the first time."""
+        if module in sys.modules:
+            return sys.modules[module]
+        try:
+            with timed_imports() as times:
+                return importlib.import_module(module)
+        finally:
+            self.imports.extend(times)
 
     def _run(self, call: Call) -> None:
         children = self.init.allow_exec  # only a worker that may spawn has children to count
@@ -267,6 +284,12 @@ class Worker:
         signal.setitimer(signal.ITIMER_PROF, float(self.init.cpu_seconds))
         _CallFlag.running = True
         self.attempts.clear()
+        sampler = None
+        if call.profile:
+            sampler = Sampler(self.init.plugin_dir, thread_id=threading.get_ident(),
+                              broker_op=lambda: self.ch.op)
+            if not sampler.start():
+                sampler = None
         try:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
@@ -328,6 +351,7 @@ class Worker:
                 traceback=traceback.format_exc(),
             )
         _CallFlag.running = False
+        profile = sampler.stop() if sampler is not None else None
         if error is not None and error.limit != "output-size":
             self.stdout.flush()  # what a failed call printed still reaches the host
             self.stderr.flush()
@@ -344,6 +368,11 @@ class Worker:
             s1 += cs1 - cs0
         usage = Usage(cpu_user_ms=u1 - u0, cpu_system_ms=s1 - s0, peak_rss_kb=ru1.ru_maxrss)
         _reap_children()
+        if profile is not None or self.imports:
+            frames, samples = profile if profile is not None else ([], [])
+            self.ch.send(Profile(id=call.id, frames=frames, samples=samples,
+                                 imports=self.imports))
+            self.imports = []
         if error is None:
             self.ch.send(Result(id=call.id, value=value, usage=usage))
         else:
