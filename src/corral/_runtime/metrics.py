@@ -20,7 +20,7 @@ METRICS_MAX: Final = 100_000
 class CallMetrics:
     """The finished calls not yet written: in-process ones (timings) and sandboxed ones (rows)."""
 
-    __slots__ = ("db", "in_process", "sandboxed")
+    __slots__ = ("db", "imports", "in_process", "profiles", "sandboxed")
 
     def __init__(self, db: HostDatabase) -> None:
         self.db = db
@@ -28,13 +28,26 @@ class CallMetrics:
         self.in_process: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
         #: Whole database rows, appended by the sandboxed call path.
         self.sandboxed: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
+        #: ``call_profile`` and ``import_profile`` rows (what ``corral suggest`` reads).
+        self.profiles: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
+        self.imports: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
 
-    def record(self, row: tuple[Any, ...]) -> None:
-        """Record one finished sandboxed call's metrics; written with the next flush."""
+    def record(self, row: tuple[Any, ...], profile: tuple[Any, ...] | None = None,
+               imports: list[tuple[Any, ...]] | None = None) -> None:
+        """Record one finished sandboxed call's metrics (and its ``call_profile`` row and the
+        import times its worker measured); written with the next flush."""
         self.sandboxed.append(row)
+        if profile is not None:
+            self.profiles.append(profile)
+        if imports:
+            self.imports.extend(imports)
 
     def flush(self) -> None:
         """Write the calls' metrics recorded so far to the host database, in one transaction."""
+        if self.profiles or self.imports:
+            profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
+            imports = [self.imports.popleft() for _ in range(len(self.imports))]
+            self.db.record_profiles(profiles, imports)
         if not self.in_process and not self.sandboxed:
             return
         rows = []

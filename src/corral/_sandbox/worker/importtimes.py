@@ -84,10 +84,10 @@ def timed_imports() -> Iterator[list[tuple[str, float, float]]]:
     ms)`` of the slowest (by their own time) once the block ends."""
     timer = _Timer()
     out: list[tuple[str, float, float]] = []
-    sys.meta_path.insert(0, timer)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, timer)
     try:
         yield out
     finally:
         with contextlib.suppress(ValueError):
-            sys.meta_path.remove(timer)  # type: ignore[arg-type]
+            sys.meta_path.remove(timer)
         out.extend(sorted(timer.times, key=lambda t: -t[1])[:_KEEP])

@@ -43,8 +43,6 @@ from corral._sandbox.rpc import (
 )
 from corral._sandbox.worker.attempts import Attempts
 from corral._sandbox.worker.channel import Channel
-from corral._sandbox.worker.importtimes import timed_imports
-from corral._sandbox.worker.sampler import Sampler
 from corral._sandbox.worker.context import (
     EventsProxy,
     MessagesProxy,
@@ -54,6 +52,8 @@ from corral._sandbox.worker.context import (
     StateProxy,
     WorkerContext,
 )
+from corral._sandbox.worker.importtimes import timed_imports
+from corral._sandbox.worker.sampler import Sampler
 
 if TYPE_CHECKING:
     import asyncio
