@@ -26,7 +26,7 @@ _FORMATS = ("svg", "html", "speedscope")
 def _export_of(host: Any, plugin_id: str, export: str | None) -> str:
     if export is not None:
         return export
-    exports = sorted(host.info(plugin_id).exports)
+    exports = sorted(host.catalog.row(plugin_id).manifest.get("exports", {}))
     if len(exports) != 1:
         raise UsageError(f"corral profile: name the export of {plugin_id} to call "
                          f"(one of: {', '.join(exports) or 'none'})", plugin_id=plugin_id)

@@ -208,6 +208,8 @@ class Profile(msgspec.Struct, frozen=True, tag="profile", forbid_unknown_fields=
     samples: list[tuple[list[int], float]] = []
     #: ``(module, self ms, total ms)`` of each module imported during the call.
     imports: list[tuple[str, float, float]] = []
+    #: How many samples were taken.
+    count: int = 0
 
 
 WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused | Profile

@@ -371,7 +371,8 @@ class Worker:
         if profile is not None or self.imports:
             frames, samples = profile if profile is not None else ([], [])
             self.ch.send(Profile(id=call.id, frames=frames, samples=samples,
-                                 imports=self.imports))
+                                 imports=self.imports,
+                                 count=sampler.samples if sampler is not None else 0))
             self.imports = []
         if error is None:
             self.ch.send(Result(id=call.id, value=value, usage=usage))

@@ -53,8 +53,10 @@ class ProfileReport:
 
     # -- adding samples -------------------------------------------------------------
 
-    def add(self, frames: Sequence[Sequence[Any]], samples: Iterable[Sequence[Any]]) -> None:
-        """Merge one batch of ``frames`` and ``(stack, ms)`` samples; bad entries are skipped."""
+    def add(self, frames: Sequence[Sequence[Any]], samples: Iterable[Sequence[Any]],
+            count: int) -> None:
+        """Merge one batch of ``frames`` and ``(stack, ms)`` samples (``count`` samples
+        taken); bad entries are skipped."""
         local: list[int | None] = []
         for entry in frames[:_MAX_FRAMES]:
             try:
@@ -85,7 +87,7 @@ class ProfileReport:
                 self.stacks[kept] += ms
             elif len(self.stacks) < _MAX_STACKS:
                 self.stacks[kept] = ms
-            self.samples += 1
+        self.samples += max(0, min(int(count), 10_000_000))
 
     # -- reading it ---------------------------------------------------------------
 

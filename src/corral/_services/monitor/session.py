@@ -41,7 +41,7 @@ def monitoring(plugin_id: str, isolation: str, plugin_dir: str,
             yield report
         finally:
             frames, samples = sampler.stop()
-            report.add(frames, samples)
+            report.add(frames, samples, sampler.samples)
             report.calls = 0  # one batch from the host's sampler, not one per call
             report.seconds = time.perf_counter() - start
         return
@@ -49,7 +49,7 @@ def monitoring(plugin_id: str, isolation: str, plugin_dir: str,
 
     def sink(msg: Profile) -> None:
         with lock:
-            report.add(msg.frames, msg.samples)
+            report.add(msg.frames, msg.samples, msg.count)
 
     sup = supervisor()
     sup.set_profiler(plugin_id, sink)
