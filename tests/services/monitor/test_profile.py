@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.monitored import enabled, write_plugin
 
 from corral import Host
 from corral._services.sandboxed import sandbox_problem
-from helpers.monitored import enabled, write_plugin
 
 CODE = '''
 import time
@@ -80,7 +80,8 @@ def test_the_cpu_heavy_function_dominates_the_samples(tmp_path: Path, isolation:
     assert (top["file"], top["line"]) == ("acme_prof/__init__.py", 5)
     # the export calls hot_loop: it holds the whole sample as its total
     work = next(f for f in report.functions(50) if f["function"] == "work")
-    assert work["total_share"] >= 0.9 and work["self_share"] < 0.2
+    assert work["total_share"] >= 0.9
+    assert work["self_share"] < 0.2
 
 
 @pytest.mark.parametrize("isolation", LEVELS)
@@ -111,8 +112,10 @@ def test_no_calls_no_samples_and_the_profiler_is_off_afterwards(tmp_path: Path) 
         with host.monitor(pid) as report:
             pass
         with host.monitor(pid) as second:
-            host.call(pid, "work", 200_000)
-    assert report.samples == 0 and report.functions() == []
+            for _ in range(5):
+                host.call(pid, "work", 400_000)
+    assert report.samples == 0
+    assert report.functions() == []
     assert second.samples > 0
 
 
@@ -128,7 +131,8 @@ def test_written_files_are_what_they_say(tmp_path: Path) -> None:
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert any("hot_loop" in (t.text or "") for t in root.iter("{http://www.w3.org/2000/svg}title"))
     page = html.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "hot_loop" in page
+    assert page.startswith("<!DOCTYPE html>")
+    assert "hot_loop" in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # no external asset
     doc = json.loads(scope.read_text())
     check_speedscope(doc)
@@ -140,18 +144,81 @@ def check_speedscope(doc: dict[str, Any]) -> None:
     """The shape of speedscope's file format (its schema's required parts, sampled kind)."""
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     frames = doc["shared"]["frames"]
-    assert isinstance(frames, list) and frames
+    assert isinstance(frames, list)
+    assert frames
     for f in frames:
         assert isinstance(f["name"], str)
         assert set(f) <= {"name", "file", "line", "col"}
         if "line" in f:
             assert isinstance(f["line"], int)
     (profile,) = doc["profiles"]
-    assert profile["type"] == "sampled" and profile["unit"] == "milliseconds"
+    assert profile["type"] == "sampled"
+    assert profile["unit"] == "milliseconds"
     assert isinstance(profile["name"], str)
     assert len(profile["samples"]) == len(profile["weights"])
     for stack in profile["samples"]:
-        assert stack and all(isinstance(i, int) and 0 <= i < len(frames) for i in stack)
+        assert stack
+        assert all(isinstance(i, int) and 0 <= i < len(frames) for i in stack)
     assert all(isinstance(w, int | float) and w >= 0 for w in profile["weights"])
     assert profile["startValue"] <= profile["endValue"]
-    assert abs(profile["endValue"] - sum(profile["weights"])) < 1e-6 * max(1, profile["endValue"]) + 0.01
+    assert profile["endValue"] == pytest.approx(sum(profile["weights"]), abs=0.01)
+
+
+HOSTILE = '''
+def _burn(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
+evil = "</text></g><script>alert(1)</script><g>&amp;\\x1b[2J\\u202e\\ufffe"
+_burn.__code__ = _burn.__code__.replace(co_name=evil, co_qualname=evil)
+
+
+def work(value, ctx):
+    return _burn(value)
+'''
+
+
+@pytest.mark.parametrize("isolation", LEVELS)
+def test_hostile_function_names_are_escaped_in_every_format(tmp_path: Path,
+                                                             isolation: str) -> None:
+    folder = write_plugin(tmp_path / "src", "acme.evil", HOSTILE, {"work": "work"},
+                          isolation=isolation)
+    with Host(home=tmp_path / "home") as host:
+        pid = enabled(host, folder)
+        with host.monitor(pid) as report:
+            for _ in range(6):
+                host.call(pid, "work", 300_000)
+    top = report.functions(1)[0]["function"]
+    assert top.startswith("</text></g><script>")
+    assert "\x1b" not in top
+    assert "\u202e" not in top
+    svg = tmp_path / "evil.svg"
+    report.write(svg)
+    root = ET.parse(svg).getroot()  # well-formed XML: nothing closed early, nothing illegal
+    ns = "{http://www.w3.org/2000/svg}"
+    assert not list(root.iter(f"{ns}script"))
+    assert not list(root.iter("script"))
+    assert {el.tag for el in root.iter()} <= {f"{ns}{t}" for t in ("svg", "title", "rect",
+                                                                     "text", "g")}
+    assert any("<script>alert(1)</script>" in (t.text or "") for t in root.iter(f"{ns}title"))
+    page = (tmp_path / "evil.html")
+    report.write(page)
+    assert "<script" not in page.read_text()
+    scope = tmp_path / "evil.json"
+    report.write(scope)
+    check_speedscope(json.loads(scope.read_text()))
+
+
+def test_a_workers_samples_are_checked_before_they_count() -> None:
+    from corral._services.monitor.profile import ProfileReport
+
+    report = ProfileReport("acme.x", "strict", 2.0)
+    frames = [("f", "a.py", 1), ("g", "a.py", 5), "not a frame", ("h", "a.py", "x")]
+    samples = [([0, 1], 3.0), ([0, 7], 1.0), ([0, 2], 1.0), ([1], float("nan")), ([1], -4.0),
+               ([0] * 10_000, 1.0), "junk", ([1], 2.0)]
+    report.add(frames, samples, 8)
+    assert report.stacks == {(0, 1): 3.0, (1,): 2.0}
+    assert report.total_ms == 5.0

@@ -29,6 +29,7 @@ _CORRAL: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 _WAITING_SHARE: Final = 0.5
 _MAX_STACKS: Final = 20_000
 _MAX_DEPTH: Final = 256
+_STACK_BYTES: Final = 512 * 1024
 #: The opcodes a frame is at while it waits inside something it called.
 _CALLS: Final = frozenset(op for name, op in dis.opmap.items() if "CALL" in name)
 
@@ -83,10 +84,14 @@ class Sampler:
     def start(self) -> bool:
         """Start sampling; ``False`` when no thread could be started (a process limit)."""
         thread = threading.Thread(target=self._run, name="corral-sampler", daemon=True)
+        # A small stack: a worker's memory-mb is its address space, which stacks count in.
+        old = threading.stack_size(_STACK_BYTES)
         try:
             thread.start()
         except RuntimeError:
             return False
+        finally:
+            threading.stack_size(old)
         self._thread = thread
         return True
 

@@ -39,6 +39,8 @@ SLOWER_MIN_CALLS: Final = 8
 LIMIT_MIN_CALLS: Final = 10
 SAFETY_MARGIN: Final = 0.15
 MAX_WIDENING: Final = 2.0
+#: A memory or CPU limit this many times what the use suggests is called too loose.
+LOOSE: Final = 4
 
 RULES: Final = ("slow_import", "repeated_inputs", "many_broker_calls", "memory_near_limit",
                 "cpu_bound", "waiting", "slower_version", "limits")
@@ -207,15 +209,22 @@ def _limits(rows: Sequence[Mapping[str, Any]], sandbox: Mapping[str, Any],
     confidence = min(span_days, len(ok) / 1440.0)
     widening = min(MAX_WIDENING, 1.0 + 1.0 / confidence) if confidence > 0 else MAX_WIDENING
     margin = (1.0 + SAFETY_MARGIN) * widening
+    # What the calls needed (p99 and the safety margin) and what to set (widened as well).
+    need = {"memory-mb": mem.percentile(0.99) * (1.0 + SAFETY_MARGIN),
+            "cpu-seconds": cpu.percentile(0.99) / 1000.0 * (1.0 + SAFETY_MARGIN),
+            "timeout-ms": wall.percentile(0.99) * (1.0 + SAFETY_MARGIN)}
     wanted = {
-        "memory-mb": max(16, 16 * math.ceil(mem.percentile(0.99) * margin / 16)),
-        "cpu-seconds": max(1, math.ceil(cpu.percentile(0.99) * margin / 1000.0)),
-        "timeout-ms": max(100, 100 * math.ceil(wall.percentile(0.99) * margin / 100)),
+        "memory-mb": max(16, 16 * math.ceil(need["memory-mb"] * widening / 16)),
+        "cpu-seconds": max(1, math.ceil(need["cpu-seconds"] * widening)),
+        "timeout-ms": max(100, 100 * math.ceil(need["timeout-ms"] * widening / 100)),
     }
     changes = {}
     for key, value in wanted.items():
         current = int(sandbox.get(key, 0) or 0)
-        if current and (current < value or current > 2 * value):
+        # Too tight: below what the calls needed. Too loose: LOOSE times what to set
+        # (a timeout above use only matters once a call hangs: never too loose).
+        loose = key != "timeout-ms" and current > LOOSE * value
+        if current and (current < need[key] or loose):
             changes[key] = (current, value)
     if not changes:
         return []
