@@ -58,6 +58,13 @@ def parse(text: str) -> list[tuple[str, int, str]]:
 
 def capture(pid: int, sock: socket.socket, plugin_dir: str) -> list[dict[str, object]]:
     """Signal a stuck worker and read its stack from ``sock``; its plugin's frames or []."""
+    try:  # a worker that hung up may be reaped already, its pid free for another process
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            return []
+    except BlockingIOError:
+        pass  # alive, with nothing to say
+    except OSError:
+        return []
     try:
         os.kill(pid, BLAME_SIGNAL)
     except OSError:

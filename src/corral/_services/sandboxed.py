@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -347,13 +348,13 @@ def call_sandboxed(
 
 
 def input_hash(value: Any) -> str | None:
-    """A short hash of a call's input (repeated inputs suggest caching the export)."""
-    import hashlib
-
+    """A 64-bit checksum of a call's input (CRC-32 and Adler-32 of its msgpack form): enough
+    to count repeated inputs (which suggest caching the export), and ~0.1 us to compute."""
     try:
-        return hashlib.blake2b(msgspec.msgpack.encode(value), digest_size=8).hexdigest()
+        data = msgspec.msgpack.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         return None
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 def profile_row(row: tuple[Any, ...], version: str, input: Any, metrics: Any) -> tuple[Any, ...]:

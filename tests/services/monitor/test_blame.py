@@ -48,8 +48,19 @@ _hostile.__code__ = _hostile.__code__.replace(co_name=evil, co_qualname=evil)
 
 def hostile(value, ctx):
     _hostile()
+
+
+def decoy():
+    while True: pass  # noqa
+
+
+def threaded(value, ctx):
+    import threading
+    threading.Thread(target=decoy, daemon=True).start()
+    spin()
 '''
-EXPORTS = {"hang": "hang", "native": "native", "quick": "quick", "hostile": "hostile"}
+EXPORTS = {"hang": "hang", "native": "native", "quick": "quick", "hostile": "hostile",
+           "threaded": "threaded"}
 
 SANDBOXED = [
     pytest.param(level, marks=pytest.mark.skipif(
@@ -110,3 +121,37 @@ def test_an_in_process_hook_that_hangs_names_its_frame(tmp_path: Path) -> None:
     blame = caught.value.details["blame"]
     assert blame[0] == {"file": "acme_hang/__init__.py", "line": 7, "function": "spin"}
     assert blame[1]["function"] == "on_enable"
+
+
+@pytest.mark.skipif(sandbox_problem("strict") is not None, reason="no strict sandbox")
+def test_the_call_thread_is_blamed_not_another_thread_of_the_plugin(tmp_path: Path) -> None:
+    err = _timeout(tmp_path, "strict", "threaded")
+    functions = [f["function"] for f in err.details["blame"]]
+    assert functions == ["spin", "threaded"]
+
+
+def test_a_dump_is_read_for_the_call_thread_only() -> None:
+    from corral._sandbox.blame import parse
+
+    dump = (
+        "garbage \x00\x01 before\n"
+        "Thread 0x00007f0000000001 (most recent call first):\n"
+        '  File "/p/acme/side.py", line 3 in decoy\n'
+        "\n"
+        "Current thread 0x00007f0000000002 (most recent call first):\n"
+        '  File "/p/acme/mod.py", line 9 in spin\n'
+        '  File "/usr/lib/corral/_sandbox/worker/serve.py", line 300 in _run\n'
+    )
+    assert parse(dump) == [("/p/acme/mod.py", 9, "spin"),
+                           ("/usr/lib/corral/_sandbox/worker/serve.py", 300, "_run")]
+    assert parse("no dump at all") == []
+
+
+def test_only_frames_inside_the_plugin_folder_are_named(tmp_path: Path) -> None:
+    from corral._runtime.blame import plugin_frames
+
+    root = tmp_path / "plugin"
+    stack = [("/etc/shadow", 1, "secret"), (f"{root}/../outside.py", 2, "escape"),
+             (f"{root}x/neighbour.py", 3, "near"), (f"{root}/pkg/m.py", 4, "mine\x1b[2J")]
+    assert plugin_frames(stack, str(root)) == [
+        {"file": "pkg/m.py", "line": 4, "function": "mine\\x1b[2J"}]

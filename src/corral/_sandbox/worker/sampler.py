@@ -78,6 +78,7 @@ class Sampler:
         self._clocks: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._switch = 0.005
         #: How many samples were taken (stacks without plugin code are not kept).
         self.samples = 0
 
@@ -93,6 +94,10 @@ class Sampler:
         finally:
             threading.stack_size(old)
         self._thread = thread
+        # A thread that keeps the CPU hands the interpreter over only every switch
+        # interval (5 ms): no longer than a sampling interval while sampling.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, self.interval))
         return True
 
     def stop(self) -> tuple[list[Frame], list[tuple[list[int], float]]]:
@@ -101,6 +106,7 @@ class Sampler:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            sys.setswitchinterval(self._switch)
         return self.frames, [(list(k), round(v, 3)) for k, v in self.stacks.items()]
 
     def _run(self) -> None:
