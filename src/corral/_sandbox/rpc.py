@@ -122,8 +122,9 @@ class Call(msgspec.Struct, frozen=True, tag="call", omit_defaults=True):
     target: str
     input: Any
     config: dict[str, Any]
-    #: Sample the call's stack and send a :class:`Profile` before its answer.
-    profile: bool = False
+    #: Seconds between samples of the call's stack, sent in a :class:`Profile` before its
+    #: answer; 0: not sampled.
+    profile: float = 0.0
 
 
 class Reply(msgspec.Struct, frozen=True, tag="reply", omit_defaults=True):

@@ -131,6 +131,7 @@ class _Plugin:
         self.metrics: CallMetrics | None = None
         #: Where a profiled call's samples go (``set_profiler``); ``None``: not profiled.
         self.profiler: ProfileSink | None = None
+        self.profile_interval = 0.0
         #: ``(module, self ms, total ms)`` its worker reported for its last first import.
         self.imports: list[tuple[str, float, float]] = []
 
@@ -213,9 +214,13 @@ class Supervisor:
         state = self._plugins.get(plugin_id)
         return state.metrics if state is not None else None
 
-    def set_profiler(self, plugin_id: str, sink: ProfileSink | None) -> None:
-        """Sample the stacks of the plugin's calls into ``sink`` from now on (``None``: stop)."""
-        self._state(plugin_id).profiler = sink
+    def set_profiler(self, plugin_id: str, sink: ProfileSink | None,
+                     interval: float = 0.002) -> None:
+        """Sample the stacks of the plugin's calls every ``interval`` seconds into ``sink``
+        from now on (``None``: stop)."""
+        state = self._state(plugin_id)
+        state.profile_interval = interval
+        state.profiler = sink
 
     def take_imports(self, plugin_id: str) -> list[tuple[str, float, float]]:
         """The import times its worker reported since the last take (then forgotten)."""
@@ -466,7 +471,7 @@ class Supervisor:
         try:
             sink = state.profiler
             call = Call(id=call_id, target=target, input=input, config=config,
-                        profile=sink is not None)
+                        profile=state.profile_interval if sink is not None else 0.0)
             try:
                 worker.send(call, deadline)
             except WorkerGone:

@@ -142,14 +142,15 @@ def test_memory_close_to_the_limit(tmp_path: Path) -> None:
 
 
 def test_a_slower_version_is_found_by_the_test_not_one_call(tmp_path: Path) -> None:
-    fast = CODE.replace("time.sleep(0.02)", "time.sleep(0.002)")
+    fast = CODE.replace("time.sleep(0.02)", "time.sleep(0)")
+    slow = CODE.replace("time.sleep(0.02)", "time.sleep(0.15)")  # far apart on a busy machine
     folder = write_plugin(tmp_path / "src", "acme.sugg", fast, EXPORTS, version="1.0.0")
     with Host(home=tmp_path / "home") as host:
         pid = enabled(host, folder)
         for i in range(12):
             host.call(pid, "sleepy", i)
         assert "slower_version" not in _rules(host.suggest(pid))
-        write_plugin(tmp_path / "src", "acme.sugg", CODE, EXPORTS, version="1.1.0")
+        write_plugin(tmp_path / "src", "acme.sugg", slow, EXPORTS, version="1.1.0")
         host.register(folder)  # an upgrade in place: the recorded calls stay
         for i in range(12):
             host.call(pid, "sleepy", i)

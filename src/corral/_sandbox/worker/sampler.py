@@ -25,8 +25,9 @@ __all__ = ["Frame", "Sampler"]
 Frame = tuple[str, str, int]
 
 _CORRAL: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: A thread that got less CPU than this share of the wall time between samples was waiting.
-_WAITING_SHARE: Final = 0.5
+#: A thread that got less CPU than this share of the wall time between samples was blocked
+#: (one only starved of a CPU by a busy machine still gets more).
+_WAITING_SHARE: Final = 0.1
 _MAX_STACKS: Final = 20_000
 _MAX_DEPTH: Final = 256
 _STACK_BYTES: Final = 512 * 1024

@@ -285,8 +285,9 @@ class Worker:
         _CallFlag.running = True
         self.attempts.clear()
         sampler = None
-        if call.profile:
+        if call.profile > 0:
             sampler = Sampler(self.init.plugin_dir, thread_id=threading.get_ident(),
+                              interval=min(max(call.profile, 0.0005), 1.0),
                               broker_op=lambda: self.ch.op)
             if not sampler.start():
                 sampler = None

@@ -52,7 +52,7 @@ def monitoring(plugin_id: str, isolation: str, plugin_dir: str,
             report.add(msg.frames, msg.samples, msg.count)
 
     sup = supervisor()
-    sup.set_profiler(plugin_id, sink)
+    sup.set_profiler(plugin_id, sink, interval)
     try:
         yield report
     finally:
