@@ -105,15 +105,25 @@ def test_sleeping_is_io_named_by_the_call(tmp_path: Path, isolation: str) -> Non
     assert _self(report).get("sleepy", 0.0) < 0.2
 
 
-def test_no_calls_no_samples_and_the_profiler_is_off_afterwards(tmp_path: Path) -> None:
-    folder = write_plugin(tmp_path / "src", "acme.prof", CODE, EXPORTS, isolation="none")
+@pytest.mark.parametrize("isolation", LEVELS)
+def test_no_calls_no_samples_and_the_profiler_is_off_afterwards(tmp_path: Path,
+                                                                isolation: str) -> None:
+    folder = write_plugin(tmp_path / "src", "acme.prof", CODE, EXPORTS, isolation=isolation)
     with Host(home=tmp_path / "home") as host:
         pid = enabled(host, folder)
+        with host.monitor(pid) as first:
+            for _ in range(3):
+                host.call(pid, "work", 400_000)
+        for _ in range(3):  # not monitored: its worker's sampler stays parked
+            host.call(pid, "work", 400_000)
         with host.monitor(pid) as report:
             pass
         with host.monitor(pid) as second:
             for _ in range(5):
                 host.call(pid, "work", 400_000)
+    assert first.samples > 0
+    if isolation != "none":  # one batch of samples per call, none from unmonitored calls
+        assert (first.calls, report.calls, second.calls) == (3, 0, 5)
     assert report.samples == 0
     assert report.functions() == []
     assert second.samples > 0

@@ -77,7 +77,9 @@ class Sampler:
         self.stacks: dict[tuple[int, ...], float] = {}
         self._callees: dict[tuple[CodeType, int], str] = {}
         self._clocks: dict[int, tuple[float, float]] = {}
-        self._stop = threading.Event()
+        self._active = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._switch = 0.005
         #: How many samples were taken (stacks without plugin code are not kept).
@@ -95,36 +97,61 @@ class Sampler:
         finally:
             threading.stack_size(old)
         self._thread = thread
+        self.resume()
+        return True
+
+    def resume(self) -> None:
+        """Sample (again) from now on, into an empty profile."""
         # A thread that keeps the CPU hands the interpreter over only every switch
         # interval (5 ms): no longer than a sampling interval while sampling.
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch, self.interval))
-        return True
+        self._active.set()
 
-    def stop(self) -> tuple[list[Frame], list[tuple[list[int], float]]]:
-        """Stop and return the frames and ``(stack root first, ms)`` of what was sampled."""
-        self._stop.set()
+    def pause(self) -> tuple[list[Frame], list[tuple[list[int], float]], int]:
+        """Stop sampling, keep the thread parked, and hand over what was sampled since
+        :meth:`resume`: the frames, ``(stack root first, ms)`` and how many samples."""
+        with self._lock:  # a sample in progress finishes first; none starts after
+            if self._active.is_set():
+                self._active.clear()
+                sys.setswitchinterval(self._switch)
+            out = (self.frames, [(list(k), round(v, 3)) for k, v in self.stacks.items()],
+                   self.samples)
+            self._keys, self.frames, self.stacks, self._clocks = {}, [], {}, {}
+            self.samples = 0
+        return out
+
+    def stop(self) -> tuple[list[Frame], list[tuple[list[int], float]], int]:
+        """Stop sampling and the thread; what was sampled, as :meth:`pause` returns it."""
+        out = self.pause()
+        self._closed = True
+        self._active.set()  # let a parked thread see it is closed
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            sys.setswitchinterval(self._switch)
-        return self.frames, [(list(k), round(v, 3)) for k, v in self.stacks.items()]
+        return out
 
     def _run(self) -> None:
         me = threading.get_ident()
-        wait = self._stop.wait
-        interval = self.interval
-        while not wait(interval):
-            now = time.perf_counter()
-            frames = sys._current_frames()
-            if self._thread_id is not None:
-                frame = frames.get(self._thread_id)
-                if frame is not None:
-                    self._sample(self._thread_id, frame, now)
-                continue
-            for tid, frame in frames.items():
-                if tid != me:
-                    self._sample(tid, frame, now)
+        active = self._active
+        while True:
+            active.wait()  # parked between calls
+            if self._closed:
+                return
+            time.sleep(self.interval)
+            with self._lock:
+                if self._closed or not active.is_set():
+                    continue
+                now = time.perf_counter()
+                frames = sys._current_frames()
+                if self._thread_id is not None:
+                    frame = frames.get(self._thread_id)
+                    if frame is not None:
+                        self._sample(self._thread_id, frame, now)
+                    continue
+                for tid, frame in frames.items():
+                    if tid != me:
+                        self._sample(tid, frame, now)
 
     def _sample(self, tid: int, frame: FrameType, now: float) -> None:
         try:

@@ -181,6 +181,8 @@ class Worker:
         self.attempts.install()
         #: Modules imported by the last calls (``(module, self ms, total ms)``), not yet sent.
         self.imports: list[tuple[str, float, float]] = []
+        #: Started by the first profiled call, parked between calls.
+        self.sampler: Sampler | None = None
 
     def count_output(self, n: int) -> None:
         self.output += n
@@ -262,6 +264,21 @@ class Worker:
             self._entries[target] = obj
         return obj
 
+    def _sampler_for(self, interval: float) -> Sampler | None:
+        """The worker's sampler, sampling again; one thread parked between profiled calls."""
+        interval = min(max(interval, 0.0005), 1.0)
+        sampler = self.sampler
+        if sampler is None:
+            sampler = Sampler(self.init.plugin_dir, thread_id=threading.get_ident(),
+                              interval=interval, broker_op=lambda: self.ch.op)
+            if not sampler.start():
+                return None
+            self.sampler = sampler
+            return sampler
+        sampler.interval = interval
+        sampler.resume()
+        return sampler
+
     def _import(self, module: str) -> Any:
         """Import a plugin module, timing each module it loads the first time."""
         if module in sys.modules:
@@ -284,13 +301,7 @@ class Worker:
         signal.setitimer(signal.ITIMER_PROF, float(self.init.cpu_seconds))
         _CallFlag.running = True
         self.attempts.clear()
-        sampler = None
-        if call.profile > 0:
-            sampler = Sampler(self.init.plugin_dir, thread_id=threading.get_ident(),
-                              interval=min(max(call.profile, 0.0005), 1.0),
-                              broker_op=lambda: self.ch.op)
-            if not sampler.start():
-                sampler = None
+        sampler = self._sampler_for(call.profile) if call.profile > 0 else None
         try:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
@@ -352,7 +363,7 @@ class Worker:
                 traceback=traceback.format_exc(),
             )
         _CallFlag.running = False
-        profile = sampler.stop() if sampler is not None else None
+        profile = sampler.pause() if sampler is not None else None
         if error is not None and error.limit != "output-size":
             self.stdout.flush()  # what a failed call printed still reaches the host
             self.stderr.flush()
@@ -370,10 +381,9 @@ class Worker:
         usage = Usage(cpu_user_ms=u1 - u0, cpu_system_ms=s1 - s0, peak_rss_kb=ru1.ru_maxrss)
         _reap_children()
         if profile is not None or self.imports:
-            frames, samples = profile if profile is not None else ([], [])
+            frames, samples, count = profile if profile is not None else ([], [], 0)
             self.ch.send(Profile(id=call.id, frames=frames, samples=samples,
-                                 imports=self.imports,
-                                 count=sampler.samples if sampler is not None else 0))
+                                 imports=self.imports, count=count))
             self.imports = []
         if error is None:
             self.ch.send(Result(id=call.id, value=value, usage=usage))

@@ -40,8 +40,7 @@ def monitoring(plugin_id: str, isolation: str, plugin_dir: str,
         try:
             yield report
         finally:
-            frames, samples = sampler.stop()
-            report.add(frames, samples, sampler.samples)
+            report.add(*sampler.stop())
             report.calls = 0  # one batch from the host's sampler, not one per call
             report.seconds = time.perf_counter() - start
         return
