@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="off/on rounds (default 6)")
     parser.add_argument("--calls", type=int, default=10, help="calls per round and side")
     parser.add_argument("--rows", type=int, default=5000, help="summaries ranked per call")
-    parser.add_argument("--interval-ms", type=float, default=2.0, help="time between samples")
+    parser.add_argument("--interval-ms", type=float, default=5.0, help="time between samples")
     parser.add_argument("--levels", default="none,strict", help="isolation levels to measure")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()

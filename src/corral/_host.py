@@ -866,7 +866,7 @@ class Host:
                        now=time.time())
 
     @contextlib.contextmanager
-    def monitor(self, plugin_id: str, *, interval: float = 0.002) -> Iterator[ProfileReport]:
+    def monitor(self, plugin_id: str, *, interval: float = 0.005) -> Iterator[ProfileReport]:
         """Sample the plugin's calls while the block runs; the report is filled when it ends.
 
         A sandboxed plugin is sampled inside its worker, an in-process one by a

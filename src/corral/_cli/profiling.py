@@ -99,7 +99,7 @@ def add_verbs(verb: VerbAdder) -> None:
     sp.add_argument("-o", "--output", metavar="FILE",
                     help="write the profile here (.svg, .html, else speedscope JSON)")
     sp.add_argument("--format", choices=_FORMATS, help="the format of -o FILE")
-    sp.add_argument("--interval-ms", type=float, default=2.0, help="time between samples")
+    sp.add_argument("--interval-ms", type=float, default=5.0, help="time between samples")
     sp = verb("suggest", cmd_suggest,
               "bottlenecks and limit suggestions from a plugin's recorded calls")
     sp.add_argument("id")

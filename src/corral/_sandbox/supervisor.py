@@ -215,7 +215,7 @@ class Supervisor:
         return state.metrics if state is not None else None
 
     def set_profiler(self, plugin_id: str, sink: ProfileSink | None,
-                     interval: float = 0.002) -> None:
+                     interval: float = 0.005) -> None:
         """Sample the stacks of the plugin's calls every ``interval`` seconds into ``sink``
         from now on (``None``: stop)."""
         state = self._state(plugin_id)

@@ -66,7 +66,7 @@ class Sampler:
     """
 
     def __init__(self, plugin_dir: str, *, thread_id: int | None = None,
-                 interval: float = 0.002,
+                 interval: float = 0.005,
                  broker_op: Callable[[], str | None] | None = None) -> None:
         self._prefix = os.path.join(os.path.abspath(plugin_dir), "")
         self._thread_id = thread_id

@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_INTERVAL", "monitoring"]
 
 #: Seconds between samples; the interpreter's switch interval (5 ms) bounds how often a
 #: sampler thread gets to look at a thread that keeps the CPU busy.
-DEFAULT_INTERVAL: Final = 0.002
+DEFAULT_INTERVAL: Final = 0.005
 
 
 @contextlib.contextmanager
