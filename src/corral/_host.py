@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from corral._services.events.bus import EventBus
     from corral._services.messages import Messenger
     from corral._services.micro.manager import MicroManager
+    from corral._services.monitor.profile import ProfileReport
     from corral._services.secrets import SecretStore
     from corral._services.state import StateStore
 
@@ -988,6 +989,40 @@ class Host:
             self._call_metrics.sampler = sampler
             self.lifecycle.wrap_export = sampler.wrap if sampler is not None else None
             self.lifecycle.rebuild_fast()
+
+    # -- monitoring -----------------------------------------------------------
+
+    def suggest(self, plugin_id: str) -> builtins.list[dict[str, Any]]:
+        """Bottlenecks and limit suggestions from the plugin's recorded calls, each with the
+        figures that triggered it and what to do (``corral suggest``)."""
+        from corral._services.monitor.suggest import suggest
+
+        self.flush_metrics()
+        row = self.catalog.row(plugin_id)
+        return suggest(row.version, row.manifest.get("sandbox", {}),
+                       self._db.call_profiles(plugin_id), self._db.import_profiles(plugin_id),
+                       now=time.time())
+
+    @contextlib.contextmanager
+    def monitor(self, plugin_id: str, *, interval: float = 0.005) -> Iterator[ProfileReport]:
+        """Sample the plugin's calls while the block runs; the report is filled when it ends.
+
+        A sandboxed plugin is sampled inside its worker, an in-process one by a
+        sampler thread of this host; the report has the top functions (self and
+        total time), the share spent waiting on host services and I/O, and writes
+        flame graphs and speedscope JSON (``report.write(path)``)::
+
+            with host.monitor("acme.hello") as report:
+                host.call("acme.hello", "greet", {"name": "Ada"})
+            report.write("greet.svg")
+        """
+        from corral._services.monitor.session import monitoring
+
+        row = self.catalog.row(plugin_id)
+        isolation = str(row.manifest.get("sandbox", {}).get("isolation", "strict"))
+        with monitoring(plugin_id, isolation, row.path, self.attachments.supervisor,
+                        interval=interval) as report:
+            yield report
 
     # -- validation -----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from corral._cli import micro as _micro
 from corral._cli import monitor as _monitor
 from corral._cli import pack as _pack
 from corral._cli import pdk as _pdk
+from corral._cli import profiling as _profiling
 from corral._cli import quota as _quota
 from corral._cli.output import Command, Parser, SafeStream, run
 from corral._errors import UsageError
@@ -69,6 +70,7 @@ def _parser(only: str | None = None) -> Parser:
     _docs.add_verbs(verb)
     _quota.add_verbs(verb)
     _monitor.add_verbs(verb)
+    _profiling.add_verbs(verb)
     if only in (None, "config", "secret"):
         # deferred, like faces and registry below: ~10 ms each that `corral list` need not pay
         from corral._cli import config as _config

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from corral._errors import CorralError, InvalidPluginError, PluginError, PluginTimeout
 from corral._model.lifecycle import State
+from corral._runtime.blame import plugin_frames
 from corral._runtime.budgets import DirBudget, DirWatch
 from corral._runtime.runner import Runner
 
@@ -129,13 +130,17 @@ class HookRunner:
             if inspect.iscoroutinefunction(fn):
                 return self.runner.run_async(fn, arg, timeout)
             return self.runner.run_sync(fn, arg, timeout, f"corral-hook-{plugin_id}-{name}")
-        except TimeoutError:
+        except TimeoutError as hung:
+            blame = plugin_frames(getattr(hung, "stack", ()), active.ctx.paths["plugin"])
             raise PluginTimeout(
-                f"{plugin_id}: {name} did not finish within {timeout:g} s",
+                f"{plugin_id}: {name} did not finish within {timeout:g} s"
+                + (f" (in {blame[0]['function']}, {blame[0]['file']}:{blame[0]['line']})"
+                   if blame else ""),
                 plugin_id=plugin_id,
                 hook=name,
                 limit="hook-timeout",
                 limit_seconds=timeout,
+                blame=blame,
             ) from None
         except CorralError:
             raise

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, final
 
-__all__ = ["HostDatabase", "PluginRow"]
+__all__ = ["CALL_PROFILE_COLUMNS", "HostDatabase", "PluginRow"]
 
 SCHEMA_VERSION: Final = 3
 
@@ -89,6 +89,41 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_plugin ON calls (plugin_id, at);
 """ + _USAGE_SCHEMA
+
+#: What ``corral suggest`` reads beyond ``calls``; added to an older database on open.
+_MONITOR_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS call_profile (
+    id INTEGER PRIMARY KEY,
+    plugin_id TEXT NOT NULL,
+    export TEXT NOT NULL,
+    version TEXT NOT NULL,
+    isolation TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    input_hash TEXT,
+    broker_calls INTEGER NOT NULL,
+    broker_ms REAL NOT NULL,
+    wall_ms REAL NOT NULL,
+    cpu_ms REAL,
+    peak_rss_kb INTEGER,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_profile_by_plugin ON call_profile (plugin_id, at);
+CREATE TABLE IF NOT EXISTS import_profile (
+    id INTEGER PRIMARY KEY,
+    plugin_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module TEXT NOT NULL,
+    self_ms REAL NOT NULL,
+    total_ms REAL NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS import_profile_by_plugin ON import_profile (plugin_id, at);
+"""
+#: The columns of a ``call_profile`` row, in order (``id`` aside).
+CALL_PROFILE_COLUMNS: Final = (
+    "plugin_id", "export", "version", "isolation", "outcome", "input_hash", "broker_calls",
+    "broker_ms", "wall_ms", "cpu_ms", "peak_rss_kb", "at",
+)
 
 
 class PluginRow(NamedTuple):
@@ -175,6 +210,7 @@ class HostDatabase:
         else:
             self._migrate()
             self._add_usage()
+        self._add_monitor_tables()
 
     def _add_usage(self) -> None:
         """Add the ``usage`` table and ``calls.weight`` a schema-2 database lacks."""
@@ -195,6 +231,18 @@ class HostDatabase:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _add_monitor_tables(self) -> None:
+        """Create ``call_profile`` and ``import_profile`` where they are missing."""
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'import_profile'"
+        ).fetchone()
+        if row is not None:
+            return
+        with self.transaction() as conn:
+            for statement in _MONITOR_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
 
     def _migrate(self) -> None:
         """Add the columns a schema-1 database lacks (where each plugin came from)."""
@@ -331,6 +379,8 @@ class HostDatabase:
         conn.execute("DELETE FROM plugins WHERE id = ?", (plugin_id,))
         conn.execute("DELETE FROM calls WHERE plugin_id = ?", (plugin_id,))
         conn.execute("DELETE FROM usage WHERE plugin_id = ?", (plugin_id,))
+        conn.execute("DELETE FROM call_profile WHERE plugin_id = ?", (plugin_id,))
+        conn.execute("DELETE FROM import_profile WHERE plugin_id = ?", (plugin_id,))
 
     def get_meta(self, key: str) -> str | None:
         """A value from the ``meta`` table."""
@@ -469,3 +519,43 @@ class HostDatabase:
             "cpu_system_ms": round(sum(r[3] or 0.0 for r in rows), 3),
             "peak_rss_kb": max((r[4] or 0) for r in rows),
         }
+
+    def record_profiles(self, calls: list[tuple[Any, ...]],
+                        imports: list[tuple[Any, ...]]) -> None:
+        """Append ``call_profile`` rows (:data:`CALL_PROFILE_COLUMNS`) and ``import_profile``
+        rows ``(plugin_id, version, module, self_ms, total_ms, at)``."""
+        if not calls and not imports:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO call_profile ({', '.join(CALL_PROFILE_COLUMNS)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' * len(CALL_PROFILE_COLUMNS))})",
+                calls,
+            )
+            conn.executemany(
+                "INSERT INTO import_profile (plugin_id, version, module, self_ms, total_ms, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                imports,
+            )
+
+    def call_profiles(self, plugin_id: str, limit: int = 20_000) -> list[dict[str, Any]]:
+        """The plugin's most recent ``call_profile`` rows, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {', '.join(CALL_PROFILE_COLUMNS)} FROM call_profile "  # noqa: S608
+                "WHERE plugin_id = ? ORDER BY at DESC, id DESC LIMIT ?",
+                (plugin_id, limit),
+            ).fetchall()
+        return [dict(zip(CALL_PROFILE_COLUMNS, r, strict=True)) for r in reversed(rows)]
+
+    def import_profiles(self, plugin_id: str) -> list[dict[str, Any]]:
+        """The module import times last measured for the plugin (its newest import)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT version, module, self_ms, total_ms, at FROM import_profile "
+                "WHERE plugin_id = ? AND at = (SELECT MAX(at) FROM import_profile "
+                "WHERE plugin_id = ?) ORDER BY self_ms DESC",
+                (plugin_id, plugin_id),
+            ).fetchall()
+        return [{"version": r[0], "module": r[1], "self_ms": r[2], "total_ms": r[3], "at": r[4]}
+                for r in rows]

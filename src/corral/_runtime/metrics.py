@@ -37,8 +37,8 @@ class CallMetrics:
     and where usage samples come from.
     """
 
-    __slots__ = ("_flusher", "_lock", "_stop", "db", "in_process", "sampler", "sandboxed",
-                 "usage_sources")
+    __slots__ = ("_flusher", "_lock", "_stop", "db", "imports", "in_process", "profiles",
+                 "sampler", "sandboxed", "usage_sources")
 
     def __init__(self, db: HostDatabase) -> None:
         self.db = db
@@ -53,10 +53,19 @@ class CallMetrics:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        #: ``call_profile`` and ``import_profile`` rows (what ``corral suggest`` reads).
+        self.profiles: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
+        self.imports: deque[tuple[Any, ...]] = deque(maxlen=METRICS_MAX)
 
-    def record(self, row: tuple[Any, ...]) -> None:
-        """Record one finished sandboxed call's metrics; written with the next flush."""
+    def record(self, row: tuple[Any, ...], profile: tuple[Any, ...] | None = None,
+               imports: list[tuple[Any, ...]] | None = None) -> None:
+        """Record one finished sandboxed call's metrics (and its ``call_profile`` row and the
+        import times its worker measured); written with the next flush."""
         self.sandboxed.append(row)
+        if profile is not None:
+            self.profiles.append(profile)
+        if imports:
+            self.imports.extend(imports)
 
     def flush(self) -> None:
         """Write the calls' metrics and the usage sampled so far, in one transaction each."""
@@ -67,6 +76,10 @@ class CallMetrics:
             if self.sampler is not None:
                 usage.extend(self.sampler.take(time.time()))
             self.db.record_usage(usage)
+            if self.profiles or self.imports:
+                profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
+                imports = [self.imports.popleft() for _ in range(len(self.imports))]
+                self.db.record_profiles(profiles, imports)
             if not self.in_process and not self.sandboxed:
                 return
             sandboxed = [self.sandboxed.popleft() for _ in range(len(self.sandboxed))]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
+from corral._runtime.blame import thread_stack
+
 if TYPE_CHECKING:
     import asyncio
     import concurrent.futures
@@ -70,7 +72,10 @@ class Runner:
         thread.start()
         thread.join(timeout)
         if thread.is_alive():
-            raise TimeoutError(name)
+            hung = TimeoutError(name)
+            #: Where the abandoned thread was, innermost first (for hang blame).
+            hung.stack = thread_stack(thread.ident)  # type: ignore[attr-defined]
+            raise hung
         if error:
             raise error[0]
         return result[0]

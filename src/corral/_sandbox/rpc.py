@@ -54,6 +54,7 @@ __all__ = [
     "HostMessage",
     "Log",
     "Output",
+    "Profile",
     "ProtocolError",
     "Reap",
     "Reaped",
@@ -114,7 +115,7 @@ class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # -- host -> worker -----------------------------------------------------------
 
 
-class Call(msgspec.Struct, frozen=True, tag="call"):
+class Call(msgspec.Struct, frozen=True, tag="call", omit_defaults=True):
     """Run ``target(input, ctx)``; the worker answers with Result or Failure of ``id``."""
 
     id: int
@@ -124,6 +125,9 @@ class Call(msgspec.Struct, frozen=True, tag="call"):
     #: The generation of the plugin's ``ctx.cache`` namespace: a worker whose L1 was
     #: filled under another one drops it before the call.
     cache_gen: int = 0
+    #: Seconds between samples of the call's stack, sent in a :class:`Profile` before its
+    #: answer; 0: not sampled.
+    profile: float = 0.0
 
 
 class Reply(msgspec.Struct, frozen=True, tag="reply", omit_defaults=True):
@@ -197,7 +201,22 @@ class Refused(msgspec.Struct, frozen=True, tag="refused"):
     feature: str | None = None
 
 
-WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused
+class Profile(msgspec.Struct, frozen=True, tag="profile", forbid_unknown_fields=True):
+    """What call ``id`` was measured doing, sent before its answer: stack samples (when the
+    call asked for them) and the modules its first import loaded, with their times."""
+
+    id: int
+    #: ``(name, file, line)`` of every frame the samples name; files relative to the plugin.
+    frames: list[tuple[str, str, int]] = []
+    #: ``(frame indexes root first, milliseconds)`` per distinct stack.
+    samples: list[tuple[list[int], float]] = []
+    #: ``(module, self ms, total ms)`` of each module imported during the call.
+    imports: list[tuple[str, float, float]] = []
+    #: How many samples were taken.
+    count: int = 0
+
+
+WorkerMessage = Hello | Result | Failure | Request | Log | Output | Refused | Profile
 
 
 # -- host <-> fork server (control channel, SOCK_SEQPACKET, one message per packet)

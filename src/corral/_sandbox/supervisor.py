@@ -49,6 +49,7 @@ from corral._errors import (
 from corral._model.permissions import Permissions
 from corral._runtime.usage import UsageRow
 from corral._sandbox.accounting import WorkerAccount
+from corral._sandbox.blame import capture as capture_blame
 from corral._sandbox.cpuweight import CpuWeights
 from corral._sandbox.denials import denial_message
 from corral._sandbox.failures import death_details, death_error, log_over, vetted
@@ -61,6 +62,7 @@ from corral._sandbox.rpc import (
     Hello,
     Log,
     Output,
+    Profile,
     ProtocolError,
     Reap,
     Reaped,
@@ -82,6 +84,8 @@ __all__ = ["BrokerHandler", "CallMetrics", "Supervisor"]
 
 #: ``(plugin_id, op, args) -> JSON result``; raises a CorralError (``PermissionDenied``).
 BrokerHandler = Callable[[str, str, dict[str, Any]], Any]
+#: Takes the stack samples of one profiled call (``Supervisor.set_profiler``).
+ProfileSink = Callable[[Profile], None]
 
 _log: Final = logging.getLogger("corral.sandbox")
 _NET_CONNECT_TIMEOUT: Final = 10.0
@@ -99,6 +103,9 @@ class CallMetrics:
     result_bytes: int
     #: ``ok`` or the error code the call ended with (``timeout``, ``crashed``, ...).
     outcome: str
+    #: How many broker requests the call made, and the host's time serving them.
+    broker_calls: int = 0
+    broker_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -109,6 +116,8 @@ class _Usage:
     cpu_system_ms: float = 0.0
     peak_rss_kb: int = 0
     result_bytes: int = 0
+    broker_calls: int = 0
+    broker_ms: float = 0.0
 
     def set(self, user_ms: float, system_ms: float, rss_kb: int) -> None:
         self.cpu_user_ms, self.cpu_system_ms, self.peak_rss_kb = user_ms, system_ms, rss_kb
@@ -126,6 +135,11 @@ class _Plugin:
         self.metrics: CallMetrics | None = None
         #: What the running worker has cost (its cgroups, or its rusage).
         self.account: WorkerAccount | None = None
+        #: Where a profiled call's samples go (``set_profiler``); ``None``: not profiled.
+        self.profiler: ProfileSink | None = None
+        self.profile_interval = 0.0
+        #: ``(module, self ms, total ms)`` its worker reported for its last first import.
+        self.imports: list[tuple[str, float, float]] = []
 
 
 @final
@@ -223,6 +237,22 @@ class Supervisor:
         """The metrics of the plugin's most recent call, if any."""
         state = self._plugins.get(plugin_id)
         return state.metrics if state is not None else None
+
+    def set_profiler(self, plugin_id: str, sink: ProfileSink | None,
+                     interval: float = 0.005) -> None:
+        """Sample the stacks of the plugin's calls every ``interval`` seconds into ``sink``
+        from now on (``None``: stop)."""
+        state = self._state(plugin_id)
+        state.profile_interval = interval
+        state.profiler = sink
+
+    def take_imports(self, plugin_id: str) -> list[tuple[str, float, float]]:
+        """The import times its worker reported since the last take (then forgotten)."""
+        state = self._plugins.get(plugin_id)
+        if state is None or not state.imports:
+            return []
+        out, state.imports = state.imports, []
+        return out
 
     def worker_pid(self, plugin_id: str) -> int | None:
         """The host-side pid of the plugin's running worker, if it has one."""
@@ -490,6 +520,8 @@ class Supervisor:
                 peak_rss_kb=usage.peak_rss_kb,
                 result_bytes=usage.result_bytes,
                 outcome=outcome,
+                broker_calls=usage.broker_calls,
+                broker_ms=usage.broker_ms,
             )
 
     def _record_crash(self, state: _Plugin, exc: WorkerCrashed) -> None:
@@ -519,8 +551,10 @@ class Supervisor:
         host_errors: set[tuple[str, str]] = set()  # errors the host raised into this call
         try:
             gen = self.cache_generation
+            sink = state.profiler
             call = Call(id=call_id, target=target, input=input, config=config,
-                        cache_gen=gen(pid) if gen is not None else 0)
+                        cache_gen=gen(pid) if gen is not None else 0,
+                        profile=state.profile_interval if sink is not None else 0.0)
             try:
                 worker.send(call, deadline)
             except WorkerGone:
@@ -556,7 +590,17 @@ class Supervisor:
                         self._kill(state)  # the worker is not to be trusted after a limit
                     raise err
                 if isinstance(msg, Request):
+                    served = time.monotonic()
                     self._serve_request(worker, spec, msg, deadline, host_errors)
+                    usage.broker_calls += 1
+                    usage.broker_ms += (time.monotonic() - served) * 1000.0
+                elif isinstance(msg, Profile):
+                    if msg.id != call_id:
+                        raise ProtocolError(f"profile of unknown call id {msg.id}")
+                    if msg.imports:
+                        state.imports = msg.imports[:200]
+                    if sink is not None and msg.samples:
+                        sink(msg)
                 elif isinstance(msg, Log | Output):
                     text = msg.message if isinstance(msg, Log) else msg.text
                     output += len(text.encode("utf-8", "replace"))
@@ -578,12 +622,16 @@ class Supervisor:
                     raise ProtocolError(f"unexpected {type(msg).__name__} during a call")
         except TimeoutError:
             elapsed = (time.monotonic() - t0) * 1000.0
+            blame = capture_blame(worker.pid, worker.sock, str(spec.plugin_dir))
             _set_reaped(usage, self._kill(state))
             raise PluginTimeout(
-                f"{pid}: {target} ran past its {spec.timeout_ms} ms wall-clock limit",
+                f"{pid}: {target} ran past its {spec.timeout_ms} ms wall-clock limit"
+                + (f" (in {blame[0]['function']}, {blame[0]['file']}:{blame[0]['line']})"
+                   if blame else ""),
                 plugin_id=pid,
                 limit="timeout-ms",
                 measured=round(elapsed, 1),
+                blame=blame,
             ) from None
         except ProtocolError as exc:
             reaped = self._kill(state)

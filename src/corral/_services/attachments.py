@@ -41,7 +41,7 @@ class HostAttachments:
         home: Path,
         workspace: Path,
         hooks: HookRunner,
-        record: Callable[[tuple[Any, ...]], None],
+        record: Callable[..., None],
         call: Callable[[str, str, Any], Any],
         lock: threading.RLock,
         config: Mapping[str, Mapping[str, Any]] | None = None,

@@ -36,7 +36,8 @@ _ANC_SIZE: Final = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 class Channel:
     """The worker's end of the RPC socket: frames in (with passed fds), frames out."""
 
-    __slots__ = ("_buf", "_fds", "_frames", "_lock", "_next_id", "_reader", "_view", "sock")
+    __slots__ = ("_buf", "_fds", "_frames", "_lock", "_next_id", "_reader", "_view", "op",
+                 "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -48,6 +49,8 @@ class Channel:
         self._view = memoryview(self._buf)
         #: One request/reply pair at a time, if plugin threads share ``ctx``.
         self._lock = threading.Lock()
+        #: The broker request in flight (what a profile's ``[broker]`` frame names).
+        self.op: str | None = None
 
     def send(self, msg: msgspec.Struct) -> None:
         self.sock.sendall(encode(msg))
@@ -78,8 +81,12 @@ class Channel:
         with self._lock:
             self._next_id += 1
             rid = self._next_id
-            self.send(Request(id=rid, op=op, args=args))
-            msg = self.recv()
+            self.op = op
+            try:
+                self.send(Request(id=rid, op=op, args=args))
+                msg = self.recv()
+            finally:
+                self.op = None
             if not isinstance(msg, Reply) or msg.id != rid:
                 raise ProtocolError(f"expected the reply to request {rid}, got {msg!r}")
             if msg.error is not None:

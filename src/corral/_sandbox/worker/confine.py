@@ -15,6 +15,7 @@ from typing import Final
 from corral._runtime.loader import source_only
 from corral._sandbox import namespaces as _namespaces
 from corral._sandbox import reaper as _reaper
+from corral._sandbox.blame import install as install_blame
 from corral._sandbox.rpc import WorkerInit
 from corral._sandbox.worker.channel import RPC_FD
 from corral._sandbox.worker.serve import on_sigxcpu
@@ -44,6 +45,7 @@ def confine(init: WorkerInit, ruleset_fd: int | None, seccomp_prog: bytes | None
     source_only(init.plugin_dir)  # the plugin's own byte code never runs
     signal.signal(signal.SIGXCPU, on_sigxcpu)
     signal.signal(signal.SIGPROF, on_sigxcpu)
+    install_blame(RPC_FD)  # a stuck call's stack reaches the host before it is killed
     _apply_rlimits(init)
     _namespaces.set_no_new_privs()
     if strict:  # what it can write it cannot execute, by exec or by a loader's mmap

@@ -14,6 +14,8 @@ import logging
 import os
 import resource
 import signal
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +33,7 @@ from corral._sandbox.rpc import (
     Hello,
     Log,
     Output,
+    Profile,
     ProtocolError,
     Result,
     Stop,
@@ -50,6 +53,8 @@ from corral._sandbox.worker.context import (
     StateProxy,
     WorkerContext,
 )
+from corral._sandbox.worker.importtimes import timed_imports
+from corral._sandbox.worker.sampler import Sampler
 
 if TYPE_CHECKING:
     import asyncio
@@ -176,6 +181,10 @@ class Worker:
         self.grants = Grants.of_init(init)
         self.attempts = Attempts()
         self.attempts.install()
+        #: Modules imported by the last calls (``(module, self ms, total ms)``), not yet sent.
+        self.imports: list[tuple[str, float, float]] = []
+        #: Started by the first profiled call, parked between calls.
+        self.sampler: Sampler | None = None
 
     def count_output(self, n: int) -> None:
         self.output += n
@@ -203,7 +212,7 @@ class Worker:
             module, sep, qual = target.partition(":")
             if not sep or not module or not qual:
                 raise ValueError(f"target must read 'package.module:function', got {target!r}")
-            obj: Any = importlib.import_module(module)
+            obj: Any = self._import(module)
             for part in qual.split("."):
                 obj = getattr(obj, part)
             if not callable(obj):
@@ -249,13 +258,38 @@ class Worker:
         obj = self._entries.get(target)
         if obj is None:
             module, _, qual = target.partition(":")
-            obj = importlib.import_module(module)
+            obj = self._import(module)
             for part in qual.split("."):
                 obj = getattr(obj, part)
             if isinstance(obj, type):
                 obj = obj()
             self._entries[target] = obj
         return obj
+
+    def _sampler_for(self, interval: float) -> Sampler | None:
+        """The worker's sampler, sampling again; one thread parked between profiled calls."""
+        interval = min(max(interval, 0.0005), 1.0)
+        sampler = self.sampler
+        if sampler is None:
+            sampler = Sampler(self.init.plugin_dir, thread_id=threading.get_ident(),
+                              interval=interval, broker_op=lambda: self.ch.op)
+            if not sampler.start():
+                return None
+            self.sampler = sampler
+            return sampler
+        sampler.interval = interval
+        sampler.resume()
+        return sampler
+
+    def _import(self, module: str) -> Any:
+        """Import a plugin module, timing each module it loads the first time."""
+        if module in sys.modules:
+            return sys.modules[module]
+        try:
+            with timed_imports() as times:
+                return importlib.import_module(module)
+        finally:
+            self.imports.extend(times)
 
     def _run(self, call: Call) -> None:
         children = self.init.allow_exec  # only a worker that may spawn has children to count
@@ -270,6 +304,7 @@ class Worker:
         _CallFlag.running = True
         self.attempts.clear()
         self.cache.sync(call.cache_gen)
+        sampler = self._sampler_for(call.profile) if call.profile > 0 else None
         try:
             fn = self._resolve(call.target)
             ctx = WorkerContext(self, call.config)
@@ -331,6 +366,7 @@ class Worker:
                 traceback=traceback.format_exc(),
             )
         _CallFlag.running = False
+        profile = sampler.pause() if sampler is not None else None
         if error is not None and error.limit != "output-size":
             self.stdout.flush()  # what a failed call printed still reaches the host
             self.stderr.flush()
@@ -347,6 +383,11 @@ class Worker:
             s1 += cs1 - cs0
         usage = Usage(cpu_user_ms=u1 - u0, cpu_system_ms=s1 - s0, peak_rss_kb=ru1.ru_maxrss)
         _reap_children()
+        if profile is not None or self.imports:
+            frames, samples, count = profile if profile is not None else ([], [], 0)
+            self.ch.send(Profile(id=call.id, frames=frames, samples=samples,
+                                 imports=self.imports, count=count))
+            self.imports = []
         if error is None:
             self.ch.send(Result(id=call.id, value=value, usage=usage))
         else:

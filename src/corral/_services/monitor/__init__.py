@@ -1,0 +1,1 @@
+"""Monitoring sessions, profiles, flame graphs, statistics and suggestions from measured calls."""
