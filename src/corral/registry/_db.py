@@ -103,12 +103,18 @@ plugins: Final = sa.Table(
     sa.Column("rating_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rating", sa.Float, nullable=False, server_default="0"),
     sa.Column("confusable_with", sa.Text),  # ids this one reads like, space separated
+    # closed by the moderators: hidden from search, resolve, download and TUF
+    sa.Column("closed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # reviews (visible ones) and the Bayesian average of every star given (_community.ratings)
+    sa.Column("review_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bayes_rating", sa.Float, nullable=False, server_default="0"),
     sa.Column("source", sa.String(16), nullable=False, server_default="upload"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Index("ix_plugins_downloads", "downloads"),
     sa.Index("ix_plugins_latest", "latest_version"),
     sa.Index("ix_plugins_rating", "rating"),
+    sa.Index("ix_plugins_bayes_rating", "bayes_rating"),
 )
 
 plugin_tags: Final = sa.Table(
@@ -137,6 +143,8 @@ versions: Final = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
     # True until the version's TUF target is signed: hidden from every listing till then
     sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
+    # quarantined by the moderators: kept, but hidden from every listing, resolve and download
+    sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("plugin_pk", "version", name="uq_versions_plugin_version"),
     sa.Index("ix_versions_sha256", "sha256"),
 )
@@ -221,9 +229,29 @@ def _m4_outbox(conn: Connection) -> None:
             "ALTER TABLE versions ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _m5_community(conn: Connection) -> None:
+    """Accounts, reviews, discussions, flags and moderation; closed plugins and quarantine."""
+    from ._community.tables import create_tables  # the community schema imports this module
+
+    create_tables(conn)
+    inspector = sa.inspect(conn)
+    have = {c["name"] for c in inspector.get_columns("plugins")}
+    for column, ddl in (("closed", "BOOLEAN NOT NULL DEFAULT FALSE"),
+                        ("review_count", "INTEGER NOT NULL DEFAULT 0"),
+                        ("bayes_rating", "FLOAT NOT NULL DEFAULT 0")):
+        if column not in have:
+            conn.exec_driver_sql(f"ALTER TABLE plugins ADD COLUMN {column} {ddl}")
+    if "ix_plugins_bayes_rating" not in {i["name"] for i in inspector.get_indexes("plugins")}:
+        conn.exec_driver_sql("CREATE INDEX ix_plugins_bayes_rating ON plugins (bayes_rating)")
+    if "quarantined" not in {c["name"] for c in inspector.get_columns("versions")}:
+        conn.exec_driver_sql(
+            "ALTER TABLE versions ADD COLUMN quarantined BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 #: The migrations, in order; the schema version is the length of this list.
 MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
     _m1_tables, _m2_search, _m3_signing, _m4_outbox,
+    _m5_community,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
