@@ -59,7 +59,8 @@ Flags and moderation::
     reverse(moderator, action_id, reason="") -> dict
     moderation_log(moderator, *, kind=None, target=None, limit=100, offset=0) -> list[dict]
 
-Modules: :mod:`.tables` (schema), :mod:`.text` (input checks), :mod:`.limits`
+The tables are in the registry's schema (``_db``, migration 5).  Modules: :mod:`.text`
+(input checks), :mod:`.limits`
 (rate limits), :mod:`.users`, :mod:`.sessions`, :mod:`.tokens`, :mod:`.plugins`,
 :mod:`.installs`, :mod:`.ratings` (Bayesian average), :mod:`.reviews`,
 :mod:`.threads`, :mod:`.targets`, :mod:`.flags`, :mod:`.moderation`,

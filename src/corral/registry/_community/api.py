@@ -68,7 +68,7 @@ class InstallRequest(BaseModel):
 class ReviewRequest(BaseModel):
     """1-5 stars and a Markdown body (stored raw)."""
 
-    stars: int = Field(ge=1, le=5)
+    stars: int = Field(ge=1, le=5, strict=True)
     body: str = Field(default="", max_length=10_000, pattern=_FREE_TEXT)
 
 
@@ -169,7 +169,7 @@ def add_community_routes(app: FastAPI, community: Community, *, prefix: str,
     def sign_in(body: Credentials, request: Request) -> dict[str, Any]:
         """Sign in: a new session id (use it as a bearer credential) and its CSRF token.
 
-        5 failures in 15 minutes for one account or one address answer 429.
+        5 failures in 15 minutes for one account, or 20 from one address, answer 429.
         """
         old = _bearer(request)
         session = community.sign_in(body.name, body.password, client=_client(request),

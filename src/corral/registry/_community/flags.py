@@ -25,7 +25,8 @@ from corral._errors import UsageError
 
 from .. import _db
 from .._accounts import as_utc
-from .tables import flags, moderation_actions, users
+from .._db import flags, moderation_actions, users
+from . import ratings
 from .targets import CONTENT, find, set_content_state
 from .text import MAX_NOTE, check_body
 from .users import User
@@ -82,6 +83,8 @@ def add_flag(conn: Connection, user: User, kind: str, name: str, reason: str,
     hidden = False
     if kind in CONTENT and score >= HIDE_THRESHOLD:
         set_content_state(conn, target, hidden=True)
+        if kind == "review":
+            ratings.refresh(conn)  # a hidden review's stars stop counting
         conn.execute(moderation_actions.insert().values(
             actor="system", action="hide", target_kind=kind, target=target.name,
             reason=f"flag score {score:.2f} reached {HIDE_THRESHOLD}", created_at=now))

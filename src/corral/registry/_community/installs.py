@@ -16,8 +16,8 @@ from sqlalchemy.engine import Connection
 from corral._errors import NotFoundError
 
 from .. import _db
+from .._db import installs
 from .plugins import plugin_ref
-from .tables import installs
 
 __all__ = ["has_installed", "installed_version", "record_install"]
 

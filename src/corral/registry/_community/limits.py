@@ -16,10 +16,11 @@ from sqlalchemy.engine import Connection
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import rate_events
 from .._errors import RateLimited
-from .tables import rate_events
 
-__all__ = ["FLAGS", "POSTS", "REVIEWS", "SIGNIN", "SIGNUPS", "Limit", "check", "record"]
+__all__ = ["FLAGS", "POSTS", "REVIEWS", "SIGNIN", "SIGNIN_ADDRESS", "SIGNUPS", "Limit", "check",
+           "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +33,12 @@ class Limit:
     what: str
 
 
-#: Failed sign-ins, per account and per client address.
-SIGNIN: Final = Limit("signin_fail", 5, 15 * 60, "failed sign-ins")
-SIGNUPS: Final = Limit("signup", 20, 3600, "sign-ups from this address")
+#: Failed sign-ins per account (guessing one password) ...
+SIGNIN: Final = Limit("signin_fail", 5, 15 * 60, "failed sign-ins for this account")
+#: ... and per client address (one password tried on many accounts; several people
+#: may share an address, hence the higher count).
+SIGNIN_ADDRESS: Final = Limit("signin_addr", 20, 15 * 60, "failed sign-ins from this address")
+SIGNUPS: Final = Limit("signup", 50, 3600, "sign-ups from this address")
 REVIEWS: Final = Limit("review", 10, 3600, "reviews or review edits")
 POSTS: Final = Limit("post", 30, 3600, "threads and posts")
 FLAGS: Final = Limit("flag", 30, 3600, "flags")

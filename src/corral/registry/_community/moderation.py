@@ -24,9 +24,9 @@ from corral._errors import NotFoundError, PermissionDenied, UsageError
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import flags, moderation_actions, threads, users
 from . import ratings
 from .flags import resolve_flags
-from .tables import flags, moderation_actions, threads, users
 from .targets import CONTENT, Target, find, set_content_state
 from .text import MAX_NOTE, check_body
 from .users import set_banned

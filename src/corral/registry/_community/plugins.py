@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from corral._errors import NotFoundError
 
 from .. import _db
-from .tables import user_publishers
+from .._db import user_publishers
 from .users import User
 
 __all__ = ["plugin_ref", "speaks_for"]

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import _db
-from .tables import reviews
+from .._db import reviews
 
 __all__ = ["prior", "refresh"]
 

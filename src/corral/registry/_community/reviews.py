@@ -17,10 +17,10 @@ from corral._errors import NotFoundError, PermissionDenied, UsageError
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import review_replies, reviews, users
 from . import ratings
 from .installs import installed_version
 from .plugins import plugin_ref, speaks_for
-from .tables import review_replies, reviews, users
 from .text import check_body
 from .users import User
 

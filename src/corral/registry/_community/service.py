@@ -9,22 +9,24 @@ server processes share sessions, limits and flags.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from corral._errors import PermissionDenied
 
 from .. import _accounts
+from .._db import reviews as review_table
 from .._errors import Unauthenticated
-from .._service import Registry
 from . import flags as _flags
 from . import installs as _installs
 from . import limits, moderation, ratings, reviews, sessions, threads, tokens, users
 from .plugins import plugin_ref
 from .sessions import Session
-from .tables import reviews as review_table
 from .users import User
+
+if TYPE_CHECKING:  # the registry imports the rating code of this package: no cycle at run time
+    from .._service import Registry
 
 __all__ = ["Community"]
 
@@ -50,17 +52,19 @@ class Community:
         """Check the password and open a fresh session (ending ``old_session``: no fixation).
 
         Raises:
-            RateLimited: 5 failures in 15 minutes for this account or this address.
+            RateLimited: 5 failures in 15 minutes for this account, or 20 from this address.
             Unauthenticated: a wrong name or password (the same message for both).
             PermissionDenied: the account is banned.
         """
-        subjects = (f"name:{name[:64]}", f"addr:{client}")
+        account, address = f"name:{name[:64]}", f"addr:{client}"
         failed: Unauthenticated | None = None
         with self.registry.write() as conn:
-            limits.check(conn, limits.SIGNIN, *subjects)
+            limits.check(conn, limits.SIGNIN, account)
+            limits.check(conn, limits.SIGNIN_ADDRESS, address)
             pk = users.check_credentials(conn, name, password)
             if pk is None:
-                limits.record(conn, limits.SIGNIN, *subjects)
+                limits.record(conn, limits.SIGNIN, account)
+                limits.record(conn, limits.SIGNIN_ADDRESS, address)
                 failed = Unauthenticated("wrong user name or password")
             else:
                 user = users.load_user(conn, pk)

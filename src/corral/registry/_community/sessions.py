@@ -23,8 +23,8 @@ from sqlalchemy.engine import Connection
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import user_sessions
 from .._errors import Unauthenticated
-from .tables import user_sessions
 
 __all__ = ["SESSION_TTL", "Session", "check_csrf", "create_session", "csrf_token", "end_session",
            "is_session_id", "rotate", "session_user_pk"]

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from corral._errors import NotFoundError, UsageError
 
 from .. import _db
-from .tables import posts, review_replies, reviews, threads, users
+from .._db import posts, review_replies, reviews, threads, users
 
 __all__ = ["CONTENT", "KINDS", "Target", "find", "set_content_state"]
 

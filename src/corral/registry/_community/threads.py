@@ -16,8 +16,8 @@ from corral._errors import NotFoundError, PermissionDenied, UsageError
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import posts, threads, users
 from .plugins import plugin_ref, speaks_for
-from .tables import posts, threads, users
 from .text import MAX_BODY, check_body, check_line
 from .users import User
 

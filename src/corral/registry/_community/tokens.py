@@ -20,8 +20,8 @@ from corral._errors import NotFoundError, UsageError
 
 from .. import _db
 from .._accounts import as_utc
+from .._db import user_tokens
 from .._errors import Unauthenticated
-from .tables import user_tokens
 
 __all__ = ["MAX_TOKENS", "create_token", "is_user_token", "list_tokens", "revoke_token",
            "token_user_pk"]

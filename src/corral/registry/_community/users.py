@@ -22,8 +22,8 @@ from sqlalchemy.engine import Connection
 from corral._errors import NotFoundError, PermissionDenied, UsageError
 
 from .. import _db
+from .._db import user_publishers, user_sessions, users
 from .._errors import Unauthenticated
-from .tables import user_publishers, user_sessions, users
 from .text import check_password, check_user_name
 
 __all__ = ["User", "check_credentials", "get_user", "hash_password", "link_publisher",
