@@ -8,7 +8,8 @@ a full data disk answers 507, a busy or unreachable database 503, and no error
 path.  Control characters are refused in every path parameter, query parameter
 and body field with 400 naming the field.  The OpenAPI document at
 ``/openapi.json`` lists every status each route answers; ``/docs`` and ``/redoc``
-show it with no request leaving the registry (:mod:`._docs_ui`).
+show it with no request leaving the registry (:mod:`._docs_ui`).  The community's
+routes (accounts, reviews, discussions, moderation) come from :mod:`._community.api`.
 """
 
 from __future__ import annotations

@@ -129,3 +129,16 @@ def test_hostile_names_and_passwords_are_refused(site: Site) -> None:
         r = site.http.post("/v1/users", json=body)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["code"] == "usage"
+
+
+def test_create_session_after_signup_ends_the_old_one(site: Site) -> None:
+    community = Community(site.registry)
+    user = community.signup("fresh-1", "a good password", client="192.0.2.7")
+    first = community.create_session(user)
+    assert community.session_user(first.id).name == "fresh-1"
+    second = community.create_session(user, old_session=first.id)
+    with pytest.raises(Unauthenticated):
+        community.session_user(first.id)
+    assert community.check_csrf(second.id, second.csrf_token)
+    with pytest.raises(Unauthenticated):
+        community.session_user("crs_" + "A" * 43)

@@ -12,6 +12,7 @@ Accounts and sessions::
     signup(name, password, *, client="") -> User
     sign_in(name, password, *, client="", old_session=None) -> Session
         # Session.id (cookie value), .csrf_token, .expires_at; ends old_session (no fixation)
+    create_session(user, *, old_session=None) -> Session   # e.g. right after signup
     sign_out(session_id) -> None
     session_user(session_id) -> User             # raises Unauthenticated
     rotate(session_id) -> Session

@@ -73,6 +73,13 @@ class Community:
                 return sessions.create_session(conn, pk)
         raise failed  # after the commit, so the failure is counted
 
+    def create_session(self, user: User, *, old_session: str | None = None) -> Session:
+        """Open a session for ``user`` (e.g. right after sign-up), ending ``old_session``."""
+        with self.registry.write() as conn:
+            users.load_user(conn, user.pk).require_active()
+            sessions.end_session(conn, old_session)
+            return sessions.create_session(conn, user.pk)
+
     def sign_out(self, session_id: str | None) -> None:
         """End a session (an unknown one is ignored)."""
         with self.registry.write() as conn:
