@@ -54,7 +54,9 @@ class Moderator:
 #: action -> (kinds it applies to, the state it sets, whether it upholds the flags)
 ACTIONS: Final[dict[str, tuple[tuple[str, ...], dict[str, bool], bool | None]]] = {
     "hide": (tuple(CONTENT), {"hidden": True}, True),
-    "delete": (tuple(CONTENT), {"deleted": True}, True),
+    # deleting also hides: an author's edit (which undoes their own withdrawal) must not
+    # bring back what a moderator removed
+    "delete": (tuple(CONTENT), {"deleted": True, "hidden": True}, True),
     "restore": (tuple(CONTENT), {"hidden": False, "deleted": False}, False),
     "close": (("plugin",), {"closed": True}, True),
     "reopen": (("plugin",), {"closed": False}, False),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from corral._errors import PermissionDenied
+from corral._errors import NotFoundError, PermissionDenied
 
 from .. import _accounts
 from .._db import reviews as review_table
@@ -190,7 +190,7 @@ class Community:
         try:
             user = self.authenticate(bearer)
             self.record_install(user, plugin_id, version)
-        except (Unauthenticated, PermissionDenied):
+        except (Unauthenticated, PermissionDenied, NotFoundError):
             return False
         return True
 

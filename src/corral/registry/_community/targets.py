@@ -24,6 +24,7 @@ __all__ = ["CONTENT", "KINDS", "Target", "find", "set_content_state"]
 #: Content tables by kind: each has ``hidden``, ``deleted`` and ``user_pk``.
 CONTENT: Final = {"review": reviews, "reply": review_replies, "thread": threads, "post": posts}
 KINDS: Final = (*CONTENT, "plugin", "version", "user")
+_MAX_ID: Final = 2 ** 31 - 1  # the ids are 32-bit on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ def find(conn: Connection, kind: str, name: str) -> Target:
                          field="target_kind")
     missing = NotFoundError(f"no {kind} {name!r}", target_kind=kind, target=name)
     if kind in CONTENT:
-        if not name.isdigit() or len(name) > 18:
+        if not (name.isascii() and name.isdigit()) or int(name) > _MAX_ID:
             raise missing
         table = CONTENT[kind]
         row = conn.execute(sa.select(table.c.pk, table.c.hidden, table.c.deleted,
