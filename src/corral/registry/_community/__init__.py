@@ -56,7 +56,8 @@ Flags and moderation::
     moderation_queue(moderator, *, limit=100) -> list[dict]
     moderate(moderator, action, kind, target, reason="") -> dict
         # action: hide|delete|restore (content), close|reopen (plugin),
-        #         quarantine|release (version "id@version"), ban|unban (user)
+        #         quarantine|release (version "id@version"), ban|unban (user),
+        #         moderator|unmoderator (user; the admin token or CLI only)
     reverse(moderator, action_id, reason="") -> dict
     moderation_log(moderator, *, kind=None, target=None, limit=100, offset=0) -> list[dict]
 

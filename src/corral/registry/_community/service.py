@@ -132,10 +132,11 @@ class Community:
         with self.registry.read() as conn:
             return users.get_user(conn, name)
 
-    def set_admin(self, name: str, is_admin: bool = True) -> User:
-        """Make a user a moderator or take it back (the admin CLI)."""
+    def set_admin(self, name: str, is_admin: bool = True, *, actor: str = "cli") -> User:
+        """Make a user a moderator or take it back (the admin CLI; recorded as an action)."""
         with self.registry.write() as conn:
-            users.set_admin(conn, name, is_admin)
+            moderation.act(conn, self.registry, moderation.Moderator(actor),
+                           "moderator" if is_admin else "unmoderator", "user", name)
             return users.get_user(conn, name)
 
     def link_publisher(self, user: User, publisher_token: str) -> User:

@@ -38,6 +38,7 @@ class Target:
     deleted: bool
     author_pk: int | None  # who wrote it (content), or the user itself
     plugin_pk: int | None
+    is_admin: bool = False  # a user who moderates
 
 
 def _content_plugin(conn: Connection, kind: str, pk: int) -> int | None:
@@ -89,12 +90,12 @@ def find(conn: Connection, kind: str, name: str) -> Target:
             raise missing
         return Target(kind, f"{owner.id}@{vrow.version}", int(vrow.pk),
                       bool(vrow.quarantined), False, None, int(owner.pk))
-    urow = conn.execute(sa.select(users.c.pk, users.c.name, users.c.banned)
+    urow = conn.execute(sa.select(users.c.pk, users.c.name, users.c.banned, users.c.is_admin)
                         .where(users.c.name == name)).first()
     if urow is None:
         raise missing
     return Target(kind, str(urow.name), int(urow.pk), bool(urow.banned), False, int(urow.pk),
-                  None)
+                  None, bool(urow.is_admin))
 
 
 def set_content_state(conn: Connection, target: Target, *, hidden: bool | None = None,
