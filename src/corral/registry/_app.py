@@ -437,8 +437,7 @@ def create_app(registry: Registry) -> FastAPI:
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/download",
              tags=["artifacts"], response_class=FileResponse, responses=download_responses)
     def download_version(plugin_id: PluginId, version: VersionStr, request: Request) -> Response:
-        """One version's archive, yanked or not (counted as a download; an install with a
-        user's token)."""
+        """One version's archive, yanked or not (counted; with a user's token, an install)."""
         return _send(plugin_id, version, request)
 
     @app.post(
