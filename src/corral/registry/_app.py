@@ -47,6 +47,8 @@ from corral._version import __version__
 from ._accounts import Principal
 from ._docs_ui import add_docs_pages
 from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
+from ._insights import Insights
+from ._insights.routes import add_insights_routes
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
@@ -135,6 +137,7 @@ _MEANING: Final = {
     409: "That version is already published (versions are immutable)",
     413: "The upload is over the registry's size limit",
     422: "The archive fails validation (as `corral validate` reports)",
+    429: "Too many requests from this client: retry after `retry_after` seconds",
     503: "The registry's database is busy or unreachable: retry later",
     507: "No space left on the registry's data disk",
 }
@@ -268,6 +271,8 @@ def create_app(registry: Registry) -> FastAPI:
         else:
             err = _server_fault(exc) or CorralError("internal error in the registry")
         headers = {"Retry-After": "5"} if http_status(err) == 503 else None
+        if http_status(err) == 429:
+            headers = {"Retry-After": str(err.details.get("retry_after", 60))}
         doc = _scrub({"error": err.to_dict()}, roots)
         return JSONResponse(doc, status_code=http_status(err), headers=headers)
 
@@ -603,6 +608,8 @@ def create_app(registry: Registry) -> FastAPI:
         repo = _tuf()
         return _send_tuf(repo, repo.target_path(registry, path), "application/octet-stream",
                          path)
+
+    add_insights_routes(app, Insights(registry), API_PREFIX, _errors)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, made true: no 422 where none occurs, bearer auth declared."""

@@ -11,6 +11,7 @@
     ├── Unauthenticated   401  permission_denied   (no, bad, expired or revoked token)
     PolicyDenied          403  policy_denied       (confusable with another's id)
     ServerUnavailable     503  unavailable         (database busy or down: retry later)
+    ├── RateLimited       429  unavailable         (too many requests from one client)
     ├── StorageFull       507  unavailable         (no space left on the data disk)
     CorralError           500  error               (the server's fault)
 
@@ -34,6 +35,7 @@ from corral._errors import (
 )
 
 __all__ = [
+    "RateLimited",
     "ServerUnavailable",
     "StorageFull",
     "Unauthenticated",
@@ -83,6 +85,13 @@ class StorageFull(ServerUnavailable):
         super().__init__(message, reason="no_space", **details)
 
 
+class RateLimited(ServerUnavailable):
+    """Too many requests of one kind from one client: retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, reason="rate_limited", **details)
+
+
 _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (VersionExists, 409),
     (UsageError, 400),
@@ -94,6 +103,7 @@ _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (PolicyDenied, 403),
     (SignatureInvalid, 403),
     (StorageFull, 507),
+    (RateLimited, 429),
     (ServerUnavailable, 503),
 )
 
