@@ -26,6 +26,7 @@ __all__ = [
     "build_report",
     "check_report",
     "day_nonce",
+    "report_bytes",
 ]
 
 REPORT_SCHEMA: Final = 1
@@ -40,7 +41,7 @@ _KEYS: Final = frozenset({"schema", "day", "nonce", "corral_version", "plugins"}
 
 #: Printed before the first report is sent (and by ``corral analytics on``).
 NOTICE: Final = (
-    "corral analytics: this home will send the registry, at most once a day, the ids and "
+    "corral analytics: each `corral analytics send` sends the registry the ids and "
     "versions of its installed plugins and the corral version; nothing else - no host id, "
     "no paths, no names. A random number that changes every day lets the registry count "
     "this home once per day without linking two days. See exactly what is sent with "
@@ -120,3 +121,10 @@ def check_report(doc: Any) -> dict[str, Any]:
             raise UsageError(f"{where}.id {entry['id']!r} is named twice", field=f"{where}.id")
         seen.add(entry["id"])
     return doc
+
+
+def report_bytes(doc: dict[str, Any]) -> bytes:
+    """The exact bytes sent for a report (and printed by ``preview``/``--dry-run``)."""
+    import json
+
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True).encode("ascii")
