@@ -8,17 +8,19 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
 from corral._analytics.recommend import Params
 
 from .. import _db
-from .._service import Registry
 from . import charts, stats
 from .recommendations import RecommendationModel, seed_cousage
 from .reports import RateLimiter, store_report
+
+if TYPE_CHECKING:
+    from .._service import Registry
 
 __all__ = ["Insights"]
 

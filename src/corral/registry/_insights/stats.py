@@ -200,8 +200,10 @@ def ecosystem_stats(conn: Connection, *, days: int = 30, limit: int = 10,
         slot[0 if day >= recent_start else 1] += int(n)
     rising = sorted(((pk, r, b) for pk, (r, b) in per.items() if r >= TRENDING_MIN),
                     key=lambda t: (-(t[1] / max(t[2], 1)), -t[1]))[:limit]
-    ids = dict(conn.execute(sa.select(p.c.pk, p.c.id).where(
-        p.c.pk.in_([t[0] for t in rising])))) if rising else {}
+    ids: dict[int, str] = {}
+    if rising:
+        ids = {int(pk): str(pid) for pk, pid in conn.execute(
+            sa.select(p.c.pk, p.c.id).where(p.c.pk.in_([t[0] for t in rising])))}
     win = day_range(ACTIVE_WINDOW, today)
     reports = conn.execute(sa.select(sa.func.count()).select_from(_db.usage_reports).where(
         _db.usage_reports.c.day.between(win[0], win[-1]))).scalar()
