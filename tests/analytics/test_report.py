@@ -84,4 +84,5 @@ def test_analytics_is_off_by_default_and_the_environment_wins(
     assert state.enabled
     assert "# keep me" in (tmp_path / "settings.toml").read_text()
     monkeypatch.setenv("CORRAL_ANALYTICS", "0")
-    assert state.opted_in and not state.enabled
+    assert state.opted_in
+    assert not state.enabled

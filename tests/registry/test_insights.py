@@ -119,7 +119,8 @@ def _recs(http: httpx.Client, **params: object) -> dict[str, dict[str, object]]:
     doc = r.json()
     assert set(doc) == {"recommendations"}
     for rec in doc["recommendations"]:
-        assert set(rec) == {"id", "score", "reasons"} and rec["reasons"]
+        assert set(rec) == {"id", "score", "reasons"}
+        assert rec["reasons"]
     return {rec["id"]: rec for rec in doc["recommendations"]}
 
 
@@ -143,7 +144,8 @@ def test_yanked_and_incompatible_plugins_are_never_recommended(site: Site) -> No
     assert "acme.legacy" not in mine  # requires-corral <0.2, the host has 1.0.0
     assert mine["acme.good"]["reasons"][-1] == "compatible with your corral 1.0.0"
     unknown = _recs(site.http, **{"with": "acme.base"})  # no corral given: not filtered
-    assert "acme.legacy" in unknown and "acme.gone" not in unknown
+    assert "acme.legacy" in unknown
+    assert "acme.gone" not in unknown
 
 
 @pytest.mark.parametrize("bad", ["acme.<script>", "../../etc", "a" * 300, "acme.x\u202e"])
@@ -169,7 +171,8 @@ def test_downloads_per_day_trending_and_publisher_totals(site: Site) -> None:
     assert eco["top"][0]["id"] == "pypi.pytest-cov"
     assert {"category": "testing"}.items() <= eco["categories"][0].items()
     pub = site.http.get("/v1/stats/publishers/acme", params={"days": 7}).json()
-    assert pub["plugins"] == 4 and pub["downloads"]["in_window"] == 5
+    assert pub["plugins"] == 4
+    assert pub["downloads"]["in_window"] == 5
     assert site.http.get("/v1/stats/publishers/nobody").status_code == 404
     assert site.http.get("/v1/plugins/acme.nothing/stats").status_code == 404
 
@@ -195,7 +198,8 @@ def _report(nonce: str, plugins: list[tuple[str, str]], day: str | None = None) 
 def test_reports_count_active_installs_and_version_adoption(site: Site) -> None:
     one = _report("1" * 32, [("acme.base", "1.0.0"), ("acme.unknown", "9")])
     r = site.http.post("/v1/reports", json=one)
-    assert r.status_code == 200 and r.json() == {"accepted": True, "duplicate": False,
+    assert r.status_code == 200
+    assert r.json() == {"accepted": True, "duplicate": False,
                                                   "plugins": 1}
     again = site.http.post("/v1/reports", json=one)
     assert again.json()["duplicate"] is True
@@ -254,9 +258,11 @@ def test_charts_are_inert_svg_with_escaped_labels() -> None:
     root = ET.fromstring(svg)  # well-formed
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     tags = {el.tag.split("}")[1] for el in root.iter()}
-    assert "script" not in tags and "foreignObject" not in tags
+    assert "script" not in tags
+    assert "foreignObject" not in tags
     assert not any(k.startswith("on") for el in root.iter() for k in el.attrib)
-    assert "&lt;script&gt;" in svg and "href" not in svg
+    assert "&lt;script&gt;" in svg
+    assert "href" not in svg
     bars = ET.fromstring(charts.bar_chart([(evil, 1.0)], title="versions"))
     assert not any(k.startswith("on") for el in bars.iter() for k in el.attrib)
     assert "no data yet" in charts.line_chart([], title="empty")
