@@ -304,3 +304,20 @@ def test_postgresql_counts_reports_and_recommends(
             assert doc["downloads"]["series"][-1]["count"] == 2
     finally:
         reg.close()
+
+
+def test_a_yank_after_the_model_is_built_hides_the_plugin(site: Site) -> None:
+    from corral.registry._insights.recommendations import RecommendationModel
+
+    model = RecommendationModel(site.registry.engine)
+    assert "acme.good" in [r.id for r in model.recommend(["acme.base"])]
+    auth = {"Authorization": f"Bearer {site.token}"}
+    url = "/v1/plugins/acme.good/versions/1.0.0/yank"
+    assert site.http.post(url, headers=auth, json={}).status_code == 200
+    try:
+        model.invalidate()
+        assert "acme.good" not in [r.id for r in model.recommend(["acme.base"])]
+    finally:
+        assert site.http.delete(url, headers=auth).status_code == 200
+    model.invalidate()
+    assert "acme.good" in [r.id for r in model.recommend(["acme.base"])]

@@ -265,6 +265,24 @@ class Recommender:
             if item.family:
                 self._by_family[item.family].append(item.id)
 
+    def relearn(self, usage: CoUsage) -> Recommender:
+        """The same plugins (and their content index, the costly part) with new co-usage."""
+        other = object.__new__(Recommender)
+        other.items, other.usage, other.params = self.items, usage, self.params
+        other._content, other._log_top, other._by_family = (
+            self._content, self._log_top, self._by_family)
+        other._top_cache = {}
+        return other
+
+    def warm(self, families: Iterable[str]) -> None:
+        """Build the content index and the back-off list of ``families`` ahead of requests."""
+        for fam in families:
+            self._family_top(fam)
+            members = self._by_family.get(fam, ())
+            if members:
+                self._content.near(members[0], self.params.neighbours,
+                                   self.params.min_similarity)
+
     def family(self, plugin_id: str) -> str | None:
         """A plugin's family: its own, else the one whose sets use it most."""
         item = self.items.get(plugin_id)

@@ -182,7 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
                     http="corral.registry._app:NoDelayH11Protocol")
         return 0
     registry.start_housekeeping()
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning",
+    app = create_app(registry)
+    app.state.insights.start_warming()  # the recommender, built before the first request
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 http="corral.registry._app:NoDelayH11Protocol")
     return 0
 

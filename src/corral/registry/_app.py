@@ -714,7 +714,9 @@ def app_from_env() -> FastAPI:
         data, db, **({"max_upload_bytes": int(cap)} if cap.isdigit() else {}))
     registry.claim()  # the parent ``serve`` did the start-up repair
     registry.start_housekeeping()
-    return create_app(registry)
+    app = create_app(registry)
+    app.state.insights.start_warming()  # the recommender, built before the first request
+    return app
 
 
 

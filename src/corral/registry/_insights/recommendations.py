@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +43,8 @@ MIN_REPORTS: Final = 20
 REPORT_WEIGHT: Final = 0.5
 #: Days of reports learned from.
 REPORT_DAYS: Final = 7
+#: Reports are learned again each time this many more arrived (or the day changes).
+RELEARN_STEP: Final = 100
 #: How often (seconds) the model checks whether its sources changed.
 CHECK_EVERY: Final = 5.0
 
@@ -84,7 +86,7 @@ class _Built:
     recommender: Recommender
     blocked: frozenset[str]  # yanked or quarantined: never recommended
     requires: dict[str, str]  # id -> requires-corral of the latest version (when set)
-    signature: tuple[Any, ...]
+    signature: tuple[tuple[Any, ...], ...]
 
 
 class RecommendationModel:
@@ -96,20 +98,27 @@ class RecommendationModel:
         self._lock = threading.Lock()
         self._built: _Built | None = None
         self._checked = 0.0
+        self._rebuilding = False
 
     @staticmethod
     def quarantine_supported() -> bool:
         """Whether versions carry a ``quarantined`` flag (moderation) in this schema."""
         return "quarantined" in _db.versions.c
 
-    def _signature(self, conn: Connection) -> tuple[Any, ...]:
-        p, c, r = _db.plugins, _db.cousage_sets, _db.usage_reports
-        return (
-            tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(p.c.updated_at))).one()),
-            tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(c.c.pk))).one()),
-            tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(r.c.pk))).one()),
-            _db.utcnow().date().isoformat(),
-        )
+    def _signature(self, conn: Connection) -> tuple[tuple[Any, ...], ...]:
+        """What the plugins are, what may be installed, and what co-usage is learned from
+        (reports in steps of :data:`RELEARN_STEP`)."""
+        p, v, c, r = _db.plugins, _db.versions, _db.cousage_sets, _db.usage_reports
+        plugins = tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(p.c.pk))).one())
+        hidden = [sa.func.count(), sa.func.max(v.c.pk),
+                  sa.func.sum(sa.case((v.c.yanked == sa.true(), 1), else_=0))]
+        if self.quarantine_supported():
+            hidden.append(sa.func.sum(sa.case((v.c.quarantined == sa.true(), 1), else_=0)))
+        installable = tuple(conn.execute(sa.select(*hidden)).one())
+        sets = tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(c.c.pk))).one())
+        reports = int(conn.execute(sa.select(sa.func.count()).select_from(r)).scalar() or 0)
+        step = reports if reports < MIN_REPORTS else reports // RELEARN_STEP
+        return plugins, installable, (*sets, step, _db.utcnow().date().isoformat())
 
     def invalidate(self) -> None:
         """Check the sources on the next request (after a seed or a report)."""
@@ -123,25 +132,77 @@ class RecommendationModel:
                 return self._built
             with self._engine.connect() as conn:
                 sig = self._signature(conn)
-                if self._built is None or self._built.signature != sig:
-                    self._built = self._build(conn, sig)
+                built = self._built
+                if built is not None and built.signature[0] != sig[0]:
+                    # new plugins: index them in the background, answer from the old index
+                    self._rebuild_later()
+                    sig = (built.signature[0], *sig[1:])
+                if built is None:
+                    built = self._build(conn, sig)
+                elif built.signature != sig:  # the same plugins: keep the content index
+                    rec = built.recommender
+                    if built.signature[2] != sig[2]:
+                        rec = rec.relearn(self._usage(conn, rec.items))
+                    blocked, requires = self._installable(conn)
+                    built = _Built(rec, blocked, requires, sig)
+                self._built = built
             self._checked = now
-            return self._built
+            return built
 
-    def _build(self, conn: Connection, sig: tuple[Any, ...]) -> _Built:
-        p, v = _db.plugins, _db.versions
+    def _rebuild_later(self) -> None:
+        """Rebuild the whole model in a thread (held lock: one at a time)."""
+        if self._rebuilding:
+            return
+        self._rebuilding = True
+
+        def rebuild() -> None:
+            try:
+                with self._engine.connect() as conn:
+                    fresh = self._build(conn, self._signature(conn))
+                with self._lock:
+                    self._built, self._checked = fresh, time.monotonic()
+            except (sa.exc.SQLAlchemyError, OSError):
+                pass  # the next check tries again
+            finally:
+                self._rebuilding = False
+
+        threading.Thread(target=rebuild, name="corral-recommender-build", daemon=True).start()
+
+    def warm(self) -> None:
+        """Build the model and the indexes of every family co-usage knows (before requests)."""
+        built = self.model()
+        built.recommender.warm(sorted(built.recommender.usage.family_sets))
+
+    def _usage(self, conn: Connection, items: Mapping[str, Item]) -> CoUsage:
+        usage = CoUsage(UsageSet(frozenset(ids.split()), family, float(weight))
+                        for ids, family, weight in conn.execute(
+                            sa.select(_db.cousage_sets.c.plugins, _db.cousage_sets.c.family,
+                                      _db.cousage_sets.c.weight)))
+        for s in self._report_sets(conn, items):
+            usage.add(s)
+        return usage
+
+    def _build(self, conn: Connection, sig: tuple[tuple[Any, ...], ...]) -> _Built:
+        p = _db.plugins
         items: dict[str, Item] = {}
-        blocked: set[str] = set()
-        for pid, name, norm, category, tags, summary, downloads, latest in conn.execute(
+        for pid, name, norm, category, tags, summary, downloads in conn.execute(
             sa.select(p.c.id, p.c.name, p.c.norm_name, p.c.category, p.c.tags, p.c.summary,
-                      p.c.downloads, p.c.latest_version)
+                      p.c.downloads)
         ):
             eco = ecosystem_of(norm)
             family = eco[0] if eco else (tags.split()[0] if tags else None)
             items[pid] = Item(id=pid, name=name, family=family, category=category,
                               summary=summary, popularity=float(downloads))
-            if latest is None:
-                blocked.add(pid)
+        blocked, requires = self._installable(conn)
+        return _Built(Recommender(items, self._usage(conn, items), self._params), blocked,
+                      requires, sig)
+
+    def _installable(self, conn: Connection) -> tuple[frozenset[str], dict[str, str]]:
+        """Plugins never to recommend (every version yanked, or the latest quarantined),
+        and the ``requires-corral`` of each latest version that sets one."""
+        p, v = _db.plugins, _db.versions
+        blocked = set(conn.execute(sa.select(p.c.id).where(p.c.latest_version.is_(None)))
+                      .scalars())
         latest_join = (v.c.plugin_pk == p.c.pk) & (v.c.version == p.c.latest_version)
         if self.quarantine_supported():
             blocked.update(conn.execute(sa.select(p.c.id).join(v, latest_join).where(
@@ -152,17 +213,10 @@ class RecommendationModel:
             spec = json.loads(manifest).get("plugin", {}).get("requires-corral", "")
             if spec:
                 requires[pid] = str(spec)
-        usage = CoUsage(UsageSet(frozenset(ids.split()), family, float(weight))
-                        for ids, family, weight in conn.execute(
-                            sa.select(_db.cousage_sets.c.plugins, _db.cousage_sets.c.family,
-                                      _db.cousage_sets.c.weight)))
-        for s in self._report_sets(conn, items):
-            usage.add(s)
-        return _Built(Recommender(items, usage, self._params), frozenset(blocked), requires,
-                      sig)
+        return frozenset(blocked), requires
 
     @staticmethod
-    def _report_sets(conn: Connection, items: dict[str, Item]) -> list[UsageSet]:
+    def _report_sets(conn: Connection, items: Mapping[str, Item]) -> list[UsageSet]:
         r = _db.usage_reports
         start = (_db.utcnow().date().toordinal() - REPORT_DAYS + 1)
         first = type(_db.utcnow().date()).fromordinal(start).isoformat()

@@ -40,6 +40,17 @@ class Insights:
         self._lock = threading.Lock()
         self._ecosystem: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
 
+    def start_warming(self) -> None:
+        """Build the recommender in a background thread, so the first request need not."""
+
+        def warm() -> None:
+            try:
+                self.recommendations.warm()
+            except (sa.exc.SQLAlchemyError, OSError):  # the first request builds it then
+                return
+
+        threading.Thread(target=warm, name="corral-insights-warm", daemon=True).start()
+
     # -- figures --------------------------------------------------------------
 
     def plugin_stats(self, plugin_id: str, days: int = 90) -> dict[str, Any]:

@@ -146,9 +146,13 @@ def publisher_stats(conn: Connection, publisher: str, *, days: int = 90,
     if ppk is None:
         raise NotFoundError(f"no publisher {publisher!r} in this registry", publisher=publisher)
     p = _db.plugins
-    rows = conn.execute(sa.select(p.c.pk, p.c.id, p.c.downloads, p.c.rating_sum,
-                                  p.c.rating_count).where(p.c.publisher_pk == ppk)
-                        .order_by(p.c.downloads.desc(), p.c.id)).all()
+    mine = p.c.publisher_pk == ppk
+    count, downloads, ratings, stars = conn.execute(sa.select(
+        sa.func.count(), sa.func.coalesce(sa.func.sum(p.c.downloads), 0),
+        sa.func.coalesce(sa.func.sum(p.c.rating_count), 0),
+        sa.func.coalesce(sa.func.sum(p.c.rating_sum), 0)).where(mine)).one()
+    top = conn.execute(sa.select(p.c.id, p.c.downloads).where(mine)
+                       .order_by(p.c.downloads.desc(), p.c.id).limit(10)).all()
     span = day_range(days, today)
     d = _db.daily_downloads
     series = _series({day: int(n) for day, n in conn.execute(
@@ -160,17 +164,16 @@ def publisher_stats(conn: Connection, publisher: str, *, days: int = 90,
     hosts = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(i.c.hosts), 0)).join(p, p.c.id == i.c.plugin_id)
         .where((p.c.publisher_pk == ppk) & i.c.day.between(win[0], win[-1]))).scalar()
-    ratings = sum(int(r.rating_count) for r in rows)
-    stars = sum(int(r.rating_sum) for r in rows)
+    ratings, stars = int(ratings), int(stars)
     return {
         "publisher": publisher,
         "days": days,
-        "plugins": len(rows),
-        "downloads": {"total": sum(int(r.downloads) for r in rows),
+        "plugins": int(count),
+        "downloads": {"total": int(downloads),
                       "in_window": sum(s["count"] for s in series), "series": series},
         "active_installs": round(int(hosts or 0) / reporting_days(conn, win), 2),
         "ratings": {"count": ratings, "average": round(stars / ratings, 2) if ratings else None},
-        "top": [{"id": r.id, "downloads": int(r.downloads)} for r in rows[:10]],
+        "top": [{"id": r.id, "downloads": int(r.downloads)} for r in top],
     }
 
 
