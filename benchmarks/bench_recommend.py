@@ -6,7 +6,10 @@ plugins is hidden in turn and the rest is asked for recommendations: a hit@N
 when the hidden plugin is among the first N.  Beside it, on the same queries:
 
 * popularity: the most popular plugins of the project's family (``popularity_rank``
-  of the catalogue) not already in the set;
+  of the catalogue) not already in the set; a plugin is of a family by its name
+  (``pytest-*``) or by being used in the training folds' projects of that family
+  (``furo`` in sphinx projects);
+* popularity by name: the same with the family known from the name only;
 * co-occurrence: plain pair counts with the rest of the set (ties by popularity).
 
 Target: hit@10 at least 1.25 times the popularity baseline.  ``--grid`` prints the
@@ -78,9 +81,16 @@ class Hits:
         return (self.at5 if at == 5 else self.at10) / max(self.n, 1)
 
 
+def _popular(items: dict[str, Item], ids: list[str]) -> list[str]:
+    """The 60 most downloaded of ``ids`` (catalogue popularity), best first."""
+    return sorted(set(ids), key=lambda x: (
+        -(items[x].popularity if x in items else 0.0), x))[:60]
+
+
 def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
              params: Params, baselines: bool = True) -> dict[str, Hits]:
-    out = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    out = {"recommender": Hits(), "popularity": Hits(), "popularity by name": Hits(),
+           "co-occurrence": Hits()}
     parts = folds(rows, k, seed)
     for i, test in enumerate(parts):
         train = [r for j, part in enumerate(parts) if j != i for r in part]
@@ -93,9 +103,10 @@ def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
         for fam, counts in usage.family_count.items():
             family_pool[fam].extend(c for c in counts if c not in items or
                                     items[c].family != fam)
-        by_pop = {fam: sorted(set(ids), key=lambda c: (
-            -(items[c].popularity if c in items else 0.0), c))
-            for fam, ids in family_pool.items()}
+        by_name = {fam: _popular(items, [i for i in ids if i in items and
+                                         items[i].family == fam])
+                   for fam, ids in family_pool.items()}
+        by_pop = {fam: _popular(items, ids) for fam, ids in family_pool.items()}
         for row in test:
             for hidden in row.plugins:
                 rest = [p for p in row.plugins if p != hidden]
@@ -106,6 +117,8 @@ def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
                 owned = set(rest)
                 pop = [c for c in by_pop.get(row.family or "", [])[:40] if c not in owned][:10]
                 out["popularity"].add(pop, hidden)
+                named = [c for c in by_name.get(row.family or "", []) if c not in owned][:10]
+                out["popularity by name"].add(named, hidden)
                 co: collections.Counter[str] = collections.Counter()
                 for s in rest:
                     for c, n in usage.pairs.get(s, {}).items():
@@ -131,7 +144,8 @@ def main() -> int:
     rows = read_cousage(args.cousage)
     print(f"catalogue: {len(items)} plugins; co-usage: {len(rows)} sets; "
           f"{args.folds}-fold x {args.seeds} splits")
-    total = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    total = {"recommender": Hits(), "popularity": Hits(), "popularity by name": Hits(),
+             "co-occurrence": Hits()}
     for seed in range(args.seeds):
         res = evaluate(items, rows, args.folds, seed, Params())
         for name, h in res.items():
@@ -143,9 +157,9 @@ def main() -> int:
         print(f"  split {seed}: hit@10 {r.rate(10):.3f} vs popularity {b.rate(10):.3f} "
               f"({r.rate(10) / max(b.rate(10), 1e-9):.2f}x)")
     base = total["popularity"]
-    print(f"{'method':15s} {'hit@5':>7s} {'hit@10':>7s} {'x pop@5':>8s} {'x pop@10':>9s}")
+    print(f"{'method':18s} {'hit@5':>7s} {'hit@10':>7s} {'x pop@5':>8s} {'x pop@10':>9s}")
     for name, h in total.items():
-        print(f"{name:15s} {h.rate(5):7.3f} {h.rate(10):7.3f} "
+        print(f"{name:18s} {h.rate(5):7.3f} {h.rate(10):7.3f} "
               f"{h.rate(5) / max(base.rate(5), 1e-9):8.2f} "
               f"{h.rate(10) / max(base.rate(10), 1e-9):9.2f}")
     ratio = total["recommender"].rate(10) / max(base.rate(10), 1e-9)

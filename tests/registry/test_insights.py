@@ -302,6 +302,13 @@ def test_postgresql_counts_reports_and_recommends(
                 assert reg.downloads.flush()
             doc = http.get("/v1/plugins/pypi.pytest-cov/stats", params={"days": 1}).json()
             assert doc["downloads"]["series"][-1]["count"] == 2
+            token, other = _accounts(reg)
+            for tok, stars in ((token, 5), (other, 2)):
+                assert http.post("/v1/plugins/pypi.pytest-cov/rating", json={"stars": stars},
+                                 headers={"Authorization": f"Bearer {tok}"}).status_code == 200
+            day = http.get("/v1/plugins/pypi.pytest-cov/stats", params={"days": 1}).json()
+            assert day["ratings"]["series"][-1] == {"day": doc["downloads"]["series"][-1]["day"],
+                                                    "count": 2, "average": 3.5}
     finally:
         reg.close()
 
