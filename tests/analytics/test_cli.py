@@ -221,3 +221,23 @@ def test_recommend_refuses_a_bad_limit_and_a_bad_id(home: Path, registry_url: st
                         "--registry", registry_url, "--json")
     assert code == 2
     assert json.loads(out)["error"]["code"] == "usage"
+
+
+def test_registry_seed_cousage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sets = Path(__file__).resolve().parents[2] / "examples" / "cousage.tsv"
+    data = str(tmp_path / "reg")
+    code, out, _ = _run(capsys, "registry", "seed", "--cousage", str(sets), "--data", data,
+                        "--json")
+    assert code == 0
+    assert json.loads(out) == {"cousage": {"added": 372, "skipped": 0}}
+    _, out, _ = _run(capsys, "registry", "seed", "--cousage", str(sets), "--data", data,
+                     "--json")
+    assert json.loads(out) == {"cousage": {"added": 0, "skipped": 372}}  # seeding twice
+    code, _, err = _run(capsys, "registry", "seed", "--data", data)
+    assert code == 2
+    assert "--cousage" in err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("repo\tplugins\nx\ta,b\n")
+    code, _, err = _run(capsys, "registry", "seed", "--cousage", str(bad), "--data", data)
+    assert code == 2
+    assert "missing columns family" in err
