@@ -14,6 +14,9 @@ when the hidden plugin is among the first N.  Beside it, on the same queries:
 
 Target: hit@10 at least 1.25 times the popularity baseline.  ``--grid`` prints the
 cross-validated figures of a small grid of parameters (how the defaults were chosen).
+``--latency`` seeds a registry (SQLite) with the catalogue and the sets and prints the
+time to build the recommender, to warm it, and p50/p95 of a request after that, beside
+a plain search of the same registry as the anchor.
 
 Run: ``.venv/bin/python benchmarks/bench_recommend.py [--catalogue FILE] [--cousage FILE]``
 (defaults: ``$CORRAL_CATALOGUE`` or examples/catalogue.tsv, examples/cousage.tsv).
@@ -138,6 +141,8 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3, help="repeat the k-fold split this often")
     ap.add_argument("--grid", action="store_true", help="also print a small parameter grid")
+    ap.add_argument("--latency", action="store_true",
+                    help="also time requests on a registry seeded with the catalogue")
     args = ap.parse_args()
     started = time.perf_counter()
     items = load_items(args.catalogue)
@@ -178,8 +183,50 @@ def main() -> int:
                 hits.at10 += h.at10
                 hits.at5 += h.at5
             print(f"  {change}: hit@5 {hits.rate(5):.3f} hit@10 {hits.rate(10):.3f}")
+    if args.latency:
+        latency(args.catalogue, args.cousage, rows)
     print(f"({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def latency(catalogue: Path, cousage: Path, rows: list[CoUsageRow]) -> None:
+    import statistics
+    import tempfile
+
+    from corral.registry._insights import Insights
+    from corral.registry._search import SearchParams
+    from corral.registry._seed import seed
+    from corral.registry._service import Registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = Registry.open(tmp)
+        try:
+            seed(reg, catalogue)
+            insights = Insights(reg)
+            insights.seed_cousage(cousage)
+            t = time.perf_counter()
+            insights.recommendations.model()
+            built = time.perf_counter() - t
+            t = time.perf_counter()
+            insights.recommendations.warm()
+            warmed = time.perf_counter() - t
+            asks = [["pypi." + p for p in r.plugins[:3]] for r in rows[::4]]
+            took, anchor = [], []
+            for ask in asks:
+                t = time.perf_counter()
+                insights.recommend(ask, 10, "1.0.0")
+                took.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                reg.search(SearchParams(q=ask[0].split(".", 1)[1]))
+                anchor.append(time.perf_counter() - t)
+            q = statistics.quantiles(took, n=20)
+            a = statistics.quantiles(anchor, n=20)
+            print(f"latency on {len(asks)} requests: build {built:.1f} s, warm {warmed:.1f} s; "
+                  f"recommend p50 {1000 * q[9]:.1f} ms p95 {1000 * q[18]:.1f} ms; "
+                  f"search p50 {1000 * a[9]:.1f} ms p95 {1000 * a[18]:.1f} ms "
+                  f"(recommend/search p95 {q[18] / a[18]:.2f}x)")
+        finally:
+            reg.close()
 
 
 def _grid() -> list[dict[str, float]]:

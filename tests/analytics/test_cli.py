@@ -76,12 +76,13 @@ def _plugin(root: Path, plugin_id: str, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real home with one plugin registered: pypi.pytest-cov 5.0.0."""
     root = tmp_path_factory.mktemp("home")
     assert main(["--home", str(root / "home"), "add",
                  str(_plugin(root, "pypi.pytest-cov", "5.0.0"))]) == 0
-    return root / "home"
+    yield root / "home"
+    main(["--home", str(root / "home"), "daemon", "stop"])  # the fork server add started
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
