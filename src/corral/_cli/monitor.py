@@ -29,6 +29,7 @@ from corral._runtime.stats import (
     queued_events,
     sort_rows,
 )
+from corral._services.cache.stats import hit_rates
 
 if TYPE_CHECKING:
     from corral._cli.output import VerbAdder
@@ -56,7 +57,9 @@ def _database(args: argparse.Namespace) -> Iterator[HostDatabase]:
 
 def _snapshot(db: HostDatabase, home: Path, sort: str, window: float) -> dict[str, Any]:
     now = time.time()
-    rows = plugin_rows(db, window=window, now=now, queued=queued_events(home))
+    rates = hit_rates(home)
+    rows = plugin_rows(db, window=window, now=now, queued=queued_events(home),
+                       cache_rate=rates.get)
     return {"at": now, "window_seconds": window, "sort": sort, "plugins": sort_rows(rows, sort)}
 
 

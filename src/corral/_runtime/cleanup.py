@@ -41,9 +41,13 @@ __all__ = [
 #: The folders of a home that hold one sub-folder per plugin.
 PLUGIN_DIRS: Final = ("data", "cache", "tmp")
 #: Host-database tables with rows per plugin: table -> its plugin id column.
-_ROWS: Final = (("calls", "plugin_id"), ("quota_usage", "plugin_id"))
+_ROWS: Final = (("calls", "plugin_id"), ("quota_usage", "plugin_id"), ("usage", "plugin_id"),
+                ("call_profile", "plugin_id"), ("import_profile", "plugin_id"))
 #: What row kind each table's rows are called in reports.
-ROW_NAMES: Final = {"calls": "metrics", "quota_usage": "quota_usage"}
+ROW_NAMES: Final = {"calls": "metrics", "quota_usage": "quota_usage", "usage": "usage",
+                    "call_profile": "call_profiles", "import_profile": "import_times"}
+#: Measurements kept for ``[retention] metrics-days``, each with its ``at`` column.
+_MEASURED: Final = ("usage", "call_profile", "import_profile")
 _PRUNED_KEY: Final = "retention.metrics_pruned_at"
 _DAY: Final = 86400.0
 #: Quota usage is kept this long (the longest window is a day, plus the one before it).
@@ -100,13 +104,20 @@ def _table_exists(db: HostDatabase, table: str) -> bool:
 def prune_metrics(db: HostDatabase, days: int, now: float | None = None) -> dict[str, int]:
     """Delete call metrics older than ``days`` and quota usage past its longest window.
 
-    Returns the rows deleted, by kind (``metrics``, ``quota_usage``).
+    Resource usage and call profiles age out with the call metrics.  Returns the rows
+    deleted, by kind (``metrics`` counts all three, ``quota_usage``).
     """
     now = time.time() if now is None else now
     out = {"metrics": 0, "quota_usage": 0}
     with db.transaction() as conn:
         out["metrics"] = conn.execute("DELETE FROM calls WHERE at < ?",
                                       (now - days * _DAY,)).rowcount
+    for table in _MEASURED:
+        if _table_exists(db, table):
+            with db.transaction() as conn:
+                out["metrics"] += conn.execute(
+                    f"DELETE FROM {table} WHERE at < ?", (now - days * _DAY,)  # noqa: S608
+                ).rowcount
     if _table_exists(db, "quota_usage"):
         with db.transaction() as conn:
             out["quota_usage"] = conn.execute("DELETE FROM quota_usage WHERE window_start < ?",

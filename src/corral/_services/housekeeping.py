@@ -19,6 +19,7 @@ from corral._runtime.cleanup import (
     remove_dir,
     tree_count,
 )
+from corral._services.cache import stats as cache_stats
 from corral._services.purge import purge_services, service_orphans
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def purge_plugin(services: Services, db: HostDatabase, plugin_id: str,
         if earlier is not None and earlier["files"] + earlier["bytes"] > \
                 removed[sub]["files"] + removed[sub]["bytes"]:
             removed[sub] = earlier
+    l2 = cache_stats.clear_cache(home, plugin_id)  # ctx.cache's entries kept by the host
+    removed["cache_entries"] = {"rows": l2["entries"], "bytes": l2["bytes"]}
     removed.update(purge_services(services, plugin_id))
     for kind, n in delete_rows(db, plugin_id).items():
         removed[kind] = {"rows": n}
@@ -111,4 +114,7 @@ def collect_orphans(services: Services, db: HostDatabase, registered: Iterable[s
         delete_rows(db, pid)
     for pid in found["state"]:
         purge_services(services, pid)
+    for pid in {d["name"] for d in found["dirs"]} | set(found["rows"]) | set(found["state"]):
+        cache_stats.clear_cache(home, pid)
+    found["cache_expired"] = cache_stats.purge_expired(home)
     return found
