@@ -52,6 +52,9 @@ def test_explicit_install_then_one_editable_review(site: Site) -> None:
     assert mine[0]["stars"] == 4
     assert listing["distribution"]["4"] >= 1
     assert listing["distribution"]["2"] == 0
+    # both reviews are in the day's rating trend of the plugin's stats
+    today = site.http.get("/v1/plugins/acme.gadget/stats", params={"days": 1}).json()
+    assert today["ratings"]["series"][-1]["count"] >= 2
 
 
 def test_another_users_review_is_never_editable(site: Site) -> None:

@@ -18,6 +18,7 @@ from corral._errors import NotFoundError, PermissionDenied, UsageError
 from .. import _db
 from .._accounts import as_utc
 from .._db import review_replies, reviews, users
+from .._insights.stats import record_rating
 from . import ratings
 from .installs import installed_version
 from .plugins import plugin_ref, speaks_for
@@ -95,6 +96,7 @@ def upsert_review(conn: Connection, user: User, plugin_id: str, stars: int,
             stars=stars, body=body, version=version, updated_at=now, edits=int(old.edits) + 1,
             deleted=False))
     ratings.refresh(conn)
+    record_rating(conn, int(plugin.pk), stars)  # the rating trend of community analytics
     row = conn.execute(_select().where(where)).one()
     return review_dict(row), old is None
 
