@@ -56,8 +56,21 @@ def publish(value, ctx):
         return {"done": done, "code": getattr(exc, "code", None),
                 "details": getattr(exc, "details", {})}
     return {"done": done}
+
+
+def handle(value, ctx):
+    """Publish ``value`` events through a resolved topic handle; report how many went."""
+    pub = ctx.events.publisher("flood.h")
+    done = 0
+    try:
+        for i in range(value):
+            pub.publish(i)
+            done += 1
+    except Exception as exc:
+        return {"done": done, "code": getattr(exc, "code", None)}
+    return {"done": done}
 '''
-EXPORTS = ("echo", "burn", "publish")
+EXPORTS = ("echo", "burn", "publish", "handle")
 
 
 def plugin(root: Path, plugin_id: str, isolation: str = "none", **quotas: int) -> Path:
@@ -259,6 +272,16 @@ def test_a_flooding_publisher_is_refused_while_its_neighbour_flows(
     assert got == {"flood": 5, "calm": 50}
     still_clock[0] += 1.5  # half of the last second in view: 2.5, then 3.5, 4.5 < 5
     assert h.call("acme.flood", "publish", {"topic": "flood.x", "n": 9})["done"] == 3
+
+
+def test_a_topic_handle_counts_against_events_per_second(
+    tmp_path: Path, make_host: Callable[[], Host], still_clock: list[float]
+) -> None:
+    h = enabled(make_host(), plugin(tmp_path, "acme.handle", events_per_second=4))
+    got: list[Any] = []
+    h.bus.subscribe("flood.>", got.append)
+    assert h.call("acme.handle", "handle", 10) == {"done": 4, "code": "resource_limit"}
+    assert len(got) == 4
 
 
 @needs_strict

@@ -21,9 +21,11 @@ __all__ = ["ALLOW_SETTING", "SENSITIVE_NAMES", "broad_grants", "refuse_broad_gra
 #: The ``settings.toml`` switch that lets a host accept them anyway.
 ALLOW_SETTING: Final = ("policy", "allow-broad-grants")
 
-#: What a home holds that no plugin may read: its database, keys and secrets.
+#: What a home holds that no plugin may read: its database, keys and secrets, and every
+#: plugin's ``ctx.cache`` entries (``cache.db``: a plugin reads its own through ``ctx.cache``).
 SENSITIVE_NAMES: Final = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", "keys",
-                          "secrets.json", "secret.key", "settings.toml", "corral.lock")
+                          "secrets.json", "secret.key", "settings.toml", "corral.lock",
+                          "cache.db", "cache.db-wal", "cache.db-shm")
 
 
 def _within(path: str, folder: str) -> bool:
