@@ -599,7 +599,7 @@ class Supervisor:
                         raise ProtocolError(f"profile of unknown call id {msg.id}")
                     if msg.imports:
                         state.imports = msg.imports[:200]
-                    if sink is not None and msg.samples:
+                    if sink is not None:  # even with no samples: the call was profiled
                         sink(msg)
                 elif isinstance(msg, Log | Output):
                     text = msg.message if isinstance(msg, Log) else msg.text

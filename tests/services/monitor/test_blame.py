@@ -155,3 +155,40 @@ def test_only_frames_inside_the_plugin_folder_are_named(tmp_path: Path) -> None:
              (f"{root}x/neighbour.py", 3, "near"), (f"{root}/pkg/m.py", 4, "mine\x1b[2J")]
     assert plugin_frames(stack, str(root)) == [
         {"file": "pkg/m.py", "line": 4, "function": "mine\\x1b[2J"}]
+
+
+def test_a_blocking_micro_plugin_past_its_limit_names_its_frame(tmp_path: Path) -> None:
+    import importlib.util
+    import threading
+    from types import SimpleNamespace
+
+    from corral._services.micro.manager import MicroManager
+
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    (folder / "slowmicro.py").write_text(
+        "def wait_here(gate):\n"
+        "    gate.wait(5)\n"
+        "\n"
+        "def handler(value, ctx):\n"
+        "    wait_here(value)\n"
+    )
+    spec = importlib.util.spec_from_file_location("slowmicro_blame", folder / "slowmicro.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gate = threading.Event()
+    mgr = MicroManager()
+    try:
+        mgr.register(module.handler, id="t.blame.slow", type="utility", max_ms=50,
+                     blocking=True, ctx=SimpleNamespace(paths={"plugin": str(folder)}))
+        with pytest.raises(PluginTimeout) as caught:
+            mgr.execute("t.blame.slow", gate)
+    finally:
+        gate.set()
+        mgr.close()
+    assert caught.value.details["blame"] == [
+        {"file": "slowmicro.py", "line": 2, "function": "wait_here"},
+        {"file": "slowmicro.py", "line": 5, "function": "handler"},
+    ]

@@ -61,6 +61,7 @@ from corral._model.micro import (
     micro,
     shape_problem,
 )
+from corral._runtime.blame import plugin_frames, thread_stack
 from corral._services.micro.swap import Drains, SwapTicket
 
 __all__ = [
@@ -123,7 +124,11 @@ class _Threaded:
         thread.start()
         thread.join(self.info.max_ms / 1000)
         if thread.is_alive():
-            raise timeout_error(self.info)
+            err = timeout_error(self.info)
+            plugin_dir = getattr(ctx, "paths", {}).get("plugin")
+            if isinstance(plugin_dir, str):  # hang blame: where the abandoned thread is
+                err.details["blame"] = plugin_frames(thread_stack(thread.ident), plugin_dir)
+            raise err
         if error:
             raise error[0]
         return result[0]
