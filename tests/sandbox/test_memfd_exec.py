@@ -52,7 +52,7 @@ def run(argv, **kw):
     def go():
         done = subprocess.run(argv, input=b"", capture_output=True, check=False, **kw)
         return {"ran": done.returncode, "out": done.stdout.decode(errors="replace")[:60],
-                "err": done.stderr.decode(errors="replace")[:200]}
+                "err": done.stderr.decode(errors="replace")[-400:]}
     return outcome(go)
 
 
