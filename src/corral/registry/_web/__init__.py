@@ -1,0 +1,1 @@
+"""The marketplace: server-rendered pages of the registry (see :mod:`.pages`)."""

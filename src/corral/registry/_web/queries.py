@@ -1,0 +1,132 @@
+"""Read-only queries the pages need beyond the service's: categories, ratings, dependents.
+
+Each takes an open connection and returns plain data; the categories, which
+every search page shows, are cached briefly by :class:`Cached`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from corral.registry import _db
+from corral.registry._search import RESULT_COLUMNS, result_dict
+
+__all__ = ["Cached", "categories", "dependents", "namespace_info", "plugins_where",
+           "publisher_info", "rating_distribution"]
+
+T = TypeVar("T")
+
+
+class Cached(Generic[T]):
+    """A value recomputed at most every ``ttl`` seconds (thread-safe)."""
+
+    def __init__(self, make: Callable[[], T], ttl: float) -> None:
+        self._make = make
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._value: tuple[float, T] | None = None
+
+    def get(self) -> T:
+        """The value, fresh enough."""
+        with self._lock:
+            if self._value is None or time.monotonic() - self._value[0] > self._ttl:
+                self._value = (time.monotonic(), self._make())
+            return self._value[1]
+
+    def clear(self) -> None:
+        """Forget the value (the next :meth:`get` recomputes it)."""
+        with self._lock:
+            self._value = None
+
+
+def categories(conn: Connection) -> list[dict[str, Any]]:
+    """Categories of listed plugins with how many each has, largest first."""
+    p = _db.plugins
+    rows = conn.execute(
+        sa.select(p.c.category, sa.func.count())
+        .where(p.c.category.is_not(None), p.c.latest_version.is_not(None))
+        .group_by(p.c.category)
+        .order_by(sa.func.count().desc())
+    ).all()
+    return [{"name": name, "count": int(count)} for name, count in rows]
+
+
+def rating_distribution(conn: Connection, plugin_id: str) -> dict[int, int]:
+    """How many ratings of each star count (1-5) a plugin has."""
+    r, p = _db.ratings, _db.plugins
+    rows = conn.execute(
+        sa.select(r.c.stars, sa.func.count())
+        .join(p, p.c.pk == r.c.plugin_pk)
+        .where(p.c.id == plugin_id)
+        .group_by(r.c.stars)
+    ).all()
+    out = dict.fromkeys(range(1, 6), 0)
+    for stars, count in rows:
+        if 1 <= int(stars) <= 5:
+            out[int(stars)] = int(count)
+    return out
+
+
+def dependents(conn: Connection, plugin_id: str, limit: int = 50) -> list[str]:
+    """Plugins whose latest version depends on ``plugin_id`` (uploaded archives only)."""
+    v, p = _db.versions, _db.plugins
+    rows = conn.execute(
+        sa.select(p.c.id, v.c.manifest)
+        .join(v, (v.c.plugin_pk == p.c.pk) & (v.c.version == p.c.latest_version))
+        .where(v.c.sha256.is_not(None), v.c.manifest.contains(f'"{plugin_id}"'))
+        .order_by(p.c.downloads.desc())
+    ).all()
+    out = [pid for pid, manifest in rows
+           if plugin_id in (json.loads(manifest).get("dependencies") or {})]
+    return out[:limit]
+
+
+def publisher_info(conn: Connection, name: str) -> dict[str, Any] | None:
+    """A publisher's public facts and namespaces, or None."""
+    pub = _db.publishers
+    row = conn.execute(sa.select(pub).where(pub.c.name == name)).first()
+    if row is None:
+        return None
+    m, ns = _db.namespace_members, _db.namespaces
+    spaces = conn.execute(
+        sa.select(ns.c.name, m.c.role).join(m, m.c.namespace_pk == ns.c.pk)
+        .where(m.c.publisher_pk == row.pk).order_by(ns.c.name)
+    ).all()
+    return {"pk": int(row.pk), "name": row.name, "display_name": row.display_name,
+            "verified": bool(row.verified), "created": row.created_at,
+            "namespaces": [(n, r) for n, r in spaces]}
+
+
+def namespace_info(conn: Connection, name: str) -> dict[str, Any] | None:
+    """A namespace's members and roles, or None."""
+    ns, m, pub = _db.namespaces, _db.namespace_members, _db.publishers
+    row = conn.execute(sa.select(ns).where(ns.c.name == name)).first()
+    if row is None:
+        return None
+    members = conn.execute(
+        sa.select(pub.c.name, m.c.role, pub.c.verified).join(m, m.c.publisher_pk == pub.c.pk)
+        .where(m.c.namespace_pk == row.pk).order_by(m.c.role.desc(), pub.c.name)
+    ).all()
+    return {"pk": int(row.pk), "name": row.name, "created": row.created_at,
+            "members": [(n, r, bool(v)) for n, r, v in members]}
+
+
+def plugins_where(conn: Connection, cond: sa.ColumnElement[bool], page: int,
+                  per_page: int) -> tuple[list[dict[str, Any]], int]:
+    """Listed plugins matching ``cond`` by downloads, one page of them, and the total."""
+    p = _db.plugins
+    conds = [p.c.latest_version.is_not(None), cond]
+    total = conn.execute(sa.select(sa.func.count()).select_from(p).where(*conds)).scalar_one()
+    rows = conn.execute(
+        sa.select(*RESULT_COLUMNS).join(_db.publishers, _db.publishers.c.pk == p.c.publisher_pk)
+        .where(*conds).order_by(p.c.downloads.desc(), p.c.id)
+        .limit(per_page).offset((page - 1) * per_page)
+    ).all()
+    return [result_dict(r) for r in rows], int(total)
