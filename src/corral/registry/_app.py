@@ -356,7 +356,8 @@ def create_app(registry: Registry) -> FastAPI:
         sort: Literal[SORTS] = Query("relevance", description="result order"),  # type: ignore[valid-type]
         page: int = Query(1, ge=1, le=10_000),
         per_page: int = Query(20, ge=1, le=100),
-        updated_since: dt.date | None = Query(None, description="updated on or after (a date)"),
+        updated_since: Annotated[dt.date | None,
+                                 Query(description="updated on or after")] = None,
         corral: str | None = Query(None, max_length=32, pattern=_NO_CONTROLS,
                                    description="compatible with this corral version"),
     ) -> Response:

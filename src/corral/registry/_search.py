@@ -34,8 +34,8 @@ from ._names import ECOSYSTEM_TAGS, normalise_name, query_terms, skeleton, words
 from ._rank import Candidate, rank, stem
 
 __all__ = [
-    "RESULT_COLUMNS", "SORTS", "NameIndex", "SearchParams", "incompatible", "refold_skeletons", "result_dict",
-    "search",
+    "RESULT_COLUMNS", "SORTS", "NameIndex", "SearchParams", "incompatible", "refold_skeletons",
+    "result_dict", "search",
 ]
 
 SORTS: Final = ("relevance", "downloads", "rating", "updated")

@@ -311,25 +311,27 @@ def static_file(name: str) -> Response:
 def add_web_pages(app: FastAPI, registry: Registry) -> WebPages:
     """Mount the pages on ``app``; the returned :class:`WebPages` takes optional hooks."""
     web = WebPages(registry)
-    web_routes = {"include_in_schema": False, "response_class": HTMLResponse}
 
-    @app.get("/", **web_routes)
+    def page(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return app.get(path, include_in_schema=False, response_class=HTMLResponse)
+
+    @page("/")
     async def home(request: Request) -> HTMLResponse:
         return await run_in_threadpool(web.home, request)
 
-    @app.get("/search", **web_routes)
+    @page("/search")
     async def search(request: Request) -> HTMLResponse:
         return await run_in_threadpool(web.search, request)
 
-    @app.get("/plugins/{plugin_id}", **web_routes)
+    @page("/plugins/{plugin_id}")
     async def plugin(request: Request, plugin_id: str) -> HTMLResponse:
         return await run_in_threadpool(web.plugin, request, plugin_id)
 
-    @app.get("/publishers/{name}", **web_routes)
+    @page("/publishers/{name}")
     async def publisher(request: Request, name: str) -> HTMLResponse:
         return await run_in_threadpool(web.publisher, request, name)
 
-    @app.get("/namespaces/{name}", **web_routes)
+    @page("/namespaces/{name}")
     async def namespace(request: Request, name: str) -> HTMLResponse:
         return await run_in_threadpool(web.namespace, request, name)
 

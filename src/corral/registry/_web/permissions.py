@@ -98,7 +98,7 @@ def describe(manifest: Mapping[str, Any]) -> list[Grant]:
         out.append(Grant("fs-write", entry, *_path("Write", entry)))
     for entry in perms.net_connect:
         host, _, port = entry.rpartition(":")
-        wide = "*" in host or host in ("0.0.0.0", "[::]")
+        wide = "*" in host or host in ("0.0.0.0", "[::]")  # noqa: S104 (a grant read, not a bind)
         out.append(Grant("net-connect", entry,
                          f"Connect to {host or entry} on port {port or '?'} over the network",
                          "high" if wide else "medium"))
