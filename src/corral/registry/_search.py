@@ -540,7 +540,7 @@ def incompatible(conn: Connection, corral: str) -> tuple[int, ...]:
     rows = conn.execute(
         sa.select(p.c.pk, v.c.manifest)
         .join(v, (v.c.plugin_pk == p.c.pk) & (v.c.version == p.c.latest_version))
-        .where(v.c.sha256.is_not(None), v.c.manifest.contains("requires-corral"))
+        .where(v.c.sha256 > "", v.c.manifest.contains("requires-corral"))
     ).all()
     out: list[int] = []
     for pk, manifest in rows:

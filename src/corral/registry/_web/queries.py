@@ -77,10 +77,17 @@ def rating_distribution(conn: Connection, plugin_id: str) -> dict[int, int]:
 def dependents(conn: Connection, plugin_id: str, limit: int = 50) -> list[str]:
     """Plugins whose latest version depends on ``plugin_id`` (uploaded archives only)."""
     v, p = _db.versions, _db.plugins
+    # uploaded versions only (catalogue entries have no archive and no dependencies):
+    # ``sha256 > ''`` lets the database walk the sha256 index instead of every version
+    uploaded = (
+        sa.select(v.c.plugin_pk, v.c.version, v.c.manifest)
+        .where(v.c.sha256 > "", v.c.manifest.contains(f'"{plugin_id}"'))
+        .subquery()
+    )
     rows = conn.execute(
-        sa.select(p.c.id, v.c.manifest)
-        .join(v, (v.c.plugin_pk == p.c.pk) & (v.c.version == p.c.latest_version))
-        .where(v.c.sha256.is_not(None), v.c.manifest.contains(f'"{plugin_id}"'))
+        sa.select(p.c.id, uploaded.c.manifest)
+        .join(uploaded, (uploaded.c.plugin_pk == p.c.pk)
+              & (uploaded.c.version == p.c.latest_version))
         .order_by(p.c.downloads.desc())
     ).all()
     out = [pid for pid, manifest in rows
