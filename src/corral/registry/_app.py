@@ -51,7 +51,7 @@ from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
-from ._web.pages import add_web_pages
+from ._web import add_web_pages
 
 __all__ = ["API_PREFIX", "app_from_env", "create_app", "open_server"]
 

@@ -135,7 +135,7 @@ def test_search_sorts_and_pages(site: Site) -> None:
 
 def test_bad_search_input_is_a_400_page_naming_the_field(site: Site) -> None:
     for params in ({"updated_since": "yesterday"}, {"sort": "random"}, {"corral": "x.y"},
-                   {"min_rating": "9"}):
+                   {"min_rating": "9"}, {"q": "bad\x01control"}):
         answer = site.http.get("/search", params=params)
         assert answer.status_code == 400, params
         assert_secure_headers(answer.headers)

@@ -18,8 +18,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
 from corral._errors import CorralError, NotFoundError, UsageError
@@ -31,7 +30,7 @@ from corral.registry._service import Registry
 from . import charts, permissions, queries
 from .render import STATIC_DIR, render, safe_html
 
-__all__ = ["CSP", "SECURITY_HEADERS", "WebPages", "add_web_pages", "html_response"]
+__all__ = ["CSP", "NOTICES", "SECURITY_HEADERS", "WebPages", "html_response", "static_file"]
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -48,6 +47,11 @@ PER_PAGE: Final = 20
 #: Longest README read from an archive, in bytes (the rest is not shown).
 MAX_README: Final = 60_000
 _README_NAMES: Final = ("README.md", "readme.md", "README.markdown", "README.txt", "README")
+#: What ``?saved=`` after a form says (fixed texts: a URL never puts words in the page).
+NOTICES: Final = {"review": "Your review is saved.",
+                  "flag": "Thank you: the moderators will look at it.",
+                  "action": "Done: the action is in the moderation log.",
+                  "reversed": "Reversed: the log keeps both actions."}
 _STATIC_TYPES: Final = {".css": "text/css; charset=utf-8",
                         ".js": "text/javascript; charset=utf-8",
                         ".svg": "image/svg+xml"}
@@ -107,6 +111,8 @@ class WebPages:
             lambda _r, _i: {})
         #: Version statuses the service does not know (quarantine): ``plugin_id -> {v: ...}``.
         self.version_flags: Callable[[str], dict[str, dict[str, Any]]] = lambda _p: {}
+        #: ``(request, response)``: last touches on every page (a new CSRF cookie).
+        self.finish: Callable[[Request, Response], None] = lambda _r, _a: None
 
     # -- shared ---------------------------------------------------------------
 
@@ -134,8 +140,23 @@ class WebPages:
              **context: Any) -> HTMLResponse:
         """Render ``template`` with the session's context; private when signed in."""
         session = self.session_context(request)
-        body = render(template, version=__version__, accounts=False, **session, **context)
-        return html_response(body, status, private=bool(session.get("user")))
+        notice = NOTICES.get(request.query_params.get("saved", ""), "")
+        body = render(template, version=__version__, accounts=False, notice=notice,
+                      **{**session, **context})
+        out = html_response(body, status, private=bool(session.get("user") or
+                                                       session.get("csrf")))
+        self.finish(request, out)
+        return out
+
+    def error(self, request: Request, exc: CorralError, status: int) -> HTMLResponse:
+        """The HTML page for a service error (its message, its status)."""
+        titles = {400: "Bad request", 401: "Sign in first", 403: "Not allowed",
+                  404: "Not found", 409: "Conflict", 429: "Too many tries"}
+        out = self.page(request, "error.html", status, title=titles.get(status, "Error"),
+                        message=str(exc))
+        if status == 429 and exc.to_dict().get("retry_after"):
+            out.headers["Retry-After"] = str(exc.to_dict()["retry_after"])
+        return out
 
     def not_found(self, request: Request, message: str) -> HTMLResponse:
         """The HTML 404 page."""
@@ -265,7 +286,7 @@ class WebPages:
         facts.append(("Member since", str(pub["created"])[:10], ""))
         return self.page(request, "listing.html", title=pub["name"],
                          subtitle=pub["display_name"], verified=pub["verified"], facts=facts,
-                         items=items, total=total, page=page,
+                         items=items, total=total, page=page, cap=queries.COUNT_CAP,
                          pages=max(1, math.ceil(total / PER_PAGE)))
 
     def namespace(self, request: Request, name: str) -> HTMLResponse:
@@ -281,7 +302,8 @@ class WebPages:
                   f"/publishers/{member}") for member, role, verified in ns["members"]]
         return self.page(request, "listing.html", title=f"Namespace {ns['name']}",
                          subtitle="", verified=False, facts=facts, items=items, total=total,
-                         page=page, pages=max(1, math.ceil(total / PER_PAGE)))
+                         page=page, cap=queries.COUNT_CAP,
+                         pages=max(1, math.ceil(total / PER_PAGE)))
 
 
 def render_readme(text: str | None, summary: str) -> Any:
@@ -306,37 +328,3 @@ def static_file(name: str) -> Response:
     return Response(path.read_bytes(), media_type=kind, headers={
         "Cache-Control": "public, max-age=31536000, immutable",
         "X-Content-Type-Options": "nosniff"})
-
-
-def add_web_pages(app: FastAPI, registry: Registry) -> WebPages:
-    """Mount the pages on ``app``; the returned :class:`WebPages` takes optional hooks."""
-    web = WebPages(registry)
-
-    def page(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        return app.get(path, include_in_schema=False, response_class=HTMLResponse)
-
-    @page("/")
-    async def home(request: Request) -> HTMLResponse:
-        return await run_in_threadpool(web.home, request)
-
-    @page("/search")
-    async def search(request: Request) -> HTMLResponse:
-        return await run_in_threadpool(web.search, request)
-
-    @page("/plugins/{plugin_id}")
-    async def plugin(request: Request, plugin_id: str) -> HTMLResponse:
-        return await run_in_threadpool(web.plugin, request, plugin_id)
-
-    @page("/publishers/{name}")
-    async def publisher(request: Request, name: str) -> HTMLResponse:
-        return await run_in_threadpool(web.publisher, request, name)
-
-    @page("/namespaces/{name}")
-    async def namespace(request: Request, name: str) -> HTMLResponse:
-        return await run_in_threadpool(web.namespace, request, name)
-
-    @app.get("/assets/{name}", include_in_schema=False)
-    async def static(name: str) -> Response:
-        return static_file(name)
-
-    return web

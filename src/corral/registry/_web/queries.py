@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,10 +18,12 @@ from sqlalchemy.engine import Connection
 from corral.registry import _db
 from corral.registry._search import RESULT_COLUMNS, result_dict
 
-__all__ = ["Cached", "categories", "dependents", "namespace_info", "plugins_where",
+__all__ = ["COUNT_CAP", "Cached", "categories", "dependents", "namespace_info", "plugins_where",
            "publisher_info", "rating_distribution"]
 
 T = TypeVar("T")
+#: Listings count their plugins up to this many.
+COUNT_CAP: Final = 5000
 
 
 class Cached(Generic[T]):
@@ -127,10 +129,15 @@ def namespace_info(conn: Connection, name: str) -> dict[str, Any] | None:
 
 def plugins_where(conn: Connection, cond: sa.ColumnElement[bool], page: int,
                   per_page: int) -> tuple[list[dict[str, Any]], int]:
-    """Listed plugins matching ``cond`` by downloads, one page of them, and the total."""
+    """Listed plugins matching ``cond`` by downloads, one page of them, and the total.
+
+    The total stops at ``COUNT_CAP + 1`` (shown as "more than COUNT_CAP").
+    """
     p = _db.plugins
     conds = [p.c.latest_version.is_not(None), cond]
-    total = conn.execute(sa.select(sa.func.count()).select_from(p).where(*conds)).scalar_one()
+    # counted up to COUNT_CAP only: a publisher of the whole catalogue would cost a full scan
+    capped = sa.select(p.c.pk).where(*conds).limit(COUNT_CAP + 1).subquery()
+    total = conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one()
     rows = conn.execute(
         sa.select(*RESULT_COLUMNS).join(_db.publishers, _db.publishers.c.pk == p.c.publisher_pk)
         .where(*conds).order_by(p.c.downloads.desc(), p.c.id)
