@@ -91,6 +91,12 @@ def _registry_parser() -> Parser:
     a = admin("revoke-key", "revoke a publisher's signing key by its id")
     a.add_argument("publisher")
     a.add_argument("keyid")
+    a = admin("make-moderator", "let a user moderate: the queue, hide, quarantine, ban")
+    a.add_argument("name")
+    a.add_argument("--revoke", action="store_true", help="take moderation away again")
+    a = admin("link-user", "let a user act for a publisher (replies, answers)")
+    a.add_argument("name")
+    a.add_argument("publisher")
     _tuf_parsers(sub)
     return p
 
@@ -219,6 +225,15 @@ def _admin(args: argparse.Namespace) -> int:
         elif args.what == "revoke-key":
             doc = {"publisher": args.publisher,
                    **reg.revoke_publisher_key(args.publisher, args.keyid)}
+        elif args.what in ("make-moderator", "link-user"):
+            from corral.registry._community.service import Community
+
+            if args.what == "make-moderator":
+                user = Community(reg).set_admin(args.name, not args.revoke)
+            else:
+                user = Community(reg).link_publisher_by_name(args.name, args.publisher)
+            doc = {"user": user.name, "is_admin": user.is_admin,
+                   "publishers": ",".join(user.publishers)}
         else:
             token_id = args.token_id.split("_")[1] if args.token_id.startswith("crl_") \
                 else args.token_id

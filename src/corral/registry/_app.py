@@ -46,8 +46,10 @@ from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageEr
 from corral._version import __version__
 
 from ._accounts import Principal
+from ._community.api import add_community_routes
+from ._community.service import Community
 from ._docs_ui import add_docs_pages
-from ._errors import ServerUnavailable, StorageFull, UploadTooLarge, http_status
+from ._errors import RateLimited, ServerUnavailable, StorageFull, UploadTooLarge, http_status
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
@@ -137,6 +139,7 @@ _MEANING: Final = {
     409: "That version is already published (versions are immutable)",
     413: "The upload is over the registry's size limit",
     422: "The archive fails validation (as `corral validate` reports)",
+    429: "Too many attempts or posts in a window: retry after `Retry-After` seconds",
     503: "The registry's database is busy or unreachable: retry later",
     507: "No space left on the registry's data disk",
 }
@@ -270,6 +273,8 @@ def create_app(registry: Registry) -> FastAPI:
         else:
             err = _server_fault(exc) or CorralError("internal error in the registry")
         headers = {"Retry-After": "5"} if http_status(err) == 503 else None
+        if isinstance(err, RateLimited):
+            headers = {"Retry-After": str(err.retry_after)}
         doc = _scrub({"error": err.to_dict()}, roots)
         return JSONResponse(doc, status_code=http_status(err), headers=headers)
 
@@ -303,6 +308,8 @@ def create_app(registry: Registry) -> FastAPI:
     app.add_middleware(_Guard, report=report)
     searches = _SearchCache()
     plain_write = registry.write
+    community = Community(registry)
+    app.state.community = community  # the web pages call it too
 
     @contextlib.contextmanager
     def write_then_forget() -> Iterator[Any]:
@@ -402,9 +409,12 @@ def create_app(registry: Registry) -> FastAPI:
         """The version to install for a PEP 440 specifier; yanked only when pinned exactly."""
         return registry.resolve(plugin_id, spec)
 
-    def _send(plugin_id: str, version: str | None) -> Response:
+    def _send(plugin_id: str, version: str | None, request: Request) -> Response:
         found = registry.download(plugin_id, version)
         headers = {"X-Corral-Sha256": found.sha256, "X-Corral-Version": found.version}
+        # a download with a user's token is that user's install (the proof a review needs)
+        if community.record_download(_bearer(request), found.plugin_id, found.version):
+            headers["X-Corral-Install-Recorded"] = "true"
         if found.size <= _SEND_INLINE:
             # small archives in this one thread hop: FileResponse's stat, open and
             # reads are each a hop through the shared thread pool, slow under load
@@ -425,15 +435,20 @@ def create_app(registry: Registry) -> FastAPI:
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/download", tags=["artifacts"],
              response_class=FileResponse, responses=download_responses)
-    def download_latest(plugin_id: PluginId) -> Response:
-        """The newest non-yanked archive (counted as a download)."""
-        return _send(plugin_id, None)
+    def download_latest(plugin_id: PluginId, request: Request) -> Response:
+        """The newest non-yanked archive (counted as a download).
+
+        With a user's bearer token (``cru_...``) the download is also recorded
+        as that user's install (header ``X-Corral-Install-Recorded: true``).
+        """
+        return _send(plugin_id, None, request)
 
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/download",
              tags=["artifacts"], response_class=FileResponse, responses=download_responses)
-    def download_version(plugin_id: PluginId, version: VersionStr) -> Response:
-        """One version's archive, yanked or not (counted as a download)."""
-        return _send(plugin_id, version)
+    def download_version(plugin_id: PluginId, version: VersionStr, request: Request) -> Response:
+        """One version's archive, yanked or not (counted as a download; an install with a
+        user's token)."""
+        return _send(plugin_id, version, request)
 
     @app.post(
         f"{API_PREFIX}/publish",
@@ -569,6 +584,8 @@ def create_app(registry: Registry) -> FastAPI:
         """Revoke a publisher's key: its signatures no longer count as the publisher's."""
         key_owner(request, publisher)
         return {"publisher": publisher, **registry.revoke_publisher_key(publisher, keyid)}
+
+    add_community_routes(app, community, prefix=API_PREFIX, errors=_errors)
 
     tuf_repo: list[Any] = []  # the TufRepository, opened on first use
 

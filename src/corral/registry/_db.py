@@ -22,19 +22,32 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
+    "COMMUNITY_TABLES",
     "SCHEMA_VERSION",
+    "flags",
+    "installs",
     "metadata",
     "migrate",
+    "moderation_actions",
     "namespace_members",
     "namespaces",
     "open_engine",
     "plugin_tags",
     "plugins",
+    "posts",
     "publisher_keys",
     "publishers",
+    "rate_events",
     "ratings",
+    "review_replies",
+    "reviews",
+    "threads",
     "tokens",
     "tuf_outbox",
+    "user_publishers",
+    "user_sessions",
+    "user_tokens",
+    "users",
     "utcnow",
     "versions",
 ]
@@ -103,12 +116,18 @@ plugins: Final = sa.Table(
     sa.Column("rating_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rating", sa.Float, nullable=False, server_default="0"),
     sa.Column("confusable_with", sa.Text),  # ids this one reads like, space separated
+    # closed by the moderators: hidden from search, resolve, download and TUF
+    sa.Column("closed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # reviews (visible ones) and the Bayesian average of every star given (_community.ratings)
+    sa.Column("review_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bayes_rating", sa.Float, nullable=False, server_default="0"),
     sa.Column("source", sa.String(16), nullable=False, server_default="upload"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Index("ix_plugins_downloads", "downloads"),
     sa.Index("ix_plugins_latest", "latest_version"),
     sa.Index("ix_plugins_rating", "rating"),
+    sa.Index("ix_plugins_bayes_rating", "bayes_rating"),
 )
 
 plugin_tags: Final = sa.Table(
@@ -137,6 +156,8 @@ versions: Final = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
     # True until the version's TUF target is signed: hidden from every listing till then
     sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
+    # quarantined by the moderators: kept, but hidden from every listing, resolve and download
+    sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("plugin_pk", "version", name="uq_versions_plugin_version"),
     sa.Index("ix_versions_sha256", "sha256"),
 )
@@ -171,6 +192,170 @@ tuf_outbox: Final = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),  # publish | yank | unyank | publisher | key
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# -- the community (_community/): accounts, reviews, discussions, flags, moderation --------
+# moderation_actions is append-only: no code updates or deletes a row of it; a reversal
+# is a new row naming the one it reverses.
+
+def _when(name: str, nullable: bool = False) -> sa.Column[object]:
+    """A timezone-aware timestamp column."""
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
+
+
+users: Final = sa.Table(
+    "users", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),  # scrypt$n$r$p$salt$hash
+    sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("banned", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("trust_level", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("flags_agreed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("flags_disagreed", sa.Integer, nullable=False, server_default="0"),
+    _when("created_at"),
+)
+
+#: Publishers a user acts for (proved with one of the publisher's tokens, or by an admin).
+user_publishers: Final = sa.Table(
+    "user_publishers", metadata,
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), primary_key=True),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), primary_key=True),
+)
+
+user_sessions: Final = sa.Table(
+    "user_sessions", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("id_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False, index=True),
+    sa.Column("csrf_secret", sa.String(64), nullable=False),
+    _when("created_at"),
+    _when("expires_at"),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+user_tokens: Final = sa.Table(
+    "user_tokens", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("token_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False, index=True),
+    sa.Column("description", sa.String(200), nullable=False, server_default=""),
+    _when("created_at"),
+    _when("expires_at", nullable=True),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+#: Timestamps of rate-limited events: sign-in failures, reviews, posts, flags, sign-ups.
+rate_events: Final = sa.Table(
+    "rate_events", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False),  # user:<pk> | addr:<ip> | name:<n>
+    _when("at"),
+    sa.Index("ix_rate_events_lookup", "kind", "subject", "at"),
+)
+
+installs: Final = sa.Table(
+    "installs", metadata,
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), primary_key=True),
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    _when("created_at"),
+)
+
+reviews: Final = sa.Table(
+    "reviews", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), nullable=False),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False),
+    sa.Column("stars", sa.Integer, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # Markdown, stored raw
+    sa.Column("version", sa.String(64)),  # the installed version reviewed
+    _when("created_at"),
+    _when("updated_at"),
+    sa.Column("edits", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("plugin_pk", "user_pk", name="uq_reviews_plugin_user"),
+)
+
+#: The publisher's answer to a review (one per review, editable).
+review_replies: Final = sa.Table(
+    "review_replies", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("review_pk", sa.ForeignKey("reviews.pk"), nullable=False, unique=True),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False),
+    sa.Column("publisher_pk", sa.ForeignKey("publishers.pk"), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    _when("created_at"),
+    _when("updated_at"),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+threads: Final = sa.Table(
+    "threads", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("plugin_pk", sa.ForeignKey("plugins.pk"), nullable=False, index=True),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    _when("created_at"),
+    _when("updated_at"),
+    sa.Column("closed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("accepted_post_pk", sa.Integer),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+posts: Final = sa.Table(
+    "posts", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("thread_pk", sa.ForeignKey("threads.pk"), nullable=False, index=True),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    # the author acted for the plugin's publisher when posting (computed by the server)
+    sa.Column("is_publisher", sa.Boolean, nullable=False, server_default=sa.false()),
+    _when("created_at"),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+flags: Final = sa.Table(
+    "flags", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("target_kind", sa.String(16), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("user_pk", sa.ForeignKey("users.pk"), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),  # spam | abuse | malware | other
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("weight", sa.Float, nullable=False),  # the flagger's score when flagging
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    _when("created_at"),
+    _when("resolved_at", nullable=True),
+    sa.UniqueConstraint("target_kind", "target", "user_pk", name="uq_flags_target_user"),
+    sa.Index("ix_flags_status_target", "status", "target_kind", "target"),
+)
+
+moderation_actions: Final = sa.Table(
+    "moderation_actions", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("actor", sa.String(100), nullable=False),  # user:<name> | token:<id> | system
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("target_kind", sa.String(16), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("reverses_pk", sa.Integer, index=True),  # the action this one undoes
+    sa.Column("before", sa.String(200), nullable=False, server_default="{}"),  # JSON state
+    sa.Column("after", sa.String(200), nullable=False, server_default="{}"),
+    _when("created_at"),
+)
+
+#: The community's tables, in creation order (migration 5 creates them).
+COMMUNITY_TABLES: Final = (users, user_publishers, user_sessions, user_tokens, rate_events,
+                           installs, reviews, review_replies, threads, posts, flags,
+                           moderation_actions)
+
 
 _migrations_table: Final = sa.Table(
     "schema_migrations",
@@ -221,9 +406,28 @@ def _m4_outbox(conn: Connection) -> None:
             "ALTER TABLE versions ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _m5_community(conn: Connection) -> None:
+    """Accounts, reviews, discussions, flags and moderation; closed plugins and quarantine."""
+    for table in COMMUNITY_TABLES:
+        table.create(conn, checkfirst=True)
+    inspector = sa.inspect(conn)
+    have = {c["name"] for c in inspector.get_columns("plugins")}
+    for column, ddl in (("closed", "BOOLEAN NOT NULL DEFAULT FALSE"),
+                        ("review_count", "INTEGER NOT NULL DEFAULT 0"),
+                        ("bayes_rating", "FLOAT NOT NULL DEFAULT 0")):
+        if column not in have:
+            conn.exec_driver_sql(f"ALTER TABLE plugins ADD COLUMN {column} {ddl}")
+    if "ix_plugins_bayes_rating" not in {i["name"] for i in inspector.get_indexes("plugins")}:
+        conn.exec_driver_sql("CREATE INDEX ix_plugins_bayes_rating ON plugins (bayes_rating)")
+    if "quarantined" not in {c["name"] for c in inspector.get_columns("versions")}:
+        conn.exec_driver_sql(
+            "ALTER TABLE versions ADD COLUMN quarantined BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 #: The migrations, in order; the schema version is the length of this list.
 MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
     _m1_tables, _m2_search, _m3_signing, _m4_outbox,
+    _m5_community,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -12,6 +12,7 @@
     PolicyDenied          403  policy_denied       (confusable with another's id)
     ServerUnavailable     503  unavailable         (database busy or down: retry later)
     ├── StorageFull       507  unavailable         (no space left on the data disk)
+    RateLimited           429  unavailable         (too many attempts or posts: Retry-After)
     CorralError           500  error               (the server's fault)
 
 The JSON error codes stay those of the CLI contract, so that a client maps an
@@ -30,10 +31,12 @@ from corral._errors import (
     PolicyDenied,
     SignatureInvalid,
     TransferError,
+    UnavailableError,
     UsageError,
 )
 
 __all__ = [
+    "RateLimited",
     "ServerUnavailable",
     "StorageFull",
     "Unauthenticated",
@@ -83,6 +86,17 @@ class StorageFull(ServerUnavailable):
         super().__init__(message, reason="no_space", **details)
 
 
+class RateLimited(UnavailableError):
+    """Too many sign-in failures, reviews, posts or flags in a window; ``retry_after`` seconds."""
+
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(message, reason="rate_limited", retry_after=self.retry_after,
+                         **details)
+
+
 _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (VersionExists, 409),
     (UsageError, 400),
@@ -93,6 +107,7 @@ _STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (PermissionDenied, 403),
     (PolicyDenied, 403),
     (SignatureInvalid, 403),
+    (RateLimited, 429),
     (StorageFull, 507),
     (ServerUnavailable, 503),
 )

@@ -429,6 +429,8 @@ _RESULT_COLUMNS: Final = (
     _db.plugins.c.downloads,
     _db.plugins.c.rating,
     _db.plugins.c.rating_count,
+    _db.plugins.c.bayes_rating,
+    _db.plugins.c.review_count,
     _db.plugins.c.updated_at,
     _db.plugins.c.confusable_with,
     _db.publishers.c.name.label("publisher"),
@@ -484,6 +486,8 @@ def result_dict(row: Any, score: float | None = None) -> dict[str, Any]:
         "downloads": int(row.downloads),
         "rating": round(float(row.rating), 2),
         "rating_count": int(row.rating_count),
+        "bayes_rating": round(float(row.bayes_rating), 3),
+        "review_count": int(row.review_count),
         "verified": bool(row.verified),
         "publisher": row.publisher,
         "category": row.category,
@@ -500,7 +504,10 @@ def result_dict(row: Any, score: float | None = None) -> dict[str, Any]:
 _ORDER: Final[Mapping[str, tuple[Any, ...]]] = {
     "relevance": (_db.plugins.c.downloads.desc(), _db.plugins.c.id),
     "downloads": (_db.plugins.c.downloads.desc(), _db.plugins.c.id),
+    # the Bayesian average of reviews and ratings (_community.ratings): one 5-star
+    # review does not outrank forty 4.8-star ones
     "rating": (
+        _db.plugins.c.bayes_rating.desc(),
         _db.plugins.c.rating.desc(),
         _db.plugins.c.rating_count.desc(),
         _db.plugins.c.downloads.desc(),

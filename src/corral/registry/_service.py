@@ -57,6 +57,7 @@ from corral._version import __version__
 from . import _accounts, _db, _keys
 from ._accounts import Principal
 from ._artifacts import ArtifactError, ArtifactStore, FilesystemArtifactStore
+from ._community import ratings
 from ._counts import DownloadCounter
 from ._errors import UploadTooLarge, VersionExists
 from ._names import control_char_error, normalise_name, skeleton, words
@@ -329,6 +330,9 @@ class Registry:
             .join(_db.namespaces, _db.namespaces.c.pk == p.c.namespace_pk)
             .where(p.c.id == plugin_id.strip().lower())
         ).first()
+        if row is not None and row.closed:
+            raise NotFoundError(f"{row.id} was closed by the registry's moderators",
+                                plugin_id=row.id, reason="closed")
         if row is not None and row.latest_version is None and not include_pending:
             v = _db.versions
             shown = conn.execute(sa.select(v.c.pk).where(
@@ -375,11 +379,13 @@ class Registry:
         return out
 
     def _versions(self, conn: Connection, plugin_pk: int,
-                  include_pending: bool = False) -> list[Any]:
-        """A plugin's versions, newest first; unsigned (pending) ones only if asked."""
+                  include_pending: bool = False, include_quarantined: bool = False) -> list[Any]:
+        """A plugin's versions, newest first; unsigned (pending) or quarantined ones if asked."""
         where = _db.versions.c.plugin_pk == plugin_pk
         if not include_pending:
             where = where & (_db.versions.c.pending == sa.false())
+        if not include_quarantined:
+            where = where & (_db.versions.c.quarantined == sa.false())
         rows = conn.execute(
             sa.select(_db.versions, _keys.publisher_verified_column()).where(where)
         ).all()
@@ -408,6 +414,8 @@ class Registry:
             "downloads": int(row.downloads) + self.downloads.pending_plugin(row.pk),
             "rating": round(float(row.rating), 2),
             "rating_count": int(row.rating_count),
+            "bayes_rating": round(float(row.bayes_rating), 3),
+            "review_count": int(row.review_count),
             "confusable_with": row.confusable_with.split() if row.confusable_with else [],
             "source": row.source,
             "created": _iso(row.created_at),
@@ -538,8 +546,15 @@ class Registry:
                 existing = conn.execute(
                     sa.select(_db.plugins.c.pk).where(_db.plugins.c.id == manifest.id)
                 ).scalar()
+                if existing is not None and conn.execute(
+                        sa.select(_db.plugins.c.closed)
+                        .where(_db.plugins.c.pk == existing)).scalar():
+                    raise PolicyDenied(f"{manifest.id} was closed by the registry's "
+                                       "moderators; it takes no new versions",
+                                       plugin_id=manifest.id, reason="closed")
                 if existing is not None:
-                    for v in self._versions(conn, int(existing), include_pending=True):
+                    for v in self._versions(conn, int(existing), include_pending=True,
+                                            include_quarantined=True):
                         if _same_version(v.version, manifest.version) and v.sha256 == digest:
                             created = False  # the same bytes again: a retry, not a change
                             break
@@ -607,7 +622,8 @@ class Registry:
                               .where(_db.plugins.c.id == plugin_id)).scalar()
             if pk is None:
                 return None
-            for v in self._versions(conn, int(pk), include_pending=True):
+            for v in self._versions(conn, int(pk), include_pending=True,
+                                    include_quarantined=True):
                 if _same_version(v.version, version):
                     return str(v.sha256) if v.sha256 else None
         return None
@@ -717,9 +733,12 @@ class Registry:
         rows = conn.execute(
             sa.select(_db.versions.c.version, _db.versions.c.yanked)
             .where((_db.versions.c.plugin_pk == plugin_pk)
-                   & (_db.versions.c.pending == sa.false()))
+                   & (_db.versions.c.pending == sa.false())
+                   & (_db.versions.c.quarantined == sa.false()))
         ).all()
-        latest = _latest([(str(v), bool(y)) for v, y in rows])
+        closed = conn.execute(sa.select(_db.plugins.c.closed)
+                              .where(_db.plugins.c.pk == plugin_pk)).scalar()
+        latest = None if closed else _latest([(str(v), bool(y)) for v, y in rows])
         conn.execute(_db.plugins.update().where(_db.plugins.c.pk == plugin_pk)
                      .values(latest_version=latest))
         return latest
@@ -756,6 +775,41 @@ class Registry:
             _enqueue(conn, row.id, "yank" if yanked else "unyank")
         self.reconcile([row.id])
         return self.version_info(plugin_id, version)
+
+    def set_quarantined_in(self, conn: Connection, plugin_id: str, version: str,
+                           quarantined: bool) -> str:
+        """Quarantine (or release) a version in the caller's transaction; returns the version.
+
+        A quarantined version is kept but hidden from info, resolve, download,
+        search's ``latest`` and the signed TUF targets; the caller runs
+        :meth:`reconcile` after committing, so that TUF clients stop seeing it.
+        """
+        p, v = _db.plugins, _db.versions
+        pk = conn.execute(sa.select(p.c.pk).where(p.c.id == plugin_id.strip().lower())).scalar()
+        if pk is None:
+            raise NotFoundError(f"no plugin {plugin_id!r}", plugin_id=plugin_id)
+        match = [r for r in self._versions(conn, int(pk), include_quarantined=True)
+                 if _same_version(r.version, version)]
+        if not match:
+            raise NotFoundError(f"{plugin_id} has no version {version!r}", plugin_id=plugin_id)
+        conn.execute(v.update().where(v.c.pk == match[0].pk).values(quarantined=quarantined))
+        self._refresh_latest(conn, int(pk))
+        _enqueue(conn, plugin_id.strip().lower(), "quarantine")
+        return str(match[0].version)
+
+    def set_closed_in(self, conn: Connection, plugin_id: str, closed: bool) -> None:
+        """Close (or reopen) a plugin in the caller's transaction (then :meth:`reconcile`).
+
+        A closed plugin is gone from search, info, resolve, download and TUF, and
+        takes no new versions; its rows and archives are kept.
+        """
+        p = _db.plugins
+        pk = conn.execute(sa.select(p.c.pk).where(p.c.id == plugin_id.strip().lower())).scalar()
+        if pk is None:
+            raise NotFoundError(f"no plugin {plugin_id!r}", plugin_id=plugin_id)
+        conn.execute(p.update().where(p.c.pk == pk).values(closed=closed))
+        self._refresh_latest(conn, int(pk))
+        _enqueue(conn, plugin_id.strip().lower(), "close" if closed else "reopen")
 
     def _resign(self, plugin_ids: list[str]) -> None:
         """Sign the intents just recorded for ``plugin_ids`` (a failure leaves them queued)."""
@@ -914,6 +968,7 @@ class Registry:
             ).one()
             conn.execute(_db.plugins.update().where(_db.plugins.c.pk == row.pk).values(
                 rating_sum=int(total), rating_count=int(count), rating=int(total) / int(count)))
+            ratings.refresh(conn)
         return {"id": row.id, "rating": round(int(total) / int(count), 2),
                 "rating_count": int(count)}
 
