@@ -16,7 +16,9 @@ from .conftest import DESKTOP, HOSTILE_ID, PHONE, Site
 #: Every element, attribute and URL that could run: what the DOM must not hold.
 _DOM_AUDIT = """
 const out = {scripts: [], handlers: [], js_urls: [], styles: [], frames: 0, pwned: window.__pwned};
-for (const s of document.scripts) out.scripts.push(s.src || ('inline:' + s.textContent.slice(0, 40)));
+for (const s of document.scripts) {
+  out.scripts.push(s.src || ('inline:' + s.textContent.slice(0, 40)));
+}
 for (const el of document.querySelectorAll('*')) {
   for (const a of el.attributes) {
     if (a.name.startsWith('on')) out.handlers.push(el.tagName + ' ' + a.name);
@@ -42,8 +44,8 @@ def audit(driver: Any, origin: str) -> None:
 
 def csp_violations(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser")
-            if "Content Security Policy" in e["message"] or e["level"] == "SEVERE"
-            and "favicon" not in e["message"]]
+            if "Content Security Policy" in e["message"]
+            or (e["level"] == "SEVERE" and "favicon" not in e["message"])]
 
 
 def test_walk_from_search_to_a_plugin_page(browser: Any, site: Site) -> None:
@@ -79,7 +81,8 @@ def _tab_until(driver: Any, want: Any, limit: int = 60) -> list[dict[str, str]]:
     for _ in range(limit):
         now = _focused(driver)
         seen.append(now)
-        assert now["outline"] != "none" and now["width"] != "0px", now  # focus is visible
+        assert now["outline"] != "none", now  # focus is visible
+        assert now["width"] != "0px", now
         if want(now):
             return seen
         driver.switch_to.active_element.send_keys(Keys.TAB)

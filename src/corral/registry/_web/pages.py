@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
+from packaging.version import Version
 
 from corral._errors import CorralError, NotFoundError, UsageError
 from corral._version import __version__
@@ -109,8 +110,6 @@ class WebPages:
         #: ``(request, info) -> dict``: what the community blocks of a plugin page need.
         self.plugin_extras: Callable[[Request, dict[str, Any]], dict[str, Any]] = (
             lambda _r, _i: {})
-        #: Version statuses the service does not know (quarantine): ``plugin_id -> {v: ...}``.
-        self.version_flags: Callable[[str], dict[str, dict[str, Any]]] = lambda _p: {}
         #: ``(request, response)``: last touches on every page (a new CSRF cookie).
         self.finish: Callable[[Request, Response], None] = lambda _r, _a: None
 
@@ -141,8 +140,8 @@ class WebPages:
         """Render ``template`` with the session's context; private when signed in."""
         session = self.session_context(request)
         notice = NOTICES.get(request.query_params.get("saved", ""), "")
-        body = render(template, version=__version__, accounts=False, notice=notice,
-                      **{**session, **context})
+        body = render(template, **{"version": __version__, "accounts": False, "notice": notice,
+                                   **session, **context})
         out = html_response(body, status, private=bool(session.get("user") or
                                                        session.get("csrf")))
         self.finish(request, out)
@@ -225,11 +224,13 @@ class WebPages:
         except NotFoundError as exc:
             return self.not_found(request, str(exc))
         args = request.query_params
-        flags = self.version_flags(info["id"])
-        versions = [{**v, **flags.get(v["version"], {})} for v in info["versions"]]
+        with self.registry.read() as conn:
+            held = queries.quarantined(conn, info["id"])
+        versions = sorted([*info["versions"], *held], key=lambda v: Version(v["version"]),
+                          reverse=True)
         by_version = {v["version"]: v for v in versions}
-        latest = by_version.get(info["latest_version"] or "") or (versions[0] if versions
-                                                                   else None)
+        latest = by_version.get(info["latest_version"] or "") or (
+            info["versions"][0] if info["versions"] else None)
         shown = by_version.get(args.get("version", "")) or latest
         manifest = shown["manifest"] if shown else {}
         grants = permissions.describe(manifest)
@@ -259,8 +260,8 @@ class WebPages:
                 together = []
         deps = sorted(((latest or {}).get("manifest", {}).get("dependencies") or {}).items())
         base = str(request.base_url).rstrip("/")
-        return self.page(
-            request, "plugin.html", p=info, versions=versions, latest=latest,
+        context: dict[str, Any] = dict(
+            p=info, versions=versions, latest=latest,
             shown_version=shown["version"] if shown else "", grants=grants, diff=diff,
             diff_from=diff_from, diff_to=diff_to, readme=readme,
             install=f"corral install {info['id']} --source {base}",
@@ -269,8 +270,9 @@ class WebPages:
                 [(f"{n} ★", float(stars[n])) for n in range(5, 0, -1)],
                 title="Ratings by stars")),
             together=together, dependencies=deps, dependents=used_by, closed=False,
-            **self.plugin_extras(request, info),
         )
+        context.update(self.plugin_extras(request, info))  # community blocks win
+        return self.page(request, "plugin.html", **context)
 
     def publisher(self, request: Request, name: str) -> HTMLResponse:
         """A publisher: verified or not, its namespaces, its plugins by downloads."""

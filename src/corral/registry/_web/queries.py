@@ -19,7 +19,7 @@ from corral.registry import _db
 from corral.registry._search import RESULT_COLUMNS, result_dict
 
 __all__ = ["COUNT_CAP", "Cached", "categories", "dependents", "namespace_info", "plugins_where",
-           "publisher_info", "rating_distribution"]
+           "publisher_info", "quarantined", "rating_distribution"]
 
 T = TypeVar("T")
 #: Listings count their plugins up to this many.
@@ -144,3 +144,21 @@ def plugins_where(conn: Connection, cond: sa.ColumnElement[bool], page: int,
         .limit(per_page).offset((page - 1) * per_page)
     ).all()
     return [result_dict(r) for r in rows], int(total)
+
+
+def quarantined(conn: Connection, plugin_id: str) -> list[dict[str, Any]]:
+    """Versions of a plugin the moderators quarantined (kept, hidden from installs)."""
+    v, p = _db.versions, _db.plugins
+    rows = conn.execute(
+        sa.select(v.c.version, v.c.manifest, v.c.published_at, v.c.downloads, v.c.yanked,
+                  v.c.yanked_reason, v.c.signature, v.c.signer, v.c.sha256)
+        .join(p, p.c.pk == v.c.plugin_pk)
+        .where(p.c.id == plugin_id, v.c.quarantined == sa.true())
+    ).all()
+    return [{"version": r.version, "manifest": json.loads(r.manifest),
+             "published_at": r.published_at.isoformat() if r.published_at else None,
+             "downloads": int(r.downloads), "yanked": bool(r.yanked),
+             "yanked_reason": r.yanked_reason, "signature": r.signature, "signer": r.signer,
+             "sha256": r.sha256, "publisher_verified": False, "quarantined": True,
+             "requires_corral": json.loads(r.manifest).get("plugin", {})
+             .get("requires-corral", "")} for r in rows]
