@@ -76,8 +76,11 @@ def add_account_pages(app: FastAPI, pages: WebPages, web: WebSession, community:
                 community.sign_in, name, password, client=client(request),
                 old_session=web.session_id(request))
         except CorralError as exc:
-            return form_page(request, mode, http_status(exc), str(exc), name,
-                             fields.get("next", ""))
+            failed = form_page(request, mode, http_status(exc), str(exc), name,
+                               fields.get("next", ""))
+            if getattr(exc, "retry_after", None):
+                failed.headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
+            return failed
         out = redirect(safe_next(fields.get("next")))
         web.set_session(request, out, session.id)
         return out

@@ -153,8 +153,9 @@ class WebPages:
                   404: "Not found", 409: "Conflict", 429: "Too many tries"}
         out = self.page(request, "error.html", status, title=titles.get(status, "Error"),
                         message=str(exc))
-        if status == 429 and exc.to_dict().get("retry_after"):
-            out.headers["Retry-After"] = str(exc.to_dict()["retry_after"])
+        retry = getattr(exc, "retry_after", None)
+        if status == 429 and retry:
+            out.headers["Retry-After"] = str(retry)
         return out
 
     def not_found(self, request: Request, message: str) -> HTMLResponse:
