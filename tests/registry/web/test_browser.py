@@ -43,9 +43,10 @@ def audit(driver: Any, origin: str) -> None:
 
 
 def csp_violations(driver: Any) -> list[str]:
+    """What the console says the CSP refused, and any uncaught script error."""
     return [e["message"] for e in driver.get_log("browser")
-            if "Content Security Policy" in e["message"]
-            or (e["level"] == "SEVERE" and "favicon" not in e["message"])]
+            if any(w in e["message"] for w in ("Content Security Policy", "Refused to",
+                                               "Uncaught"))]
 
 
 def test_walk_from_search_to_a_plugin_page(browser: Any, site: Site) -> None:
