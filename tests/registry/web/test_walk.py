@@ -135,7 +135,8 @@ def test_search_review_flag_moderate(browser: Any, site: Site, screenshots: Path
     browser.find_element(By.LINK_TEXT, "Moderation").click()
     wait_url(browser, "/moderation")
     item = browser.find_element(By.CSS_SELECTOR, ".queue-item")
-    assert "review" in item.text and "spam" in item.text
+    assert "review" in item.text
+    assert "spam" in item.text
     shoot(browser, screenshots, "moderation")
     item = browser.find_element(By.CSS_SELECTOR, ".queue-item")
     Select(item.find_element(By.TAG_NAME, "select")).select_by_visible_text("hide")
