@@ -11,6 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from corral._cli import analytics as _analytics
 from corral._cli import core as _core
 from corral._cli import daemon as _daemon
 from corral._cli import dev as _dev
@@ -63,6 +64,7 @@ def _parser(only: str | None = None) -> Parser:
     _pdk.add_verbs(verb)
     _pack.add_verbs(verb)
     _docs.add_verbs(verb)
+    _analytics.add_verbs(verb)
     if only in (None, "config", "secret"):
         # deferred, like faces and registry below: ~10 ms each that `corral list` need not pay
         from corral._cli import config as _config
@@ -152,7 +154,8 @@ def _registry(options: dict[str, str], verb: str, rest: list[str]) -> int:
 
 #: Verbs that run no plugin code: they skip reading the secrets to scrub and the log printer.
 _STATIC_VERBS = frozenset({"list", "schema", "doctor", "secret", "config", "keys", "new", "pack",
-                           "docs", "registry", "daemon", *_REGISTRY_CLIENT_VERBS})
+                           "docs", "registry", "daemon", *_REGISTRY_CLIENT_VERBS,
+                           "recommend", "analytics"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,9 +48,11 @@ def _registry_parser() -> Parser:
     sp.add_argument("--workers", type=int, default=None,
                     help="server processes, all sharing the database "
                          "(default: one per CPU core)")
-    sp = sub.add_parser("seed", help="load a catalogue TSV")
+    sp = sub.add_parser("seed", help="load a catalogue TSV and/or co-usage sets (TSV)")
     _storage_args(sp)
-    sp.add_argument("--catalogue", required=True, type=Path)
+    sp.add_argument("--catalogue", type=Path)
+    sp.add_argument("--cousage", type=Path,
+                    help="sets of plugins used together (repo, family, source_path, plugins)")
     sp.add_argument("--limit", type=int)
     sp.add_argument("--json", action="store_true")
     ap = sub.add_parser("admin", help="publishers, namespaces, tokens")
@@ -188,7 +190,9 @@ def _serve(args: argparse.Namespace) -> int:
                     http="corral.registry._app:NoDelayH11Protocol")
         return 0
     registry.start_housekeeping()
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning",
+    app = create_app(registry)
+    app.state.insights.start_warming()  # the recommender, built before the first request
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 http="corral.registry._app:NoDelayH11Protocol")
     return 0
 
@@ -248,6 +252,30 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(args: argparse.Namespace) -> int:
+    from corral.registry._insights.recommendations import seed_cousage
+    from corral.registry._seed import seed
+
+    if args.catalogue is None and args.cousage is None:
+        raise UsageError("corral registry seed needs --catalogue FILE and/or --cousage FILE")
+    counts: dict[str, Any] = {}
+    with _open(args) as reg:
+        if args.catalogue is not None:
+            counts.update(seed(reg, args.catalogue, args.limit))
+        if args.cousage is not None:
+            counts["cousage"] = seed_cousage(reg.engine, args.cousage)
+    if args.json:
+        dump(counts, indent=2)
+        return 0
+    if args.catalogue is not None:
+        print(f"added {counts['added']} plugins, skipped {counts['skipped']} "
+              f"already present, {counts['invalid']} invalid names")
+    if args.cousage is not None:
+        print(f"added {counts['cousage']['added']} co-usage sets, skipped "
+              f"{counts['cousage']['skipped']} already present")
+    return 0
+
+
 def registry_main(argv: Sequence[str] | None = None) -> int:
     """``corral registry serve|seed|admin ...``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,16 +286,7 @@ def registry_main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "seed":
-            from corral.registry._seed import seed
-
-            with _open(args) as reg:
-                counts = seed(reg, args.catalogue, args.limit)
-            if args.json:
-                dump(counts, indent=2)
-            else:
-                print(f"added {counts['added']} plugins, skipped {counts['skipped']} "
-                      f"already present, {counts['invalid']} invalid names")
-            return 0
+            return _seed(args)
         if args.cmd == "admin":
             return _admin(args)
         if args.cmd in ("tuf", "trust"):

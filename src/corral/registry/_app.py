@@ -50,6 +50,8 @@ from ._community.api import add_community_routes
 from ._community.service import Community
 from ._docs_ui import add_docs_pages
 from ._errors import RateLimited, ServerUnavailable, StorageFull, UploadTooLarge, http_status
+from ._insights import Insights
+from ._insights.routes import add_insights_routes
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
@@ -631,6 +633,8 @@ def create_app(registry: Registry) -> FastAPI:
         return _send_tuf(repo, repo.target_path(registry, path), "application/octet-stream",
                          path)
 
+    add_insights_routes(app, Insights(registry), API_PREFIX, _errors)
+
     def openapi() -> dict[str, Any]:
         """FastAPI's document, made true: no 422 where none occurs, bearer auth declared."""
         if app.openapi_schema is None:
@@ -735,7 +739,9 @@ def app_from_env() -> FastAPI:
         data, db, **({"max_upload_bytes": int(cap)} if cap.isdigit() else {}))
     registry.claim()  # the parent ``serve`` did the start-up repair
     registry.start_housekeeping()
-    return create_app(registry)
+    app = create_app(registry)
+    app.state.insights.start_warming()  # the recommender, built before the first request
+    return app
 
 
 

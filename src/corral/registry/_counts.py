@@ -1,5 +1,8 @@
 """Download counts, buffered in memory and written in batches off the request path.
 
+The same batch adds to each plugin's downloads of the day (``daily_downloads``),
+the series that community analytics chart.
+
 A download is a read: counting it in the same request would take the database's
 write lock (queueing every download behind a publish on SQLite) and would fail
 outright on a full disk.  Instead each download adds one to an in-process
@@ -15,14 +18,36 @@ import threading
 from typing import Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from . import _db
 
-__all__ = ["FLUSH_SECONDS", "DownloadCounter"]
+__all__ = ["FLUSH_SECONDS", "DownloadCounter", "add_daily"]
 
 #: How often pending counts are written.
 FLUSH_SECONDS: Final = 1.0
+
+
+def add_daily(conn: Connection, per_plugin: collections.Counter[int], day: str) -> None:
+    """Add a batch's downloads to each plugin's count of ``day`` (an upsert per plugin)."""
+    if not per_plugin:
+        return
+    d = _db.daily_downloads
+    rows = [{"plugin_pk": pk, "day": day, "count": n} for pk, n in sorted(per_plugin.items())]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(d)
+        conn.execute(pg.on_conflict_do_update(
+            index_elements=[d.c.plugin_pk, d.c.day], set_={"count": d.c.count + pg.excluded.count}),
+            rows)
+        return
+    from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+    lite = lite_insert(d)
+    conn.execute(lite.on_conflict_do_update(
+        index_elements=[d.c.plugin_pk, d.c.day], set_={"count": d.c.count + lite.excluded.count}),
+        rows)
 
 
 class DownloadCounter:
@@ -80,6 +105,7 @@ class DownloadCounter:
                         for plugin_pk, n in sorted(per_plugin.items()):
                             conn.execute(p.update().where(p.c.pk == plugin_pk)
                                          .values(downloads=p.c.downloads + n))
+                        add_daily(conn, per_plugin, _db.utcnow().date().isoformat())
             except (sa.exc.SQLAlchemyError, OSError):
                 with self._lock:
                     self._pending.update(batch)

@@ -24,6 +24,10 @@ from sqlalchemy.engine import Connection, Engine
 __all__ = [
     "COMMUNITY_TABLES",
     "SCHEMA_VERSION",
+    "cousage_sets",
+    "daily_downloads",
+    "daily_installs",
+    "daily_ratings",
     "flags",
     "installs",
     "metadata",
@@ -44,6 +48,7 @@ __all__ = [
     "threads",
     "tokens",
     "tuf_outbox",
+    "usage_reports",
     "user_publishers",
     "user_sessions",
     "user_tokens",
@@ -357,6 +362,61 @@ COMMUNITY_TABLES: Final = (users, user_publishers, user_sessions, user_tokens, r
                            moderation_actions)
 
 
+#: Downloads per plugin per day (``day`` is ``YYYY-MM-DD`` UTC), added to by the count batch.
+daily_downloads: Final = sa.Table(
+    "daily_downloads",
+    metadata,
+    sa.Column("plugin_pk", sa.Integer, primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_daily_downloads_day", "day"),
+)
+
+#: Opt-in reports of hosts, one per host per day at most (``nonce`` is random per day).
+usage_reports: Final = sa.Table(
+    "usage_reports",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("day", sa.String(10), nullable=False, index=True),
+    sa.Column("nonce", sa.String(64), nullable=False),
+    sa.Column("corral_version", sa.String(64), nullable=False),
+    sa.Column("plugins", sa.Text, nullable=False),  # JSON [[id, version], ...]
+    sa.UniqueConstraint("day", "nonce", name="uq_usage_reports_day_nonce"),
+)
+
+#: Hosts that reported a plugin version on a day (the report table aggregated).
+daily_installs: Final = sa.Table(
+    "daily_installs",
+    metadata,
+    sa.Column("plugin_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("hosts", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_daily_installs_day", "day"),
+)
+
+#: Co-usage sets seeded from files (``corral registry seed --cousage``).
+cousage_sets: Final = sa.Table(
+    "cousage_sets",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True),
+    sa.Column("source", sa.String(300), nullable=False, server_default=""),  # repo:path
+    sa.Column("family", sa.String(64)),
+    sa.Column("plugins", sa.Text, nullable=False),  # space separated ids
+    sa.Column("weight", sa.Float, nullable=False, server_default="1"),
+    sa.UniqueConstraint("source", "family", name="uq_cousage_sets_source_family"),
+)
+
+#: Ratings given per plugin per day (the ratings table keeps only the latest of each rater).
+daily_ratings: Final = sa.Table(
+    "daily_ratings",
+    metadata,
+    sa.Column("plugin_pk", sa.Integer, primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stars_sum", sa.Integer, nullable=False, server_default="0"),
+)
+
 _migrations_table: Final = sa.Table(
     "schema_migrations",
     sa.MetaData(),
@@ -424,10 +484,17 @@ def _m5_community(conn: Connection) -> None:
             "ALTER TABLE versions ADD COLUMN quarantined BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _m6_insights(conn: Connection) -> None:
+    """Community analytics: daily downloads, reports, installs, co-usage sets, rating days."""
+    for table in (daily_downloads, usage_reports, daily_installs, cousage_sets, daily_ratings):
+        table.create(conn, checkfirst=True)
+
+
 #: The migrations, in order; the schema version is the length of this list.
 MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
     _m1_tables, _m2_search, _m3_signing, _m4_outbox,
     _m5_community,
+    _m6_insights,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -60,6 +60,7 @@ from ._artifacts import ArtifactError, ArtifactStore, FilesystemArtifactStore
 from ._community import ratings
 from ._counts import DownloadCounter
 from ._errors import UploadTooLarge, VersionExists
+from ._insights.stats import record_rating
 from ._names import control_char_error, normalise_name, skeleton, words
 from ._search import NameIndex, SearchParams, refold_skeletons, search
 
@@ -963,6 +964,7 @@ class Registry:
                                                publisher_pk=principal.publisher_pk, stars=stars))
             else:
                 conn.execute(r.update().where(where).values(stars=stars))
+            record_rating(conn, int(row.pk), stars)  # the rating trend of community stats
             total, count = conn.execute(
                 sa.select(sa.func.sum(r.c.stars), sa.func.count()).where(r.c.plugin_pk == row.pk)
             ).one()

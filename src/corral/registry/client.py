@@ -167,3 +167,16 @@ class RegistryClient:
     def revoke_key(self, publisher: str, keyid: str) -> dict[str, Any]:
         """Revoke one of ``publisher``'s signing keys."""
         return self._json("DELETE", f"/publishers/{_q(publisher)}/keys/{_q(keyid)}")
+
+    def recommend(self, with_ids: list[str], *, limit: int = 10,
+                  corral_version: str | None = None) -> dict[str, Any]:
+        """``{"recommendations": [{"id", "score", "reasons"}]}`` for a set of plugin ids."""
+        params: dict[str, Any] = {"with": ",".join(with_ids), "limit": limit}
+        if corral_version:
+            params["corral"] = corral_version
+        return self._json("GET", "/recommendations", params=params)
+
+    def send_report(self, body: bytes) -> dict[str, Any]:
+        """Post an opt-in usage report, these exact bytes (``corral analytics send``)."""
+        return self._json("POST", "/reports", content=body,
+                          headers={"Content-Type": "application/json"})

@@ -1,0 +1,182 @@
+"""Recommendation quality: k-fold leave-one-out hit@5 / hit@10 against two baselines.
+
+The rows of a co-usage file are split into k folds.  For each fold the
+recommender learns from the other folds; for each held-out project, each of its
+plugins is hidden in turn and the rest is asked for recommendations: a hit@N
+when the hidden plugin is among the first N.  Beside it, on the same queries:
+
+* popularity: the most popular plugins of the project's family (``popularity_rank``
+  of the catalogue) not already in the set;
+* co-occurrence: plain pair counts with the rest of the set (ties by popularity).
+
+Target: hit@10 at least 1.25 times the popularity baseline.  ``--grid`` prints the
+cross-validated figures of a small grid of parameters (how the defaults were chosen).
+
+Run: ``.venv/bin/python benchmarks/bench_recommend.py [--catalogue FILE] [--cousage FILE]``
+(defaults: ``$CORRAL_CATALOGUE`` or examples/catalogue.tsv, examples/cousage.tsv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from corral._analytics.recommend import (  # noqa: E402
+    CoUsage,
+    Item,
+    Params,
+    Recommender,
+    UsageSet,
+)
+from corral.registry._insights.cousage import CoUsageRow, read_cousage  # noqa: E402
+from corral.registry._names import ecosystem_of, normalise_name  # noqa: E402
+from corral.registry._seed import downloads_for_rank, read_catalogue  # noqa: E402
+
+TARGET = 1.25
+
+
+def load_items(catalogue: Path) -> dict[str, Item]:
+    items: dict[str, Item] = {}
+    for row in read_catalogue(catalogue):
+        norm = normalise_name(row.get("name", ""))
+        if not norm or norm in items:
+            continue
+        eco = ecosystem_of(norm)
+        items[norm] = Item(id=norm, name=norm, family=eco[0] if eco else None,
+                           category=eco[1] if eco else None, summary=row.get("summary", ""),
+                           popularity=float(downloads_for_rank(row.get("popularity_rank"))))
+    return items
+
+
+def folds(rows: list[CoUsageRow], k: int, seed: int) -> list[list[CoUsageRow]]:
+    order = list(rows)
+    random.Random(seed).shuffle(order)
+    return [order[i::k] for i in range(k)]
+
+
+@dataclasses.dataclass
+class Hits:
+    n: int = 0
+    at5: int = 0
+    at10: int = 0
+
+    def add(self, ranked: list[str], hidden: str) -> None:
+        self.n += 1
+        self.at5 += hidden in ranked[:5]
+        self.at10 += hidden in ranked[:10]
+
+    def rate(self, at: int) -> float:
+        return (self.at5 if at == 5 else self.at10) / max(self.n, 1)
+
+
+def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
+             params: Params, baselines: bool = True) -> dict[str, Hits]:
+    out = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    parts = folds(rows, k, seed)
+    for i, test in enumerate(parts):
+        train = [r for j, part in enumerate(parts) if j != i for r in part]
+        usage = CoUsage(UsageSet(frozenset(r.plugins), r.family) for r in train)
+        rec = Recommender(items, usage, params)
+        family_pool: dict[str, list[str]] = collections.defaultdict(list)
+        for item in items.values():
+            if item.family:
+                family_pool[item.family].append(item.id)
+        for fam, counts in usage.family_count.items():
+            family_pool[fam].extend(c for c in counts if c not in items or
+                                    items[c].family != fam)
+        by_pop = {fam: sorted(set(ids), key=lambda c: (
+            -(items[c].popularity if c in items else 0.0), c))
+            for fam, ids in family_pool.items()}
+        for row in test:
+            for hidden in row.plugins:
+                rest = [p for p in row.plugins if p != hidden]
+                got = [r.id for r in rec.recommend(rest, limit=10)]
+                out["recommender"].add(got, hidden)
+                if not baselines:
+                    continue
+                owned = set(rest)
+                pop = [c for c in by_pop.get(row.family or "", [])[:40] if c not in owned][:10]
+                out["popularity"].add(pop, hidden)
+                co: collections.Counter[str] = collections.Counter()
+                for s in rest:
+                    for c, n in usage.pairs.get(s, {}).items():
+                        if c not in owned:
+                            co[c] += int(n)
+                plain = sorted(co, key=lambda c: (-co[c], -(items[c].popularity
+                                                            if c in items else 0.0), c))[:10]
+                out["co-occurrence"].add(plain, hidden)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--catalogue", type=Path, default=Path(
+        os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv"))
+    ap.add_argument("--cousage", type=Path, default=ROOT / "examples" / "cousage.tsv")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3, help="repeat the k-fold split this often")
+    ap.add_argument("--grid", action="store_true", help="also print a small parameter grid")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    items = load_items(args.catalogue)
+    rows = read_cousage(args.cousage)
+    print(f"catalogue: {len(items)} plugins; co-usage: {len(rows)} sets; "
+          f"{args.folds}-fold x {args.seeds} splits")
+    total = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    for seed in range(args.seeds):
+        res = evaluate(items, rows, args.folds, seed, Params())
+        for name, h in res.items():
+            t = total[name]
+            t.n += h.n
+            t.at5 += h.at5
+            t.at10 += h.at10
+        r, b = res["recommender"], res["popularity"]
+        print(f"  split {seed}: hit@10 {r.rate(10):.3f} vs popularity {b.rate(10):.3f} "
+              f"({r.rate(10) / max(b.rate(10), 1e-9):.2f}x)")
+    base = total["popularity"]
+    print(f"{'method':15s} {'hit@5':>7s} {'hit@10':>7s} {'x pop@5':>8s} {'x pop@10':>9s}")
+    for name, h in total.items():
+        print(f"{name:15s} {h.rate(5):7.3f} {h.rate(10):7.3f} "
+              f"{h.rate(5) / max(base.rate(5), 1e-9):8.2f} "
+              f"{h.rate(10) / max(base.rate(10), 1e-9):9.2f}")
+    ratio = total["recommender"].rate(10) / max(base.rate(10), 1e-9)
+    print(f"queries: {total['recommender'].n}; hit@10 ratio {ratio:.2f} "
+          f"(target >= {TARGET}): {'met' if ratio >= TARGET else 'NOT met'}")
+    if args.grid:
+        print("grid (hit@10, mean over splits):")
+        default = Params()
+        for change in _grid():
+            params = dataclasses.replace(default, **change)
+            hits = Hits()
+            for seed in range(args.seeds):
+                h = evaluate(items, rows, args.folds, seed, params, baselines=False)[
+                    "recommender"]
+                hits.n += h.n
+                hits.at10 += h.at10
+                hits.at5 += h.at5
+            print(f"  {change}: hit@5 {hits.rate(5):.3f} hit@10 {hits.rate(10):.3f}")
+    print(f"({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _grid() -> list[dict[str, float]]:
+    out: list[dict[str, float]] = [{}]
+    for key, values in (("min_support", (1.0, 3.0)), ("rare_weight", (0.0, 1.0)),
+                        ("alpha", (0.3, 0.7, 1.0)),
+                        ("shrink", (0.0, 1.0, 6.0)), ("w_family", (0.0, 0.25, 1.0)),
+                        ("w_popularity", (0.0, 0.15)), ("w_content", (0.0, 0.4))):
+        out.extend({key: v} for v in values)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
