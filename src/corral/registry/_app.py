@@ -8,7 +8,8 @@ a full data disk answers 507, a busy or unreachable database 503, and no error
 path.  Control characters are refused in every path parameter, query parameter
 and body field with 400 naming the field.  The OpenAPI document at
 ``/openapi.json`` lists every status each route answers; ``/docs`` and ``/redoc``
-show it with no request leaving the registry (:mod:`._docs_ui`).
+show it with no request leaving the registry (:mod:`._docs_ui`).  The community's
+routes (accounts, reviews, discussions, moderation) come from :mod:`._community.api`.
 """
 
 from __future__ import annotations
@@ -448,8 +449,7 @@ def create_app(registry: Registry) -> FastAPI:
     @app.get(f"{API_PREFIX}/plugins/{{plugin_id}}/versions/{{version}}/download",
              tags=["artifacts"], response_class=FileResponse, responses=download_responses)
     def download_version(plugin_id: PluginId, version: VersionStr, request: Request) -> Response:
-        """One version's archive, yanked or not (counted as a download; an install with a
-        user's token)."""
+        """One version's archive, yanked or not (counted; with a user's token, an install)."""
         return _send(plugin_id, version, request)
 
     @app.post(

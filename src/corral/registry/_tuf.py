@@ -131,6 +131,19 @@ class FileCache:
         return data
 
 
+def _archive_paths(registry: Registry, plugin_id: str) -> list[str]:
+    """The target paths of every archive ``plugin_id`` has, whatever its versions' state."""
+    import sqlalchemy as sa
+
+    from . import _db
+
+    p, v = _db.plugins, _db.versions
+    with registry.read() as conn:
+        found = conn.execute(sa.select(v.c.version).join(p, p.c.pk == v.c.plugin_pk).where(
+            (p.c.id == plugin_id) & v.c.sha256.is_not(None))).scalars().all()
+    return [archive_target_path(plugin_id, str(version)) for version in found]
+
+
 def archive_target_path(plugin_id: str, version: str) -> str:
     """The TUF target path of one version's ``.corral`` archive."""
     return f"plugins/{plugin_id}/{plugin_id}-{version}.corral"
@@ -447,7 +460,8 @@ class TufRepository:
             changed: set[str] = set()
             for pid in plugin_ids:
                 wanted = self._plugin_targets(registry, pid)
-                for path in [*wanted, index_target_path(pid)]:
+                # every archive the plugin ever had: a quarantined or closed one's bin too
+                for path in [*wanted, index_target_path(pid), *_archive_paths(registry, pid)]:
                     name = succinct.get_role_for_target(path)
                     if name not in bins:
                         bins[name] = self.targets_role(name, snapshot.signed)

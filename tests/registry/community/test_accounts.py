@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
+from corral.registry import registry_main
 from corral.registry._community.service import Community
 from corral.registry._db import users
 from corral.registry._errors import RateLimited, Unauthenticated
@@ -129,3 +132,27 @@ def test_hostile_names_and_passwords_are_refused(site: Site) -> None:
         r = site.http.post("/v1/users", json=body)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["code"] == "usage"
+
+
+def test_create_session_after_signup_ends_the_old_one(site: Site) -> None:
+    community = Community(site.registry)
+    user = community.signup("fresh-1", "a good password", client="192.0.2.7")
+    first = community.create_session(user)
+    assert community.session_user(first.id).name == "fresh-1"
+    second = community.create_session(user, old_session=first.id)
+    with pytest.raises(Unauthenticated):
+        community.session_user(first.id)
+    assert community.check_csrf(second.id, second.csrf_token)
+    with pytest.raises(Unauthenticated):
+        community.session_user("crs_" + "A" * 43)
+
+
+def test_admin_cli_links_a_user_to_a_publisher(site: Site,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    me = site.person()
+    data = ["--data", str(site.registry.data_dir)]
+    assert registry_main(["admin", "link-user", me.name, "acme", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["publishers"] == "acme"
+    assert site.http.get("/v1/users/me", headers=me.auth).json()["publishers"] == ["acme"]
+    assert registry_main(["admin", "link-user", me.name, "nobody", *data]) != 0
+    assert registry_main(["admin", "make-moderator", "no-such-user", *data]) != 0

@@ -204,3 +204,41 @@ def test_a_banned_account_cannot_sign_in_post_or_flag(
     assert unban.status_code == 201
     assert unban.json()["actor"].startswith("token:")
     assert site.http.get("/v1/users/me", headers=troll.auth).status_code == 200
+
+
+def test_editing_never_undoes_a_moderators_removal(
+        site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mod = _moderator(site, tmp_path, capsys)
+    for action in ("hide", "delete"):
+        author, rid = _reviewed(site, "acme.gadget", body="rude words")
+        assert _act(site, mod, action, "review", str(rid)).status_code == 201
+        edit = site.http.put("/v1/plugins/acme.gadget/reviews/mine",
+                             json={"stars": 5, "body": "polite now"}, headers=author.auth)
+        assert edit.status_code == 200
+        assert site.http.get(f"/v1/reviews/{rid}").status_code == 404, action
+    # ids past 32 bits or in other scripts' digits are simply not found
+    flagger = site.person()
+    for target in ("2147483648", "\u0661\u0662", "-1"):
+        assert _flag(site, flagger, "review", target).status_code == 404
+
+
+def test_moderation_is_granted_by_the_admin_token_only_and_logged(site: Site) -> None:
+    admin = site.registry.create_token("acme", scopes=("admin",))
+    alice, bob = site.person(), site.person()
+    grant = site.http.post("/v1/moderation/actions", json={
+        "action": "moderator", "target_kind": "user", "target": alice.name,
+        "reason": "trusted"}, headers=bearer(admin))
+    assert grant.status_code == 201
+    assert grant.json()["after"] == {"banned": False, "is_admin": True}
+    assert site.http.get("/v1/users/me", headers=alice.auth).json()["is_admin"] is True
+    # a moderator may not make more moderators (nor demote themselves)
+    assert _act(site, alice, "moderator", "user", bob.name).status_code == 403
+    assert _act(site, alice, "unmoderator", "user", alice.name).status_code == 403
+    # the publish scope is not enough
+    assert site.http.post("/v1/moderation/actions", json={
+        "action": "moderator", "target_kind": "user", "target": bob.name},
+        headers=bearer(site.acme)).status_code == 403
+    undo = site.http.post(f"/v1/moderation/actions/{grant.json()['action_id']}/reverse",
+                          headers=bearer(admin))
+    assert undo.status_code == 201
+    assert site.http.get("/v1/moderation/queue", headers=alice.auth).status_code == 403

@@ -12,6 +12,7 @@ Accounts and sessions::
     signup(name, password, *, client="") -> User
     sign_in(name, password, *, client="", old_session=None) -> Session
         # Session.id (cookie value), .csrf_token, .expires_at; ends old_session (no fixation)
+    create_session(user, *, old_session=None) -> Session   # e.g. right after signup
     sign_out(session_id) -> None
     session_user(session_id) -> User             # raises Unauthenticated
     rotate(session_id) -> Session
@@ -55,7 +56,8 @@ Flags and moderation::
     moderation_queue(moderator, *, limit=100) -> list[dict]
     moderate(moderator, action, kind, target, reason="") -> dict
         # action: hide|delete|restore (content), close|reopen (plugin),
-        #         quarantine|release (version "id@version"), ban|unban (user)
+        #         quarantine|release (version "id@version"), ban|unban (user),
+        #         moderator|unmoderator (user; the admin token or CLI only)
     reverse(moderator, action_id, reason="") -> dict
     moderation_log(moderator, *, kind=None, target=None, limit=100, offset=0) -> list[dict]
 

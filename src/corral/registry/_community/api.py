@@ -111,7 +111,7 @@ class ActionRequest(BaseModel):
     """A moderation action on a target, and why."""
 
     action: Literal["hide", "delete", "restore", "close", "reopen", "quarantine", "release",
-                    "ban", "unban"]
+                    "ban", "unban", "moderator", "unmoderator"]
     target_kind: Literal["review", "reply", "thread", "post", "plugin", "version", "user"]
     target: str = Field(min_length=1, max_length=200, pattern=_NO_CONTROLS,
                         description="a numeric id, a plugin id, <plugin id>@<version> "
@@ -128,7 +128,7 @@ class ReverseRequest(BaseModel):
 assert set(FLAGGABLE) == {"review", "reply", "thread", "post", "plugin"}
 assert set(REASONS) == {"spam", "abuse", "malware", "other"}
 assert set(ACTIONS) == {"hide", "delete", "restore", "close", "reopen", "quarantine",
-                        "release", "ban", "unban"}
+                        "release", "ban", "unban", "moderator", "unmoderator"}
 assert set(KINDS) == {"review", "reply", "thread", "post", "plugin", "version", "user"}
 
 
@@ -340,7 +340,8 @@ def add_community_routes(app: FastAPI, community: Community, *, prefix: str,
     @app.post(f"{prefix}/moderation/actions", tags=["moderation"], status_code=201,
               responses=write, openapi_extra=auth)
     def moderate(body: ActionRequest, request: Request) -> dict[str, Any]:
-        """Hide, delete, restore, close, reopen, quarantine, release, ban or unban."""
+        """Hide, delete, restore, close, reopen, quarantine, release, ban, unban; grant or take
+        moderation (``moderator``/``unmoderator``: the admin token only)."""
         who = community.moderator(_bearer(request))
         return community.moderate(who, body.action, body.target_kind, body.target,
                                   body.reason)

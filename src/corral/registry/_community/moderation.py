@@ -2,7 +2,8 @@
 
 Actions: ``hide``, ``restore`` and ``delete`` content (reviews, replies,
 threads, posts); ``close``/``reopen`` a plugin; ``quarantine``/``release`` a
-version; ``ban``/``unban`` a user.  Each is one append-only row of
+version; ``ban``/``unban`` a user; ``moderator``/``unmoderator`` (by the admin
+token or CLI only) make a user a moderator or not.  Each is one append-only row of
 ``moderation_actions``: who, what, which target, why, when, and the target's
 state before and after.  ``reverse`` undoes an action by putting the state
 before it back, recorded as a new action naming the one reversed; it is
@@ -54,7 +55,9 @@ class Moderator:
 #: action -> (kinds it applies to, the state it sets, whether it upholds the flags)
 ACTIONS: Final[dict[str, tuple[tuple[str, ...], dict[str, bool], bool | None]]] = {
     "hide": (tuple(CONTENT), {"hidden": True}, True),
-    "delete": (tuple(CONTENT), {"deleted": True}, True),
+    # deleting also hides: an author's edit (which undoes their own withdrawal) must not
+    # bring back what a moderator removed
+    "delete": (tuple(CONTENT), {"deleted": True, "hidden": True}, True),
     "restore": (tuple(CONTENT), {"hidden": False, "deleted": False}, False),
     "close": (("plugin",), {"closed": True}, True),
     "reopen": (("plugin",), {"closed": False}, False),
@@ -62,14 +65,19 @@ ACTIONS: Final[dict[str, tuple[tuple[str, ...], dict[str, bool], bool | None]]] 
     "release": (("version",), {"quarantined": False}, False),
     "ban": (("user",), {"banned": True}, None),
     "unban": (("user",), {"banned": False}, None),
+    # granting moderation: the admin token or the admin CLI only, never a moderator
+    "moderator": (("user",), {"is_admin": True}, None),
+    "unmoderator": (("user",), {"is_admin": False}, None),
 }
+_GRANTS: Final = ("moderator", "unmoderator")
 
 
 def _state(target: Target) -> dict[str, bool]:
     if target.kind in CONTENT:
         return {"hidden": target.hidden, "deleted": target.deleted}
-    return {{"plugin": "closed", "version": "quarantined", "user": "banned"}[target.kind]:
-            target.hidden}
+    if target.kind == "user":
+        return {"banned": target.hidden, "is_admin": target.is_admin}
+    return {{"plugin": "closed", "version": "quarantined"}[target.kind]: target.hidden}
 
 
 def _apply(conn: Connection, catalogue: Catalogue, target: Target,
@@ -88,7 +96,11 @@ def _apply(conn: Connection, catalogue: Catalogue, target: Target,
         plugin_id, _, version = target.name.partition("@")
         catalogue.set_quarantined_in(conn, plugin_id, version, state["quarantined"])
         return [plugin_id]
-    set_banned(conn, target.pk, state["banned"])
+    if state["banned"] != target.hidden:
+        set_banned(conn, target.pk, state["banned"])
+    if state["is_admin"] != target.is_admin:
+        conn.execute(users.update().where(users.c.pk == target.pk)
+                     .values(is_admin=state["is_admin"]))
     return []
 
 
@@ -124,8 +136,11 @@ def act(conn: Connection, catalogue: Catalogue, who: Moderator, action: str, kin
                          field="target_kind")
     check_body(reason, "reason", MAX_NOTE, allow_empty=True)
     target = find(conn, kind, name)
+    if action in _GRANTS and who.user_pk is not None:
+        raise PermissionDenied("moderation is granted by the registry's admin token or its "
+                               "admin CLI, not by a moderator", permission="scope:admin")
     if kind == "user" and who.user_pk == target.pk:
-        raise PermissionDenied("a moderator cannot ban or unban themselves",
+        raise PermissionDenied("a moderator cannot ban, unban or demote themselves",
                                permission="moderation")
     before = _state(target)
     after = {**before, **wanted}

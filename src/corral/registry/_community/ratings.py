@@ -27,45 +27,47 @@ from .._db import reviews
 __all__ = ["prior", "refresh"]
 
 
-def _stars(conn: Connection) -> dict[int, tuple[int, int, int]]:
-    """``plugin_pk -> (sum, count, review count)`` over visible reviews and ratings."""
+def _per_plugin() -> sa.Subquery:
+    """``plugin_pk, total, n, reviews``: the stars of every rated plugin."""
     r, g = reviews, _db.ratings
-    out: dict[int, tuple[int, int, int]] = {}
     visible = (r.c.hidden == sa.false()) & (r.c.deleted == sa.false())
-    for pk, total, n in conn.execute(sa.select(r.c.plugin_pk, sa.func.sum(r.c.stars),
-                                               sa.func.count()).where(visible)
-                                     .group_by(r.c.plugin_pk)):
-        out[int(pk)] = (int(total), int(n), int(n))
-    for pk, total, n in conn.execute(sa.select(g.c.plugin_pk, sa.func.sum(g.c.stars),
-                                               sa.func.count()).group_by(g.c.plugin_pk)):
-        s, c, rc = out.get(int(pk), (0, 0, 0))
-        out[int(pk)] = (s + int(total), c + int(n), rc)
-    return out
+    stars = sa.union_all(
+        sa.select(r.c.plugin_pk.label("plugin_pk"), r.c.stars.label("stars"),
+                  sa.literal(1).label("review")).where(visible),
+        sa.select(g.c.plugin_pk, g.c.stars, sa.literal(0)),
+    ).subquery()
+    return (sa.select(stars.c.plugin_pk, sa.func.sum(stars.c.stars).label("total"),
+                      sa.func.count().label("n"), sa.func.sum(stars.c.review).label("reviews"))
+            .group_by(stars.c.plugin_pk).subquery())
 
 
 def prior(conn: Connection) -> dict[str, Any]:
     """The prior: ``{"mean": m, "weight": C, "rated_plugins": k}``."""
-    stars = _stars(conn)
-    return _prior(stars)
-
-
-def _prior(stars: dict[int, tuple[int, int, int]]) -> dict[str, Any]:
-    total = sum(s for s, _, _ in stars.values())
-    count = sum(c for _, c, _ in stars.values())
+    per = _per_plugin()
+    total, count, plugins = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(per.c.total), 0),
+                  sa.func.coalesce(sa.func.sum(per.c.n), 0), sa.func.count())).one()
     if not count:
         return {"mean": 0.0, "weight": 0.0, "rated_plugins": 0}
-    return {"mean": total / count, "weight": count / len(stars), "rated_plugins": len(stars)}
+    return {"mean": int(total) / int(count), "weight": int(count) / int(plugins),
+            "rated_plugins": int(plugins)}
 
 
 def refresh(conn: Connection) -> dict[str, Any]:
-    """Recompute ``bayes_rating`` and ``review_count`` of every rated plugin; the prior."""
-    stars = _stars(conn)
-    pri = _prior(stars)
+    """Recompute ``bayes_rating`` and ``review_count`` of every rated plugin; the prior.
+
+    Two statements whatever the number of rated plugins (an ``UPDATE ... FROM``).
+    """
+    pri = prior(conn)
     p = _db.plugins
-    conn.execute(p.update().where((p.c.bayes_rating != 0) | (p.c.review_count != 0))
-                 .values(bayes_rating=0, review_count=0))
-    m, c = pri["mean"], pri["weight"]
-    for pk, (total, n, n_reviews) in stars.items():
-        conn.execute(p.update().where(p.c.pk == pk).values(
-            bayes_rating=(c * m + total) / (c + n), review_count=n_reviews))
+    # every rated plugin has a positive average (stars are 1-5): a range on the index
+    conn.execute(p.update().where(p.c.bayes_rating > 0).values(bayes_rating=0, review_count=0))
+    if pri["rated_plugins"]:
+        per = _per_plugin()
+        cm = float(pri["weight"] * pri["mean"])
+        c = float(pri["weight"])
+        conn.execute(p.update().where(p.c.pk == per.c.plugin_pk).values(
+            bayes_rating=(sa.literal(cm, sa.Float) + sa.cast(per.c.total, sa.Float))
+            / (sa.literal(c, sa.Float) + sa.cast(per.c.n, sa.Float)),
+            review_count=per.c.reviews))
     return pri

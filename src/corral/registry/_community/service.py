@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from corral._errors import PermissionDenied
+from corral._errors import NotFoundError, PermissionDenied
 
 from .. import _accounts
 from .._db import reviews as review_table
@@ -73,6 +73,13 @@ class Community:
                 return sessions.create_session(conn, pk)
         raise failed  # after the commit, so the failure is counted
 
+    def create_session(self, user: User, *, old_session: str | None = None) -> Session:
+        """Open a session for ``user`` (e.g. right after sign-up), ending ``old_session``."""
+        with self.registry.write() as conn:
+            users.load_user(conn, user.pk).require_active()
+            sessions.end_session(conn, old_session)
+            return sessions.create_session(conn, user.pk)
+
     def sign_out(self, session_id: str | None) -> None:
         """End a session (an unknown one is ignored)."""
         with self.registry.write() as conn:
@@ -125,10 +132,11 @@ class Community:
         with self.registry.read() as conn:
             return users.get_user(conn, name)
 
-    def set_admin(self, name: str, is_admin: bool = True) -> User:
-        """Make a user a moderator or take it back (the admin CLI)."""
+    def set_admin(self, name: str, is_admin: bool = True, *, actor: str = "cli") -> User:
+        """Make a user a moderator or take it back (the admin CLI; recorded as an action)."""
         with self.registry.write() as conn:
-            users.set_admin(conn, name, is_admin)
+            moderation.act(conn, self.registry, moderation.Moderator(actor),
+                           "moderator" if is_admin else "unmoderator", "user", name)
             return users.get_user(conn, name)
 
     def link_publisher(self, user: User, publisher_token: str) -> User:
@@ -183,7 +191,7 @@ class Community:
         try:
             user = self.authenticate(bearer)
             self.record_install(user, plugin_id, version)
-        except (Unauthenticated, PermissionDenied):
+        except (Unauthenticated, PermissionDenied, NotFoundError):
             return False
         return True
 

@@ -24,6 +24,7 @@ __all__ = ["CONTENT", "KINDS", "Target", "find", "set_content_state"]
 #: Content tables by kind: each has ``hidden``, ``deleted`` and ``user_pk``.
 CONTENT: Final = {"review": reviews, "reply": review_replies, "thread": threads, "post": posts}
 KINDS: Final = (*CONTENT, "plugin", "version", "user")
+_MAX_ID: Final = 2 ** 31 - 1  # the ids are 32-bit on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Target:
     deleted: bool
     author_pk: int | None  # who wrote it (content), or the user itself
     plugin_pk: int | None
+    is_admin: bool = False  # a user who moderates
 
 
 def _content_plugin(conn: Connection, kind: str, pk: int) -> int | None:
@@ -58,7 +60,7 @@ def find(conn: Connection, kind: str, name: str) -> Target:
                          field="target_kind")
     missing = NotFoundError(f"no {kind} {name!r}", target_kind=kind, target=name)
     if kind in CONTENT:
-        if not name.isdigit() or len(name) > 18:
+        if not (name.isascii() and name.isdigit()) or int(name) > _MAX_ID:
             raise missing
         table = CONTENT[kind]
         row = conn.execute(sa.select(table.c.pk, table.c.hidden, table.c.deleted,
@@ -88,12 +90,12 @@ def find(conn: Connection, kind: str, name: str) -> Target:
             raise missing
         return Target(kind, f"{owner.id}@{vrow.version}", int(vrow.pk),
                       bool(vrow.quarantined), False, None, int(owner.pk))
-    urow = conn.execute(sa.select(users.c.pk, users.c.name, users.c.banned)
+    urow = conn.execute(sa.select(users.c.pk, users.c.name, users.c.banned, users.c.is_admin)
                         .where(users.c.name == name)).first()
     if urow is None:
         raise missing
     return Target(kind, str(urow.name), int(urow.pk), bool(urow.banned), False, int(urow.pk),
-                  None)
+                  None, bool(urow.is_admin))
 
 
 def set_content_state(conn: Connection, target: Target, *, hidden: bool | None = None,

@@ -27,7 +27,7 @@ from .._errors import Unauthenticated
 from .text import check_password, check_user_name
 
 __all__ = ["User", "check_credentials", "get_user", "hash_password", "link_publisher",
-           "load_user", "set_admin", "set_banned", "signup", "verify_password"]
+           "load_user", "set_banned", "signup", "verify_password"]
 
 _N: Final = 2 ** 14
 _R: Final = 8
@@ -127,12 +127,6 @@ def get_user(conn: Connection, name: str) -> User:
     if pk is None:
         raise NotFoundError(f"no user {name!r}", user=name)
     return load_user(conn, int(pk))
-
-
-def set_admin(conn: Connection, name: str, is_admin: bool = True) -> None:
-    """Make ``name`` a moderator (an admin of the community) or take it back."""
-    user = get_user(conn, name)
-    conn.execute(users.update().where(users.c.pk == user.pk).values(is_admin=is_admin))
 
 
 def set_banned(conn: Connection, user_pk: int, banned: bool) -> None:
