@@ -154,8 +154,8 @@ def test_plugin_page_shows_versions_permissions_and_their_diff(site: Site) -> No
     assert re.search(r'risk-medium"><span class="risk">medium</span> Read files in your '
                      r"workspace", page)
     assert "<h1>Webby 2</h1>" in page  # the README of the latest version, rendered
-    assert '<svg class="chart"' in page
-    assert "Downloads by version" in page
+    assert re.search(r'<svg[^>]* class="chart"', page)
+    assert "Downloads per day" in page
     deps = page.split('id="deps-h"', 1)[1].split("</section>", 1)[0]
     assert 'href="/plugins/acme.helper"' in deps
     helper = site.http.get("/plugins/acme.helper").text
@@ -224,3 +224,17 @@ def test_assets_come_from_the_package_only(site: Site) -> None:
     for bad in ("/assets/..%2fpages.py", "/assets/pages.py", "/assets/.hidden.css",
                 "/assets/nothing.css"):
         assert site.http.get(bad).status_code == 404, bad
+
+
+def test_used_together_comes_with_its_reasons(site: Site) -> None:
+    from pathlib import Path
+
+    from corral.registry._insights import Insights
+
+    sample = Path(__file__).resolve().parents[3] / "examples" / "cousage.tsv"
+    Insights(site.registry).seed_cousage(sample)
+    page = site.http.get("/plugins/pypi.pytest").text
+    together = page.split('id="tog-h"', 1)[1].split("</section>", 1)[0]
+    assert 'href="/plugins/pypi.pytest-cov"' in together
+    assert "% of pytest projects" in together
+    assert_inert(page)

@@ -24,6 +24,7 @@ from corral.registry._service import Registry
 from .accounts import add_account_pages
 from .community import add_community_pages, plugin_extras
 from .pages import WebPages, static_file
+from .queries import installed_by
 from .session import WebSession
 
 __all__ = ["add_web_pages"]
@@ -64,9 +65,23 @@ def add_web_pages(app: FastAPI, registry: Registry) -> WebPages:
     async def static(name: str) -> Response:
         return static_file(name)
 
+    insights = getattr(app.state, "insights", None)
+    if insights is not None:
+        web.plugin_charts = insights.plugin_charts
+        web.together = lambda plugin_id, limit: insights.recommend(
+            [plugin_id], limit)["recommendations"]
+
+        def recommended(user: Any, limit: int) -> list[dict[str, Any]]:
+            with registry.read() as conn:
+                mine = installed_by(conn, user.pk)
+            return list(insights.recommend(mine, limit)["recommendations"]) if mine else []
+
+        web.recommend = recommended
+
     if community is not None:
         session = WebSession(community)
         web.session_context = session.context
+        web.current_user = session.user
         web.finish = session.finish
         web.plugin_extras = lambda request, info: plugin_extras(community, session, request,
                                                                 info)

@@ -8,6 +8,7 @@ no inline script), and a page that does not exist is an HTML 404, not JSON.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import math
@@ -103,10 +104,12 @@ class WebPages:
         self.together: Callable[[str, int], list[dict[str, Any]]] | None = None
         #: ``(user, limit) -> [{"id", "reasons"}]``: "recommended for you" (optional).
         self.recommend: Callable[[Any, int], list[dict[str, Any]]] | None = None
-        #: ``plugin_id -> [(label, value)]``: downloads over time (optional).
-        self.downloads_series: Callable[[str], list[tuple[str, float]]] | None = None
+        #: ``plugin_id -> {"downloads": svg, "versions": svg, ...}``: charts over time (optional).
+        self.plugin_charts: Callable[[str], dict[str, str]] | None = None
         #: ``request -> dict``: the signed-in user and CSRF token for the base template.
         self.session_context: Callable[[Request], dict[str, Any]] = lambda _r: {}
+        #: ``request -> user or None``: who is signed in (the community's ``User``).
+        self.current_user: Callable[[Request], Any] = lambda _r: None
         #: ``(request, info) -> dict``: what the community blocks of a plugin page need.
         self.plugin_extras: Callable[[Request, dict[str, Any]], dict[str, Any]] = (
             lambda _r, _i: {})
@@ -167,11 +170,11 @@ class WebPages:
     def home(self, request: Request) -> HTMLResponse:
         """Search box, categories, popular, trending, new, and recommendations if any."""
         lists = self.home_lists.get()
-        session = self.session_context(request)
+        user = self.current_user(request)
         recommended: list[dict[str, Any]] = []
-        if session.get("user") is not None and self.recommend is not None:
+        if user is not None and self.recommend is not None:
             try:
-                recommended = self.recommend(session["user"], 6)
+                recommended = self.recommend(user, 6)
             except CorralError:
                 recommended = []
         return self.page(request, "home.html", categories=self.categories.get()[:16],
@@ -247,9 +250,12 @@ class WebPages:
             path = self.registry.store.local_path(latest["sha256"])
             readme_text = _readme_from(path) if path is not None else None
         readme = render_readme(readme_text, info["summary"])
-        series = (self.downloads_series(info["id"]) if self.downloads_series
-                  else [(f"{v['version']} ({(v['published_at'] or '')[:10]})",
-                         float(v["downloads"])) for v in reversed(versions)])
+        series = [(f"{v['version']} ({(v['published_at'] or '')[:10]})", float(v["downloads"]))
+                  for v in reversed(versions)]
+        drawn = {"downloads": charts.line_chart(series, title="Downloads by version")}
+        if self.plugin_charts is not None:
+            with contextlib.suppress(CorralError):
+                drawn = self.plugin_charts(info["id"])
         with self.registry.read() as conn:
             stars = queries.rating_distribution(conn, info["id"])
             used_by = queries.dependents(conn, info["id"])
@@ -266,7 +272,8 @@ class WebPages:
             shown_version=shown["version"] if shown else "", grants=grants, diff=diff,
             diff_from=diff_from, diff_to=diff_to, readme=readme,
             install=f"corral install {info['id']} --source {base}",
-            downloads_chart=safe_html(charts.line_chart(series, title="Downloads by version")),
+            downloads_chart=safe_html(drawn["downloads"]),
+            adoption_chart=safe_html(drawn.get("versions", "")),
             rating_chart=safe_html(charts.bar_chart(
                 [(f"{n} ★", float(stars[n])) for n in range(5, 0, -1)],
                 title="Ratings by stars")),

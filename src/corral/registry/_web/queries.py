@@ -18,8 +18,8 @@ from sqlalchemy.engine import Connection
 from corral.registry import _db
 from corral.registry._search import RESULT_COLUMNS, result_dict
 
-__all__ = ["COUNT_CAP", "Cached", "categories", "dependents", "namespace_info", "plugins_where",
-           "publisher_info", "quarantined", "rating_distribution"]
+__all__ = ["COUNT_CAP", "Cached", "categories", "dependents", "installed_by", "namespace_info",
+           "plugins_where", "publisher_info", "quarantined", "rating_distribution"]
 
 T = TypeVar("T")
 #: Listings count their plugins up to this many.
@@ -162,3 +162,14 @@ def quarantined(conn: Connection, plugin_id: str) -> list[dict[str, Any]]:
              "sha256": r.sha256, "publisher_verified": False, "quarantined": True,
              "requires_corral": json.loads(r.manifest).get("plugin", {})
              .get("requires-corral", "")} for r in rows]
+
+
+def installed_by(conn: Connection, user_pk: int, limit: int = 50) -> list[str]:
+    """Plugins an account recorded installs of, most recent first."""
+    i, p = _db.installs, _db.plugins
+    rows = conn.execute(
+        sa.select(p.c.id, sa.func.max(i.c.created_at).label("last"))
+        .join(p, p.c.pk == i.c.plugin_pk).where(i.c.user_pk == user_pk)
+        .group_by(p.c.id).order_by(sa.desc("last")).limit(limit)
+    ).all()
+    return [r.id for r in rows]
