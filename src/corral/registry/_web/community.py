@@ -38,8 +38,9 @@ def plugin_extras(community: Any, web: WebSession, request: Request,
                   info: dict[str, Any]) -> dict[str, Any]:
     """Reviews, threads, the viewer's own review and the rating chart of one plugin page."""
     user = web.user(request)
-    page = request.query_params.get("reviews", "1")
-    offset = (int(page) - 1) * 20 if page.isdigit() and int(page) > 0 else 0
+    raw = request.query_params.get("reviews", "1")
+    page = min(int(raw), 10_000) if raw.isdigit() and int(raw) > 0 else 1
+    offset = (page - 1) * 20
     reviews = community.reviews(info["id"], limit=20, offset=offset)
     threads = community.threads(info["id"], limit=20)
     mine = community.my_review(user, info["id"]) if user is not None else None
@@ -47,7 +48,8 @@ def plugin_extras(community: Any, web: WebSession, request: Request,
     dist = reviews.get("distribution", {})
     bars = [(f"{n} ★", float(dist.get(str(n), 0))) for n in range(5, 0, -1)]
     return {
-        "community": True, "reviews": reviews, "threads": threads, "my_review": mine,
+        "community": True, "reviews": reviews, "reviews_page": page,
+        "more_reviews": reviews.get("total", 0) > offset + 20, "threads": threads, "my_review": mine,
         "installed": installed, "flag_reasons": FLAG_REASONS,
         "speaks_for": bool(user is not None and info["publisher"] in user.publishers),
         "rating_chart": safe_html(charts.bar_chart(bars, title="Reviews by stars")),
