@@ -69,6 +69,9 @@ class SearchParams:
     corral: str | None = None
     #: Plugin keys left out (filled by :func:`search` from ``corral``).
     exclude: tuple[int, ...] = ()
+    #: A listing counts its matches up to this many, then ``total`` is this plus one
+    #: (None: counted exactly, as the JSON API does).
+    count_limit: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.q) > MAX_QUERY:
@@ -530,9 +533,13 @@ def _listing(
         .join(_db.publishers, _db.publishers.c.pk == p.c.publisher_pk)
         .where(*conds)
     )
-    total = conn.execute(
-        sa.select(sa.func.count()).select_from(p).where(*conds)
-    ).scalar_one()
+    if params.count_limit is None:
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(p).where(*conds)
+        ).scalar_one()
+    else:  # stop counting at the limit: a broad filter need not visit every row
+        capped = sa.select(p.c.pk).where(*conds).limit(params.count_limit + 1).subquery()
+        total = conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one()
     rows = conn.execute(
         base.order_by(*_ORDER[params.sort])
         .limit(params.per_page)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from html.parser import HTMLParser
 from urllib.parse import quote
 
@@ -233,8 +234,12 @@ def test_used_together_comes_with_its_reasons(site: Site) -> None:
 
     sample = Path(__file__).resolve().parents[3] / "examples" / "cousage.tsv"
     Insights(site.registry).seed_cousage(sample)
-    page = site.http.get("/plugins/pypi.pytest").text
-    together = page.split('id="tog-h"', 1)[1].split("</section>", 1)[0]
+    for _ in range(60):  # the server's recommender relearns co-usage in the background
+        page = site.http.get("/plugins/pypi.pytest").text
+        together = page.split('id="tog-h"', 1)[1].split("</section>", 1)[0]
+        if "% of pytest projects" in together:
+            break
+        time.sleep(0.5)
     assert 'href="/plugins/pypi.pytest-cov"' in together
     assert "% of pytest projects" in together
     assert_inert(page)

@@ -49,7 +49,8 @@ def plugin_extras(community: Any, web: WebSession, request: Request,
     bars = [(f"{n} ★", float(dist.get(str(n), 0))) for n in range(5, 0, -1)]
     return {
         "community": True, "reviews": reviews, "reviews_page": page,
-        "more_reviews": reviews.get("total", 0) > offset + 20, "threads": threads, "my_review": mine,
+        "more_reviews": reviews.get("total", 0) > offset + 20, "threads": threads,
+        "my_review": mine,
         "installed": installed, "flag_reasons": FLAG_REASONS,
         "speaks_for": bool(user is not None and info["publisher"] in user.publishers),
         "rating_chart": safe_html(charts.bar_chart(bars, title="Reviews by stars")),

@@ -46,6 +46,8 @@ SECURITY_HEADERS: Final = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 PER_PAGE: Final = 20
+#: A search page counts a listing's matches up to this many ("more than 1,000").
+COUNT_LIMIT: Final = 1000
 #: Longest README read from an archive, in bytes (the rest is not shown).
 MAX_README: Final = 60_000
 _README_NAMES: Final = ("README.md", "readme.md", "README.markdown", "README.txt", "README")
@@ -196,14 +198,18 @@ class WebPages:
                 min_rating=min_rating, verified=True if form["verified"] else None,
                 sort=form["sort"], page=min(page, 10_000), per_page=PER_PAGE,
                 updated_since=_date_param(form["updated_since"], "updated_since"),
-                corral=form["corral"] or None,
+                corral=form["corral"] or None, count_limit=COUNT_LIMIT,
             )
             found = self.registry.search(params)
         except (UsageError, ValueError) as exc:
             status, error = 400, str(exc)
             found, page = {"results": [], "total": 0}, 1
         total = int(found["total"])
+        listing = not query.strip() or form["sort"] != "relevance"
+        capped = listing and total == COUNT_LIMIT + 1
         pages = max(1, math.ceil(total / PER_PAGE))
+        if capped and len(found["results"]) == PER_PAGE:
+            pages = max(pages, page + 1)
 
         def page_url(n: int) -> str:
             kept = [(k, v) for k, v in args.multi_items() if k != "page" and v]
@@ -216,7 +222,8 @@ class WebPages:
             corrected_url = "/search?" + urlencode({"q": corrected_query})
         return self.page(
             request, "search.html", status, query=query, items=found["results"],
-            total=total, page=page, pages=pages, page_url=page_url, form=form, sorts=SORTS,
+            total=total, capped=capped, page=page, pages=pages, page_url=page_url, form=form,
+            sorts=SORTS,
             categories=self.categories.get(), error=error,
             corrected_query=corrected_query, corrected_url=corrected_url,
         )
