@@ -133,8 +133,6 @@ plugins: Final = sa.Table(
     sa.Index("ix_plugins_latest", "latest_version"),
     sa.Index("ix_plugins_rating", "rating"),
     sa.Index("ix_plugins_bayes_rating", "bayes_rating"),
-    sa.Index("ix_plugins_publisher", "publisher_pk"),
-    sa.Index("ix_plugins_namespace", "namespace_pk"),
 )
 
 plugin_tags: Final = sa.Table(
@@ -492,19 +490,11 @@ def _m6_insights(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-def _m7_owner_indexes(conn: Connection) -> None:
-    """Plugins by publisher and by namespace: the verified filter, publisher and namespace pages."""
-    for name, column in (("ix_plugins_publisher", "publisher_pk"),
-                         ("ix_plugins_namespace", "namespace_pk")):
-        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON plugins ({column})")
-
-
 #: The migrations, in order; the schema version is the length of this list.
 MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
     _m1_tables, _m2_search, _m3_signing, _m4_outbox,
     _m5_community,
     _m6_insights,
-    _m7_owner_indexes,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -127,6 +127,8 @@ def test_search_sorts_and_pages(site: Site) -> None:
     assert len(ids1) == 20
     assert ids2
     assert not set(ids1) & set(ids2)
+    listing = site.http.get("/search", params={"sort": "downloads"}).text
+    assert "More than 1,000 plugins" in listing  # counted up to a limit, not every row
     assert 'rel="next"' in first
     assert "page=2" in first
     assert 'rel="prev"' in second
