@@ -49,6 +49,9 @@ def shoot(driver: Any, folder: Path, name: str) -> None:
     for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
         driver.set_window_size(*size)
         driver.refresh()
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{name} scrolls sideways at {label} width by {overflow}px"
         assert driver.save_screenshot(str(folder / f"{name}-{label}.png"))
     driver.set_window_size(*DESKTOP)
 
