@@ -135,7 +135,7 @@ def test_screenshots_at_desktop_and_phone_widths(browser: Any, site: Site, scree
         browser.set_window_size(width, height)
         browser.get(site.url + path)
         overflow = browser.execute_script(
-            "return document.documentElement.scrollWidth - window.innerWidth")
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 1, f"{name} scrolls sideways at {label} width by {overflow}px"
         shot = screenshots / f"{name}-{label}.png"
         assert browser.save_screenshot(str(shot))

@@ -50,7 +50,7 @@ def shoot(driver: Any, folder: Path, name: str) -> None:
         driver.set_window_size(*size)
         driver.refresh()
         overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - window.innerWidth")
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 1, f"{name} scrolls sideways at {label} width by {overflow}px"
         assert driver.save_screenshot(str(folder / f"{name}-{label}.png"))
     driver.set_window_size(*DESKTOP)
