@@ -30,6 +30,7 @@ from corral.registry._search import SORTS, SearchParams
 from corral.registry._service import Registry
 
 from . import charts, permissions, queries
+from .markdown import render_markdown
 from .render import STATIC_DIR, render, safe_html
 
 __all__ = ["CSP", "NOTICES", "SECURITY_HEADERS", "WebPages", "html_response", "static_file"]
@@ -325,8 +326,6 @@ class WebPages:
 
 def render_readme(text: str | None, summary: str) -> Any:
     """The README as sanitised HTML, or the summary when the plugin has none."""
-    from .markdown import render_markdown
-
     return safe_html(render_markdown(text if text is not None else summary or ""))
 
 
