@@ -482,6 +482,24 @@ def _m5_community(conn: Connection) -> None:
     if "quarantined" not in {c["name"] for c in inspector.get_columns("versions")}:
         conn.exec_driver_sql(
             "ALTER TABLE versions ADD COLUMN quarantined BOOLEAN NOT NULL DEFAULT FALSE")
+    # the moderation log is append-only in the database itself, not only by convention
+    if conn.dialect.name == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS moderation_actions_no_{op.lower()} "
+                f"BEFORE {op} ON moderation_actions "
+                "BEGIN SELECT RAISE(ABORT, 'moderation_actions is append-only'); END")
+    else:
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION moderation_actions_append_only() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'moderation_actions is append-only'; END $$")
+        conn.exec_driver_sql("DROP TRIGGER IF EXISTS moderation_actions_append_only "
+                             "ON moderation_actions")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER moderation_actions_append_only BEFORE UPDATE OR DELETE "
+            "ON moderation_actions FOR EACH ROW "
+            "EXECUTE FUNCTION moderation_actions_append_only()")
 
 
 def _m6_insights(conn: Connection) -> None:

@@ -79,6 +79,7 @@ def test_moderators_only_and_the_queue_sorted_by_score(
     mod = _moderator(site, tmp_path, capsys)
     queue = site.http.get("/v1/moderation/queue", headers=mod.auth).json()["queue"]
     keys = [(q["target_kind"], q["target"]) for q in queue]
+    assert keys[0] == ("plugin", "acme.gadget")  # malware reports first, whatever the score
     assert keys.index(("review", str(high))) < keys.index(("review", str(low)))
     top = queue[keys.index(("review", str(high)))]
     assert top["reasons"] == {"spam": 1, "abuse": 1}

@@ -1,11 +1,13 @@
-"""The community schema and one whole flow on PostgreSQL (the SQLite tests cover the rest)."""
+"""The community schema and one whole flow on PostgreSQL (the SQLite tests cover the rest);
+the append-only moderation log on both databases."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from corral.registry._community.service import Community
-from corral.registry._db import COMMUNITY_TABLES, migrate
+from corral.registry._db import COMMUNITY_TABLES, migrate, moderation_actions, utcnow
 
 from .conftest import Site, bearer
 
@@ -49,3 +51,20 @@ def test_schema_and_the_review_flag_moderate_flow(pg_site: Site) -> None:
     assert back.status_code == 201
     assert site.http.get("/v1/plugins/acme.widget/resolve").json()["version"] == "1.1.0"
     assert site.http.get("/v1/threads/2147483647").status_code == 404
+
+
+def test_the_moderation_log_refuses_updates_and_deletes(pg_site: Site, site: Site) -> None:
+    for registry in (pg_site.registry, site.registry):
+        with registry.write() as conn:
+            conn.execute(moderation_actions.insert().values(
+                actor="system", action="hide", target_kind="review", target="1",
+                created_at=utcnow()))
+        for stmt in (moderation_actions.update().values(reason="rewritten history"),
+                     moderation_actions.delete()):
+            with pytest.raises(sa.exc.DatabaseError, match="append-only"), \
+                    registry.write() as conn:
+                conn.execute(stmt)
+        with registry.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(moderation_actions)
+                                .where(moderation_actions.c.reason == "rewritten history")
+                                ).scalar_one() == 0

@@ -53,7 +53,7 @@ Flags and moderation::
         # kind: review|reply|thread|post|plugin; reason: spam|abuse|malware|other
     moderator_of(user) -> Moderator              # raises unless user.is_admin
     moderator(bearer) -> Moderator               # admin user, or publisher token with "admin"
-    moderation_queue(moderator, *, limit=100) -> list[dict]
+    moderation_queue(moderator, *, limit=100) -> list[dict]   # malware first, then score
     moderate(moderator, action, kind, target, reason="") -> dict
         # action: hide|delete|restore (content), close|reopen (plugin),
         #         quarantine|release (version "id@version"), ban|unban (user),

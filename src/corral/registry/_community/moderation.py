@@ -211,14 +211,16 @@ def _preview(conn: Connection, kind: str, name: str) -> dict[str, Any]:
 
 
 def queue(conn: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
-    """Targets with pending flags, highest score first, with reasons and a preview."""
+    """Targets with pending flags: malware reports first, then by score; reasons, a preview."""
     f = flags
     score = sa.func.sum(f.c.weight).label("score")
+    malware = sa.func.max(sa.case((f.c.reason == "malware", 1), else_=0))
     rows = conn.execute(
         sa.select(f.c.target_kind, f.c.target, score, sa.func.count().label("n"),
                   sa.func.max(f.c.created_at).label("last"))
         .where(f.c.status == "pending").group_by(f.c.target_kind, f.c.target)
-        .order_by(score.desc(), sa.func.max(f.c.created_at).desc()).limit(limit)
+        .order_by(malware.desc(), score.desc(), sa.func.max(f.c.created_at).desc())
+        .limit(limit)
     ).all()
     out = []
     for r in rows:
