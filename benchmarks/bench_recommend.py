@@ -6,11 +6,17 @@ plugins is hidden in turn and the rest is asked for recommendations: a hit@N
 when the hidden plugin is among the first N.  Beside it, on the same queries:
 
 * popularity: the most popular plugins of the project's family (``popularity_rank``
-  of the catalogue) not already in the set;
+  of the catalogue) not already in the set; a plugin is of a family by its name
+  (``pytest-*``) or by being used in the training folds' projects of that family
+  (``furo`` in sphinx projects);
+* popularity by name: the same with the family known from the name only;
 * co-occurrence: plain pair counts with the rest of the set (ties by popularity).
 
 Target: hit@10 at least 1.25 times the popularity baseline.  ``--grid`` prints the
 cross-validated figures of a small grid of parameters (how the defaults were chosen).
+``--latency`` seeds a registry (SQLite) with the catalogue and the sets and prints the
+time to build the recommender, to warm it, and p50/p95 of a request after that, beside
+a plain search of the same registry as the anchor.
 
 Run: ``.venv/bin/python benchmarks/bench_recommend.py [--catalogue FILE] [--cousage FILE]``
 (defaults: ``$CORRAL_CATALOGUE`` or examples/catalogue.tsv, examples/cousage.tsv).
@@ -78,9 +84,16 @@ class Hits:
         return (self.at5 if at == 5 else self.at10) / max(self.n, 1)
 
 
+def _popular(items: dict[str, Item], ids: list[str]) -> list[str]:
+    """The 60 most downloaded of ``ids`` (catalogue popularity), best first."""
+    return sorted(set(ids), key=lambda x: (
+        -(items[x].popularity if x in items else 0.0), x))[:60]
+
+
 def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
              params: Params, baselines: bool = True) -> dict[str, Hits]:
-    out = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    out = {"recommender": Hits(), "popularity": Hits(), "popularity by name": Hits(),
+           "co-occurrence": Hits()}
     parts = folds(rows, k, seed)
     for i, test in enumerate(parts):
         train = [r for j, part in enumerate(parts) if j != i for r in part]
@@ -93,9 +106,10 @@ def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
         for fam, counts in usage.family_count.items():
             family_pool[fam].extend(c for c in counts if c not in items or
                                     items[c].family != fam)
-        by_pop = {fam: sorted(set(ids), key=lambda c: (
-            -(items[c].popularity if c in items else 0.0), c))
-            for fam, ids in family_pool.items()}
+        by_name = {fam: _popular(items, [i for i in ids if i in items and
+                                         items[i].family == fam])
+                   for fam, ids in family_pool.items()}
+        by_pop = {fam: _popular(items, ids) for fam, ids in family_pool.items()}
         for row in test:
             for hidden in row.plugins:
                 rest = [p for p in row.plugins if p != hidden]
@@ -106,6 +120,8 @@ def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
                 owned = set(rest)
                 pop = [c for c in by_pop.get(row.family or "", [])[:40] if c not in owned][:10]
                 out["popularity"].add(pop, hidden)
+                named = [c for c in by_name.get(row.family or "", []) if c not in owned][:10]
+                out["popularity by name"].add(named, hidden)
                 co: collections.Counter[str] = collections.Counter()
                 for s in rest:
                     for c, n in usage.pairs.get(s, {}).items():
@@ -125,13 +141,16 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3, help="repeat the k-fold split this often")
     ap.add_argument("--grid", action="store_true", help="also print a small parameter grid")
+    ap.add_argument("--latency", action="store_true",
+                    help="also time requests on a registry seeded with the catalogue")
     args = ap.parse_args()
     started = time.perf_counter()
     items = load_items(args.catalogue)
     rows = read_cousage(args.cousage)
     print(f"catalogue: {len(items)} plugins; co-usage: {len(rows)} sets; "
           f"{args.folds}-fold x {args.seeds} splits")
-    total = {"recommender": Hits(), "popularity": Hits(), "co-occurrence": Hits()}
+    total = {"recommender": Hits(), "popularity": Hits(), "popularity by name": Hits(),
+             "co-occurrence": Hits()}
     for seed in range(args.seeds):
         res = evaluate(items, rows, args.folds, seed, Params())
         for name, h in res.items():
@@ -143,9 +162,9 @@ def main() -> int:
         print(f"  split {seed}: hit@10 {r.rate(10):.3f} vs popularity {b.rate(10):.3f} "
               f"({r.rate(10) / max(b.rate(10), 1e-9):.2f}x)")
     base = total["popularity"]
-    print(f"{'method':15s} {'hit@5':>7s} {'hit@10':>7s} {'x pop@5':>8s} {'x pop@10':>9s}")
+    print(f"{'method':18s} {'hit@5':>7s} {'hit@10':>7s} {'x pop@5':>8s} {'x pop@10':>9s}")
     for name, h in total.items():
-        print(f"{name:15s} {h.rate(5):7.3f} {h.rate(10):7.3f} "
+        print(f"{name:18s} {h.rate(5):7.3f} {h.rate(10):7.3f} "
               f"{h.rate(5) / max(base.rate(5), 1e-9):8.2f} "
               f"{h.rate(10) / max(base.rate(10), 1e-9):9.2f}")
     ratio = total["recommender"].rate(10) / max(base.rate(10), 1e-9)
@@ -164,8 +183,50 @@ def main() -> int:
                 hits.at10 += h.at10
                 hits.at5 += h.at5
             print(f"  {change}: hit@5 {hits.rate(5):.3f} hit@10 {hits.rate(10):.3f}")
+    if args.latency:
+        latency(args.catalogue, args.cousage, rows)
     print(f"({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def latency(catalogue: Path, cousage: Path, rows: list[CoUsageRow]) -> None:
+    import statistics
+    import tempfile
+
+    from corral.registry._insights import Insights
+    from corral.registry._search import SearchParams
+    from corral.registry._seed import seed
+    from corral.registry._service import Registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = Registry.open(tmp)
+        try:
+            seed(reg, catalogue)
+            insights = Insights(reg)
+            insights.seed_cousage(cousage)
+            t = time.perf_counter()
+            insights.recommendations.model()
+            built = time.perf_counter() - t
+            t = time.perf_counter()
+            insights.recommendations.warm()
+            warmed = time.perf_counter() - t
+            asks = [["pypi." + p for p in r.plugins[:3]] for r in rows[::4]]
+            took, anchor = [], []
+            for ask in asks:
+                t = time.perf_counter()
+                insights.recommend(ask, 10, "1.0.0")
+                took.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                reg.search(SearchParams(q=ask[0].split(".", 1)[1]))
+                anchor.append(time.perf_counter() - t)
+            q = statistics.quantiles(took, n=20)
+            a = statistics.quantiles(anchor, n=20)
+            print(f"latency on {len(asks)} requests: build {built:.1f} s, warm {warmed:.1f} s; "
+                  f"recommend p50 {1000 * q[9]:.1f} ms p95 {1000 * q[18]:.1f} ms; "
+                  f"search p50 {1000 * a[9]:.1f} ms p95 {1000 * a[18]:.1f} ms "
+                  f"(recommend/search p95 {q[18] / a[18]:.2f}x)")
+        finally:
+            reg.close()
 
 
 def _grid() -> list[dict[str, float]]:

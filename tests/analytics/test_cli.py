@@ -76,12 +76,13 @@ def _plugin(root: Path, plugin_id: str, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real home with one plugin registered: pypi.pytest-cov 5.0.0."""
     root = tmp_path_factory.mktemp("home")
     assert main(["--home", str(root / "home"), "add",
                  str(_plugin(root, "pypi.pytest-cov", "5.0.0"))]) == 0
-    return root / "home"
+    yield root / "home"
+    main(["--home", str(root / "home"), "daemon", "stop"])  # the fork server add started
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -221,3 +222,23 @@ def test_recommend_refuses_a_bad_limit_and_a_bad_id(home: Path, registry_url: st
                         "--registry", registry_url, "--json")
     assert code == 2
     assert json.loads(out)["error"]["code"] == "usage"
+
+
+def test_registry_seed_cousage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sets = Path(__file__).resolve().parents[2] / "examples" / "cousage.tsv"
+    data = str(tmp_path / "reg")
+    code, out, _ = _run(capsys, "registry", "seed", "--cousage", str(sets), "--data", data,
+                        "--json")
+    assert code == 0
+    assert json.loads(out) == {"cousage": {"added": 372, "skipped": 0}}
+    _, out, _ = _run(capsys, "registry", "seed", "--cousage", str(sets), "--data", data,
+                     "--json")
+    assert json.loads(out) == {"cousage": {"added": 0, "skipped": 372}}  # seeding twice
+    code, _, err = _run(capsys, "registry", "seed", "--data", data)
+    assert code == 2
+    assert "--cousage" in err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("repo\tplugins\nx\ta,b\n")
+    code, _, err = _run(capsys, "registry", "seed", "--cousage", str(bad), "--data", data)
+    assert code == 2
+    assert "missing columns family" in err

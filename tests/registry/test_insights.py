@@ -302,6 +302,13 @@ def test_postgresql_counts_reports_and_recommends(
                 assert reg.downloads.flush()
             doc = http.get("/v1/plugins/pypi.pytest-cov/stats", params={"days": 1}).json()
             assert doc["downloads"]["series"][-1]["count"] == 2
+            token, other = _accounts(reg)
+            for tok, stars in ((token, 5), (other, 2)):
+                assert http.post("/v1/plugins/pypi.pytest-cov/rating", json={"stars": stars},
+                                 headers={"Authorization": f"Bearer {tok}"}).status_code == 200
+            day = http.get("/v1/plugins/pypi.pytest-cov/stats", params={"days": 1}).json()
+            assert day["ratings"]["series"][-1] == {"day": doc["downloads"]["series"][-1]["day"],
+                                                    "count": 2, "average": 3.5}
     finally:
         reg.close()
 
@@ -321,3 +328,32 @@ def test_a_yank_after_the_model_is_built_hides_the_plugin(site: Site) -> None:
         assert site.http.delete(url, headers=auth).status_code == 200
     model.invalidate()
     assert "acme.good" in [r.id for r in model.recommend(["acme.base"])]
+
+
+def test_reports_teach_used_together_only_once_enough_arrived(tmp_path: Path) -> None:
+    from corral.registry._insights.recommendations import MIN_REPORTS, RecommendationModel
+    from corral.registry._insights.reports import store_report
+
+    reg = Registry.open(tmp_path / "data")
+    try:
+        seed(reg, _catalogue(tmp_path))
+        model = RecommendationModel(reg.engine)
+        pair = [("pypi.pytest-cov", "5.0.0"), ("pypi.pytest-timeout", "2.3.1")]
+
+        def used_with() -> list[str]:
+            model.invalidate()
+            return [x for r in model.recommend(["pypi.pytest-cov"]) for x in r.reasons
+                    if x.startswith("used with")]
+
+        with reg.write() as conn:
+            for n in range(MIN_REPORTS - 1):
+                store_report(conn, _report(f"{n:032x}", pair))
+        assert used_with() == []  # too few reports: nothing learned from them
+        with reg.write() as conn:
+            for n in range(MIN_REPORTS - 1, 30):
+                store_report(conn, _report(f"{n:032x}", pair))
+        # 30 hosts' reports weigh 30 * 0.5 / 7 = 2.1 sets: at the minimum support
+        assert used_with() == [
+            "used with pytest-cov in 100% of projects that use it (lift 1.0)"]
+    finally:
+        reg.close()

@@ -92,12 +92,21 @@ def record_rating(conn: Connection, plugin_pk: int, stars: int,
                   day: str | None = None) -> None:
     """Count one rating given on ``day`` (today): the hook that rating and review writers call."""
     r = _db.daily_ratings
-    day = day or _db.utcnow().date().isoformat()
-    where = (r.c.plugin_pk == plugin_pk) & (r.c.day == day)
-    done = conn.execute(r.update().where(where).values(count=r.c.count + 1,
-                                                       stars_sum=r.c.stars_sum + stars))
-    if done.rowcount == 0:
-        conn.execute(r.insert().values(plugin_pk=plugin_pk, day=day, count=1, stars_sum=stars))
+    row = {"plugin_pk": plugin_pk, "day": day or _db.utcnow().date().isoformat(), "count": 1,
+           "stars_sum": stars}
+    added = {"count": r.c.count + 1, "stars_sum": r.c.stars_sum + stars}
+    keys = [r.c.plugin_pk, r.c.day]
+    # one statement: two raters on the same day cannot race
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        conn.execute(postgresql.insert(r).values(**row)
+                     .on_conflict_do_update(index_elements=keys, set_=added))
+        return
+    from sqlalchemy.dialects import sqlite
+
+    conn.execute(sqlite.insert(r).values(**row).on_conflict_do_update(index_elements=keys,
+                                                                      set_=added))
 
 
 def rating_series(conn: Connection, plugin_pks: list[int],
