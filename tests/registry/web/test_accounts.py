@@ -189,6 +189,15 @@ def test_a_review_needs_an_install_recorded_for_the_account(
     assert "Nice <em>tool</em>" in shown
     assert "<script>window" not in shown
     assert "Update your review" in shown
+    review_id = re.search(r'id="review-(\d+)"', shown).group(1)  # type: ignore[union-attr]
+    with visitor(site) as mallory:  # another account can neither delete nor edit it
+        assert sign_up(mallory, "mallory").status_code == 303
+        token = csrf_of(mallory.get("/account").text)
+        gone = mallory.post(f"/reviews/{review_id}/delete", data={"csrf_token": token})
+        assert gone.status_code in (403, 404)
+        page = mallory.get("/plugins/acme.webby").text
+        assert f'action="/reviews/{review_id}/delete"' not in page
+    assert "Nice <em>tool</em>" in alice.get("/plugins/acme.webby").text
 
 
 def test_repeated_wrong_passwords_are_slowed(site: Site) -> None:
