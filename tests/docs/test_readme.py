@@ -4,6 +4,8 @@
   makes ``.venv`` there and installs ``.[all]`` from the package index, so it needs
   the network CI has); its demo must end well and show the sandbox refusing a file.
   Command 2 is the one CI runs around this very test, so it is not run again here.
+  Then "Open the marketplace" runs as written in the same copy (in the background):
+  its page at http://127.0.0.1:8470/ must answer with the seeded catalogue.
 - The ``python`` blocks under "Using it" run as written, in order, each in a new
   interpreter of this test run, from the checkout's root with ``HOME`` a fresh
   folder (``~/.myapp`` lands there): the second is the application's later start.
@@ -13,13 +15,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from helpers.docs import REPO, Block, blocks
 
@@ -31,13 +37,18 @@ README = REPO / "README.md"
 
 
 def section(heading: str) -> list[Block]:
-    """The blocks of the README between ``heading`` and the next heading of its level."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(f"\n{heading}\n")
-    level = heading.split(" ", maxsplit=1)[0]
-    following = re.search(rf"^{level} ", text[start + len(heading) + 2:], re.M)
-    end = start + len(heading) + 2 + following.start() if following else len(text)
-    first, last = text.count("\n", 0, start) + 1, text.count("\n", 0, end) + 1
+    """The blocks of the README under ``heading``, up to the next heading of its level or above
+    (lines inside code blocks are not headings)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    level = len(heading.split(" ", maxsplit=1)[0])
+    first = lines.index(heading) + 1
+    last, fenced = len(lines), False
+    for number, line in enumerate(lines[first:], first + 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(rf"#{{1,{level}}} ", line):
+            last = number
+            break
     return [b for b in blocks(README) if first <= b.line <= last]
 
 
@@ -61,7 +72,7 @@ def checkout_copy(dest: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_quickstart_installs_and_runs_the_demo(tmp_path: Path) -> None:
-    (quickstart,) = [b for b in section("## Quickstart") if b.language == "sh"]
+    quickstart = [b for b in section("## Quickstart") if b.language == "sh"][0]
     lines = [ln for ln in quickstart.text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert len(lines) == 2, lines
     assert "examples/demo.py" in lines[0], lines
@@ -77,6 +88,34 @@ def test_quickstart_installs_and_runs_the_demo(tmp_path: Path) -> None:
     assert "corral.workspace" in done.stdout
     assert "enabled" in done.stdout
     assert (copy / ".venv" / "bin" / "corral").is_file()
+    open_the_marketplace(copy, env)
+
+
+def open_the_marketplace(copy: Path, env: dict[str, str]) -> None:
+    (block,) = [b for b in section("### Open the marketplace") if b.language == "sh"]
+    (command,) = [ln for ln in block.text.splitlines() if ln.strip()]
+    log = (copy / "marketplace.log").open("wb")
+    serve = subprocess.Popen(["bash", "-c", command], cwd=copy, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # the seed of 9,852 plugins comes first
+        page = None
+        while time.monotonic() < deadline and serve.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                page = httpx.get("http://127.0.0.1:8470/search?q=pytest", timeout=5)
+                if page.status_code == 200:
+                    break
+            time.sleep(0.5)
+        assert page is not None, (copy / "marketplace.log").read_text()[-3000:]
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "pytest-xdist" in page.text
+        assert (copy / ".marketplace").is_dir()  # the data went where the README says
+    finally:
+        log.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
 
 
 def run_block(block: Block, home: Path) -> subprocess.CompletedProcess[str]:

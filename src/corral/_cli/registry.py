@@ -179,7 +179,9 @@ def _serve(args: argparse.Namespace) -> int:
           f"({registry.engine.dialect.name})", file=sys.stderr)
     workers = args.workers or os.cpu_count() or 1
     if workers > 1:
-        os.environ["CORRAL_REGISTRY_DATA"] = str(Path(args.data).absolute()) if args.data else ""
+        # the workers open the directory this process opened ($CORRAL_REGISTRY_DATA included)
+        os.environ["CORRAL_REGISTRY_DATA"] = (str(Path(registry.data_dir).absolute())
+                                              if registry.data_dir is not None else "")
         os.environ["CORRAL_REGISTRY_MAX_UPLOAD"] = str(registry.max_upload_bytes)
         os.environ[PARENT_ENV] = str(os.getpid())
         if args.db:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import errno
 import os
 import re
@@ -57,6 +58,7 @@ from ._metrics import RequestMetrics, RequestRecorder
 from ._names import control_char_error
 from ._search import SORTS, SearchParams
 from ._service import Registry
+from ._web import add_web_pages
 from ._workers import die_with_parent
 
 __all__ = ["API_PREFIX", "app_from_env", "create_app", "open_server"]
@@ -374,13 +376,21 @@ def create_app(registry: Registry) -> FastAPI:
         sort: Literal[SORTS] = Query("relevance", description="result order"),  # type: ignore[valid-type]
         page: int = Query(1, ge=1, le=10_000),
         per_page: int = Query(20, ge=1, le=100),
+        updated_since: Annotated[dt.date | None,
+                                 Query(description="updated on or after")] = None,
+        corral: str | None = Query(None, max_length=32, pattern=_NO_CONTROLS,
+                                   description="compatible with this corral version"),
     ) -> Response:
         """Search plugins; results in rank order with ``total`` matches."""
+        since = (dt.datetime.combine(updated_since, dt.time(), dt.UTC)
+                 if updated_since is not None else None)
         params = SearchParams(
             q=q, category=category, tag=tag, author=author, min_rating=min_rating,
             verified=verified, sort=sort, page=page, per_page=per_page,
+            updated_since=since, corral=corral,
         )
-        key = (q, category, tag, author, min_rating, verified, sort, page, per_page)
+        key = (q, category, tag, author, min_rating, verified, sort, page, per_page,
+               updated_since, corral)
         # async on purpose: a cache hit is answered on the event loop, no thread hop
         body = searches.get(key)
         if body is None:
@@ -654,6 +664,7 @@ def create_app(registry: Registry) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.web = add_web_pages(app, registry)
     return app
 
 

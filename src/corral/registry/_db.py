@@ -24,12 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 __all__ = [
     "COMMUNITY_TABLES",
     "SCHEMA_VERSION",
-    "flags",
-    "installs",
     "cousage_sets",
     "daily_downloads",
     "daily_installs",
     "daily_ratings",
+    "flags",
+    "installs",
     "metadata",
     "migrate",
     "moderation_actions",
@@ -48,11 +48,11 @@ __all__ = [
     "threads",
     "tokens",
     "tuf_outbox",
+    "usage_reports",
     "user_publishers",
     "user_sessions",
     "user_tokens",
     "users",
-    "usage_reports",
     "utcnow",
     "versions",
 ]
@@ -500,6 +500,8 @@ def _m5_community(conn: Connection) -> None:
             "CREATE TRIGGER moderation_actions_append_only BEFORE UPDATE OR DELETE "
             "ON moderation_actions FOR EACH ROW "
             "EXECUTE FUNCTION moderation_actions_append_only()")
+
+
 def _m6_insights(conn: Connection) -> None:
     """Community analytics: daily downloads, reports, installs, co-usage sets, rating days."""
     for table in (daily_downloads, usage_reports, daily_installs, cousage_sets, daily_ratings):

@@ -12,7 +12,8 @@
     PolicyDenied          403  policy_denied       (confusable with another's id)
     ServerUnavailable     503  unavailable         (database busy or down: retry later)
     ├── StorageFull       507  unavailable         (no space left on the data disk)
-    RateLimited           429  unavailable         (too many attempts or posts: Retry-After)
+    RateLimited           429  unavailable         (too many attempts, posts or reports:
+                                               Retry-After)
     CorralError           500  error               (the server's fault)
 
 The JSON error codes stay those of the CLI contract, so that a client maps an

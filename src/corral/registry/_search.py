@@ -10,7 +10,9 @@ processes over one PostgreSQL database see the same catalogue.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import math
 import threading
 import time
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 import sqlalchemy as sa
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 from sqlalchemy.dialects.postgresql import TSQUERY
@@ -30,7 +34,10 @@ from . import _db
 from ._names import ECOSYSTEM_TAGS, normalise_name, query_terms, skeleton, words
 from ._rank import Candidate, rank, stem
 
-__all__ = ["SORTS", "NameIndex", "SearchParams", "refold_skeletons", "search"]
+__all__ = [
+    "RESULT_COLUMNS", "SORTS", "NameIndex", "SearchParams", "incompatible", "refold_skeletons",
+    "result_dict", "search",
+]
 
 SORTS: Final = ("relevance", "downloads", "rating", "updated")
 #: How many of the most downloaded plugins the name index keeps words for, and how
@@ -57,6 +64,15 @@ class SearchParams:
     sort: str = "relevance"
     page: int = 1
     per_page: int = 20
+    #: Only plugins updated at or after this moment.
+    updated_since: dt.datetime | None = None
+    #: Only plugins whose latest version accepts this corral version (``requires-corral``).
+    corral: str | None = None
+    #: Plugin keys left out (filled by :func:`search` from ``corral``).
+    exclude: tuple[int, ...] = ()
+    #: A listing counts its matches up to this many, then ``total`` is this plus one
+    #: (None: counted exactly, as the JSON API does).
+    count_limit: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.q) > MAX_QUERY:
@@ -74,6 +90,12 @@ class SearchParams:
                 f"per_page must be between 1 and {MAX_PER_PAGE}, got {self.per_page}",
                 field="per_page",
             )
+        if self.corral is not None:
+            try:
+                Version(self.corral)
+            except InvalidVersion:
+                raise UsageError(f"corral must be a version such as 1.2, got {self.corral!r}",
+                                 field="corral") from None
         if self.min_rating is not None and not 0 <= self.min_rating <= 5:
             raise UsageError(
                 f"min_rating must be between 0 and 5, got {self.min_rating}", field="min_rating"
@@ -244,6 +266,10 @@ def _filters(params: SearchParams) -> list[sa.ColumnElement[bool]]:
         conds.append(sa.func.lower(p.c.author).contains(params.author.lower(), autoescape=True))
     if params.min_rating is not None:
         conds.append(p.c.rating >= params.min_rating)
+    if params.updated_since is not None:
+        conds.append(p.c.updated_at >= params.updated_since)
+    if params.exclude:
+        conds.append(p.c.pk.not_in(params.exclude))
     if params.verified is not None:
         conds.append(
             p.c.publisher_pk.in_(
@@ -455,6 +481,8 @@ _RESULT_COLUMNS: Final = (
     _db.publishers.c.name.label("publisher"),
     _db.publishers.c.verified,
 )
+#: The columns of one search result (what :func:`result_dict` reads).
+RESULT_COLUMNS: Final = _RESULT_COLUMNS
 
 
 _RANK_COLUMNS: Final = (
@@ -547,9 +575,13 @@ def _listing(
         .join(_db.publishers, _db.publishers.c.pk == p.c.publisher_pk)
         .where(*conds)
     )
-    total = conn.execute(
-        sa.select(sa.func.count()).select_from(p).where(*conds)
-    ).scalar_one()
+    if params.count_limit is None:
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(p).where(*conds)
+        ).scalar_one()
+    else:  # stop counting at the limit: a broad filter need not visit every row
+        capped = sa.select(p.c.pk).where(*conds).limit(params.count_limit + 1).subquery()
+        total = conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one()
     rows = conn.execute(
         base.order_by(*_ORDER[params.sort])
         .limit(params.per_page)
@@ -558,9 +590,30 @@ def _listing(
     return {"results": [result_dict(r) for r in rows], "total": int(total)}
 
 
+def incompatible(conn: Connection, corral: str) -> tuple[int, ...]:
+    """Keys of plugins whose latest version's ``requires-corral`` refuses version ``corral``."""
+    v, p = _db.versions, _db.plugins
+    rows = conn.execute(
+        sa.select(p.c.pk, v.c.manifest)
+        .join(v, (v.c.plugin_pk == p.c.pk) & (v.c.version == p.c.latest_version))
+        .where(v.c.sha256 > "", v.c.manifest.contains("requires-corral"))
+    ).all()
+    out: list[int] = []
+    for pk, manifest in rows:
+        spec = json.loads(manifest).get("plugin", {}).get("requires-corral", "")
+        try:
+            if spec and not SpecifierSet(spec).contains(corral, prereleases=True):
+                out.append(int(pk))
+        except InvalidSpecifier:
+            out.append(int(pk))
+    return tuple(out)
+
+
 def search(conn: Connection, index: NameIndex, params: SearchParams) -> dict[str, Any]:
     """Run a search; ``{"results": [...], "total": N, "page", "per_page", ...}``."""
     index.refresh(conn)
+    if params.corral is not None and not params.exclude:
+        params = dataclasses.replace(params, exclude=incompatible(conn, params.corral) or (-1,))
     q = " ".join(params.q.split())
     page_info = {"page": params.page, "per_page": params.per_page, "sort": params.sort}
     if not q:
