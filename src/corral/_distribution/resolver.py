@@ -138,6 +138,10 @@ class _Facts:
         self._cands[plugin_id] = cands
         return cands
 
+    def seen_ids(self) -> list[str]:
+        """Every plugin id whose releases were read in this call."""
+        return [pid for pid, cands in self._cands.items() if cands]
+
     def specset(self, spec: str, where: str, plugin_id: str | None = None) -> SpecifierSet:
         """Parse ``spec`` once; ``where`` names its origin in the error."""
         try:
@@ -421,13 +425,23 @@ def resolve(
             if not elsewhere:
                 raise failure from None
             provider = _Provider(facts, locked or {}, upgrade, elsewhere)
-            resolver = Resolver(cast("Any", provider), cast("Any", _Reporter(facts)))
-            try:
-                result = resolver.resolve(roots, max_rounds=max_rounds)
-            except ResolutionImpossible:
+            second = None
+            # First as they come; then with each release that pins such a yanked
+            # release asked for as well (newest first), keeping it only if the
+            # user's requests reach it: the pin must be in force in the answer.
+            for extra in [None, *_pinners(elsewhere, facts)]:
+                wanted = roots if extra is None else [*roots, extra]
+                resolver = Resolver(cast("Any", provider), cast("Any", _Reporter(facts)))
+                try:
+                    found = resolver.resolve(wanted, max_rounds=max_rounds)
+                except ResolutionImpossible:
+                    continue
+                if _yanked_pinned(found, extra) and _reached(found, roots):
+                    second = found
+                    break
+            if second is None:
                 raise failure from None
-            if not _yanked_pinned(result):
-                raise failure from None
+            result = second
     except ResolutionTooDeep as exc:
         asked = ", ".join(r.text for r in roots)
         raise ConflictError(
@@ -463,11 +477,48 @@ def _reachable_yanked_pins(roots: Sequence[_Req], facts: _Facts) -> frozenset[tu
     )
 
 
-def _yanked_pinned(result: Any) -> bool:
-    """Each yanked release of a resolvelib result is pinned exactly by a range in force."""
+def _pinners(pins: frozenset[tuple[str, Version]], facts: _Facts) -> list[_Req]:
+    """``id==version`` of every release whose dependencies pin one of ``pins``, newest first."""
+    out: dict[tuple[str, Version], _Req] = {}
+    for pid in sorted(facts.seen_ids()):
+        for c in facts.candidates(pid) or ():
+            for dep, spec in c.release.dependencies.items():
+                req = facts.make_req(dep, spec.strip(), c, f"{c.label}: dependencies.{dep}")
+                if any((dep, v) in pins for v in req.pins):
+                    out[(c.id, c.version)] = facts.make_req(
+                        c.id, f"=={c.version}", None, f"{c.label} (pins {dep})")
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], -_rank(k[1], facts, k[0])))]
+
+
+def _rank(v: Version, facts: _Facts, pid: str) -> int:
+    """Position of ``v`` among ``pid``'s versions, oldest 0 (for a newest-first order)."""
+    versions = sorted({c.version for c in facts.candidates(pid) or ()})
+    return versions.index(v)
+
+
+def _reached(result: Any, roots: Sequence[_Req]) -> bool:
+    """Whether every plugin of ``result`` is needed by ``roots`` through the chosen releases."""
+    chosen = result.mapping
+    todo = [r.id for r in roots]
+    needed = set(todo)
+    while todo:
+        for dep in chosen[todo.pop()].release.dependencies:
+            if dep in chosen and dep not in needed:
+                needed.add(dep)
+                todo.append(dep)
+    return needed == set(chosen)
+
+
+def _yanked_pinned(result: Any, extra: _Req | None = None) -> bool:
+    """Each yanked release of a resolvelib result is pinned exactly by a range in force.
+
+    ``extra``, a requirement the resolver added itself, pins nothing.
+    """
     for pid, cand in result.mapping.items():
         if cand.release.yanked and not any(
-            cand.version in info.requirement.pins for info in result.criteria[pid].information
+            cand.version in info.requirement.pins
+            for info in result.criteria[pid].information
+            if info.requirement is not extra
         ):
             return False
     return True
