@@ -38,6 +38,7 @@ def _consistent(home: Path) -> dict[str, object]:
     gen = json.loads((home / "generations" / f"{lock['generation']}.json").read_text())
     assert {k: v for k, v in lock.items() if k != "lock-version"} == gen
     results = Installer(home).verify()  # also repairs the database
+    assert results  # all() below must not pass on nothing
     assert all(r["state"] == "ok" for r in results), results
     registered = rows(home)
     assert set(registered) == set(lock["plugins"])

@@ -317,8 +317,7 @@ def test_the_author_path_end_to_end(tmp_path: Path) -> None:
     assert [s.name for s in walk.steps if s.phase in ("author", "user")] == [
         "keys generate", "new", "test", "validate", "pack #1", "publish", "registry trust",
         "install", "enable", "call greet", "verify", "docs"]
-    assert walk.path_commands() == 12
-    assert walk.path_seconds() < 45, walk.table()
+    assert walk.path_commands() == 12  # its seconds are a figure of bench_author_path.py
 
 
 def test_publish_refuses_an_invalid_directory_before_any_upload(tmp_path: Path) -> None:

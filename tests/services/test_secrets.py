@@ -61,7 +61,11 @@ def test_keyring_absent_or_unusable_falls_back_cleanly(tmp_path: Path) -> None:
     store = SecretStore(tmp_path)  # use_keyring=None: tries keyring, if any
     store.set("a", VALUE)
     assert store.get("a") == VALUE
-    assert store.key_source in ("keyring", str(tmp_path / "secret.key"))
+    if store.key_source == "keyring":
+        assert not (tmp_path / "secret.key").exists()
+    else:  # no usable keyring here: the private key file, and only that
+        assert store.key_source == str(tmp_path / "secret.key")
+        assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_grants(store: SecretStore) -> None:
