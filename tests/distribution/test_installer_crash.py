@@ -94,10 +94,13 @@ def test_kill_9_at_random_points_leaves_a_consistent_generation(
         time.sleep(rng.uniform(0, 0.4))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            assert proc.wait() == -signal.SIGKILL
+        # Only a death by the signal counts as a kill that landed mid-install; an
+        # installer that finished first (a fast machine) is still checked below.
+        code = proc.wait()
+        if code == -signal.SIGKILL:
             outcomes["killed"] += 1
-        else:  # finished first on a fast machine: not a kill, still checked below
-            assert proc.returncode == 0
+        else:
+            assert code == 0
         after = _consistent(home)
         if "acme.top" in after:
             outcomes["after"] += 1
