@@ -36,7 +36,8 @@ EQUIVALENT = ROOT / "tools" / "mutants-equivalent.txt"
 
 #: module (relative to src/corral) -> the tests that guard it.
 TARGETS: dict[str, list[str]] = {
-    "_model/permissions.py": ["tests/runtime/test_broad_grants.py", "tests/services/test_state.py",
+    "_model/permissions.py": ["tests/model/test_permissions.py",
+                              "tests/runtime/test_broad_grants.py", "tests/services/test_state.py",
                               "tests/model/test_manifest.py", "tests/services/test_bus.py"],
     "_distribution/resolver.py": ["tests/distribution/test_resolver.py"],
     "_distribution/signing.py": ["tests/distribution/test_signing.py",
