@@ -199,6 +199,17 @@ def test_a_yanked_release_pinned_only_by_an_older_requirer_picks_that_requirer()
     # Without the pinner in reach the yanked release stays out.
     with pytest.raises(ConflictError):
         run(src, "x@>=2", "lib@>=1.5")
+    # Of several pinners the newest that fits wins.
+    src = MemorySource(
+        [
+            rel("x", "3.0"),
+            rel("x", "2.0", {"lib": "==2.0"}),
+            rel("x", "1.0", {"lib": "==2.0"}),
+            rel("lib", "1.0"),
+            rel("lib", "2.0", yanked=True),
+        ]
+    )
+    assert run(src, "x", "lib@>=1.5") == {"x": "2.0", "lib": "2.0"}
     # A yanked pinner is not pinned by being tried: nothing fits here.
     src = MemorySource(
         [

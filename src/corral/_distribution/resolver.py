@@ -487,13 +487,9 @@ def _pinners(pins: frozenset[tuple[str, Version]], facts: _Facts) -> list[_Req]:
                 if any((dep, v) in pins for v in req.pins):
                     out[(c.id, c.version)] = facts.make_req(
                         c.id, f"=={c.version}", None, f"{c.label} (pins {dep})")
-    return [out[k] for k in sorted(out, key=lambda k: (k[0], -_rank(k[1], facts, k[0])))]
-
-
-def _rank(v: Version, facts: _Facts, pid: str) -> int:
-    """Position of ``v`` among ``pid``'s versions, oldest 0 (for a newest-first order)."""
-    versions = sorted({c.version for c in facts.candidates(pid) or ()})
-    return versions.index(v)
+    keys = sorted(out, key=lambda k: k[1], reverse=True)  # newest first...
+    keys.sort(key=lambda k: k[0])  # ...within each id, ids in order (a stable sort)
+    return [out[k] for k in keys]
 
 
 def _reached(result: Any, roots: Sequence[_Req]) -> bool:
