@@ -61,6 +61,12 @@ def test_trust_refuses_garbage(store: TrustStore, bad: str) -> None:
     assert not store.path.exists()
 
 
+def test_a_broken_pem_key_is_named_as_pem_not_as_a_missing_file(store: TrustStore) -> None:
+    with pytest.raises(UsageError, match=r"^not a PEM public key: "):
+        store.trust("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "x")
+    assert not store.path.exists()
+
+
 def test_trust_refuses_a_private_key_file(store: TrustStore, key: SigningKey,
                                           tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"alice\.pem: this is a private key"):
