@@ -138,6 +138,9 @@ def serve_registry(walk: Walk, data: Path) -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.perf_counter() - start > 30:
+                if proc.poll() is None:  # still up but not answering: stop it, or the read hangs
+                    proc.kill()
+                    proc.wait()
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise AssertionError(f"corral registry serve did not come up: {err[-2000:]}")
             time.sleep(0.05)
