@@ -151,6 +151,11 @@ def test_bad_policy_names_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "settings.toml").write_text("[install\n")
     with pytest.raises(ManifestError, match="not valid TOML"):
         load_policy(tmp_path)
+    # `install = "any"` is not the [install] table: refused, not read as a policy
+    (tmp_path / "settings.toml").write_text('install = "any"\n')
+    with pytest.raises(ManifestError, match="must be a table") as info:
+        load_policy(tmp_path)
+    assert info.value.key == "install"
 
 
 # -- check_signature: the matrix -------------------------------------------------
