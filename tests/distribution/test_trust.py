@@ -260,3 +260,14 @@ def test_end_to_end_with_a_real_signature(tmp_path: Path, store: TrustStore,
     with pytest.raises(SignatureInvalid, match=r"added: extra\.py"):
         check_signature(verify_directory(root), plugin_id="acme.x", version="1.0.0",
                         trust=store)
+
+
+@pytest.mark.parametrize("status", [SignatureStatus("forged", "ab" * 32, "mallory"),
+                                    SignatureStatus("signed", None, "mallory")])
+def test_an_unknown_state_or_a_signature_without_key_is_refused_by_every_policy(
+    store: TrustStore, status: SignatureStatus
+) -> None:
+    for policy in POLICIES:
+        with pytest.raises(SignatureInvalid, match=r"acme\.x 1\.0\.0: unknown signature state"):
+            check_signature(status, plugin_id="acme.x", version="1.0.0", trust=store,
+                            publisher_verified=True, allow_unsigned=True, policy=policy)
