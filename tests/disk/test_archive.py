@@ -190,6 +190,7 @@ def test_missing_archive_is_not_found(work: Path) -> None:
         ("./x", r"'\./x'.*'\.'"),
         ("a\x00b", r"NUL"),
         ("a\nb", r"control character"),
+        ("d/" * 600 + "x", r"entry name longer than 1024 bytes"),
     ],
 )
 def test_hostile_names(work: Path, name: str, match: str) -> None:
