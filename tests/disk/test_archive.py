@@ -191,7 +191,7 @@ def test_missing_archive_is_not_found(work: Path) -> None:
         ("a\x00b", r"NUL byte in entry name"),
         ("a\nb", r"control character"),
         ("d/" * 600 + "x", r"entry name longer than 1024 bytes"),
-        ("d/" + "é" * 128, r"path component longer than 255 bytes"),  # 256 bytes, 129 chars
+        ("d/" + "é" * 128, r"path component longer than 255 bytes"),  # 128 characters, 256 bytes
     ],
 )
 def test_hostile_names(work: Path, name: str, match: str) -> None:
