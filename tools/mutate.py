@@ -46,7 +46,7 @@ TARGETS: dict[str, list[str]] = {
                                "tests/distribution/test_signing.py",
                                "tests/distribution/test_installer_review.py"],
     "_disk/archive.py": ["tests/disk/test_archive.py", "tests/distribution/test_signing.py"],
-    "_model/topics.py": ["tests/services/test_bus.py"],
+    "_model/topics.py": ["tests/model/test_topics_payload.py", "tests/services/test_bus.py"],
     "_model/lifecycle.py": ["tests/model/test_lifecycle.py", "tests/runtime/test_host.py"],
     "_runtime/budgets.py": ["tests/runtime/test_budgets.py"],
     "_services/secrets.py": ["tests/services/test_secrets.py"],
