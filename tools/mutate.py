@@ -148,6 +148,15 @@ class _Swap(ast.NodeTransformer):
         return super().visit(node)
 
 
+def _parent(tree: ast.AST, node: ast.AST) -> ast.AST | None:
+    """The expression or statement that holds ``node`` directly."""
+    for parent in ast.walk(tree):
+        for child in ast.iter_child_nodes(parent):
+            if child is node:
+                return parent
+    return None
+
+
 def mutants(module: str) -> list[Mutant]:
     """Every mutant of ``module`` (a path relative to ``src/corral``), in source order."""
     path = ROOT / "src" / "corral" / module
@@ -162,7 +171,13 @@ def mutants(module: str) -> list[Mutant]:
         after = ast.unparse(new)
         if before == after:
             continue
+        # A bare constant says nothing: name it with the expression around it.
+        shown = _parent(tree, twin) if kind == "change constant" else None
+        if shown is not None:
+            before = ast.unparse(shown)
         source = ast.unparse(ast.fix_missing_locations(_Swap(twin, new).visit(tree)))
+        if shown is not None:
+            after = ast.unparse(shown)
         if source in seen:
             continue
         seen.add(source)
