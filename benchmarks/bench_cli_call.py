@@ -1,9 +1,9 @@
 """``corral call`` of a strict no-op as a whole process: shared fork server daemon vs private.
 
-Run: ``.venv/bin/python benchmarks/bench_cli_call.py [runs]``.  Prints the median
-of ``runs`` (15) whole-process calls with the per-home daemon warm, with
-``CORRAL_FORKSERVER_SHARED=0`` (a private fork server per process, as before), and a
-bare ``python -c pass`` for reference.
+Run: ``python benchmarks/bench_cli_call.py [--quick] [--json FILE]``.  Whole-process
+calls with the per-home daemon warm, with no daemon running (each run starts it),
+with ``CORRAL_FORKSERVER_SHARED=0`` (a private fork server per process), and a bare
+``python -c pass``, all in one run.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import Bench
 
 from corral import Host
 
@@ -56,7 +57,7 @@ def kill_daemons(home: Path) -> None:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    bench = Bench("bench_cli_call", __doc__)
     with tempfile.TemporaryDirectory() as tmp:
         home = setup(Path(tmp))
         env = {
@@ -66,20 +67,23 @@ def main() -> None:
         }
         env["CORRAL_HOME"] = str(home)
         cmd = [sys.executable, "-m", "corral", "call", "bench.cli", "noop", "--input", "1"]
+        bench.section("corral call of a strict no-op, whole process")
         try:
-            subprocess.run(cmd, env=env, check=True, capture_output=True)  # starts the daemon
-            shared = timed(cmd, env, runs)
-            private = timed(cmd, {**env, "CORRAL_FORKSERVER_SHARED": "0"}, runs)
-            bare = timed([sys.executable, "-c", "pass"], env, runs)
+            shared = bench.process("shared fork server daemon, warm", cmd, env=env,
+                                   target="<= 100 ms")
+            kill_daemons(home)
+            cold = bench.process("shared daemon not running (stopped before each run)", cmd,
+                                 env=env, setup=lambda: kill_daemons(home), warmup=0)
+            private = bench.process("private fork server (CORRAL_FORKSERVER_SHARED=0)", cmd,
+                                    env={**env, "CORRAL_FORKSERVER_SHARED": "0"})
+            bare = bench.process("bare interpreter: python -c pass",
+                                 [sys.executable, "-c", "pass"], env=env)
         finally:
             kill_daemons(home)
-    ms = 1000.0
-    s, p, b = (statistics.median(x) * ms for x in (shared, private, bare))
-    print(f"corral call, strict no-op, whole process, median of {runs}:")
-    print(f"  shared fork server daemon (warm): {s:.1f} ms (target <= 100 ms)")
-    print(f"  private fork server:              {p:.1f} ms")
-    print(f"  bare python -c pass:              {b:.1f} ms")
-    print(f"  private / shared: {p / s:.2f}x; shared - bare: {s - b:.1f} ms")
+    bench.ratio(private, shared)
+    bench.ratio(cold, shared)
+    bench.ratio(shared, bare)
+    bench.done()
 
 
 if __name__ == "__main__":

@@ -1,55 +1,40 @@
-"""Core host figures, measured side by side with the alternatives in one run.
+"""Core host figures, each beside an anchor measured in the same run.
 
 * ``import corral`` over a bare interpreter;
-* ``corral list --json`` with 100 registered plugins, whole process, against
-  stevedore's ExtensionManager loading 100 entry points in a fresh process;
+* listing 100 plugins from metadata, whole process: ``corral list --json``
+  (SQLite) against ``importlib.metadata`` entry points (what stevedore reads),
+  nothing imported on either side;
+* loading 100 plugins, whole process: ``Host.load`` of each against stevedore's
+  ``ExtensionManager``, both importing every plugin module;
+* a rescan of 500 unchanged plugin folders;
 * in-process ``Host.call`` overhead against a bare call and a pluggy hook call.
 
-Run it with a virtualenv's interpreter by absolute path, e.g.
-``/path/to/venv/bin/python benchmarks/bench_core.py``.
+``python benchmarks/bench_core.py [--quick] [--json FILE]`` (see benchmarks/harness.py).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import timeit
 from pathlib import Path
 
+from harness import Bench
+
 PY = sys.executable
-RUNS = int(os.environ.get("BENCH_RUNS", "30"))
 #: Child processes may cache bytecode, as an installed application would.
 BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def wall(cmd: list[str], env: dict[str, str] | None = None, runs: int = RUNS) -> list[float]:
-    """Wall-clock milliseconds of ``runs`` executions of ``cmd`` (after one warm-up)."""
-    env = env or BASE_ENV
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-        out.append((time.perf_counter() - t) * 1000)
-    return out
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def bench_import() -> None:
-    bare = wall([PY, "-c", "pass"])
-    imp = wall([PY, "-c", "import corral"])
-    print("import corral")
-    print(f"  bare interpreter      median {med(bare):7.2f} ms")
-    print(f"  python -c 'import corral' {med(imp):7.2f} ms")
-    print(f"  overhead              median {med(imp) - med(bare):7.2f} ms  (target <= 15 ms)")
+def bench_import(bench: Bench) -> None:
+    bench.section("import corral, whole process")
+    bare = bench.process("bare interpreter: python -c pass", [PY, "-c", "pass"], env=BASE_ENV)
+    imp = bench.process("python -c 'import corral'", [PY, "-c", "import corral"], env=BASE_ENV)
+    bench.value("import overhead (median difference)", imp.median - bare.median, "ms",
+                target="<= 15 ms")
+    bench.ratio(imp, bare)
 
 
 def make_plugins(root: Path, n: int) -> list[Path]:
@@ -96,7 +81,7 @@ def make_entry_points(root: Path, n: int) -> Path:
     return site
 
 
-def bench_list() -> None:
+def bench_list(bench: Bench) -> None:
     from corral import Host
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,27 +96,50 @@ def bench_list() -> None:
         corral_cmd = [PY, "-m", "corral", "list", "--json"]
         out = subprocess.run(corral_cmd, env=env, check=True, capture_output=True, text=True)
         assert out.stdout.count('"id"') == 100, "list did not report 100 plugins"
-        lst = wall(corral_cmd, env=env)
         site = make_entry_points(root, 100)
         sv_env = {**BASE_ENV, "PYTHONPATH": str(site)}
-        sv_cmd = [
-            PY,
-            "-c",
-            "from stevedore import ExtensionManager\n"
-            "m = ExtensionManager('bench.plugins', invoke_on_load=False)\n"
-            "assert len(m.extensions) == 100, len(m.extensions)\n",
-        ]
-        sv = wall(sv_cmd, env=sv_env)
-        bare = wall([PY, "-c", "pass"])
-    print("list 100 plugins, whole process")
-    print(f"  corral list --json           median {med(lst):7.2f} ms  p95 "
-          f"{sorted(lst)[int(0.95 * len(lst))]:7.2f} ms  (target <= 50 ms)")
-    print(f"  stevedore ExtensionManager   median {med(sv):7.2f} ms")
-    print(f"  bare interpreter             median {med(bare):7.2f} ms")
-    print(f"  ratio corral/stevedore       {med(lst) / med(sv):.2f}x")
+        meta_cmd = [PY, "-c",
+                    "from importlib.metadata import entry_points\n"
+                    "eps = entry_points(group='bench.plugins')\n"
+                    "assert len(eps) == 100, len(eps)\n"
+                    "print([(e.name, e.value) for e in eps])\n"]
+        sv_cmd = [PY, "-c",
+                  "from stevedore import ExtensionManager\n"
+                  "m = ExtensionManager('bench.plugins', invoke_on_load=False)\n"
+                  "assert len(m.extensions) == 100, len(m.extensions)\n"]
+        load_cmd = [PY, "-c",
+                    "from corral import Host\n"
+                    "with Host() as h:\n"
+                    "    for i in range(100):\n"
+                    "        h.load(f'bench.p{i:03d}')\n"]
+        bench.section("list 100 plugins from metadata, whole process (nothing imported)")
+        lst = bench.process("corral list --json", corral_cmd, env=env, target="<= 50 ms")
+        meta = bench.process("importlib.metadata entry points (stevedore's source)", meta_cmd,
+                             env=sv_env)
+        bench.ratio(lst, meta)
+        bench.section("load 100 plugins, whole process (every module imported)")
+        load = bench.process("corral: Host.load of each", load_cmd, env=env)
+        sv = bench.process("stevedore ExtensionManager", sv_cmd, env=sv_env)
+        bench.ratio(load, sv)
 
 
-def bench_call() -> None:
+def bench_scan(bench: Bench) -> None:
+    from corral._runtime.folders import scan_plugin_dirs
+
+    bench.section("rescan 500 unchanged plugin folders (was a bound in tests/runtime/test_scan.py)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "plugins"
+        make_plugins(root, 500)
+        cache = scan_plugin_dirs(root, {}).cache
+        assert len(scan_plugin_dirs(root, cache).unchanged) == 500
+        ours = bench.time("scan_plugin_dirs with its cache", lambda: scan_plugin_dirs(root, cache),
+                          target="<= 250 ms (a few ms expected)")
+        anchor = bench.time("os.scandir + stat of each folder (the floor)",
+                            lambda: [e.stat() for e in os.scandir(root)])
+        bench.ratio(ours, anchor)
+
+
+def bench_call(bench: Bench) -> None:
     import pluggy
 
     from corral import Host
@@ -156,6 +164,7 @@ def bench_call() -> None:
     pm.add_hookspecs(Spec)
     pm.register(Impl())
 
+    bench.section("in-process call, small payload")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with Host(home=root / "home") as host:
@@ -163,31 +172,28 @@ def bench_call() -> None:
             host.enable("bench.p000")
             payload = {"n": 1, "name": "x"}
             call = host.call
+            hook = pm.hook.run
             assert call("bench.p000", "run", payload) == payload
-            n = 200_000
-
-            def best(stmt: str, glb: dict[str, object]) -> float:
-                times = timeit.repeat(stmt, globals=glb, number=n, repeat=7)
-                return min(times) / n * 1e9
-
-            bare = best("f(p, None)", {"f": target, "p": payload})
-            corral_ns = best("c('bench.p000', 'run', p)", {"c": call, "p": payload})
-            pl = best("h(input=p)", {"h": pm.hook.run, "p": payload})
+            n = 2_000 if bench.quick else 20_000
+            bare = bench.time("bare function call", lambda: target(payload, None), inner=n,
+                              unit="ns")
+            ours = bench.time("corral Host.call", lambda: call("bench.p000", "run", payload),
+                              inner=n, unit="ns")
+            pl = bench.time("pluggy hook, 1 impl", lambda: hook(input=payload), inner=n, unit="ns")
             host.flush_metrics()
-    print("in-process call, small payload (best of 7 x 200k)")
-    print(f"  bare function call     {bare:7.1f} ns")
-    print(f"  corral Host.call       {corral_ns:7.1f} ns   overhead {corral_ns - bare:6.1f} ns "
-          "(target <= 500 ns)")
-    print(f"  pluggy hook, 1 impl    {pl:7.1f} ns   overhead {pl - bare:6.1f} ns")
-    print(f"  ratio corral/bare      {corral_ns / bare:.2f}x")
-    print(f"  ratio corral/pluggy    {corral_ns / pl:.2f}x")
+    bench.value("Host.call overhead over a bare call", ours.median - bare.median, "ns",
+                target="<= 500 ns")
+    bench.ratio(ours, bare)
+    bench.ratio(ours, pl)
 
 
 def main() -> None:
-    print(f"python {sys.version.split()[0]} at {PY}")
-    bench_import()
-    bench_list()
-    bench_call()
+    bench = Bench("bench_core", __doc__)
+    bench_import(bench)
+    bench_list(bench)
+    bench_scan(bench)
+    bench_call(bench)
+    bench.done()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What the worker-frame checks cost the warm strict round trip, A/B in one process.
 
-Run: .venv/bin/python benchmarks/bench_frames.py [--rounds N] [--blocks B]
+Run: python benchmarks/bench_frames.py [--quick] [--json FILE] [--rounds N] [--blocks B]
 
 The supervisor decodes worker frames through ``decode_worker`` and results through
 ``decode_result`` (depth, size and type checks).  Here the same warm worker is timed
@@ -12,17 +12,16 @@ ratio are printed, plus the checks' own cost per call on the warm frame.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-import timeit
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import msgspec
+from harness import Bench, Figure
 
 from corral._sandbox import rpc as _rpc
 from corral._sandbox import supervisor as _supervisor
@@ -49,10 +48,11 @@ def bare_result(text: bytes) -> Any:
 
 
 def main() -> None:
+    bench = Bench("bench_frames", __doc__)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--blocks", type=int, default=10)
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=200 if bench.quick else 2000)
+    parser.add_argument("--blocks", type=int, default=3 if bench.quick else 10)
+    args = parser.parse_args(bench.rest)
     checked = (_workerproc.decode_worker, _supervisor.decode_result)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -83,25 +83,25 @@ def main() -> None:
                     sup.call(spec, "benchframes:noop", payload)
                     times[side].append(time.perf_counter() - t0)
             _workerproc.decode_worker, _supervisor.decode_result = checked
-    med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
-    print(
-        f"warm strict round trip (A/B, {args.blocks} blocks x {args.rounds} each): "
-        f"checked median {med['checked']:.1f} us, bare msgspec {med['bare']:.1f} us; "
-        f"ratio {med['checked'] / med['bare']:.3f} (target <= 1.03)"
-    )
+    bench.section(f"warm strict round trip, A/B in alternating blocks ({args.blocks} x "
+                  f"{args.rounds} calls each)")
+    checked_fig = bench.record(
+        Figure("checked decoders", "us", [t * 1e6 for t in times["checked"]]))
+    bare_fig = bench.record(
+        Figure("bare msgspec decoders", "us", [t * 1e6 for t in times["bare"]]))
+    bench.ratio(checked_fig, bare_fig, target="<= 1.03")
     frame = _rpc.encode(
         _rpc.Result(id=7, value=msgspec.json.encode(payload), usage=_rpc.Usage(1.5, 0.5, 40000))
     )[4:]
     view = memoryview(frame)
     value = msgspec.json.encode(payload)
-
-    def per_call(fn: Any) -> float:
-        return min(timeit.repeat(fn, number=20000, repeat=5)) / 20000 * 1e9
-
-    new = per_call(lambda: (_rpc.decode_worker(view), _rpc.decode_result(value)))
-    old = per_call(lambda: (bare_worker(view), bare_result(value)))
-    print(f"decoding the warm Result frame: checked {new:.0f} ns, bare {old:.0f} ns; "
-          f"checks add {new - old:.0f} ns a call")
+    n = 2_000 if bench.quick else 20_000
+    bench.section("decoding the warm Result frame")
+    new = bench.time("checked", lambda: (_rpc.decode_worker(view), _rpc.decode_result(value)),
+                     inner=n, unit="ns")
+    old = bench.time("bare", lambda: (bare_worker(view), bare_result(value)), inner=n, unit="ns")
+    bench.ratio(new, old)
+    bench.done()
 
 
 if __name__ == "__main__":

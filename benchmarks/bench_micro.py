@@ -6,40 +6,45 @@
 * a chain of 10 in-process micro-plugins (``Composition.run``) over 10 bare
   calls, against a pluggy hook with 10 implementations;
 * bucketing uniformity over 1,000,000 keys (``normalized_hash``);
-* a parallel fan-out over 8 sandboxed micro-plugins against the slowest one
-  (skipped, with the reason, when this machine cannot run the sandbox).
+* a parallel fan-out over 8 strict (sandboxed) micro-plugins against the
+  slowest one, through the harness (skipped, with the reason, when this
+  machine cannot run strict isolation).
 
-Run: ``.venv/bin/python benchmarks/bench_micro.py`` (``BENCH_QUICK=1``
-for a shorter run).
+Run: ``python benchmarks/bench_micro.py [--quick] [--json FILE]`` (the harness).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import timeit
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from harness import Bench, Figure
+
 from corral._services.micro.abtest import murmur3_32, normalized_hash
 from corral._services.micro.compose import Composition, FanOut, Step
 from corral._services.micro.manager import MicroManager
 
-QUICK = os.environ.get("BENCH_QUICK") == "1"
-# Many short runs, best kept: on a shared machine the quiet slices decide the figure.
+QUICK = "--quick" in sys.argv
 NUMBER = 100_000 if QUICK else 200_000
-REPEAT = 7 if QUICK else 31
+
+
+#: The run's harness (figures of ``ns`` are recorded in it); made once in ``main``.
+RUN: list[Bench] = []
 
 
 def ns(stmt: str, env: dict[str, Any], number: int = NUMBER) -> float:
-    """Best-of-``REPEAT`` nanoseconds per execution of ``stmt``."""
-    return min(timeit.repeat(stmt, globals=env, number=number, repeat=REPEAT)) / number * 1e9
+    """Median nanoseconds per execution of ``stmt`` (recorded in the harness, with its IQR)."""
+    number = max(1, number // 10) if RUN[0].quick else number
+    timeit.timeit(stmt, globals=env, number=max(1, number // 10))  # warm-up
+    times = timeit.repeat(stmt, globals=env, number=number, repeat=RUN[0].repeats)
+    return RUN[0].record(Figure(stmt, "ns", [t / number * 1e9 for t in times], per="call")).median
 
 
 def inc(x: int) -> int:
@@ -91,7 +96,7 @@ def bench_dispatch() -> None:
         ("blinker  signal.send(1)", ns("signal.send(1)", env, NUMBER // 4)),
     ]
     corral = rows[2][1]
-    print("in-process dispatch (best of runs, ns per call)")
+    print("in-process dispatch (median of runs, ns per call)")
     for name, t in rows:
         print(f"  {name:34s} {t:8.1f} ns   over bare {t - bare:8.1f} ns   "
               f"x{t / corral:5.2f} of corral")
@@ -195,94 +200,73 @@ def nap(value, ctx):
 '''
 
 
-def bench_sandboxed_fan_out() -> None:
-    """A parallel fan-out over 8 sandboxed micro-plugins against the slowest one alone."""
-    print("parallel fan-out over 8 sandboxed micro-plugins")
-    try:
-        from corral._host import Host
-        from corral._services.sandboxed import sandbox_problem
-    except ImportError as exc:
-        print(f"  skipped: the sandbox is not importable ({exc})")
-        return
-    problem = sandbox_problem("limited")
+def bench_sandboxed_fan_out(bench: Bench) -> None:
+    """A parallel fan-out over 8 strict micro-plugins against the slowest one alone."""
+    bench.section("parallel fan-out over 8 strict (sandboxed) micro-plugins")
+    from corral._host import Host
+    from corral._services.sandboxed import sandbox_problem
+
+    problem = sandbox_problem("strict")
     if problem:
-        print(f"  skipped: this machine cannot run isolation 'limited': {problem}")
+        print(f"  skipped: this machine cannot run isolation 'strict': {problem}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        host = Host(home=root / "home", workspace=root)
-        # Workaround: the host database shares one sqlite connection between threads, so
-        # two sandboxed calls finishing together can fail in record_call ("cannot start a
-        # transaction within a transaction").  Serialise only that write, not the calls.
-        record_lock = threading.Lock()
-        record_call = host.record_call
-
-        def locked_record_call(row: tuple[Any, ...]) -> None:
-            with record_lock:
-                record_call(row)
-
-        host.record_call = locked_record_call  # type: ignore[method-assign]
         mgr = MicroManager()
-        try:
-            for i in range(8):
-                d = root / f"nap{i}"
-                (d / f"nap{i}").mkdir(parents=True)
-                (d / f"nap{i}" / "__init__.py").write_text(PLUGIN_CODE)
-                (d / "corral.toml").write_text(textwrap.dedent(f"""
-                    [plugin]
-                    id = "bench.nap{i}"
-                    name = "nap {i}"
-                    version = "1.0.0"
+        with Host(home=root / "home", workspace=root) as host:
+            try:
+                for i in range(8):
+                    d = root / f"nap{i}"
+                    (d / f"nap{i}").mkdir(parents=True)
+                    (d / f"nap{i}" / "__init__.py").write_text(PLUGIN_CODE)
+                    (d / "corral.toml").write_text(textwrap.dedent(f"""
+                        [plugin]
+                        id = "bench.nap{i}"
+                        name = "nap {i}"
+                        version = "1.0.0"
 
-                    [sandbox]
-                    isolation = "limited"
+                        [sandbox]
+                        isolation = "strict"
 
-                    [[micro]]
-                    id = "bench.nap{i}.nap"
-                    type = "utility"
-                    handler = "nap{i}:nap"
-                    max-ms = 10000
-                """))
-                host.register(d)
-                host.enable(f"bench.nap{i}")
-                manifest = host.catalog.known()[f"bench.nap{i}"]
+                        [[micro]]
+                        id = "bench.nap{i}.nap"
+                        type = "utility"
+                        handler = "nap{i}:nap"
+                        max-ms = 10000
+                    """))
+                    host.register(d)
+                    host.enable(f"bench.nap{i}")
+                    manifest = host.catalog.known()[f"bench.nap{i}"]
+                    assert manifest.sandbox.isolation == "strict"
 
-                def invoke(micro_id: str, value: Any, pid: str = f"bench.nap{i}") -> Any:
-                    return host.call(pid, micro_id, value)
+                    def invoke(micro_id: str, value: Any, pid: str = f"bench.nap{i}") -> Any:
+                        return host.call(pid, micro_id, value)
 
-                mgr.register_plugin(f"bench.nap{i}", manifest.micro, invoke=invoke)
-            ids = [f"bench.nap{i}.nap" for i in range(8)]
-            for mid in ids:  # start the workers
-                mgr.execute(mid, {"ms": 1})
-            fan = Composition(FanOut(tuple(Step(m) for m in ids)), mgr)
-            slowest_ms = 100
-            runs = 5
-            single = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                mgr.execute(ids[-1], {"ms": slowest_ms})
-                single.append(time.perf_counter() - t)
-            fanned = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                fan.run({"ms": slowest_ms})
-                fanned.append(time.perf_counter() - t)
-            s, f = min(single) * 1000, min(fanned) * 1000
-            print(f"  slowest alone {s:7.1f} ms; 8 in parallel {f:7.1f} ms; ratio {f / s:.2f} "
-                  "(target <= 1.5)")
-        except Exception as exc:  # report, do not hide: the other figures still count
-            print(f"  failed: {type(exc).__name__}: {exc}")
-        finally:
-            mgr.close()
-            host.close()
+                    mgr.register_plugin(f"bench.nap{i}", manifest.micro, invoke=invoke)
+                ids = [f"bench.nap{i}.nap" for i in range(8)]
+                for mid in ids:  # start the workers
+                    mgr.execute(mid, {"ms": 1})
+                fan = Composition(FanOut(tuple(Step(m) for m in ids)), mgr)
+                slowest_ms = 100
+                single = bench.time(f"the slowest ({slowest_ms} ms) alone",
+                                    lambda: mgr.execute(ids[-1], {"ms": slowest_ms}))
+                fanned = bench.time("8 in parallel through FanOut",
+                                    lambda: fan.run({"ms": slowest_ms}))
+                bench.ratio(fanned, single, target="<= 1.5")
+            finally:
+                mgr.close()
 
 
 def main() -> None:
-    print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; best of {REPEAT} runs")
+    bench = Bench("bench_micro", __doc__)
+    RUN.append(bench)
+    bench.section("in-process dispatch")
     bench_dispatch()
+    bench.section("chain of 10")
     bench_chain()
     bench_buckets()
-    bench_sandboxed_fan_out()
+    bench_sandboxed_fan_out(bench)
+    bench.done()
 
 
 if __name__ == "__main__":

@@ -5,15 +5,15 @@ newlines, hostile) and the same-run ratio of writing a 200-line table through
 the CLI's :class:`SafeStream` (with a redactor holding three secrets) to writing
 it raw.
 
-    .venv/bin/python benchmarks/bench_neutralise.py [--n N]
+    python benchmarks/bench_neutralise.py [--quick] [--json FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
-import timeit
+
+from harness import Bench
 
 from corral._cli.output import SafeStream
 from corral._model.text import neutralise
@@ -27,14 +27,13 @@ CASES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=100_000)
-    n = parser.parse_args().n
+    bench = Bench("bench_neutralise", __doc__)
+    n = 2_000 if bench.quick else 20_000
+    bench.section("neutralise, per string")
     for name, text in CASES.items():
         for source in (None, "acme.evil"):
             call = functools.partial(neutralise, text, source)
-            ns = min(timeit.repeat(call, number=n, repeat=3)) / n
-            print(f"neutralise {name:20s} source={source!s:10s} {ns * 1e9:8.0f} ns")
+            bench.time(f"neutralise {name} (source={source})", call, inner=n, unit="ns")
     table = "\n".join(f"acme.p{i}  1.0.{i}  enabled  limited  -  plugin number {i}"
                       for i in range(200)) + "\n"
     secrets = ["s3cr3t-one", "another-secret-value", "ghp_0123456789abcdef"]
@@ -48,10 +47,12 @@ def main() -> None:
     raw = io.StringIO()
     safe = SafeStream(io.StringIO(), redact)
     m = max(1, n // 100)
-    t_raw = min(timeit.repeat(lambda: raw.write(table), number=m, repeat=3)) / m
-    t_safe = min(timeit.repeat(lambda: safe.write(table), number=m, repeat=3)) / m
-    print(f"200-line table: raw {t_raw * 1e6:.1f} us, SafeStream+redact {t_safe * 1e6:.1f} us, "
-          f"ratio {t_safe / t_raw:.1f}x")
+    bench.section("a 200-line table written to stdout")
+    t_safe = bench.time("SafeStream with a redactor of 3 secrets",
+                        lambda: safe.write(table), inner=m, unit="us")
+    t_raw = bench.time("raw StringIO.write", lambda: raw.write(table), inner=m, unit="us")
+    bench.ratio(t_safe, t_raw)
+    bench.done()
 
 
 if __name__ == "__main__":

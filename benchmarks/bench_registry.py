@@ -9,7 +9,8 @@
   loopback; throughput, p50/p99 and the error count.
 
 Run it with the virtualenv's interpreter, e.g.
-``.venv/bin/python benchmarks/bench_registry.py [--catalogue FILE] [--no-postgresql]``.
+``python benchmarks/bench_registry.py [--quick] [--json FILE] [--catalogue FILE] [--no-postgresql]``
+(``CORRAL_CATALOGUE`` sets the catalogue too; ``--quick`` seeds 20,000 rows, SQLite only).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from harness import Bench, Figure  # noqa: E402
+
 from corral._disk.archive import pack_directory  # noqa: E402
 from corral.registry._seed import seed  # noqa: E402
 from corral.registry._service import Registry  # noqa: E402
@@ -61,7 +64,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def fmt(values: list[float]) -> str:
+#: The run's harness; made once in ``main``.
+RUN: list[Bench] = []
+
+
+def fmt(values: list[float], name: str = "", target: str = "") -> str:
+    if name:
+        RUN[0].record(Figure(name, "ms", values, target))
     return (f"p50 {pct(values, 50):6.1f} ms  p95 {pct(values, 95):6.1f} ms  "
             f"p99 {pct(values, 99):6.1f} ms  (n={len(values)})")
 
@@ -232,6 +241,9 @@ def bench_load(url: str, threads: int = 8, per_thread: int = 250) -> None:
     print(f"  load: {threads} threads x {per_thread} requests (60% search, 30% info, "
           f"10% 1 MB download): {len(lat) / wall:.0f} req/s, p50 {pct(lat, 50):.1f} ms, "
           f"p99 {pct(lat, 99):.1f} ms, errors {errors[0]}")
+    RUN[0].record(Figure(f"load, {threads} threads: request latency", "ms", lat))
+    RUN[0].value(f"load, {threads} threads: throughput ({errors[0]} errors)", len(lat) / wall,
+                 "req/s")
 
 
 @contextmanager
@@ -263,11 +275,18 @@ def pg_cluster() -> Iterator[str | None]:
 
 
 def main() -> int:
+    global TARGET  # noqa: PLW0603 -- --quick seeds a smaller catalogue
+    bench = Bench("bench_registry", __doc__)
+    RUN.append(bench)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--catalogue", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "examples" / "catalogue.tsv")
+    default = os.environ.get("CORRAL_CATALOGUE") or (
+        Path(__file__).resolve().parents[1] / "examples" / "catalogue.tsv")
+    parser.add_argument("--catalogue", type=Path, default=Path(default))
     parser.add_argument("--no-postgresql", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(bench.rest)
+    if bench.quick:
+        TARGET = 20_000
+        args.no_postgresql = True
     tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     try:
         big = tmp / "catalogue-100k.tsv"
@@ -283,8 +302,10 @@ def main() -> int:
             token = reg.create_token("bench")
         print(f"\nSQLite ({data / 'registry.db'}), seeded in {time.perf_counter() - t0:.1f} s")
         with server(data) as url:
-            print(f"  search over {rows} plugins: {fmt(bench_search(url))}")
-            print(f"  publish 1 MB plugin end to end: {fmt(bench_publish(url, token, tmp))}")
+            print(f"  search over {rows} plugins: "
+                  f"{fmt(bench_search(url), 'SQLite: search', 'p95 <= 50 ms')}")
+            print(f"  publish 1 MB plugin end to end: "
+                  f"{fmt(bench_publish(url, token, tmp), 'SQLite: publish 1 MB', '<= 300 ms')}")
             bench_load(url)
         workers = max(2, os.cpu_count() or 2)
         with server(data, workers=workers) as url:
@@ -306,15 +327,17 @@ def main() -> int:
                       f"{time.perf_counter() - t0:.1f} s")
                 (tmp / "pgpub").mkdir()
                 with server(tmp / "pg", pg) as url:
-                    print(f"  search over {rows} plugins: {fmt(bench_search(url))}")
+                    print(f"  search over {rows} plugins: "
+                          f"{fmt(bench_search(url), 'PostgreSQL: search', 'p95 <= 50 ms')}")
                     print(f"  publish 1 MB plugin end to end: "
-                          f"{fmt(bench_publish(url, token, tmp / 'pgpub'))}")
+                          f"{fmt(bench_publish(url, token, tmp / 'pgpub'), 'PostgreSQL: publish')}")
                     bench_load(url)
                 with server(tmp / "pg", pg, workers=workers) as url:
                     print(f"  with --workers {workers}:")
                     bench_load(url)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        bench.done()
     return 0
 
 

@@ -11,7 +11,8 @@ Printed per level: requests per second, p50/p95/p99 of all reads, search p95,
 download p95, publishes done, errors; then the targets (throughput at 32
 clients >= at 1, p99 at 32 < 1 s, download p95 <= 2x search p95).
 
-Run: ``.venv/bin/python benchmarks/bench_registry_load.py [--plugins N] [--seconds S]``.
+Run: ``python benchmarks/bench_registry_load.py [--quick] [--json FILE] [--plugins N]
+[--seconds S]`` (``--quick``: 2,000 plugins, 1 and 8 clients, 2 s each, SQLite only).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sqlalchemy as sa  # noqa: E402
 from bench_registry import QUERIES, pct, pg_cluster, server  # noqa: E402
+from harness import Bench  # noqa: E402
 
 from corral._disk.archive import pack_directory  # noqa: E402
 from corral.registry._seed import seed  # noqa: E402
@@ -45,7 +47,7 @@ from corral.registry._service import Registry  # noqa: E402
 
 LEVELS = (1, 8, 32, 128)
 #: The sample catalogue shipped with the project; ``--catalogue`` takes a larger one.
-CATALOGUE = ROOT / "examples" / "catalogue.tsv"
+CATALOGUE = Path(os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv")
 MIX = (("search", 80), ("show", 10), ("versions", 5), ("download", 5))
 #: Publisher versions, unique across levels.
 _VERSIONS = itertools.count(1)
@@ -218,6 +220,17 @@ def report(name: str, rows: list[dict[str, Any]]) -> None:
               f"{r['published']:>9} {r['publish95']:>11.1f} {r['errors']:>6}")
         if r["first_error"]:
             print(f"        first error: {r['first_error']}")
+    run = RUN[0]
+    figs = {}
+    for r in rows:
+        figs[r["clients"]] = run.value(f"{name}, {r['clients']} clients: throughput "
+                                       f"({r['errors']} errors)", r["rps"], "req/s")
+        run.value(f"{name}, {r['clients']} clients: p99 of reads", r["p99"], "ms",
+                  target="< 1000 ms at 32 clients")
+    many = max(figs)
+    if 1 in figs and many > 1:
+        run.ratio(figs[many], figs[1], target=">= 1",
+                  label=f"{name}: throughput at {many} clients / at 1")
     by = {r["clients"]: r for r in rows}
     if 1 in by and 32 in by:
         one, many = by[1], by[32]
@@ -245,7 +258,13 @@ def bench(name: str, data: Path, db: str | None, tmp: Path, args: argparse.Names
     report(name, rows)
 
 
+#: The run's harness; made once in ``main``.
+RUN: list[Bench] = []
+
+
 def main() -> int:
+    harness = Bench("bench_registry_load", __doc__)
+    RUN.append(harness)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plugins", type=int, default=20_000,
                         help="catalogue rows to seed (default 20000)")
@@ -254,7 +273,9 @@ def main() -> int:
     parser.add_argument("--no-postgresql", action="store_true")
     parser.add_argument("--catalogue", type=Path, default=CATALOGUE,
                         help="a catalogue TSV (default: the sample in examples/)")
-    args = parser.parse_args()
+    args = parser.parse_args(harness.rest)
+    if harness.quick:
+        args.plugins, args.seconds, args.levels, args.no_postgresql = 2_000, 2.0, [1, 8], True
     if not args.catalogue.is_file():
         print(f"{args.catalogue} is not available", file=sys.stderr)
         return 1
@@ -269,6 +290,7 @@ def main() -> int:
                     bench("PostgreSQL", tmp / "pg", pg, tmp, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    harness.done()
     return 0
 
 

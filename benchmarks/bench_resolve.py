@@ -14,7 +14,7 @@ next to two baselines on the same graph: resolvelib with a trivial provider
 that never backtracks (fast, but its answer breaks ranges).  Target: <= 2 s.
 
 Run it with the virtualenv's interpreter, e.g.
-``.venv/bin/python benchmarks/bench_resolve.py [--runs N]``.
+``python benchmarks/bench_resolve.py [--quick] [--json FILE] [--runs N]`` (the harness).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from harness import Bench, Figure  # noqa: E402
 from packaging.specifiers import SpecifierSet  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
@@ -242,9 +243,10 @@ def ms(xs: list[float]) -> str:
 
 
 def main() -> None:
+    bench = Bench("bench_resolve", __doc__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
+    parser.add_argument("--runs", type=int, default=bench.repeats)
+    args = parser.parse_args(bench.rest)
 
     t = time.perf_counter()
     releases = make_graph()
@@ -277,12 +279,17 @@ def main() -> None:
             else f"{len(cast('dict[str, Release]', value))} plugins picked"
         )
         print(f"{n:3d} requested  corral resolve        {ms(times)}  {outcome}")
+        ours_fig = bench.record(Figure(f"{n} requested: corral resolve", "ms",
+                                       [x * 1000 for x in times], f"<= {TARGET_S * 1000:.0f} ms"))
         print(
             f"{'':15}rounds {stats.rounds}, backtracks {stats.backtracks}, "
             f"rejected candidates {stats.rejected}, plugins read {stats.fetched}"
         )
         t_triv, v_triv = timed(trivial, max(1, args.runs // 2))
         print(f"{'':15}resolvelib, trivial  {ms(t_triv)}  {v_triv}")
+        triv_fig = bench.record(Figure(f"{n} requested: resolvelib, trivial provider", "ms",
+                                       [x * 1000 for x in t_triv]))
+        bench.ratio(ours_fig, triv_fig)
         t_greedy, v_greedy = timed(naive, args.runs)
         picked, broken = cast("tuple[dict[str, str], int]", v_greedy)
         print(
@@ -292,6 +299,7 @@ def main() -> None:
     verdict = "OK" if worst <= TARGET_S else "OVER TARGET"
     target = f"target <= {TARGET_S * 1000:.0f} ms"
     print(f"\nworst corral resolve: {worst * 1000:.1f} ms ({target}) {verdict}")
+    bench.done()
 
 
 if __name__ == "__main__":

@@ -1,27 +1,30 @@
 """Sandbox speed, measured side by side in one run (issue 3 targets).
 
-Run: .venv/bin/python benchmarks/bench_sandbox.py [--rounds N]
+Run: python benchmarks/bench_sandbox.py [--quick] [--json FILE]
 
-- cold start: a strict no-op export in a running host, from call to first result,
-  with the fork server already up (target: median <= 5 ms, p99 <= 10 ms);
+- cold start: a strict no-op export, from call to first result, three ways:
+  back to back (target: median <= 5 ms), after a pause that lets the fork
+  server pre-fork its spare, and the first call of a fresh fork server;
 - warm round trip of a small payload vs a raw socketpair echo between two
   processes (target: ratio <= 1.3);
-- a ~1 ms CPU-bound export, strict vs in-process (target: overhead <= 3 %).
+- a ~1 ms CPU-bound export, strict vs in-process (target: overhead <= 3 %);
+- warm ``Host.call`` against ``Supervisor.call`` and with budgets stubbed out;
+- ``corral call`` as a whole process, with the daemon warm and with none.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import Bench
 
 from corral._sandbox.spec import SandboxSpec
 from corral._sandbox.supervisor import Supervisor
@@ -38,11 +41,6 @@ def work(inp, ctx):
         x += i
     return x
 """
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def make_spec(root: Path, plugin_id: str) -> SandboxSpec:
@@ -93,102 +91,79 @@ class RawEcho:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--cold", type=int, default=200)
-    args = parser.parse_args()
+    bench = Bench("bench_sandbox", __doc__)
+    rounds = 200 if bench.quick else 2000
+    cold_n = 10 if bench.quick else 60
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "code").mkdir()
         (root / "code" / "benchplug.py").write_text(PLUGIN)
+        counter = iter(range(1_000_000))
+        bench.section("cold start: a strict no-op export, call to first result")
         with Supervisor() as sup:
             warm_spec = make_spec(root, "bench.warm")
             sup.call(warm_spec, "benchplug:noop", None)  # fork server up, probe done
+            started: list[str] = []
+            box: list[SandboxSpec] = []
 
-            # Cold starts in a running host: the previous plugin's worker is stopped in
-            # batches and the host pauses 20 ms between loads, as plugins do not all load
-            # within the same millisecond (the fork server refills its spare meanwhile).
-            cold = []
-            batch: list[str] = []
-            for i in range(args.cold):
-                spec = make_spec(root, f"bench.cold{i}")
-                time.sleep(0.02)
-                t = time.perf_counter()
-                sup.call(spec, "benchplug:noop", None)
-                cold.append(time.perf_counter() - t)
-                batch.append(spec.plugin_id)
-                if len(batch) == 10:
-                    for plugin_id in batch:
-                        sup.stop(plugin_id)
-                    batch.clear()
-                    time.sleep(0.1)
-            for plugin_id in batch:
-                sup.stop(plugin_id)
+            def fresh_spec(pause: float = 0.0) -> None:
+                # untimed: the previous cold worker stops, a new plugin's spec is made
+                while started:
+                    sup.stop(started.pop())
+                if pause:
+                    time.sleep(pause)
+                box[:] = [make_spec(root, f"bench.cold{next(counter)}")]
+
+            def cold_call() -> None:
+                sup.call(box[0], "benchplug:noop", None)
+                started.append(box[0].plugin_id)
+
+            back = bench.time("back to back (no pause: the spare may not be ready)", cold_call,
+                              setup=fresh_spec, repeats=cold_n, target="median <= 5 ms")
+            paused = bench.time("after a 50 ms pause (a pre-forked spare is ready)", cold_call,
+                                setup=lambda: fresh_spec(0.05), repeats=cold_n)
+            bench.ratio(back, paused)
+            fresh_spec()
 
             # Warm calls and raw echoes interleaved, so both see the same machine.
             payload = {"small": "payload", "n": 1}
             raw_payload = b"x" * 64
             echo_proc = RawEcho()
-            for _ in range(200):
-                sup.call(warm_spec, "benchplug:noop", payload)
-                echo_proc.round_trip(raw_payload)
-            warm, echo = [], []
-            for _ in range(args.rounds):
-                t = time.perf_counter()
-                sup.call(warm_spec, "benchplug:noop", payload)
-                warm.append(time.perf_counter() - t)
-                echo.append(echo_proc.round_trip(raw_payload))
+            bench.section("warm round trip of a small payload")
+            inner = 20 if bench.quick else 200
+            warm = bench.time("Supervisor.call of a strict no-op",
+                              lambda: sup.call(warm_spec, "benchplug:noop", payload),
+                              inner=inner, unit="us")
+            echo = bench.time("raw socketpair echo between two processes",
+                              lambda: echo_proc.round_trip(raw_payload), inner=inner, unit="us")
+            bench.ratio(warm, echo, target="<= 1.3")
             echo_proc.close()
 
             sys.path.insert(0, str(root / "code"))
             work = importlib.import_module("benchplug").work
             n = calibrate(work)
-            inproc, strict = [], []
-            for _ in range(max(200, args.rounds // 4)):
-                t = time.perf_counter()
-                work(n, None)
-                inproc.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                sup.call(warm_spec, "benchplug:work", n)
-                strict.append(time.perf_counter() - t)
+            bench.section("a ~1 ms CPU-bound export")
+            inproc = bench.time("in-process", lambda: work(n, None), inner=20)
+            strict = bench.time("strict worker", lambda: sup.call(warm_spec, "benchplug:work", n),
+                                inner=20)
+            bench.ratio(strict, inproc, target="<= 1.03")
 
-        cli, bare = cli_call(root)
-        via_host, via_sup, unbudgeted = host_warm(root, args.rounds)
+        def first_call_of_fresh_fork_server() -> None:
+            with Supervisor() as fresh:
+                fresh.call(make_spec(root, f"bench.first{next(counter)}"), "benchplug:noop",
+                           None)
 
-    ms = 1000.0
-    warm_med, echo_med = statistics.median(warm), statistics.median(echo)
-    in_med, st_med = statistics.median(inproc), statistics.median(strict)
-    print(
-        f"cold start strict no-op: median {statistics.median(cold) * ms:.2f} ms, "
-        f"p99 {pct(cold, 0.99) * ms:.2f} ms  (n={len(cold)})"
-    )
-    print(
-        f"warm round trip: median {warm_med * 1e6:.1f} us, p99 {pct(warm, 0.99) * 1e6:.1f} us; "
-        f"raw socketpair echo: median {echo_med * 1e6:.1f} us; "
-        f"ratio {warm_med / echo_med:.2f}"
-    )
-    print(
-        f"1 ms CPU export: in-process median {in_med * ms:.3f} ms, strict {st_med * ms:.3f} ms; "
-        f"overhead {(st_med / in_med - 1) * 100:.1f} %"
-    )
-    host_med, sup_med = statistics.median(via_host), statistics.median(via_sup)
-    free_med = statistics.median(unbudgeted)
-    print(
-        f"warm Host.call strict no-op: median {host_med * 1e6:.1f} us, "
-        f"p99 {pct(via_host, 0.99) * 1e6:.1f} us; same worker by Supervisor.call: median "
-        f"{sup_med * 1e6:.1f} us; host's own share {(host_med - sup_med) * 1e6:.1f} us"
-    )
-    print(
-        f"budget accounting: Host.call {host_med * 1e6:.1f} us, with it stubbed out "
-        f"{free_med * 1e6:.1f} us; cost {(host_med / free_med - 1) * 100:+.1f} % (target <= 3 %)"
-    )
-    print(
-        f"corral call of a strict no-op, whole process: median {statistics.median(cli) * ms:.1f} "
-        f"ms (target <= 100 ms); bare interpreter {statistics.median(bare) * ms:.1f} ms"
-    )
+        bench.section("cold start with a fresh fork server (its start included)")
+        first = bench.time("new Supervisor: first strict call", first_call_of_fresh_fork_server,
+                           repeats=max(3, cold_n // 4))
+        bench.ratio(first, back)
+
+        host_warm(bench, root, rounds)
+        cli_call(bench, root)
+    bench.done()
 
 
-def host_warm(root: Path, rounds: int) -> tuple[list[float], list[float], list[float]]:
+def host_warm(bench: Bench, root: Path, rounds: int) -> None:
     """Warm ``Host.call`` of a strict no-op, interleaved with ``Supervisor.call`` of its worker
     and with ``Host.call`` whose budget accounting is stubbed out.
 
@@ -206,7 +181,6 @@ def host_warm(root: Path, rounds: int) -> tuple[list[float], list[float], list[f
         '[sandbox]\nisolation = "strict"\n[exports]\nnoop = "hostplug:noop"\n'
     )
     payload = {"small": "payload", "n": 1}
-    via_host, via_sup, unbudgeted = [], [], []
     real = DirBudget.before_call, DirBudget.after_call
 
     def skip(*args: object) -> None:
@@ -221,26 +195,42 @@ def host_warm(root: Path, rounds: int) -> tuple[list[float], list[float], list[f
         active = host.lifecycle.active("bench.host")
         assert active is not None
         spec = active.spec
-        for _ in range(rounds):
-            t = time.perf_counter()
-            host.call("bench.host", "noop", payload)
-            via_host.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            sup.call(spec, "hostplug:noop", payload, config={})
-            via_sup.append(time.perf_counter() - t)
+        inner = max(10, rounds // 20)
+
+        def unbudgeted() -> None:
             DirBudget.before_call = DirBudget.after_call = skip  # type: ignore[method-assign]
-            t = time.perf_counter()
-            host.call("bench.host", "noop", payload)
-            unbudgeted.append(time.perf_counter() - t)
-            DirBudget.before_call, DirBudget.after_call = real  # type: ignore[method-assign]
-    return via_host, via_sup, unbudgeted
+            try:
+                host.call("bench.host", "noop", payload)
+            finally:
+                DirBudget.before_call, DirBudget.after_call = real  # type: ignore[method-assign]
+
+        bench.section("warm Host.call of a strict no-op")
+        via_host = bench.time("Host.call", lambda: host.call("bench.host", "noop", payload),
+                              inner=inner, unit="us")
+        via_sup = bench.time("Supervisor.call of the same worker",
+                             lambda: sup.call(spec, "hostplug:noop", payload, config={}),
+                             inner=inner, unit="us")
+        free = bench.time("Host.call with budget accounting stubbed out", unbudgeted,
+                          inner=inner, unit="us")
+        bench.ratio(via_host, via_sup, label="host's share: Host.call / Supervisor.call")
+        bench.ratio(via_host, free, target="<= 1.03", label="budget accounting cost")
 
 
-def cli_call(root: Path, runs: int = 20) -> tuple[list[float], list[float]]:
-    """``corral call`` of a strict no-op as a whole process, and a bare interpreter."""
-    import os
-    import subprocess
+def kill_daemons(home: Path) -> None:
+    """Stop the fork server daemon of ``home`` (its command line names the home)."""
+    import contextlib
+    import signal
 
+    needle = f"corral-forkserver:{home / 'run'}/".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    os.kill(int(entry), signal.SIGKILL)
+
+
+def cli_call(bench: Bench, root: Path) -> None:
+    """``corral call`` of a strict no-op as a whole process: warm daemon, then none."""
     from corral import Host
 
     plugin = root / "cliplug"
@@ -257,17 +247,18 @@ def cli_call(root: Path, runs: int = 20) -> tuple[list[float], list[float]]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["CORRAL_HOME"] = str(home)
     cmd = [sys.executable, "-m", "corral", "call", "bench.cli", "noop", "--input", "1"]
-    bare_cmd = [sys.executable, "-c", "pass"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    cli, bare = [], []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-        cli.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        subprocess.run(bare_cmd, env=env, check=True, capture_output=True)
-        bare.append(time.perf_counter() - t)
-    return cli, bare
+    bench.section("corral call of a strict no-op, whole process")
+    try:
+        warm = bench.process("with the home's fork server daemon warm", cmd, env=env,
+                             target="<= 100 ms")
+        cold = bench.process("no daemon running (stopped before each run)", cmd, env=env,
+                             setup=lambda: kill_daemons(home), warmup=0)
+    finally:
+        kill_daemons(home)
+    bare = bench.process("bare interpreter: python -c pass", [sys.executable, "-c", "pass"],
+                         env=env)
+    bench.ratio(warm, bare)
+    bench.ratio(cold, warm)
 
 
 if __name__ == "__main__":

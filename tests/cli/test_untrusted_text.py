@@ -235,6 +235,7 @@ def test_an_exception_cannot_forge_a_host_line(evil: Cli) -> None:
     assert first.startswith(b"corral: error: ")
     assert b"ok\\x1b[2J\\x1b]0;pwned\\x07" in first
     assert rest  # the forged line and the traceback follow, each under the plugin's id
+    assert rest  # all() below must not pass on nothing
     assert all(line.startswith(b"  acme.evil| ") for line in rest), res.err
     doc = evil("call", "acme.evil", "boom", "--json").json()
     assert HOSTILE in doc["error"]["message"]

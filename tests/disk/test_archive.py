@@ -188,8 +188,10 @@ def test_missing_archive_is_not_found(work: Path) -> None:
         ("a\\..\\x", r"backslash"),
         ("a//b", r"'a//b'.*empty"),
         ("./x", r"'\./x'.*'\.'"),
-        ("a\x00b", r"NUL"),
+        ("a\x00b", r"NUL byte in entry name"),
         ("a\nb", r"control character"),
+        ("d/" * 600 + "x", r"entry name longer than 1024 bytes"),
+        ("d/" + "é" * 128, r"path component longer than 255 bytes"),  # 128 characters, 256 bytes
     ],
 )
 def test_hostile_names(work: Path, name: str, match: str) -> None:
@@ -385,3 +387,23 @@ def test_failure_midway_removes_partial_extraction(work: Path) -> None:
     data[data.index(b"A" * 5000) + 1] = ord("B")
     archive.write_bytes(bytes(data))
     rejected(work, archive, r"'z\.bin'.*corrupt")
+
+
+def test_central_directory_size_is_read_from_the_zip64_record_and_an_empty_archive() -> None:
+    import io
+    import struct
+
+    from corral._disk.archive import _central_directory_size
+
+    # A ZIP64 archive declares its real central directory size in the ZIP64 end
+    # record; the classic end record's 0xFFFFFFFF must not hide 10**12 bytes.
+    record = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, 1, 1, 10**12, 0)
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, 0, 1)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    assert _central_directory_size(io.BytesIO(record + locator + end)) == 10**12
+    assert _central_directory_size(io.BytesIO(end)) == 0xFFFFFFFF  # no ZIP64 locator
+    # An empty archive is just its end record (at offset 0): size 0, not unreadable.
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    assert _central_directory_size(empty) == 0
+    assert _central_directory_size(io.BytesIO(b"not a zip at all")) is None

@@ -38,6 +38,7 @@ def _consistent(home: Path) -> dict[str, object]:
     gen = json.loads((home / "generations" / f"{lock['generation']}.json").read_text())
     assert {k: v for k, v in lock.items() if k != "lock-version"} == gen
     results = Installer(home).verify()  # also repairs the database
+    assert results  # all() below must not pass on nothing
     assert all(r["state"] == "ok" for r in results), results
     registered = rows(home)
     assert set(registered) == set(lock["plugins"])
@@ -46,6 +47,23 @@ def _consistent(home: Path) -> dict[str, object]:
         assert registered[pid][0] == entry["version"]
     plugins: dict[str, object] = lock["plugins"]
     return plugins
+
+
+def _install_lock_held(home: Path) -> bool:
+    """Whether another process holds the installer's lock (checked without waiting)."""
+    import fcntl
+
+    try:
+        fd = os.open(home / "install.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock just taken
+    return False
 
 
 def test_kill_9_at_random_points_leaves_a_consistent_generation(
@@ -61,14 +79,28 @@ def test_kill_9_at_random_points_leaves_a_consistent_generation(
     args = [*CLI, "--home", str(home), "install", "acme.top", "--source", str(repo),
             "--allow-unsigned", "--json"]
     rng = random.Random(4)
-    outcomes = {"before": 0, "after": 0}
+    outcomes = {"before": 0, "after": 0, "killed": 0}
     for _ in range(20):
         before = _consistent(home)
         proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.9))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        # The kill must land while the installer runs: once it holds the
+        # install lock (its operation has begun) and before it exits.
+        deadline = time.monotonic() + 60  # a hang guard, far above any install here
+        while not _install_lock_held(home):
+            assert proc.poll() is None, "the installer exited before taking its lock"
+            assert time.monotonic() < deadline, "the installer never took its lock"
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        # Only a death by the signal counts as a kill that landed mid-install; an
+        # installer that finished first (a fast machine) is still checked below.
+        code = proc.wait()
+        if code == -signal.SIGKILL:
+            outcomes["killed"] += 1
+        else:
+            assert code == 0
         after = _consistent(home)
         if "acme.top" in after:
             outcomes["after"] += 1
@@ -78,7 +110,8 @@ def test_kill_9_at_random_points_leaves_a_consistent_generation(
             outcomes["before"] += 1
             assert after == before
     print(outcomes)
-    assert outcomes["before"] > 0  # some kills landed mid-install
+    assert outcomes["killed"] >= 10  # most rounds were kills that landed mid-install
+    assert outcomes["before"] > 0  # some of them before the switch
     assert inst.install(["acme.top"]).changed  # a retry succeeds
     _consistent(home)
 

@@ -90,6 +90,39 @@ def test_revoked_key_refuses_rollback_reinstall_and_verify(
     assert doc["ok"] is False
 
 
+def test_rollback_checks_again_a_plugin_unchanged_between_the_generations(
+    tmp_path: Path, home: Path
+) -> None:
+    # acme.keep is the same tree in generations 1 and 2; its key is revoked after.
+    # rollback promises every plugin of the target is checked again, not only
+    # the ones that differ from the current generation.
+    from corral._distribution.signing import generate_key
+    from corral._distribution.trust import TrustStore
+
+    repo = tmp_path / "repo"
+    old_key = generate_key("old", tmp_path / "keys")
+    new_key = generate_key("new", tmp_path / "keys")
+    publish(tmp_path, repo, "acme.keep", "1.0.0", key=old_key)
+    publish(tmp_path, repo, "acme.moves", "1.0.0", key=new_key)
+    publish(tmp_path, repo, "acme.moves", "1.1.0", key=new_key)
+    trust = TrustStore(home)
+    trust.trust(old_key.public_key_b64, "old")
+    trust.trust(new_key.public_key_b64, "new")
+    inst = Installer(home, DirectorySource(repo))
+    inst.install(["acme.keep", "acme.moves@1.0.0"])  # 1
+    inst.install(["acme.moves@1.1.0"])  # 2: acme.keep carried over unchanged
+    gen1, gen2 = inst.generation(1).plugins, inst.generation(2).plugins
+    assert gen1["acme.keep"]["sha256"] == gen2["acme.keep"]["sha256"]
+    trust.revoke(old_key.keyid, "leaked")
+
+    with pytest.raises(SignatureInvalid, match=rf"cannot roll back to generation 1: "
+                       rf"acme\.keep 1\.0\.0 is signed by revoked key {old_key.keyid}"):
+        Installer(home, DirectorySource(repo)).rollback()
+    current = inst.current()
+    assert current is not None
+    assert current.number == 2
+
+
 def test_stricter_policy_applies_to_a_version_already_in_the_store(
     tmp_path: Path, home: Path
 ) -> None:

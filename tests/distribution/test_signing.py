@@ -105,6 +105,13 @@ def test_generate_key_refuses_to_overwrite(tmp_path: Path) -> None:
     loaded = load_signing_key("alice", tmp_path)
     assert loaded is not None
     assert loaded.keyid == first.keyid
+    # Either half alone is enough to refuse: a lone .pub (say, a copied public key)
+    # must not be overwritten by a new pair's public half.
+    (tmp_path / "bob.pub").write_text("someone else's public key\n")
+    with pytest.raises(UsageError, match="already exists"):
+        generate_key("bob", tmp_path)
+    assert (tmp_path / "bob.pub").read_text() == "someone else's public key\n"
+    assert not (tmp_path / "bob.pem").exists()
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a b", ".hidden", "x" * 65])

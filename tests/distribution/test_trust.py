@@ -61,6 +61,12 @@ def test_trust_refuses_garbage(store: TrustStore, bad: str) -> None:
     assert not store.path.exists()
 
 
+def test_a_broken_pem_key_is_named_as_pem_not_as_a_missing_file(store: TrustStore) -> None:
+    with pytest.raises(UsageError, match=r"^not a PEM public key: "):
+        store.trust("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "x")
+    assert not store.path.exists()
+
+
 def test_trust_refuses_a_private_key_file(store: TrustStore, key: SigningKey,
                                           tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"alice\.pem: this is a private key"):
@@ -145,6 +151,11 @@ def test_bad_policy_names_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "settings.toml").write_text("[install\n")
     with pytest.raises(ManifestError, match="not valid TOML"):
         load_policy(tmp_path)
+    # `install = "any"` is not the [install] table: refused, not read as a policy
+    (tmp_path / "settings.toml").write_text('install = "any"\n')
+    with pytest.raises(ManifestError, match="must be a table") as info:
+        load_policy(tmp_path)
+    assert info.value.key == "install"
 
 
 # -- check_signature: the matrix -------------------------------------------------
@@ -249,3 +260,14 @@ def test_end_to_end_with_a_real_signature(tmp_path: Path, store: TrustStore,
     with pytest.raises(SignatureInvalid, match=r"added: extra\.py"):
         check_signature(verify_directory(root), plugin_id="acme.x", version="1.0.0",
                         trust=store)
+
+
+@pytest.mark.parametrize("status", [SignatureStatus("forged", "ab" * 32, "mallory"),
+                                    SignatureStatus("signed", None, "mallory")])
+def test_an_unknown_state_or_a_signature_without_key_is_refused_by_every_policy(
+    store: TrustStore, status: SignatureStatus
+) -> None:
+    for policy in POLICIES:
+        with pytest.raises(SignatureInvalid, match=r"acme\.x 1\.0\.0: unknown signature state"):
+            check_signature(status, plugin_id="acme.x", version="1.0.0", trust=store,
+                            publisher_verified=True, allow_unsigned=True, policy=policy)

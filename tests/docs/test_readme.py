@@ -72,7 +72,7 @@ def checkout_copy(dest: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_quickstart_installs_and_runs_the_demo(tmp_path: Path) -> None:
-    quickstart = [b for b in section("## Quickstart") if b.language == "sh"][0]
+    quickstart = next(b for b in section("## Quickstart") if b.language == "sh")
     lines = [ln for ln in quickstart.text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert len(lines) == 2, lines
     assert "examples/demo.py" in lines[0], lines

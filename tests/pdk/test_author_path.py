@@ -138,6 +138,9 @@ def serve_registry(walk: Walk, data: Path) -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.perf_counter() - start > 30:
+                if proc.poll() is None:  # still up but not answering: stop it, or the read hangs
+                    proc.kill()
+                    proc.wait()
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise AssertionError(f"corral registry serve did not come up: {err[-2000:]}")
             time.sleep(0.05)
@@ -317,8 +320,7 @@ def test_the_author_path_end_to_end(tmp_path: Path) -> None:
     assert [s.name for s in walk.steps if s.phase in ("author", "user")] == [
         "keys generate", "new", "test", "validate", "pack #1", "publish", "registry trust",
         "install", "enable", "call greet", "verify", "docs"]
-    assert walk.path_commands() == 12
-    assert walk.path_seconds() < 45, walk.table()
+    assert walk.path_commands() == 12  # its seconds are a figure of bench_author_path.py
 
 
 def test_publish_refuses_an_invalid_directory_before_any_upload(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ def test_javascript_links_in_markdown_are_inert(tmp_path: Path) -> None:
     assert "https://acme.test/ok" in links
     assert "guide.md" in links
     assert "https://acme.test/good" in links
+    assert links  # all() below must not pass on nothing
     assert all(safe_url(u) for u in links), links
     assert "]\\(javascript:alert(1))" in md  # shown, not linked
     assert "- **Homepage:** javascript:alert(6)" in md

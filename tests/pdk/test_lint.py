@@ -182,4 +182,5 @@ def test_export_signatures(tmp_path: Path) -> None:
                                                   "f(input, ctx)")
     assert "must" in got["export 'kwonly'"].message
     assert "not callable" in got["export 'constant'"].message
+    assert issues  # all() below must not pass on nothing
     assert all(i.rule == "CORRAL-E003" and i.file == "pkg/mod.py" for i in issues)

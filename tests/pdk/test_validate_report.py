@@ -70,6 +70,7 @@ def test_report_has_every_section_and_metrics(tmp_path: Path) -> None:
             assert issue["level"] in ("error", "warning", "note")
             assert issue["rule"] in RULES
     # the existing warning keys stay (the registry reads them)
+    assert report["warnings"]  # all() below must not pass on nothing
     assert all("key" in w for w in report["warnings"])
     suggestions = {s["key"] for s in report["suggestions"]}
     assert {"plugin.tags", "README.md", "exports.self-test"} <= suggestions

@@ -274,6 +274,7 @@ def test_search_filters_sort_and_rating(api: Api, tmp_path: Path) -> None:
     api.registry.verify_publisher("acme")
     res = api.http.get("/v1/search", params={"verified": "true", "q": "fmt"}).json()
     assert {x["id"] for x in res["results"]} >= {"acme.alpha-fmt", "acme.beta-fmt"}
+    assert res["results"]  # all() below must not pass on nothing
     assert all(x["verified"] for x in res["results"])
     page1 = api.http.get("/v1/search", params={"q": "fmt", "per_page": 1}).json()
     page2 = api.http.get("/v1/search", params={"q": "fmt", "per_page": 1, "page": 2}).json()

@@ -165,7 +165,7 @@ def test_endless_data_is_cut_off(tuf_api: TufApi, proxy: Proxy, tmp_path: Path) 
         t0 = time.monotonic()
         with pytest.raises(SignatureInvalid, match="longer than its signed length") as err:
             src.fetch(rel, tmp_path / "dl")
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 10  # a hang guard: the endless body never ends
     assert err.value.plugin_id == "acme.alpha"
     time.sleep(0.3)
     assert proxy.sent < 32 * 1024 * 1024  # bounded by socket buffers, not by the server
@@ -253,11 +253,10 @@ def test_registry_down_and_slow(tuf_api: TufApi, proxy: Proxy, tmp_path: Path) -
     proxy.delay = 3.0
     trust_registry(tmp_path / "b", proxy.url,
                    (tuf_api.repo.metadata_dir / "1.root.json").read_bytes())
-    t0 = time.monotonic()
+    # ReadTimeout is the proof: waiting out the 3 s delay would have answered.
     with RegistrySource(proxy.url, tmp_path / "b", timeout=0.5) as src, \
             pytest.raises(TransferError, match="ReadTimeout"):
         src.releases("acme.alpha")
-    assert time.monotonic() - t0 < 2.5
 
 
 def _mutations(data: bytes, rng: random.Random, others: list[bytes]) -> bytes:

@@ -58,9 +58,11 @@ def test_result_shape_and_filters(catalogue_url: str) -> None:
     tagged = httpx.get(f"{catalogue_url}/v1/search",
                        params={"q": "theme", "tag": "mkdocs", "per_page": 50}).json()
     assert tagged["results"]
+    assert tagged["results"]  # all() below must not pass on nothing
     assert all("mkdocs" in x["tags"] for x in tagged["results"])
     cat = httpx.get(f"{catalogue_url}/v1/search",
                     params={"q": "coverage", "category": "testing"}).json()
+    assert cat["results"]  # all() below must not pass on nothing
     assert all(x["category"] == "testing" for x in cat["results"])
     by_dl = httpx.get(f"{catalogue_url}/v1/search",
                       params={"q": "django", "sort": "downloads", "per_page": 50}).json()

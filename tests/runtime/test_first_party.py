@@ -134,6 +134,7 @@ def test_manifest_is_complete_and_validates(name: str, tmp_path: Path) -> None:
 def test_plugins_list_enabled_with_their_exports(host: Host) -> None:
     infos = {i.id: i for i in host.list(discovered=False)}
     assert sorted(infos) == sorted(IDS)
+    assert infos  # all() below must not pass on nothing
     assert all(i.state == "enabled" for i in infos.values())
     assert "export:summary" in infos["corral.workspace"].capabilities
     assert "micro:validator" in infos["corral.updater"].capabilities

@@ -693,14 +693,30 @@ def test_module_shadowing_stdlib_is_refused(host: Host, tmp_path: Path) -> None:
         host.enable("acme.shadow")
 
 
-@pytest.mark.skipif(sandbox_problem("strict") is None,
-                    reason="this machine can enforce strict isolation; nothing to refuse")
-def test_strict_plugin_refused_without_sandbox(host: Host, tmp_path: Path) -> None:
+def test_strict_plugin_refused_without_sandbox(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kernel without Landlock, seccomp or network namespaces, faked at the
+    # probe so this refusal runs on every machine, confining ones included.
+    from corral._sandbox import kernel
+
+    bare = kernel.KernelFeatures(
+        machine="riscv64", landlock_abi=0, seccomp_filter=False, user_ns=True, pid_ns=True,
+        net_ns=False, mount_ns=True, ipc_ns=True,
+    )
+    monkeypatch.setattr(kernel, "probe", lambda: bare)
+    assert sandbox_problem("strict") == (
+        "missing kernel features: landlock, seccomp-bpf, network namespaces")
     host.register(make_plugin(tmp_path, "acme.strict", isolation="strict"))
     with pytest.raises(PolicyDenied) as info:
         host.enable("acme.strict")
     assert info.value.exit_code == 4
-    assert "strict" in str(info.value)
+    assert info.value.message == (
+        "acme.strict asks for sandbox.isolation = 'strict', which this machine cannot "
+        "enforce: missing kernel features: landlock, seccomp-bpf, network namespaces; "
+        "it will not run with less"
+    )
+    assert state(host, "acme.strict") != "enabled"
 
 
 def test_call_metrics_are_recorded(demo: Host) -> None:

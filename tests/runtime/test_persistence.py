@@ -280,6 +280,8 @@ def test_two_processes_never_corrupt_the_database(
     expected = {f"{t}.n{i}" for t in ("pa", "pb") for i in range(0, 20, 2)} | {"shared.one"}
     assert set(rows) == expected
     assert all(rows[f"{t}.n{i}"] == "enabled" for t in ("pa", "pb") for i in range(0, 20, 2))
+    # Two processes raced enabling and disabling shared.one: whichever acted last
+    # decides, so any durable state is right; what must hold is that it is one.
     assert rows["shared.one"] in {"enabled", "disabled", "registered"}
     assert {p.name for p in (home / "plugins").iterdir()} == expected
     with new_host(home, workspace) as h:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from typing import TYPE_CHECKING
 
 from corral._runtime.folders import ScanResult, scan_plugin_dirs
@@ -113,14 +112,10 @@ def test_missing_root_means_everything_is_gone(tmp_path: Path) -> None:
     assert counts(scan_plugin_dirs(root, {})) == (0, 0, 0, 0)
 
 
-def test_scan_is_fast(tmp_path: Path) -> None:
+def test_a_rescan_with_the_cache_finds_every_plugin_unchanged(tmp_path: Path) -> None:
+    # Its speed (one scandir plus one stat per plugin) is a figure of
+    # benchmarks/bench_core.py, not a bound here.
     root = tmp_path / "plugins"
     make_plugins(root, 500)
     cache = scan_plugin_dirs(root, {}).cache
-    start = time.perf_counter()
-    for _ in range(5):
-        result = scan_plugin_dirs(root, cache)
-    per_scan = (time.perf_counter() - start) / 5
-    assert len(result.unchanged) == 500
-    # one scandir plus one stat per plugin: a few ms; the bound is loose for slow CI
-    assert per_scan < 0.25, f"{per_scan * 1000:.1f} ms per scan of 500 plugins"
+    assert counts(scan_plugin_dirs(root, cache)) == (0, 0, 500, 0)

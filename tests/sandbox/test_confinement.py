@@ -272,6 +272,8 @@ def test_landlock_confines_files(tree: Tree, ruleset: int) -> None:
     ):  # fmt: skip
         assert report[key] == "EACCES", key
     for key in ("hardlink canary in", "move data out", "move canary in"):
+        # Landlock refuses a link or rename across its rule layers with EXDEV
+        # before the access check can say EACCES; both are refusals.
         assert report[key] in {"EACCES", "EXDEV"}, key
     assert_canary_intact(tree)
     assert (tree.rw / "sub" / "o.txt").read_text() == "hello"
@@ -367,6 +369,7 @@ def test_landlock_rights_follow_the_abi() -> None:
 def test_interpreter_paths_do_not_cover_the_workspace(tmp_path: Path) -> None:
     paths = interpreter_read_paths()
     assert sys.base_prefix in paths
+    assert paths  # all() below must not pass on nothing
     assert all(os.path.exists(p) for p in paths)
     for p in paths:
         assert not tmp_path.is_relative_to(p), p
@@ -1179,12 +1182,9 @@ def test_probe_is_cached_and_leaves_the_caller_alone() -> None:
 
     before = _process_identity()
     _kernel._cached.clear()
-    started = time.perf_counter()
     features = probe()
-    elapsed = time.perf_counter() - started
     assert probe() is features
     assert _process_identity() == before
-    assert elapsed < 2  # a fork and a few syscalls; generous for a busy machine
     assert features.landlock_abi == landlock_abi()
 
 

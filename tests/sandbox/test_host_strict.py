@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -88,7 +89,16 @@ def test_hooks_run_inside_the_worker(tmp_path: Path) -> None:
     with Host(home=tmp_path / "home", workspace=tmp_path) as host:
         host.register(make(tmp_path))
         host.enable("acme.strict")
-        assert isinstance(host.call("acme.strict", "pid"), int)
+        inside = host.call("acme.strict", "pid")
+        worker = host.attachments.supervisor().worker_pid("acme.strict")
+        assert worker is not None
+        assert worker != os.getpid()
+        # The worker runs in its own pid namespace: the pid it sees is the last
+        # of the NSpid chain the kernel shows for the worker's host-side pid.
+        nspid = next(line for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+                     if line.startswith("NSpid:"))
+        assert int(nspid.split()[-1]) == inside
+        assert inside != os.getpid()
         host.disable("acme.strict")
         log = tmp_path / "home" / "data" / "acme.strict" / "hooks.log"
         assert log.read_text().split() == ["load", "enable", "disable"]

@@ -227,10 +227,10 @@ def test_a_raising_handler_is_a_plugin_error_with_its_traceback(host: Host) -> N
 
 
 def test_a_slow_handler_times_the_sender_out_and_the_receiver_recovers(host: Host) -> None:
-    start = time.monotonic()
     with pytest.raises(PluginTimeout, match=f"{RECV} did not answer within 0.3 s"):
         host.messenger.send(RECV, {"tag": "slow", "sleep": 1.0}, timeout=0.3)
-    assert time.monotonic() - start < 0.9
+    # No clock: had the sender waited for the 1 s handler it would have got
+    # its echo back, not a PluginTimeout naming the 0.3 s limit.
     assert host.messenger.send(RECV, "after slow", timeout=10.0)["echo"] == "after slow"
 
 
@@ -270,10 +270,10 @@ def test_a_worker_crash_fails_that_delivery_only(host: Host) -> None:
 
 
 def test_a_sandboxed_plugin_cannot_message_itself(host: Host) -> None:
-    start = time.monotonic()
+    # Refused at once: a send that waited out its timeout would raise
+    # PluginTimeout, not this UsageError.
     with pytest.raises(UsageError, match=f"{RECV} cannot send a message to itself"):
         host.call(RECV, "send_self")
-    assert time.monotonic() - start < 1.0  # refused at once, no timeout waited out
 
 
 def test_disable_stops_delivery_and_enable_restores_it(host: Host) -> None:

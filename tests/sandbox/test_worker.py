@@ -615,6 +615,7 @@ def test_strict_network_denied_without_grant(
     got = sup.call(spec, "hostile.plug:raw_connect", {"port": listener.port})
     assert got["ok"] is False
     families = sup.call(spec, "hostile.plug:socket_families", None)
+    assert families  # all() below must not pass on nothing
     assert all(v != "created" for v in families.values()), families
     time.sleep(0.1)
     assert listener.received == []
@@ -838,7 +839,7 @@ def test_hostile_frames_kill_only_that_worker(
     t0 = time.monotonic()
     with pytest.raises(WorkerCrashed) as info:
         sup.call(spec, f"hostile.plug:{attack}", None)
-    assert time.monotonic() - t0 < 5  # killed at once, not after its sleep
+    assert time.monotonic() - t0 < 5  # killed at once, well before its 10 s+ sleep ends
     assert "protocol" in info.value.details
     assert not alive(pid)
     assert sup.call(spec, "hostile.plug:noop", None) is None
@@ -947,6 +948,7 @@ def test_cannot_signal_outside_processes(sup: Supervisor, root: Path, level: str
     assert server is not None
     targets = [os.getpid(), server]
     got = sup.call(spec, "hostile.plug:signal_others", {"pids": targets})
+    assert got  # all() below must not pass on nothing
     assert all(v != "sent" for v in got.values()), got
     assert alive(server)
 
@@ -958,6 +960,7 @@ def test_strict_cannot_peek_at_outside_processes(sup: Supervisor, root: Path) ->
     assert server is not None
     paths = [f"/proc/{os.getpid()}/environ", f"/proc/{server}/cmdline", "/proc/1/environ"]
     got = sup.call(spec, "hostile.plug:proc_peek", {"paths": paths})
+    assert got  # all() below must not pass on nothing
     assert all(v != "read" for v in got.values()), got
 
 
@@ -985,7 +988,7 @@ def test_worker_hanging_up_is_killed(sup: Supervisor, root: Path, level: str) ->
     t0 = time.monotonic()
     with pytest.raises(WorkerCrashed):
         sup.call(spec, "hostile.plug:hang_up", None)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15  # well below the 30 s the worker sleeps after hanging up
     assert not alive(pid)
 
 

@@ -188,6 +188,7 @@ def test_gather_collects_in_process_answers_for_the_worker(host: Host) -> None:
 def test_a_publisher_handle_publishes_as_the_plugin(host: Host) -> None:
     topic, source, ids = host.call(STRICT, "pub", ["a", "b"])
     assert (topic, source) == ("wc.pub", STRICT)
+    assert ids  # all() below must not pass on nothing
     assert all(isinstance(i, int) for i in ids)
     assert host.call(LOCAL, "pubs")[-2:] == [["a", STRICT], ["b", STRICT]]
 

@@ -143,12 +143,19 @@ def test_fan_out_merges(mgr: MicroManager) -> None:
 
 def test_fan_out_runs_in_parallel() -> None:
     with MicroManager() as m:
+        # Each step waits until all four are running: run one after another,
+        # the first would never see the others and the barrier would break.
+        met = threading.Barrier(4, timeout=30)
+
+        def meet(x: Any) -> Any:
+            met.wait()
+            return x
+
         for i in range(4):
-            m.register(_sleeper(0.1), id=f"s.sleep{i}", type="utility")
+            m.register(meet, id=f"s.sleep{i}", type="utility", max_ms=60_000)
         comp = Composition(FanOut(tuple(Step(f"s.sleep{i}") for i in range(4))), m)
-        start = time.monotonic()
         assert comp.run(1) == [1, 1, 1, 1]
-        assert time.monotonic() - start < 0.3
+        assert not met.broken
 
 
 def test_nesting_and_refs(mgr: MicroManager) -> None:

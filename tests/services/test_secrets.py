@@ -61,7 +61,11 @@ def test_keyring_absent_or_unusable_falls_back_cleanly(tmp_path: Path) -> None:
     store = SecretStore(tmp_path)  # use_keyring=None: tries keyring, if any
     store.set("a", VALUE)
     assert store.get("a") == VALUE
-    assert store.key_source in ("keyring", str(tmp_path / "secret.key"))
+    if store.key_source == "keyring":
+        assert not (tmp_path / "secret.key").exists()
+    else:  # no usable keyring here: the private key file, and only that
+        assert store.key_source == str(tmp_path / "secret.key")
+        assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_grants(store: SecretStore) -> None:
@@ -174,3 +178,36 @@ def test_cli_never_prints_a_value(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     outputs.append((tmp_path / "secrets.json").read_text())
     outputs.append((tmp_path / "config.toml").read_text())
     assert all(VALUE not in text for text in outputs)
+
+
+LEAKY_CODE = '''
+def leak(value, ctx):
+    token = ctx.secrets.get("token")
+    ctx.log.warning("calling upstream with %s", token)
+    raise RuntimeError(f"upstream refused token {token}")
+'''
+
+
+@pytest.mark.parametrize("isolation", ["none", "limited"])
+def test_corral_call_scrubs_a_secret_from_the_plugin_log_and_its_error(
+    tmp_path: Path, isolation: str
+) -> None:
+    # The product's own path: `corral call` attaches the redactor, nothing in
+    # the test does. The plugin logs its secret and quotes it in its error.
+    from helpers.plugins import make_plugin
+
+    home = tmp_path / "home"
+    src = make_plugin(tmp_path, "acme.leaky", files={"acme_leaky.py": LEAKY_CODE},
+                      exports={"leak": "acme_leaky:leak"}, isolation=isolation,
+                      permissions={"host-api": ["secrets:token"]})
+    assert cli(home, "secret", "set", "token", stdin=VALUE + "\n").returncode == 0
+    for verb in (["add", str(src)], ["enable", "acme.leaky"]):
+        done = cli(home, *verb)
+        assert done.returncode == 0, done.stderr
+    for extra in ([], ["--json"]):
+        called = cli(home, "call", "acme.leaky", "leak", *extra)
+        assert called.returncode == 5, called.stderr
+        assert VALUE not in called.stdout + called.stderr
+        shown = json.loads(called.stdout)["error"]["message"] if extra else called.stderr
+        assert "upstream refused token ***" in shown
+    assert "calling upstream with ***" in called.stderr

@@ -138,6 +138,10 @@ class _Facts:
         self._cands[plugin_id] = cands
         return cands
 
+    def seen_ids(self) -> list[str]:
+        """Every plugin id whose releases were read in this call."""
+        return [pid for pid, cands in self._cands.items() if cands]
+
     def specset(self, spec: str, where: str, plugin_id: str | None = None) -> SpecifierSet:
         """Parse ``spec`` once; ``where`` names its origin in the error."""
         try:
@@ -422,12 +426,22 @@ def resolve(
             if not elsewhere:
                 raise failure from None
             provider = _Provider(facts, locked or {}, upgrade, elsewhere)
-            try:
-                result = _resolve(provider, facts, roots, max_rounds)
-            except ResolutionImpossible:
+            second = None
+            # First as they come; then with each release that pins such a yanked
+            # release asked for as well (newest first), keeping it only if the
+            # user's requests reach it: the pin must be in force in the answer.
+            for extra in [None, *_pinners(elsewhere, facts)]:
+                wanted = roots if extra is None else [*roots, extra]
+                try:
+                    found = _resolve(provider, facts, wanted, max_rounds)
+                except ResolutionImpossible:
+                    continue
+                if _yanked_pinned(found, extra) and _reached(found, roots):
+                    second = found
+                    break
+            if second is None:
                 raise failure from None
-            if not _yanked_pinned(result):
-                raise failure from None
+            result = second
     except ResolutionTooDeep as exc:
         asked = ", ".join(r.text for r in roots)
         raise ConflictError(
@@ -516,25 +530,56 @@ def _reachable_yanked_pins(roots: Sequence[_Req], facts: _Facts) -> frozenset[tu
     )
 
 
-def _yanked_pinned(result: _Result) -> bool:
+def _pinners(pins: frozenset[tuple[str, Version]], facts: _Facts) -> list[_Req]:
+    """``id==version`` of every release whose dependencies pin one of ``pins``, newest first."""
+    out: dict[tuple[str, Version], _Req] = {}
+    for pid in sorted(facts.seen_ids()):
+        for c in facts.candidates(pid) or ():
+            for dep, spec in c.release.dependencies.items():
+                req = facts.make_req(dep, spec.strip(), c, f"{c.label}: dependencies.{dep}")
+                if any((dep, v) in pins for v in req.pins):
+                    out[(c.id, c.version)] = facts.make_req(
+                        c.id, f"=={c.version}", None, f"{c.label} (pins {dep})")
+    keys = sorted(out, key=lambda k: k[1], reverse=True)  # newest first...
+    keys.sort(key=lambda k: k[0])  # ...within each id, ids in order (a stable sort)
+    return [out[k] for k in keys]
+
+
+def _reached(result: _Result, roots: Sequence[_Req]) -> bool:
+    """Whether every plugin of ``result`` is needed by ``roots`` through the chosen releases."""
+    chosen = result.mapping
+    todo = [r.id for r in roots]
+    needed = set(todo)
+    while todo:
+        for dep in chosen[todo.pop()].release.dependencies:
+            if dep in chosen and dep not in needed:
+                needed.add(dep)
+                todo.append(dep)
+    return needed == set(chosen)
+
+
+def _yanked_pinned(result: _Result, extra: _Req | None = None) -> bool:
     """Each yanked release of a resolvelib result is pinned exactly by a range in force.
 
     A range is in force when it comes from a root or from a release the result
     keeps: a criterion still remembers ranges of releases that backtracking or
-    pruning dropped, and their pins do not count.
+    pruning dropped, and their pins do not count.  ``extra``, a requirement the
+    resolver added itself, pins nothing.
     """
     for pid, cand in result.mapping.items():
-        if cand.release.yanked and not _pinned_in(result, pid, cand):
+        if cand.release.yanked and not _pinned_in(result, pid, cand, extra):
             return False
     return True
 
 
-def _pinned_in(result: _Result, pid: str, cand: _Cand) -> bool:
-    """Whether a range from a root or from a release ``result`` keeps pins ``cand``."""
+def _pinned_in(result: _Result, pid: str, cand: _Cand, extra: _Req | None = None) -> bool:
+    """Whether a range from a root or from a release ``result`` keeps pins ``cand``
+    (``extra``, a requirement the resolver added itself, pins nothing)."""
     return any(
         cand.version in info.requirement.pins
         for info in result.criteria[pid].information
-        if info.parent is None or result.mapping.get(info.parent.id) is info.parent
+        if info.requirement is not extra
+        and (info.parent is None or result.mapping.get(info.parent.id) is info.parent)
     )
 
 
