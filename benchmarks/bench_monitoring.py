@@ -111,15 +111,15 @@ def in_process(bench: Bench, root: Path, batches: int, n: int) -> None:
             host.flush_metrics()
     bench.section(f"in-process Host.call of a no-op ({batches} batches of {n} calls, "
                   "modes alternating)")
-    off = bench.record(Figure("monitoring off (anchor)", "ns", samples["off"], per="call"))
-    on = bench.record(Figure("monitoring on (1 in 64)", "ns", samples["on"], per="call"))
-    every = bench.record(Figure("monitoring on (every call)", "ns", samples["every"],
-                                per="call"))
-    bench.value("monitoring on (1 in 64) adds (median difference)", on.median - off.median,
-                "ns", target="<= 100 ns")
+    fig_off = bench.record(Figure("monitoring off (anchor)", "ns", samples["off"], per="call"))
+    fig_on = bench.record(Figure("monitoring on (1 in 64)", "ns", samples["on"], per="call"))
+    fig_every = bench.record(Figure("monitoring on (every call)", "ns", samples["every"],
+                                    per="call"))
+    bench.value("monitoring on (1 in 64) adds (median difference)",
+                fig_on.median - fig_off.median, "ns", target="<= 100 ns")
     bench.value("monitoring on (every call) adds (median difference)",
-                every.median - off.median, "ns")
-    bench.ratio(on, off, label="in process: monitoring on / off")
+                fig_every.median - fig_off.median, "ns")
+    bench.ratio(fig_on, fig_off, label="in process: monitoring on / off")
 
 
 def main() -> None:
