@@ -37,6 +37,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -263,8 +264,8 @@ def latency(bench: Bench, catalogue: Path, cousage: Path, rows: list[CoUsageRow]
             reg.close()
 
 
-def _grid() -> list[dict[str, float]]:
-    out: list[dict[str, float]] = [{}]
+def _grid() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{}]
     for key, values in (("min_support", (1.0, 3.0)), ("rare_weight", (0.0, 1.0)),
                         ("alpha", (0.3, 0.7, 1.0)),
                         ("shrink", (0.0, 1.0, 6.0)), ("w_family", (0.0, 0.25, 1.0)),
