@@ -1,7 +1,5 @@
 """``ctx.cache`` and memoised exports, measured side by side in one run (issue 16 targets).
 
-Run: .venv/bin/python benchmarks/bench_cache.py [--catalogue FILE] [--rounds N]
-
 Keys and values are rows of the package catalogue (``--catalogue``, else
 ``$CORRAL_CATALOGUE``, else ``examples/catalogue.tsv``): name -> its row.
 
@@ -12,6 +10,12 @@ Keys and values are rows of the package catalogue (``--catalogue``, else
   no-op export measured from the host in the same run (target: ratio <= 1);
 - a memoised export's hit through ``Host.call`` in process against a bare call of an
   unmemoised export taking the same input (target: <= 2 us).
+
+Loops timed inside a plugin give one sample per call (the harness's warm-up calls
+first, untimed); the rest is timed by the harness.
+
+``python benchmarks/bench_cache.py [--quick] [--json FILE] [--catalogue FILE] [--keys N]``
+(see benchmarks/harness.py).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import Bench, Figure
 
 from corral import Host
 from corral._services.sandboxed import sandbox_problem
@@ -111,28 +115,17 @@ def rows_of(path: Path, n: int) -> list[dict[str, str]]:
         return [dict(r) for _, r in zip(range(n), reader, strict=False)]
 
 
-def per_call_ns(fn: object, arg: object, n: int) -> float:
-    t = time.perf_counter_ns()
-    for _ in range(n):
-        fn(*arg)  # type: ignore[operator]
-    return (time.perf_counter_ns() - t) / n
-
-
-def median_of(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
 def main() -> None:
+    bench = Bench("bench_cache", __doc__)
     parser = argparse.ArgumentParser()
     parser.add_argument("--catalogue", type=Path,
                         default=Path(os.environ.get("CORRAL_CATALOGUE")
                                      or ROOT / "examples" / "catalogue.tsv"))
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--keys", type=int, default=1000, help="catalogue rows used as entries")
-    args = parser.parse_args()
+    args = parser.parse_args(bench.rest)
     rows = rows_of(args.catalogue, args.keys)
-    print(f"{len(rows)} catalogue rows from {args.catalogue.name}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (figures scale with it)")
+    n = 10_000 if bench.quick else 100_000  # Host.call per sample
+    print(f"{len(rows)} catalogue rows from {args.catalogue.name}")
     keys = [r["name"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -141,47 +134,52 @@ def main() -> None:
             host.enable(host.register(make(root / "src", "bench.local", "none", []))[0].id)
             host.call("bench.local", "load", {"rows": rows})
 
-            def inside(export: str, **extra: object) -> float:
-                return median_of([float(host.call("bench.local", export,
-                                                  {"keys": keys, "rows": rows, "rounds": 20,
-                                                   **extra}))
-                                  for _ in range(args.rounds)])
+            def inside(pid: str, export: str, inp: dict[str, object]) -> list[float]:
+                """ns per get as timed inside the plugin, one sample per call."""
+                got = [float(host.call(pid, export, inp))
+                       for _ in range(bench.warmup + bench.repeats)]
+                return got[bench.warmup:]
 
-            dict_ns = inside("loop_dict")
+            base = {"keys": keys, "rows": rows, "rounds": 20}
+            bench.section("L1 hit in process, timed inside the plugin")
+            dict_get = bench.record(Figure("dict.get of the same keys (anchor)", "ns",
+                                           inside("bench.local", "loop_dict", base), per="get"))
             summaries = ["summary:" + k for k in keys]
-            l1_ns = inside("loop_cache", keys=summaries)
-            row_ns = inside("loop_cache")
-            print(f"L1 hit in process      {l1_ns:8.0f} ns   dict.get anchor {dict_ns:6.0f} ns   "
-                  f"ratio {l1_ns / dict_ns:5.1f}   target <= 1000 ns: "
-                  f"{'met' if l1_ns <= 1000 else 'MISSED'}   (str values)")
-            print(f"L1 hit in process      {row_ns:8.0f} ns   (catalogue rows: a dict, decoded "
-                  f"afresh for each hit)")
+            l1 = bench.record(Figure("L1 hit in process (str values)", "ns",
+                                     inside("bench.local", "loop_cache",
+                                            {**base, "keys": summaries}),
+                                     target="<= 1000 ns", per="get"))
+            bench.record(Figure("L1 hit in process (catalogue rows: a dict, decoded afresh)",
+                                "ns", inside("bench.local", "loop_cache", base), per="get"))
+            bench.ratio(l1, dict_get)
 
+            bench.section(f"memoised export through Host.call in process ({n} calls a sample)")
             inp = {"name": keys[0]}
+            call = host.call
             for _ in range(1000):
-                host.call("bench.local", "lookup", inp)
-                host.call("bench.local", "plain", inp)
-            n = 100_000
-            memo = median_of([per_call_ns(host.call, ("bench.local", "lookup", inp), n)
-                              for _ in range(args.rounds)])
-            bare = median_of([per_call_ns(host.call, ("bench.local", "plain", inp), n)
-                              for _ in range(args.rounds)])
-            print(f"memo hit via Host.call {memo:8.0f} ns   bare call       {bare:6.0f} ns   "
-                  f"ratio {memo / bare:5.2f}   target <= 2000 ns: "
-                  f"{'met' if memo <= 2000 else 'MISSED'}   (str result)")
-            for _ in range(1000):
-                host.call("bench.local", "lookup_row", inp)
-            memo_row = median_of([per_call_ns(host.call, ("bench.local", "lookup_row", inp), n)
-                                  for _ in range(args.rounds)])
-            bare_row = median_of([per_call_ns(host.call, ("bench.local", "plain_row", inp), n)
-                                  for _ in range(args.rounds)])
-            print(f"memo hit via Host.call {memo_row:8.0f} ns   bare call       {bare_row:6.0f} ns"
-                  f"   ratio {memo_row / bare_row:5.2f}   (dict result, decoded afresh)")
+                call("bench.local", "lookup", inp)
+                call("bench.local", "plain", inp)
+                call("bench.local", "lookup_row", inp)
+            memo = bench.time("memo hit via Host.call (str result)",
+                              lambda: call("bench.local", "lookup", inp), inner=n, unit="ns",
+                              target="<= 2000 ns")
+            bare = bench.time("bare call, unmemoised (str result; anchor)",
+                              lambda: call("bench.local", "plain", inp), inner=n, unit="ns")
+            bench.ratio(memo, bare)
+            memo_row = bench.time("memo hit via Host.call (dict result, decoded afresh)",
+                                  lambda: call("bench.local", "lookup_row", inp), inner=n,
+                                  unit="ns")
+            bare_row = bench.time("bare call, unmemoised (dict result; anchor)",
+                                  lambda: call("bench.local", "plain_row", inp), inner=n,
+                                  unit="ns")
+            bench.ratio(memo_row, bare_row)
 
             problem = sandbox_problem("strict")
             if problem is not None:
                 print(f"L2 hit from a strict worker: skipped ({problem})")
+                bench.done()
                 return
+            bench.section("L2 hit from a strict worker (shared namespace)")
             grants = ["cache.read:bench.shared", "cache.write:bench.shared"]
             host.enable(host.register(make(root / "src", "bench.strict", "strict",
                                            grants))[0].id)
@@ -189,27 +187,25 @@ def main() -> None:
             small = {"name": keys[0], "n": 1}
             for _ in range(500):
                 host.call("bench.strict", "noop", small)
-            trip = median_of([per_call_ns(host.call, ("bench.strict", "noop", small), 2000)
-                              for _ in range(args.rounds)])
+            trip = bench.time("warm strict round trip of a no-op (anchor)",
+                              lambda: call("bench.strict", "noop", small),
+                              inner=200 if bench.quick else 2000, unit="ns")
             # fill the shared namespace and its own from inside the worker, then read back
             shared_rows = rows[:200]
             host.call("bench.strict", "load", {"rows": shared_rows, "ns": "bench.shared"})
             host.call("bench.strict", "load", {"rows": rows[:1]})
-            l2 = median_of([float(host.call("bench.strict", "loop_cache",
+            l2 = bench.record(Figure("L2 hit, strict worker (timed inside)", "ns",
+                                     inside("bench.strict", "loop_cache",
                                             {"keys": [r["name"] for r in shared_rows],
-                                             "rounds": 5, "ns": "bench.shared"}))
-                            for _ in range(args.rounds)])
-            worker_l1 = median_of([float(host.call("bench.strict", "loop_cache",
-                                                   {"keys": ["summary:" + keys[0]],
-                                                    "rounds": 20_000}))
-                                   for _ in range(args.rounds)])
-            print(f"L2 hit, strict worker  {l2:8.0f} ns   warm round trip {trip:6.0f} ns   "
-                  f"ratio {l2 / trip:5.2f}   target ratio <= 1: "
-                  f"{'met' if l2 <= trip else 'MISSED'}")
-            print(f"L1 hit, strict worker  {worker_l1:8.0f} ns   (str value; no request to the "
-                  "host)")
+                                             "rounds": 5, "ns": "bench.shared"}), per="get"))
+            bench.record(Figure("L1 hit, strict worker (str value; no request to the host)",
+                                "ns", inside("bench.strict", "loop_cache",
+                                             {"keys": ["summary:" + keys[0]],
+                                              "rounds": 20_000}), per="get"))
+            bench.ratio(l2, trip, target="<= 1")
         finally:
             host.close()
+    bench.done()
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 * writing a review (install proof checked, the Bayesian averages of every rated
   plugin recomputed) beside recording an install (a plain small write) in the
-  same run: p50/p95 of each and their ratio;
+  same run: median, spread and p95 of each and their ratio;
 * search sorted by rating (the Bayesian average) beside sorted by downloads,
-  both through the service on the same database: p50/p95 and the ratio.
+  both through the service on the same database, alternating query by query:
+  median, spread, p95 and the ratio.
 
-Run with the virtualenv's interpreter:
-``.venv/bin/python benchmarks/bench_community.py [--catalogue FILE] [--reviews N]``
-(default catalogue: ``$CORRAL_CATALOGUE`` or ``examples/catalogue.tsv``).
+Each sample is one operation (a review changes the state, so it cannot be
+repeated); the harness's warm-up count of each runs first, untimed.
+
+``python benchmarks/bench_community.py [--quick] [--json FILE] [--catalogue FILE] [--reviews N]``
+(see benchmarks/harness.py; default catalogue: ``$CORRAL_CATALOGUE`` or
+``examples/catalogue.tsv``).
 """
 
 from __future__ import annotations
@@ -16,19 +20,24 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import sqlalchemy as sa
 
-from corral.registry._community.service import Community  # noqa: E402
-from corral.registry._search import SearchParams  # noqa: E402
-from corral.registry._seed import seed  # noqa: E402
-from corral.registry._service import Registry  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import Bench, Figure
+
+from corral.registry import _db
+from corral.registry._community.service import Community
+from corral.registry._search import SearchParams
+from corral.registry._seed import seed
+from corral.registry._service import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -36,39 +45,40 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _line(name: str, ms: list[float]) -> str:
-    return f"{name:<34} p50 {statistics.median(ms):7.2f} ms   p95 {_pct(ms, 0.95):7.2f} ms"
+def _record(bench: Bench, name: str, ms: list[float], target: str = "") -> Figure:
+    fig = bench.record(Figure(name, "ms", ms, target=target,
+                              note=f"p95 {_pct(ms, 0.95):.2f} ms; one operation a sample"))
+    print(f"    p95 {_pct(ms, 0.95):.2f} ms, n {len(ms)}")
+    return fig
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench = Bench("bench_community", __doc__)
+    ap = argparse.ArgumentParser()
     ap.add_argument("--catalogue", type=Path, default=Path(
         os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv"))
-    ap.add_argument("--reviews", type=int, default=300)
-    args = ap.parse_args()
+    ap.add_argument("--reviews", type=int, default=60 if bench.quick else 300)
+    args = ap.parse_args(bench.rest)
     with tempfile.TemporaryDirectory() as tmp:
         reg = Registry.open(Path(tmp) / "data")
         counts = seed(reg, args.catalogue)
         community = Community(reg)
         with reg.read() as conn:
-            import sqlalchemy as sa
-
-            from corral.registry import _db
-
             ids = list(conn.execute(sa.select(_db.plugins.c.id)
                                     .where(_db.plugins.c.latest_version.is_not(None))
                                     ).scalars())
         rnd = random.Random(7)
+        total = args.reviews + bench.warmup
         people = [community.signup(f"bench-{i}", "bench password", client=f"10.0.{i // 250}."
-                                   f"{i % 250}") for i in range(args.reviews // 5 + 1)]
+                                   f"{i % 250}") for i in range(total // 5 + 1)]
         installs: list[float] = []
         writes: list[float] = []
-        for n in range(args.reviews):
+        for n in range(total):
             who = people[n % len(people)]
             plugin = rnd.choice(ids[:2000])
             t = time.perf_counter()
             community.record_install(who, plugin)
-            installs.append((time.perf_counter() - t) * 1000)
+            took = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             try:
                 community.post_review(who, plugin, rnd.randint(1, 5), "benchmark review")
@@ -76,27 +86,31 @@ def main() -> int:
                 if "too many" not in str(exc):
                     raise
                 continue
-            writes.append((time.perf_counter() - t) * 1000)
+            if n >= bench.warmup:
+                installs.append(took)
+                writes.append((time.perf_counter() - t) * 1000)
+        queries = ["", "test", "django", "docs", "plugin"] * (4 if bench.quick else 20)
         by_rating: list[float] = []
         by_downloads: list[float] = []
-        for q in ["", "test", "django", "docs", "plugin"] * 20:
+        for n, q in enumerate(queries[:bench.warmup] + queries):
             for sort, into in (("rating", by_rating), ("downloads", by_downloads)):
                 t = time.perf_counter()
                 reg.search(SearchParams(q=q, sort=sort, per_page=20))
-                into.append((time.perf_counter() - t) * 1000)
+                if n >= bench.warmup:
+                    into.append((time.perf_counter() - t) * 1000)
         prior = community.rating_prior()
         reg.close()
-    print(f"catalogue: {args.catalogue.name}, {counts['added']} plugins; "
-          f"{len(writes)} reviews on {prior['rated_plugins']} plugins "
-          f"(prior mean {prior['mean']:.2f}, weight {prior['weight']:.2f})")
-    print(_line("record an install (anchor)", installs))
-    print(_line("write a review", writes))
-    print(f"{'ratio review / install (p50)':<34} "
-          f"{statistics.median(writes) / statistics.median(installs):7.2f}")
-    print(_line("search sort=downloads (anchor)", by_downloads))
-    print(_line("search sort=rating (Bayesian)", by_rating))
-    print(f"{'ratio rating / downloads (p50)':<34} "
-          f"{statistics.median(by_rating) / statistics.median(by_downloads):7.2f}")
+    bench.section(f"catalogue {args.catalogue.name}, {counts['added']} plugins; "
+                  f"{len(writes)} reviews on {prior['rated_plugins']} plugins "
+                  f"(prior mean {prior['mean']:.2f}, weight {prior['weight']:.2f})")
+    install = _record(bench, "record an install (anchor)", installs)
+    review = _record(bench, "write a review", writes)
+    bench.ratio(review, install, label="review / install")
+    bench.section(f"search, 20 a page ({len(queries)} queries each, alternating)")
+    downloads = _record(bench, "search sort=downloads (anchor)", by_downloads)
+    rating = _record(bench, "search sort=rating (Bayesian)", by_rating)
+    bench.ratio(rating, downloads, label="rating / downloads")
+    bench.done()
     return 0
 
 

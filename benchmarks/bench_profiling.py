@@ -6,25 +6,25 @@ level the calls alternate in rounds between off and on (``Host.monitor``), so bo
 see the same machine; the figures are the median per-call wall time on over off,
 and the same for the CPU time of the process running the plugin (the sampler's
 thread included), which a machine busy with other work leaves unchanged.
-The target is a ratio of at most 1.10.
+The target is a ratio of at most 1.10.  Each call is one sample, recorded
+through the harness (median and IQR).
 
-    .venv/bin/python benchmarks/bench_profiling.py [--catalogue FILE] [--rounds N]
-        [--calls N] [--rows N] [--levels none,strict] [--json]
+``python benchmarks/bench_profiling.py [--quick] [--json FILE] [--catalogue FILE]
+[--rounds N] [--calls N] [--rows N] [--levels none,strict]`` (see benchmarks/harness.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from harness import Bench, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def _timed(host: Any, pid: str, value: Any, calls: int) -> tuple[list[float], li
     return walls, cpus
 
 
-def _level(isolation: str, catalogue: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _level(bench: Bench, isolation: str, catalogue: Path, args: argparse.Namespace) -> None:
     from corral import Host
 
     with tempfile.TemporaryDirectory(prefix="corral-bench-profiling-") as tmp:
@@ -100,7 +100,7 @@ def _level(isolation: str, catalogue: Path, args: argparse.Namespace) -> dict[st
             (info,) = host.register(folder)
             host.enable(info.id)
             value = {"rows": args.rows}
-            _timed(host, info.id, value, 3)  # warm: worker started, module imported
+            _timed(host, info.id, value, 3 + bench.warmup)  # warm: worker up, module imported
             off: list[float] = []
             on: list[float] = []
             off_cpu: list[float] = []
@@ -116,46 +116,37 @@ def _level(isolation: str, catalogue: Path, args: argparse.Namespace) -> dict[st
                 off_cpu += a_cpu
                 on_cpu += b_cpu
             top = report.functions(1)
-    return {
-        "isolation": isolation,
-        "calls_each": len(off),
-        "off_ms_median": round(statistics.median(off), 3),
-        "on_ms_median": round(statistics.median(on), 3),
-        "ratio": round(statistics.median(on) / statistics.median(off), 4),
-        "off_cpu_ms_median": round(statistics.median(off_cpu), 3),
-        "on_cpu_ms_median": round(statistics.median(on_cpu), 3),
-        "cpu_ratio": round(statistics.median(on_cpu) / statistics.median(off_cpu), 4),
-        "samples_per_call": round(samples / len(on), 1),
-        "top_function": top[0]["function"] if top else None,
-    }
+    bench.section(f"isolation {isolation}: {args.rounds} rounds x {args.calls} calls each side"
+                  f" (top function: {top[0]['function'] if top else None})")
+    w_off = bench.record(Figure(f"{isolation}: wall, profiling off (anchor)", "ms", off))
+    w_on = bench.record(Figure(f"{isolation}: wall, profiling on", "ms", on))
+    c_off = bench.record(Figure(f"{isolation}: plugin process CPU, off (anchor)", "ms", off_cpu))
+    c_on = bench.record(Figure(f"{isolation}: plugin process CPU, on (sampler included)", "ms",
+                               on_cpu))
+    bench.value(f"{isolation}: samples per call", samples / len(on), "samples")
+    bench.ratio(w_on, w_off, target="<= 1.10", label=f"{isolation}: wall on / off")
+    bench.ratio(c_on, c_off, target="<= 1.10",
+                label=f"{isolation}: CPU on / off")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    bench = Bench("bench_profiling", __doc__)
+    parser = argparse.ArgumentParser()
     parser.add_argument("--catalogue", type=Path, default=Path(
         os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv"))
-    parser.add_argument("--rounds", type=int, default=6, help="off/on rounds (default 6)")
-    parser.add_argument("--calls", type=int, default=10, help="calls per round and side")
+    parser.add_argument("--rounds", type=int, default=3 if bench.quick else 6,
+                        help="off/on rounds (default 6, --quick 3)")
+    parser.add_argument("--calls", type=int, default=3 if bench.quick else 10,
+                        help="calls per round and side (default 10, --quick 3)")
     parser.add_argument("--rows", type=int, default=5000, help="summaries ranked per call")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="time between samples")
     parser.add_argument("--levels", default="none,strict", help="isolation levels to measure")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    args = parser.parse_args()
-    results = [_level(level, args.catalogue, args) for level in args.levels.split(",")]
-    if args.json:
-        print(json.dumps({"python": sys.version.split()[0], "catalogue": str(args.catalogue),
-                          "rows": args.rows, "results": results}, indent=2))
-        return 0
+    args = parser.parse_args(bench.rest)
     print(f"profiling overhead on a CPU-bound export ({args.rows} catalogue summaries "
-          f"ranked per call; {args.rounds} rounds x {args.calls} calls each side)")
-    print(f"{'isolation':9}  {'off ms':>8}  {'on ms':>8}  {'on/off':>7}  {'off cpu':>8}  "
-          f"{'on cpu':>8}  {'on/off':>7}  {'samples/call':>12}  top")
-    for r in results:
-        print(f"{r['isolation']:9}  {r['off_ms_median']:8.2f}  {r['on_ms_median']:8.2f}  "
-              f"{r['ratio']:7.3f}  {r['off_cpu_ms_median']:8.2f}  {r['on_cpu_ms_median']:8.2f}  "
-              f"{r['cpu_ratio']:7.3f}  {r['samples_per_call']:12.1f}  {r['top_function']}")
-    print("target: on/off <= 1.10 (wall; on a loaded machine read the CPU column: the "
-          "plugin's process's CPU per call, sampler included)")
+          f"ranked per call)")
+    for level in args.levels.split(","):
+        _level(bench, level, args.catalogue, args)
+    bench.done()
     return 0
 
 

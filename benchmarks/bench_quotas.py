@@ -1,19 +1,26 @@
 """``Host.call`` in process with a ``calls-per-minute`` quota vs without, in the same run.
 
-Run: ``.venv/bin/python benchmarks/bench_quotas.py [calls] [rounds]``.  Two in-process
-plugins with the same no-op export, one with ``calls-per-minute`` (set far above what the
-run makes, so no call is refused), one without; each round times ``calls`` calls of each,
-alternating, and the best round of each is kept.  Prints ns per call, the ns the quota
-adds and the ratio, with a bare Python call of the same function as the anchor.  A third
-plugin with a CPU quota (which measures thread CPU time) is shown for comparison.
+Two in-process plugins with the same no-op export, one with ``calls-per-minute``
+(set far above what the run makes, so no call is refused), one without; each
+figure is ns per call over ``--calls`` calls a sample.  Printed: ns per call,
+the ns the quota adds and the ratio, with a bare Python call of the same
+function as the anchor.  A third plugin with a CPU quota (which reads the
+thread's CPU clock around each call) is shown for comparison.
+
+``python benchmarks/bench_quotas.py [--quick] [--json FILE] [--calls N]``
+(see benchmarks/harness.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import Bench
 
 from corral import Host
 
@@ -33,8 +40,11 @@ def plugin(root: Path, plugin_id: str, quotas: str) -> Path:
 
 
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    bench = Bench("bench_quotas", __doc__)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=20_000 if bench.quick else 200_000,
+                    help="calls per sample")
+    calls = ap.parse_args(bench.rest).calls
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dirs = {
@@ -45,30 +55,28 @@ def main() -> None:
         with Host(home=root / "home") as host:
             for d in dirs.values():
                 host.enable(host.register(d)[0].id)
-            ids = {k: f"bench.{k}" for k in dirs}
-            bare = host._fast["bench.plain"]["noop"][0]
-            ctx = host._fast["bench.plain"]["noop"][1]
-            best = {k: float("inf") for k in (*dirs, "bare")}
-            for _ in range(rounds):
-                for key, pid in ids.items():
-                    n = calls if key != "cpu" else calls // 4
-                    start = time.perf_counter_ns()
-                    for _ in range(n):
-                        host.call(pid, "noop", 1)
-                    best[key] = min(best[key], (time.perf_counter_ns() - start) / n)
-                    host.flush_metrics()  # keep the metrics deque from filling
-                start = time.perf_counter_ns()
-                for _ in range(calls):
-                    bare(1, ctx)
-                best["bare"] = min(best["bare"], (time.perf_counter_ns() - start) / calls)
-    added = best["calls"] - best["plain"]
-    print(f"Host.call in process, best of {rounds} rounds of {calls} calls")
-    print(f"  bare function call          {best['bare']:8.1f} ns")
-    print(f"  no quota                    {best['plain']:8.1f} ns")
-    print(f"  calls-per-minute quota      {best['calls']:8.1f} ns   "
-          f"(+{added:.1f} ns, x{best['calls'] / best['plain']:.3f})")
-    print(f"  cpu-seconds-per-hour quota  {best['cpu']:8.1f} ns   "
-          f"(+{best['cpu'] - best['plain']:.1f} ns, x{best['cpu'] / best['plain']:.3f})")
+            bare_fn, ctx = host._fast["bench.plain"]["noop"][:2]
+            call = host.call
+            bench.section(f"Host.call in process of a no-op ({calls} calls a sample)")
+            bare = bench.time("bare function call", lambda: bare_fn(1, ctx), inner=calls,
+                              unit="ns")
+            # flush_metrics (untimed) keeps the metrics deque from filling
+            plain = bench.time("no quota", lambda: call("bench.plain", "noop", 1), inner=calls,
+                               unit="ns", setup=host.flush_metrics)
+            quota = bench.time("calls-per-minute quota",
+                               lambda: call("bench.calls", "noop", 1), inner=calls,
+                               unit="ns", setup=host.flush_metrics)
+            cpu = bench.time("cpu-seconds-per-hour quota",
+                             lambda: call("bench.cpu", "noop", 1), inner=max(1, calls // 4),
+                             unit="ns", setup=host.flush_metrics)
+    bench.value("calls-per-minute quota adds (median difference)",
+                quota.median - plain.median, "ns")
+    bench.value("cpu-seconds-per-hour quota adds (median difference)",
+                cpu.median - plain.median, "ns")
+    bench.ratio(quota, plain)
+    bench.ratio(cpu, plain)
+    bench.ratio(plain, bare)
+    bench.done()
 
 
 if __name__ == "__main__":

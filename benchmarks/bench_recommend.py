@@ -18,8 +18,13 @@ cross-validated figures of a small grid of parameters (how the defaults were cho
 time to build the recommender, to warm it, and p50/p95 of a request after that, beside
 a plain search of the same registry as the anchor.
 
-Run: ``.venv/bin/python benchmarks/bench_recommend.py [--catalogue FILE] [--cousage FILE]``
-(defaults: ``$CORRAL_CATALOGUE`` or examples/catalogue.tsv, examples/cousage.tsv).
+Each k-fold split is one sample of each quality figure (median and spread over the
+splits, through the harness; the pooled rates are printed too); ``--quick`` runs one
+split.
+
+``python benchmarks/bench_recommend.py [--quick] [--json FILE] [--catalogue FILE]
+[--cousage FILE] [--folds N] [--seeds N] [--grid] [--latency]`` (see benchmarks/harness.py;
+defaults: ``$CORRAL_CATALOGUE`` or examples/catalogue.tsv, examples/cousage.tsv).
 """
 
 from __future__ import annotations
@@ -32,20 +37,24 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from corral._analytics.recommend import (  # noqa: E402
+from harness import Bench, Figure
+
+from corral._analytics.recommend import (
     CoUsage,
     Item,
     Params,
     Recommender,
     UsageSet,
 )
-from corral.registry._insights.cousage import CoUsageRow, read_cousage  # noqa: E402
-from corral.registry._names import ecosystem_of, normalise_name  # noqa: E402
-from corral.registry._seed import downloads_for_rank, read_catalogue  # noqa: E402
+from corral.registry._insights.cousage import CoUsageRow, read_cousage
+from corral.registry._names import ecosystem_of, normalise_name
+from corral.registry._seed import downloads_for_rank, read_catalogue
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = 1.25
 
@@ -134,16 +143,18 @@ def evaluate(items: dict[str, Item], rows: list[CoUsageRow], k: int, seed: int,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench = Bench("bench_recommend", __doc__)
+    ap = argparse.ArgumentParser()
     ap.add_argument("--catalogue", type=Path, default=Path(
         os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv"))
     ap.add_argument("--cousage", type=Path, default=ROOT / "examples" / "cousage.tsv")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seeds", type=int, default=3, help="repeat the k-fold split this often")
+    ap.add_argument("--seeds", type=int, default=1 if bench.quick else 3,
+                    help="repeat the k-fold split this often (default 3, --quick 1)")
     ap.add_argument("--grid", action="store_true", help="also print a small parameter grid")
     ap.add_argument("--latency", action="store_true",
                     help="also time requests on a registry seeded with the catalogue")
-    args = ap.parse_args()
+    args = ap.parse_args(bench.rest)
     started = time.perf_counter()
     items = load_items(args.catalogue)
     rows = read_cousage(args.cousage)
@@ -151,9 +162,13 @@ def main() -> int:
           f"{args.folds}-fold x {args.seeds} splits")
     total = {"recommender": Hits(), "popularity": Hits(), "popularity by name": Hits(),
              "co-occurrence": Hits()}
+    per_split: dict[tuple[str, int], list[float]] = {(name, at): [] for name in total
+                                                     for at in (5, 10)}
     for seed in range(args.seeds):
         res = evaluate(items, rows, args.folds, seed, Params())
         for name, h in res.items():
+            per_split[name, 5].append(h.rate(5))
+            per_split[name, 10].append(h.rate(10))
             t = total[name]
             t.n += h.n
             t.at5 += h.at5
@@ -170,6 +185,17 @@ def main() -> int:
     ratio = total["recommender"].rate(10) / max(base.rate(10), 1e-9)
     print(f"queries: {total['recommender'].n}; hit@10 ratio {ratio:.2f} "
           f"(target >= {TARGET}): {'met' if ratio >= TARGET else 'NOT met'}")
+    bench.section(f"per split ({args.seeds} splits): median and spread over the splits")
+    figs = {key: bench.record(Figure(f"{key[0]} hit@{key[1]}", f"hit@{key[1]}", samples,
+                                     target=f">= {TARGET}x popularity" if key == (
+                                         "recommender", 10) else ""))
+            for key, samples in per_split.items()}
+    for at in (5, 10):
+        bench.ratio(figs["recommender", at], figs["popularity", at],
+                    target=f">= {TARGET}" if at == 10 else "",
+                    label=f"recommender / popularity, hit@{at}")
+    bench.ratio(figs["recommender", 10], figs["co-occurrence", 10],
+                label="recommender / co-occurrence, hit@10")
     if args.grid:
         print("grid (hit@10, mean over splits):")
         default = Params()
@@ -184,12 +210,13 @@ def main() -> int:
                 hits.at5 += h.at5
             print(f"  {change}: hit@5 {hits.rate(5):.3f} hit@10 {hits.rate(10):.3f}")
     if args.latency:
-        latency(args.catalogue, args.cousage, rows)
+        latency(bench, args.catalogue, args.cousage, rows)
     print(f"({time.perf_counter() - started:.1f} s)")
+    bench.done()
     return 0
 
 
-def latency(catalogue: Path, cousage: Path, rows: list[CoUsageRow]) -> None:
+def latency(bench: Bench, catalogue: Path, cousage: Path, rows: list[CoUsageRow]) -> None:
     import statistics
     import tempfile
 
@@ -211,26 +238,34 @@ def latency(catalogue: Path, cousage: Path, rows: list[CoUsageRow]) -> None:
             insights.recommendations.warm()
             warmed = time.perf_counter() - t
             asks = [["pypi." + p for p in r.plugins[:3]] for r in rows[::4]]
-            took, anchor = [], []
-            for ask in asks:
+            took: list[float] = []
+            anchor: list[float] = []
+            for n, ask in enumerate(asks[:bench.warmup] + asks):
                 t = time.perf_counter()
                 insights.recommend(ask, 10, "1.0.0")
-                took.append(time.perf_counter() - t)
-                t = time.perf_counter()
+                t1 = time.perf_counter()
                 reg.search(SearchParams(q=ask[0].split(".", 1)[1]))
-                anchor.append(time.perf_counter() - t)
+                t2 = time.perf_counter()
+                if n >= bench.warmup:
+                    took.append(t1 - t)
+                    anchor.append(t2 - t1)
             q = statistics.quantiles(took, n=20)
             a = statistics.quantiles(anchor, n=20)
-            print(f"latency on {len(asks)} requests: build {built:.1f} s, warm {warmed:.1f} s; "
-                  f"recommend p50 {1000 * q[9]:.1f} ms p95 {1000 * q[18]:.1f} ms; "
-                  f"search p50 {1000 * a[9]:.1f} ms p95 {1000 * a[18]:.1f} ms "
-                  f"(recommend/search p95 {q[18] / a[18]:.2f}x)")
+            bench.section(f"latency on {len(asks)} requests, one sample each")
+            bench.value("build the recommender", built, "s")
+            bench.value("warm it", warmed, "s")
+            rec = bench.record(Figure("recommend, 10 results", "ms", [1000 * x for x in took],
+                                      note=f"p95 {1000 * q[18]:.1f} ms"))
+            search = bench.record(Figure("plain search of the same registry (anchor)", "ms",
+                                         [1000 * x for x in anchor],
+                                         note=f"p95 {1000 * a[18]:.1f} ms"))
+            bench.ratio(rec, search)
         finally:
             reg.close()
 
 
-def _grid() -> list[dict[str, float]]:
-    out: list[dict[str, float]] = [{}]
+def _grid() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{}]
     for key, values in (("min_support", (1.0, 3.0)), ("rare_weight", (0.0, 1.0)),
                         ("alpha", (0.3, 0.7, 1.0)),
                         ("shrink", (0.0, 1.0, 6.0)), ("w_family", (0.0, 0.25, 1.0)),

@@ -7,7 +7,11 @@ the same run as ``GET /v1/search`` for the same queries: the anchor.  Prints
 p50/p95 and the largest page of each kind, and whether the targets hold
 (search page p95 <= 100 ms, every page <= 150 KB).
 
-Run: ``.venv/bin/python benchmarks/bench_web_pages.py [--catalogue FILE] [--rounds N]``.
+Each request is one sample, recorded through the harness (median and IQR, p95 in
+the note); the warm-up passes over the queries run first, untimed.
+
+``python benchmarks/bench_web_pages.py [--quick] [--json FILE] [--catalogue FILE]
+[--rounds N]`` (see benchmarks/harness.py).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from corral.registry._app import open_server  # noqa: E402
-from corral.registry._seed import seed  # noqa: E402
-from corral.registry._service import Registry  # noqa: E402
+from harness import Bench, Figure
+
+from corral.registry._app import open_server
+from corral.registry._seed import seed
+from corral.registry._service import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUERIES = [
     "run tests in parallel", "pytset-xdist", "markdown documentation site", "pytest-xdist",
@@ -63,11 +70,12 @@ def timed(http: httpx.Client, url: str, params: dict[str, str]) -> tuple[float, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench = Bench("bench_web_pages", __doc__)
+    parser = argparse.ArgumentParser()
     parser.add_argument("--catalogue", type=Path, default=Path(
         os.environ.get("CORRAL_CATALOGUE") or ROOT / "examples" / "catalogue.tsv"))
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=2 if bench.quick else 3)
+    args = parser.parse_args(bench.rest)
     with tempfile.TemporaryDirectory(prefix="corral-web-bench-") as tmp:
         reg = Registry.open(Path(tmp))
         started = time.perf_counter()
@@ -80,11 +88,13 @@ def main() -> int:
         sizes: dict[str, int] = dict.fromkeys(times, 0)
         with open_server(reg) as url, httpx.Client(base_url=url, timeout=60) as http:
             ids: list[str] = []
-            for q in QUERIES:  # warm-up: compiles templates, fills the page cache of SQLite
-                http.get("/search", params={"q": q})
-                found = http.get("/v1/search", params={"q": q, "per_page": "3"}).json()
-                ids.extend(r["id"] for r in found["results"])
-            http.get("/")
+            for w in range(max(1, bench.warmup)):  # compiles templates, fills SQLite's cache
+                for q in QUERIES:
+                    http.get("/search", params={"q": q})
+                    found = http.get("/v1/search", params={"q": q, "per_page": "3"}).json()
+                    if w == 0:
+                        ids.extend(r["id"] for r in found["results"])
+                http.get("/")
             for n in range(args.rounds):
                 round_start = time.perf_counter()
                 for q in QUERIES:
@@ -114,22 +124,30 @@ def main() -> int:
                 # the API caches a search for 1 s: keep the rounds apart so it never does here
                 time.sleep(max(0.0, 1.2 - (time.perf_counter() - round_start)))
         reg.close()
-    print(f"{'':28} {'p50 ms':>8} {'p95 ms':>8} {'n':>5} {'largest':>10}")
+    bench.section(f"pages from request to last byte ({args.rounds} rounds)")
+    figs = {kind: bench.record(Figure(kind, "ms", values,
+                                      note=f"p95 {pct(values, 95):.1f} ms; "
+                                           f"largest {sizes[kind] / 1024:.1f} KB"))
+            for kind, values in times.items()}
     for kind, values in times.items():
-        print(f"{kind:28} {pct(values, 50):8.1f} {pct(values, 95):8.1f} {len(values):5d} "
-              f"{sizes[kind] / 1024:8.1f} KB")
+        print(f"    {kind}: p95 {pct(values, 95):.1f} ms, n {len(values)}, "
+              f"largest {sizes[kind] / 1024:.1f} KB")
     search_p95 = max(pct(times["search page"], 95), pct(times["search page + facets"], 95))
+    bench.value("search page p95 (plain and with facets, the larger)", search_p95, "ms",
+                target=f"<= {SEARCH_P95_MS:.0f} ms")
+    bench.value("largest page", max(sizes.values()) / 1024, "KB", target="<= 150 KB")
     for page, api in (("search page", "JSON API search (anchor)"),
                       ("search page + facets", "JSON API + facets (anchor)")):
-        print(f"{page} p95 / JSON API p95 (same queries, same run): "
-              f"{pct(times[page], 95) / pct(times[api], 95):.2f}x")
-    speed_ok = search_p95 <= SEARCH_P95_MS
-    size_ok = max(sizes.values()) <= PAGE_LIMIT
+        bench.ratio(figs[page], figs[api])
+        bench.value(f"{page} p95 / JSON API p95 (same queries)",
+                    pct(times[page], 95) / pct(times[api], 95), "x")
     print(f"target search page p95 <= {SEARCH_P95_MS:.0f} ms: "
-          f"{'met' if speed_ok else 'NOT met'} ({search_p95:.1f} ms)")
-    print(f"target every page <= 150 KB: {'met' if size_ok else 'NOT met'} "
+          f"{'met' if search_p95 <= SEARCH_P95_MS else 'NOT met'} ({search_p95:.1f} ms)")
+    print(f"target every page <= 150 KB: "
+          f"{'met' if max(sizes.values()) <= PAGE_LIMIT else 'NOT met'} "
           f"(largest {max(sizes.values()) / 1024:.1f} KB)")
-    return 0 if speed_ok and size_ok else 1
+    bench.done()
+    return 0
 
 
 if __name__ == "__main__":
