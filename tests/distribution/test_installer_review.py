@@ -454,3 +454,16 @@ def test_install_enable_into_an_empty_home_rolls_back_to_nothing(
     assert lock["plugins"] == {}
     code, listed, _ = cli(capsys, home, "list", "--json")
     assert [p["id"] for p in listed["plugins"] if p.get("state") != "discovered"] == []
+
+
+def test_grant_lists_keep_only_real_grants_of_a_release_table() -> None:
+    from corral._distribution.install.checks import grant_lists
+
+    table = {
+        "fs-read": ["{workspace}"],
+        "host-api": ("state.read:notes.>",),
+        "net-connect": [],  # asks for nothing
+        "reasons": {"fs-read": "reads the project"},  # explains, grants nothing
+        "spawn": "git",  # not a list: a malformed table grants nothing
+    }
+    assert grant_lists(table) == {"fs-read": ["{workspace}"], "host-api": ["state.read:notes.>"]}
