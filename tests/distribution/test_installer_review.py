@@ -467,3 +467,41 @@ def test_grant_lists_keep_only_real_grants_of_a_release_table() -> None:
         "spawn": "git",  # not a list: a malformed table grants nothing
     }
     assert grant_lists(table) == {"fs-read": ["{workspace}"], "host-api": ["state.read:notes.>"]}
+
+
+def test_verify_reports_a_signature_stripped_from_the_store(
+    tmp_path: Path, home: Path
+) -> None:
+    from corral._distribution.signing import generate_key
+    from corral._distribution.trust import TrustStore
+
+    repo = tmp_path / "repo"
+    key = generate_key("k", tmp_path / "keys")
+    publish(tmp_path, repo, "acme.s", "1.0.0", key=key)
+    TrustStore(home).trust(key.public_key_b64, "k")
+    inst = Installer(home, DirectorySource(repo))
+    inst.install(["acme.s"])
+    lock = json.loads((home / "corral.lock").read_text())
+    sig = home / "store" / lock["plugins"]["acme.s"]["sha256"] / "corral.sig"
+    sig.parent.chmod(0o755)
+    sig.unlink()  # an attacker strips the signature: the files alone still match
+    (result,) = inst.verify()
+    assert result["state"] == "modified"
+    assert result["signature"]["state"] == "unsigned"
+    assert "signature: unsigned (was signed)" in result["problems"]
+
+
+def test_update_with_a_lock_that_records_no_source_asks_for_one(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORRAL_REGISTRY", raising=False)
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.a", "1.0.0")
+    Installer(home, DirectorySource(repo), allow_unsigned=True).install(["acme.a"])
+    lock_path = home / "corral.lock"
+    lock = json.loads(lock_path.read_text())
+    for entry in lock["plugins"].values():
+        entry["source"] = ""  # written by hand, or by a tool that did not know the source
+    lock_path.write_text(json.dumps(lock))
+    with pytest.raises(UsageError, match="no source: pass --source DIR_OR_URL"):
+        Installer(home, allow_unsigned=True).update()
