@@ -505,3 +505,21 @@ def test_update_with_a_lock_that_records_no_source_asks_for_one(
     lock_path.write_text(json.dumps(lock))
     with pytest.raises(UsageError, match="no source: pass --source DIR_OR_URL"):
         Installer(home, allow_unsigned=True).update()
+
+
+def test_closure_follows_dependencies_through_a_cycle_and_past_unknown_ones() -> None:
+    from corral._distribution.install.checks import closure
+    from corral._model.manifest import parse_manifest
+
+    def manifest(pid: str, *deps: str) -> Any:
+        table = "".join(f'"{d}" = ">=1"\n' for d in deps)
+        return parse_manifest(f'[plugin]\nid = "{pid}"\nname = "{pid}"\nversion = "1.0.0"\n'
+                              f"[dependencies]\n{table}")
+
+    manifests = {"acme.a": manifest("acme.a", "acme.b"),
+                 "acme.b": manifest("acme.b", "acme.a", "acme.hand"),  # a cycle back to a
+                 "acme.c": manifest("acme.c")}
+    # acme.hand is not among the manifests (registered by hand): named, not followed
+    assert closure(["acme.a"], manifests) == {"acme.a", "acme.b"}
+    assert closure(["acme.c", "acme.c"], manifests) == {"acme.c"}
+    assert closure(["acme.hand"], manifests) == set()
