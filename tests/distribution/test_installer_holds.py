@@ -285,3 +285,16 @@ def test_update_never_switches_publisher_without_the_flag(tmp_path: Path, home: 
     assert squatter.update(allow_source_change=True).change is not None
     lock = json.loads((home / "corral.lock").read_text())
     assert lock["plugins"]["acme.m"]["publisher"] == "squatter"
+
+
+def test_skipped_versions_name_failed_plans_but_not_the_installed_version() -> None:
+    from corral._distribution.install.update import skipped_versions
+
+    releases = {"acme.a": Release("acme.a", "1.1.0"), "acme.b": Release("acme.b", "2.0.0"),
+                "acme.c": Release("acme.c", "3.0.0")}
+    old = {"acme.a": {"version": "1.0.0"}, "acme.b": {"version": "2.0.0"}}
+    failed = {("acme.a", "1.1.0"): "its self-test failed", ("acme.b", "2.0.0"): "crashed once",
+              ("acme.c", "2.9.0"): "an older failure"}
+    # acme.b 2.0.0 is what runs now: keeping it is not skipping it; acme.c 3.0.0 never failed
+    assert skipped_versions(releases, old, failed) == [
+        {"id": "acme.a", "version": "1.1.0", "reason": "its self-test failed"}]
