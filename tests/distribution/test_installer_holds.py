@@ -298,3 +298,21 @@ def test_skipped_versions_name_failed_plans_but_not_the_installed_version() -> N
     # acme.b 2.0.0 is what runs now: keeping it is not skipping it; acme.c 3.0.0 never failed
     assert skipped_versions(releases, old, failed) == [
         {"id": "acme.a", "version": "1.1.0", "reason": "its self-test failed"}]
+
+
+def test_avoid_failed_excludes_only_failed_versions_of_installed_plugins(tmp_path: Path) -> None:
+    from corral._distribution.install.update import avoid_failed
+    from corral._model.release import Requirement
+
+    repo = tmp_path / "repo"
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        publish(tmp_path, repo, "acme.a", version)
+    publish(tmp_path, repo, "acme.n", "1.0.0")
+    old = {"acme.a": {"version": "1.0.0"}}
+    failed = {("acme.a", "1.2.0"): "its self-test failed",
+              ("acme.a", "1.0.0"): "failed once, runs now",  # the installed one: kept
+              ("acme.n", "1.0.0"): "not installed here"}  # nothing to keep: not excluded
+    releases, more = avoid_failed(failed, old, [Requirement("acme.a", "")],
+                                  DirectorySource(repo), {"acme.a": "1.0.0"}, ["acme.a"])
+    assert releases["acme.a"].version == "1.1.0"
+    assert more == [Requirement("acme.a", ""), Requirement("acme.a", "!=1.2.0")]
