@@ -225,6 +225,10 @@ import keyring  # noqa: E402
 import keyring.backends.null  # noqa: E402
 from keyring.backend import KeyringBackend  # noqa: E402
 
+#: Chosen now, before the backends below exist: keyring picks the best-ranked subclass of
+#: KeyringBackend ever defined when first asked, and must not pick a test's stand-in.
+_ENVIRONMENT_KEYRING = keyring.get_keyring()
+
 
 class _MemoryKeyring(KeyringBackend):
     """A keyring backend kept in memory, standing in for the desktop's keyring service."""
@@ -256,14 +260,13 @@ class _PlaintextKeyring(_MemoryKeyring):
 @pytest.fixture
 def use_keyring(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("CORRAL_SECRETS_KEYRING", raising=False)
-    before = keyring.get_keyring()
 
     def use(backend: Any) -> Any:
         keyring.set_keyring(backend)
         return backend
 
     yield use
-    keyring.set_keyring(before)
+    keyring.set_keyring(_ENVIRONMENT_KEYRING)
 
 
 def test_a_usable_keyring_keeps_the_key_and_no_key_file_is_written(
