@@ -316,3 +316,18 @@ def test_avoid_failed_excludes_only_failed_versions_of_installed_plugins(tmp_pat
                                   DirectorySource(repo), {"acme.a": "1.0.0"}, ["acme.a"])
     assert releases["acme.a"].version == "1.1.0"
     assert more == [Requirement("acme.a", ""), Requirement("acme.a", "!=1.2.0")]
+
+
+def test_a_held_update_does_not_hold_back_the_others(tmp_path: Path, home: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.a", "1.0.0")
+    publish(tmp_path, repo, "acme.b", "1.0.0")
+    inst = Installer(home, DirectorySource(repo), allow_unsigned=True)
+    inst.install(["acme.a", "acme.b"])
+    publish(tmp_path, repo, "acme.a", "1.1.0", permissions={"fs-write": ["/srv"]})
+    publish(tmp_path, repo, "acme.b", "1.1.0")
+    result = inst.update()
+    assert [h["id"] for h in result.held] == ["acme.a"]
+    assert {p: str(e["version"]) for p, e in json.loads(
+        (home / "corral.lock").read_text())["plugins"].items()} == {
+        "acme.a": "1.0.0", "acme.b": "1.1.0"}
