@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -442,3 +443,24 @@ def test_signatures_are_checked_against_the_trust_store(
     assert result["state"] == "modified"
     assert result["signature"]["state"] == "modified"
     assert any(p.startswith("signature:") for p in result["problems"])
+
+
+def test_verify_reports_a_store_tree_or_record_that_is_gone(
+    tmp_path: Path, home: Path, repo: Path, inst: Installer
+) -> None:
+    publish(tmp_path, repo, "acme.a", "1.0.0")
+    publish(tmp_path, repo, "acme.b", "1.0.0")
+    inst.install(["acme.a", "acme.b"])
+    lock = json.loads((home / "corral.lock").read_text())
+    tree_a = home / "store" / lock["plugins"]["acme.a"]["sha256"]
+    record_b = home / "store" / f"{lock['plugins']['acme.b']['sha256']}.json"
+    for path in tree_a.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    tree_a.chmod(0o755)
+    shutil.rmtree(tree_a)
+    record_b.unlink()
+    results = {r["id"]: r for r in inst.verify()}
+    assert results["acme.a"]["state"] == "missing"
+    assert results["acme.a"]["problems"] == [f"{tree_a} is gone"]
+    assert results["acme.b"]["state"] == "missing"
+    assert results["acme.b"]["problems"] == [f"{record_b.with_suffix('')} is gone"]

@@ -285,3 +285,49 @@ def test_update_never_switches_publisher_without_the_flag(tmp_path: Path, home: 
     assert squatter.update(allow_source_change=True).change is not None
     lock = json.loads((home / "corral.lock").read_text())
     assert lock["plugins"]["acme.m"]["publisher"] == "squatter"
+
+
+def test_skipped_versions_name_failed_plans_but_not_the_installed_version() -> None:
+    from corral._distribution.install.update import skipped_versions
+
+    releases = {"acme.a": Release("acme.a", "1.1.0"), "acme.b": Release("acme.b", "2.0.0"),
+                "acme.c": Release("acme.c", "3.0.0")}
+    old = {"acme.a": {"version": "1.0.0"}, "acme.b": {"version": "2.0.0"}}
+    failed = {("acme.a", "1.1.0"): "its self-test failed", ("acme.b", "2.0.0"): "crashed once",
+              ("acme.c", "2.9.0"): "an older failure"}
+    # acme.b 2.0.0 is what runs now: keeping it is not skipping it; acme.c 3.0.0 never failed
+    assert skipped_versions(releases, old, failed) == [
+        {"id": "acme.a", "version": "1.1.0", "reason": "its self-test failed"}]
+
+
+def test_avoid_failed_excludes_only_failed_versions_of_installed_plugins(tmp_path: Path) -> None:
+    from corral._distribution.install.update import avoid_failed
+    from corral._model.release import Requirement
+
+    repo = tmp_path / "repo"
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        publish(tmp_path, repo, "acme.a", version)
+    publish(tmp_path, repo, "acme.n", "1.0.0")
+    old = {"acme.a": {"version": "1.0.0"}}
+    failed = {("acme.a", "1.2.0"): "its self-test failed",
+              ("acme.a", "1.0.0"): "failed once, runs now",  # the installed one: kept
+              ("acme.n", "1.0.0"): "not installed here"}  # nothing to keep: not excluded
+    releases, more = avoid_failed(failed, old, [Requirement("acme.a", "")],
+                                  DirectorySource(repo), {"acme.a": "1.0.0"}, ["acme.a"])
+    assert releases["acme.a"].version == "1.1.0"
+    assert more == [Requirement("acme.a", ""), Requirement("acme.a", "!=1.2.0")]
+
+
+def test_a_held_update_does_not_hold_back_the_others(tmp_path: Path, home: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.a", "1.0.0")
+    publish(tmp_path, repo, "acme.b", "1.0.0")
+    inst = Installer(home, DirectorySource(repo), allow_unsigned=True)
+    inst.install(["acme.a", "acme.b"])
+    publish(tmp_path, repo, "acme.a", "1.1.0", permissions={"fs-write": ["/srv"]})
+    publish(tmp_path, repo, "acme.b", "1.1.0")
+    result = inst.update()
+    assert [h["id"] for h in result.held] == ["acme.a"]
+    assert {p: str(e["version"]) for p, e in json.loads(
+        (home / "corral.lock").read_text())["plugins"].items()} == {
+        "acme.a": "1.0.0", "acme.b": "1.1.0"}

@@ -454,3 +454,72 @@ def test_install_enable_into_an_empty_home_rolls_back_to_nothing(
     assert lock["plugins"] == {}
     code, listed, _ = cli(capsys, home, "list", "--json")
     assert [p["id"] for p in listed["plugins"] if p.get("state") != "discovered"] == []
+
+
+def test_grant_lists_keep_only_real_grants_of_a_release_table() -> None:
+    from corral._distribution.install.checks import grant_lists
+
+    table = {
+        "fs-read": ["{workspace}"],
+        "host-api": ("state.read:notes.>",),
+        "net-connect": [],  # asks for nothing
+        "reasons": {"fs-read": "reads the project"},  # explains, grants nothing
+        "spawn": "git",  # not a list: a malformed table grants nothing
+    }
+    assert grant_lists(table) == {"fs-read": ["{workspace}"], "host-api": ["state.read:notes.>"]}
+
+
+def test_verify_reports_a_signature_stripped_from_the_store(
+    tmp_path: Path, home: Path
+) -> None:
+    from corral._distribution.signing import generate_key
+    from corral._distribution.trust import TrustStore
+
+    repo = tmp_path / "repo"
+    key = generate_key("k", tmp_path / "keys")
+    publish(tmp_path, repo, "acme.s", "1.0.0", key=key)
+    TrustStore(home).trust(key.public_key_b64, "k")
+    inst = Installer(home, DirectorySource(repo))
+    inst.install(["acme.s"])
+    lock = json.loads((home / "corral.lock").read_text())
+    sig = home / "store" / lock["plugins"]["acme.s"]["sha256"] / "corral.sig"
+    sig.parent.chmod(0o755)
+    sig.unlink()  # an attacker strips the signature: the files alone still match
+    (result,) = inst.verify()
+    assert result["state"] == "modified"
+    assert result["signature"]["state"] == "unsigned"
+    assert "signature: unsigned (was signed)" in result["problems"]
+
+
+def test_update_with_a_lock_that_records_no_source_asks_for_one(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORRAL_REGISTRY", raising=False)
+    repo = tmp_path / "repo"
+    publish(tmp_path, repo, "acme.a", "1.0.0")
+    Installer(home, DirectorySource(repo), allow_unsigned=True).install(["acme.a"])
+    lock_path = home / "corral.lock"
+    lock = json.loads(lock_path.read_text())
+    for entry in lock["plugins"].values():
+        entry["source"] = ""  # written by hand, or by a tool that did not know the source
+    lock_path.write_text(json.dumps(lock))
+    with pytest.raises(UsageError, match="no source: pass --source DIR_OR_URL"):
+        Installer(home, allow_unsigned=True).update()
+
+
+def test_closure_follows_dependencies_through_a_cycle_and_past_unknown_ones() -> None:
+    from corral._distribution.install.checks import closure
+    from corral._model.manifest import parse_manifest
+
+    def manifest(pid: str, *deps: str) -> Any:
+        table = "".join(f'"{d}" = ">=1"\n' for d in deps)
+        return parse_manifest(f'[plugin]\nid = "{pid}"\nname = "{pid}"\nversion = "1.0.0"\n'
+                              f"[dependencies]\n{table}")
+
+    manifests = {"acme.a": manifest("acme.a", "acme.b"),
+                 "acme.b": manifest("acme.b", "acme.a", "acme.hand"),  # a cycle back to a
+                 "acme.c": manifest("acme.c")}
+    # acme.hand is not among the manifests (registered by hand): named, not followed
+    assert closure(["acme.a"], manifests) == {"acme.a", "acme.b"}
+    assert closure(["acme.c", "acme.c"], manifests) == {"acme.c"}
+    assert closure(["acme.hand"], manifests) == set()

@@ -682,3 +682,36 @@ def test_file_manifest_needs_a_manifest(tmp_path: Path) -> None:
         file_manifest(tmp_path / "p")
     with pytest.raises(NotFoundError):
         file_manifest(tmp_path / "missing")
+
+
+# -- what is refused before signing ------------------------------------------------------
+
+
+def test_a_key_of_another_kind_is_refused_by_name(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / "ecdsa.pem").write_bytes(pem)
+    with pytest.raises(UsageError, match=r"ecdsa\.pem: not an Ed25519 key") as err:
+        load_signing_key("ecdsa", tmp_path)
+    assert err.value.details["file"] == str(tmp_path / "ecdsa.pem")
+
+
+@pytest.mark.parametrize("plugin", [
+    'id = 7\nversion = "1.0.0"',
+    'id = "acme.x"\nversion = 1.0',
+    'id = ["acme.x"]\nversion = ["1.0.0"]',
+])
+def test_a_manifest_whose_id_or_version_is_not_a_string_is_not_signed(
+    tmp_path: Path, key: SigningKey, plugin: str
+) -> None:
+    root = make_plugin(tmp_path / "p")
+    (root / "corral.toml").write_text(f"[plugin]\n{plugin}\n")
+    with pytest.raises(InvalidPluginError, match="id and version must be strings"):
+        file_manifest(root)
+    with pytest.raises(InvalidPluginError, match="id and version must be strings"):
+        sign_directory(root, key)
+    assert not (root / SIGNATURE_FILE).exists()

@@ -7,6 +7,7 @@ allow; honest ones, under their budgets, must keep working.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,9 +23,9 @@ from helpers.plugins import make_plugin, module_name
 
 from corral import Host
 from corral._errors import ManifestError, ResourceLimitExceeded
-from corral._model.manifest import LIMITS, Manifest
+from corral._model.manifest import LIMITS, Manifest, Sandbox
 from corral._model.schema import manifest_json_schema
-from corral._runtime.budgets import RateLimitedLog, tree_bytes
+from corral._runtime.budgets import DIR_BUDGETS, DirBudget, DirWatch, RateLimitedLog, tree_bytes
 from corral._services.sandboxed import sandbox_problem
 
 Run = Callable[..., CliResult]
@@ -507,3 +508,88 @@ def test_cli_call_over_budget_exits_5_and_info_shows_usage(
     assert run_cli("disable", "evil.cli").code == 0
     assert list((home / "tmp" / "evil.cli").iterdir()) == []
     assert list((home / "cache" / "evil.cli").iterdir()) == []
+
+
+# -- the inotify watch and the info text --------------------------------------------------
+
+
+def _owner(plugin_id: str, root: Path) -> DirBudget:
+    paths = {name: str(root / name) for _, name in DIR_BUDGETS}
+    owner = DirBudget(plugin_id, paths, Sandbox())
+    owner.dirty = False
+    return owner
+
+
+def test_dir_watch_marks_only_the_owner_whose_directory_changed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = _owner("acme.a", tmp_path / "a"), _owner("acme.b", tmp_path / "b")
+    watch = DirWatch()
+    try:
+        assert watch.add(str(tmp_path / "a"), a) is True
+        assert watch.add(str(tmp_path / "b"), b) is True
+        watch.poll()
+        assert (a.dirty, b.dirty) == (False, False)  # nothing written yet
+        (tmp_path / "a" / "new").write_bytes(b"x")
+        watch.poll()
+        assert (a.dirty, b.dirty) == (True, False)
+    finally:
+        watch.close()
+    watch.close()  # idempotent
+    # a closed watch cannot watch: the owner must fall back to measuring by the clock
+    assert watch.add(str(tmp_path / "b"), b) is False
+
+
+def test_dir_watch_without_inotify_says_it_cannot_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+
+    def no_libc(*args: object, **kwargs: object) -> None:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)  # a platform without a loadable libc
+    watch = DirWatch()
+    assert watch.fd == -1
+    owner = _owner("acme.a", tmp_path)
+    assert watch.add(str(tmp_path), owner) is False
+    watch.poll()
+    watch.close()
+    assert owner.dirty is False
+
+
+def test_dir_watch_works_in_a_host_started_with_stdin_closed(tmp_path: Path) -> None:
+    # a daemon may close fd 0; inotify then hands out fd 0, which is a good descriptor
+    script = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from corral._model.manifest import Sandbox
+        from corral._runtime.budgets import DIR_BUDGETS, DirBudget, DirWatch
+        os.close(0)
+        root = Path({str(tmp_path)!r})
+        owner = DirBudget("acme.a", {{n: str(root / n) for _, n in DIR_BUDGETS}}, Sandbox())
+        owner.dirty = False
+        watch = DirWatch()
+        print(watch.fd, watch.add(str(root), owner))
+        (root / "new").write_bytes(b"x")
+        watch.poll()
+        print(owner.dirty)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "True", "True"]
+
+
+def test_info_shows_per_call_budgets_with_their_own_unit(
+    run_cli: Run, tmp_path: Path, home: Path, workspace: Path
+) -> None:
+    with Host(home=home, workspace=workspace) as h:
+        h.register(hostile(tmp_path, "acme.quiet", "limited", **{"log-lines": 100, "log-kb": 8}))
+    res = run_cli("info", "acme.quiet")
+    assert res.code == 0, res.err
+    lines = {line.split()[0]: " ".join(line.split()[1:]) for line in res.out.splitlines()
+             if line.strip().startswith(("log-lines", "log-kb", "state-keys"))}
+    assert lines["log-lines"] == "100 lines per call"
+    assert lines["log-kb"] == "8 KiB per call"
+    assert re.fullmatch(r"0 of \d+ keys \(0 %\)", lines["state-keys"]), lines

@@ -1030,3 +1030,28 @@ def test_worker_that_cannot_confine_itself_refuses(sup: Supervisor, root: Path, 
     assert sup.worker_pid(spec.plugin_id) is None
     spec.tmp_dir.mkdir()
     assert sup.call(spec, "hostile.plug:noop", None) is None
+
+
+# -- the spec itself ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("isolation", "bounds", "problem"), [
+    ("none", {}, "isolation must be 'limited' or 'strict', got 'none'"),
+    ("Strict", {}, "isolation must be 'limited' or 'strict', got 'Strict'"),
+    ("strict", {"memory_mb": 0}, "memory_mb must be positive"),
+    ("limited", {"cpu_seconds": -1}, "cpu_seconds must be positive"),
+    ("strict", {"timeout_ms": 0}, "timeout_ms must be positive"),
+    ("strict", {"max_result_bytes": 0}, "max_result_bytes must be positive"),
+])
+def test_a_spec_that_would_leave_a_worker_unconfined_or_unbounded_is_refused(
+    tmp_path: Path, isolation: str, bounds: dict[str, int], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        make_spec(tmp_path, "acme.bad", isolation, **bounds)
+
+
+def test_a_spec_with_the_smallest_bounds_is_accepted(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "acme.small", "limited", memory_mb=1, cpu_seconds=1,
+                     timeout_ms=1, max_result_bytes=1)
+    assert (spec.isolation, spec.memory_mb, spec.cpu_seconds, spec.timeout_ms,
+            spec.max_result_bytes) == ("limited", 1, 1, 1, 1)

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
+from corral._errors import (
+    CorralError,
+    NotFoundError,
+    PermissionDenied,
+    UnavailableError,
+    UsageError,
+)
 from corral._model.permissions import Permissions
 from corral._services.config import ConfigManager
 from corral._services.secrets import SecretRedactor, SecretStore, secrets_broker_op
@@ -211,3 +217,106 @@ def test_corral_call_scrubs_a_secret_from_the_plugin_log_and_its_error(
         shown = json.loads(called.stdout)["error"]["message"] if extra else called.stderr
         assert "upstream refused token ***" in shown
     assert "calling upstream with ***" in called.stderr
+
+
+# -- the OS keyring -----------------------------------------------------------------------
+
+import keyring  # noqa: E402
+import keyring.backends.null  # noqa: E402
+from keyring.backend import KeyringBackend  # noqa: E402
+
+#: Chosen now, before the backends below exist: keyring picks the best-ranked subclass of
+#: KeyringBackend ever defined when first asked, and must not pick a test's stand-in.
+_ENVIRONMENT_KEYRING = keyring.get_keyring()
+
+
+class _MemoryKeyring(KeyringBackend):
+    """A keyring backend kept in memory, standing in for the desktop's keyring service."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.kept.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.kept[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        del self.kept[(service, username)]
+
+
+class _UnusableKeyring(_MemoryKeyring):
+    priority = 0  # type: ignore[assignment]  # says of itself that it should not be used
+
+
+class _PlaintextKeyring(_MemoryKeyring):
+    __module__ = "keyrings.alt.file"  # keyrings.alt keeps passwords in a file: no better
+
+
+@pytest.fixture
+def use_keyring(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("CORRAL_SECRETS_KEYRING", raising=False)
+
+    def use(backend: Any) -> Any:
+        keyring.set_keyring(backend)
+        return backend
+
+    yield use
+    keyring.set_keyring(_ENVIRONMENT_KEYRING)
+
+
+def test_a_usable_keyring_keeps_the_key_and_no_key_file_is_written(
+    tmp_path: Path, use_keyring: Any
+) -> None:
+    ring = use_keyring(_MemoryKeyring())
+    store = SecretStore(tmp_path)
+    store.set("a", VALUE)
+    assert store.key_source == "keyring"
+    assert not (tmp_path / "secret.key").exists()
+    assert list(ring.kept) == [("corral", f"secrets-key:{tmp_path}")]
+    # a second store finds the same key there and reads the value back
+    again = SecretStore(tmp_path)
+    assert again.get("a") == VALUE
+    assert again.key_source == "keyring"
+    assert len(ring.kept) == 1
+
+
+@pytest.mark.parametrize("backend", [keyring.backends.null.Keyring, _UnusableKeyring,
+                                     _PlaintextKeyring])
+def test_a_keyring_that_cannot_keep_a_key_safely_is_not_used(
+    tmp_path: Path, use_keyring: Any, backend: type
+) -> None:
+    ring = use_keyring(backend())
+    store = SecretStore(tmp_path)
+    store.set("a", VALUE)
+    assert store.key_source == str(tmp_path / "secret.key")
+    assert getattr(ring, "kept", {}) == {}
+    # the key was not lost in a keyring that forgets: another store decrypts the value
+    assert SecretStore(tmp_path).get("a") == VALUE
+
+
+def test_corral_secrets_keyring_0_keeps_the_key_in_the_file(
+    tmp_path: Path, use_keyring: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = use_keyring(_MemoryKeyring())
+    monkeypatch.setenv("CORRAL_SECRETS_KEYRING", "0")
+    store = SecretStore(tmp_path)
+    store.set("a", VALUE)
+    assert store.key_source == str(tmp_path / "secret.key")
+    assert ring.kept == {}
+
+
+@pytest.mark.parametrize("doc", ['[]', '{"secrets": []}', '{"secrets": "x"}', '"secrets"'])
+def test_a_damaged_secrets_file_is_reported_and_left_alone(
+    store: SecretStore, tmp_path: Path, doc: str
+) -> None:
+    (tmp_path / "secrets.json").write_text(doc)
+    with pytest.raises(UnavailableError, match=r"secrets\.json is damaged \(no secrets table\)"):
+        store.get("a")
+    with pytest.raises(UnavailableError, match="no secrets table"):
+        store.set("a", VALUE)
+    assert (tmp_path / "secrets.json").read_text() == doc
