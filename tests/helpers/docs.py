@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -138,13 +137,6 @@ def steps(lines: list[str]) -> list[tuple[str, str | None]]:
         elif not line.startswith("#"):
             out.append((line, None))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ShellWalk:

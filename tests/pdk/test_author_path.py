@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.net import free_port
 
 from corral._sandbox.landlock import landlock_abi
 
@@ -112,17 +112,10 @@ class Walk:
         return self.seconds("author") + self.seconds("user")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve_registry(walk: Walk, data: Path) -> Iterator[str]:
     """``corral registry serve`` on a loopback port, in a subprocess; yields its URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -332,7 +325,7 @@ def test_publish_refuses_an_invalid_directory_before_any_upload(tmp_path: Path) 
     toml.write_text(toml.read_text().replace("acme_broken.commands:greet",
                                              "acme_broken.nowhere:greet"))
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens: any upload would fail
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: any upload would fail
     res = walk.run("author", "publish", "publish", str(plugin), "--registry", closed, "--json",
                    env={"CORRAL_TOKEN": "crl_x_y"}, expect=3)
     error = res.json["error"]

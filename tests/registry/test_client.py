@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers.net import free_port
 
 from corral._errors import CorralError, NotFoundError, PermissionDenied, UsageError
 from corral.registry import client_main, registry_main
@@ -132,18 +132,12 @@ def test_registry_main_admin_and_seed(tmp_path: Path, capsys: pytest.CaptureFixt
         assert reg.authenticate  # the database is usable afterwards
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command_in_a_subprocess(tmp_path: Path) -> None:
     data = tmp_path / "served"
     with Registry.open(data) as reg:
         if CATALOGUE.is_file():
             seed(reg, CATALOGUE, limit=300)
-    port = _free_port()
+    port = free_port()
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(

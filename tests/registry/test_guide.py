@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.docs import REPO, ShellWalk, exported, free_port, sh_block, steps
+from helpers.docs import REPO, ShellWalk, exported, sh_block, steps
+from helpers.net import free_port
 
 from corral._sandbox.landlock import landlock_abi
 

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from helpers.net import free_port
 
 from corral._distribution.registry_source import RegistrySource, trust_registry
 from corral._errors import NotFoundError
@@ -39,12 +39,6 @@ from corral.registry._tuf import TufRepository
 from .conftest import _accounts, _fresh_pg_db, make_plugin
 
 PLUGINS = [f"acme.burst{i}" for i in range(3)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -63,7 +57,7 @@ class Served:
     def start(self, wrap: list[str] | None = None) -> None:
         """Start ``serve`` (inside ``wrap`` + a shell command line, if given)."""
         assert self.proc is None, "one server at a time"
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         log = (self.tmp / f"serve-{len(self.starts)}.log").open("wb")
         cmd = [sys.executable, "-m", "corral", "registry", "serve", "--data", str(self.data),
