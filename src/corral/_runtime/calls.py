@@ -42,7 +42,8 @@ def fast_entries(active: Active, async_names: set[str], memoise: MemoWrapper | N
     plugin_id = active.manifest.id
     version = active.manifest.version
     meter = active.quota
-    metered = meter is not None and (meter.calls is not None or meter.limits_cpu)
+    metered = meter.wrap if meter is not None and (
+        meter.calls is not None or meter.limits_cpu) else None
 
     def build(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         is_async = name in async_names
@@ -50,9 +51,8 @@ def fast_entries(active: Active, async_names: set[str], memoise: MemoWrapper | N
             fn = monitor(plugin_id, version, fn)
         if memoise is not None:
             fn = memoise(active, name, fn)
-        if metered:
-            assert meter is not None
-            fn = meter.wrap(fn, is_async=is_async)
+        if metered is not None:
+            fn = metered(fn, is_async=is_async)
         return fn
 
     return {

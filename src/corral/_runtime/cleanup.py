@@ -109,15 +109,11 @@ def prune_metrics(db: HostDatabase, days: int, now: float | None = None) -> dict
     """
     now = time.time() if now is None else now
     out = {"metrics": 0, "quota_usage": 0}
+    tables = ["calls", *(t for t in _MEASURED if _table_exists(db, t))]
     with db.transaction() as conn:
-        out["metrics"] = conn.execute("DELETE FROM calls WHERE at < ?",
-                                      (now - days * _DAY,)).rowcount
-    for table in _MEASURED:
-        if _table_exists(db, table):
-            with db.transaction() as conn:
-                out["metrics"] += conn.execute(
-                    f"DELETE FROM {table} WHERE at < ?", (now - days * _DAY,)  # noqa: S608
-                ).rowcount
+        out["metrics"] = sum(
+            conn.execute(f"DELETE FROM {t} WHERE at < ?", (now - days * _DAY,)).rowcount  # noqa: S608
+            for t in tables)
     if _table_exists(db, "quota_usage"):
         with db.transaction() as conn:
             out["quota_usage"] = conn.execute("DELETE FROM quota_usage WHERE window_start < ?",

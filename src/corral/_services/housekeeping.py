@@ -35,14 +35,17 @@ def _totals(removed: dict[str, dict[str, int]]) -> dict[str, int]:
     return {"files": files, "bytes": size}
 
 
-def clear_cache(services: Services, plugin_id: str) -> dict[str, int]:
-    """Everything cached for ``plugin_id``, removed; what it held (``files``, ``bytes``).
+def clear_cache(services: Services, plugin_id: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Everything cached for ``plugin_id``, removed; what its folder held (``files``,
+    ``bytes``) and what its ``ctx.cache`` entries held (``rows``, ``bytes``).
 
-    The one place a purge clears a plugin's cache: its ``{cache}`` folder (bounded by
-    ``cache-mb``, emptied on disable and unload).  A cache the host keeps elsewhere for
-    the plugin is cleared here too.
+    The one place a purge or ``gc`` clears a plugin's cache: its ``{cache}`` folder
+    (bounded by ``cache-mb``, emptied on disable and unload) and the entries the host
+    keeps for its ``ctx.cache``.
     """
-    return remove_dir(services.home, "cache", plugin_id)
+    folder = remove_dir(services.home, "cache", plugin_id)
+    entries = cache_stats.clear_cache(services.home, plugin_id)
+    return folder, {"rows": entries["entries"], "bytes": entries["bytes"]}
 
 
 def scratch_counts(services: Services, plugin_id: str) -> dict[str, dict[str, int]]:
@@ -71,14 +74,14 @@ def purge_plugin(services: Services, db: HostDatabase, plugin_id: str,
     home = services.home
     removed: dict[str, dict[str, int]] = {}
     for sub in PLUGIN_DIRS:
-        removed[sub] = (clear_cache(services, plugin_id) if sub == "cache"
-                        else remove_dir(home, sub, plugin_id))
+        if sub == "cache":
+            removed[sub], removed["cache_entries"] = clear_cache(services, plugin_id)
+        else:
+            removed[sub] = remove_dir(home, sub, plugin_id)
         earlier = (before or {}).get(sub)
         if earlier is not None and earlier["files"] + earlier["bytes"] > \
                 removed[sub]["files"] + removed[sub]["bytes"]:
             removed[sub] = earlier
-    l2 = cache_stats.clear_cache(home, plugin_id)  # ctx.cache's entries kept by the host
-    removed["cache_entries"] = {"rows": l2["entries"], "bytes": l2["bytes"]}
     removed.update(purge_services(services, plugin_id))
     for kind, n in delete_rows(db, plugin_id).items():
         removed[kind] = {"rows": n}
@@ -115,6 +118,6 @@ def collect_orphans(services: Services, db: HostDatabase, registered: Iterable[s
     for pid in found["state"]:
         purge_services(services, pid)
     for pid in {d["name"] for d in found["dirs"]} | set(found["rows"]) | set(found["state"]):
-        cache_stats.clear_cache(home, pid)
+        clear_cache(services, pid)
     found["cache_expired"] = cache_stats.purge_expired(home)
     return found
