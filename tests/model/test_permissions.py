@@ -73,7 +73,7 @@ def test_check_api_names_the_missing_grant() -> None:
 
 
 def test_expand_placeholders_only_a_leading_one() -> None:
-    values = {"data": "/home/u/data/acme", "workspace": "/work/space"}
+    values = {"data": "/home/u/data/acme", "workspace": "/srv/space"}
     assert expand_placeholders("{data}", values) == "/home/u/data/acme"
     assert expand_placeholders("{data}/cache", values) == "/home/u/data/acme/cache"
     assert expand_placeholders("/etc/{data}", values) == "/etc/{data}"  # not leading: literal

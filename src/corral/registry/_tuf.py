@@ -53,6 +53,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from corral._disk.files import exclusive, write_atomic
 from corral._errors import NotFoundError, SignatureInvalid, UsageError
+from corral._model.manifest import Sandbox
 
 if TYPE_CHECKING:
     from ._service import Registry
@@ -766,6 +767,7 @@ def _isolation(manifest: dict[str, Any]) -> str | None:
     """A stored manifest's isolation (its default when it has no ``[sandbox]`` table)."""
     if not manifest:
         return None
+    default = Sandbox().isolation  # the manifest model's, one place for it
     sandbox = manifest.get("sandbox")
-    value = sandbox.get("isolation", "strict") if isinstance(sandbox, dict) else "strict"
+    value = sandbox.get("isolation", default) if isinstance(sandbox, dict) else default
     return value if isinstance(value, str) else None
