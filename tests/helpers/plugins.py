@@ -7,7 +7,7 @@ on request, logs every lifecycle hook), so tests exercise real discovery.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +225,24 @@ def make_plugin(
         toml = to_toml(manifest_dict(id, **manifest))
     (plugin_dir / "corral.toml").write_text(toml)
     return plugin_dir
+
+
+def micro_plugin(root: Path, pid: str, code: str, isolation: str = "none",
+                 micros: Sequence[tuple[str, str]] = (("semver", "validator"),
+                                                      ("upper", "formatter"))) -> Path:
+    """A plugin folder ``root/pid`` whose package ``code`` serves ``[[micro]]`` handlers.
+
+    ``micros`` are ``(function, type)``: each becomes micro ``<pid>.<function>``.
+    """
+    d = root / pid
+    pkg = pid.replace(".", "_")
+    (d / pkg).mkdir(parents=True)
+    (d / pkg / "__init__.py").write_text(code)
+    tables = "".join(
+        f'\n[[micro]]\nid = "{pid}.{fn}"\ntype = "{kind}"\nhandler = "{pkg}:{fn}"\n'
+        for fn, kind in micros)
+    (d / "corral.toml").write_text(
+        f'[plugin]\nid = "{pid}"\nname = "x"\nversion = "1.0.0"\n\n'
+        f'[sandbox]\nisolation = "{isolation}"\n{tables}')
+    return d
+

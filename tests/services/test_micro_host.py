@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.plugins import micro_plugin
 
 from corral import Host
 from corral._cli.main import main
@@ -28,35 +28,9 @@ def liar(value, ctx):
 '''
 
 def make(root: Path, pid: str, isolation: str) -> Path:
-    d = root / pid
-    pkg = pid.replace(".", "_")
-    (d / pkg).mkdir(parents=True)
-    (d / pkg / "__init__.py").write_text(CODE)
-    (d / "corral.toml").write_text(textwrap.dedent(f'''
-        [plugin]
-        id = "{pid}"
-        name = "x"
-        version = "1.0.0"
-
-        [sandbox]
-        isolation = "{isolation}"
-
-        [[micro]]
-        id = "{pid}.semver"
-        type = "validator"
-        handler = "{pkg}:semver"
-
-        [[micro]]
-        id = "{pid}.upper"
-        type = "formatter"
-        handler = "{pkg}:upper"
-
-        [[micro]]
-        id = "{pid}.liar"
-        type = "formatter"
-        handler = "{pkg}:liar"
-    '''))
-    return d
+    return micro_plugin(root, pid, CODE, isolation, (("semver", "validator"),
+                                                     ("upper", "formatter"),
+                                                     ("liar", "formatter")))
 
 @pytest.mark.parametrize("isolation", ["none", "limited"])
 def test_host_feeds_manager(tmp_path: Path, isolation: str) -> None:

@@ -4,12 +4,12 @@ checked at ``add``/``validate``; chaining some micros checks only those."""
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.cli import CliResult
+from helpers.plugins import micro_plugin
 
 from corral import Host
 from corral._errors import InvalidPluginError
@@ -36,31 +36,6 @@ def upper(value, ctx) -> str:
 '''
 
 
-def make(root: Path, pid: str, code: str, isolation: str = "none") -> Path:
-    d = root / pid
-    pkg = pid.replace(".", "_")
-    (d / pkg).mkdir(parents=True)
-    (d / pkg / "__init__.py").write_text(code)
-    (d / "corral.toml").write_text(textwrap.dedent(f'''
-        [plugin]
-        id = "{pid}"
-        name = "x"
-        version = "1.0.0"
-
-        [sandbox]
-        isolation = "{isolation}"
-
-        [[micro]]
-        id = "{pid}.semver"
-        type = "validator"
-        handler = "{pkg}:semver"
-
-        [[micro]]
-        id = "{pid}.upper"
-        type = "formatter"
-        handler = "{pkg}:upper"
-    '''))
-    return d
 
 
 def test_a_validator_returning_bool_gives_a_verdict() -> None:
@@ -100,7 +75,7 @@ def test_a_plugin_with_a_bool_validator_serves_all_its_micros(
         if sandbox_problem("limited"):
             pytest.skip("needs a sandbox")
     with Host(home=tmp_path / "home", workspace=tmp_path) as host:
-        host.register(make(tmp_path, "acme.b", BOOL_CODE, isolation))
+        host.register(micro_plugin(tmp_path, "acme.b", BOOL_CODE, isolation))
         host.enable("acme.b")
         assert Composition(["acme.b.upper"], host.micro).run("x") == "X"
         assert host.micro.execute("acme.b.semver", "1.2.3") == {"valid": True, "reasons": []}
@@ -110,7 +85,7 @@ def test_a_plugin_with_a_bool_validator_serves_all_its_micros(
 def test_add_refuses_a_validator_annotated_with_a_wrong_shape(
     tmp_path: Path, run_cli: Callable[..., CliResult]
 ) -> None:
-    src = make(tmp_path, "acme.w", BOOL_CODE.replace("-> bool", "-> str"))
+    src = micro_plugin(tmp_path, "acme.w", BOOL_CODE.replace("-> bool", "-> str"))
     res = run_cli("add", str(src), "--json")
     assert res.code == 3, res.err
     error = res.json["error"]
@@ -126,7 +101,7 @@ def test_add_refuses_a_validator_annotated_with_a_wrong_shape(
 def test_add_and_validate_accept_a_bool_validator(
     tmp_path: Path, run_cli: Callable[..., CliResult]
 ) -> None:
-    src = make(tmp_path, "acme.ok", BOOL_CODE)
+    src = micro_plugin(tmp_path, "acme.ok", BOOL_CODE)
     res = run_cli("validate", str(src), "--json")
     assert not [i for i in res.json["errors"] if i["rule"] == "CORRAL-E003"], res.json
     assert run_cli("add", str(src)).code == 0
@@ -134,7 +109,7 @@ def test_add_and_validate_accept_a_bool_validator(
 
 def test_chaining_some_micros_checks_only_those(tmp_path: Path) -> None:
     with Host(home=tmp_path / "home", workspace=tmp_path) as host:
-        host.register(make(tmp_path, "acme.a", ALIAS_CODE))  # passes the static check
+        host.register(micro_plugin(tmp_path, "acme.a", ALIAS_CODE))  # passes the static check
         host.enable("acme.a")
         mgr = host.micro
         assert Composition(["acme.a.upper"], mgr).run("x") == "X"
